@@ -7,9 +7,13 @@ or their roots differ. Specs come from the built-in table plus ``[[goals]]`` in 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from ian.evaluators import Metrics
 
 GOAL_ID_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
 GoalId = Annotated[str, Field(pattern=GOAL_ID_PATTERN)]
@@ -59,7 +63,11 @@ DEMO_GOAL = GoalSpec(
         "price series; reward is the return, risk the volatility of returns."
     ),
     evaluator="demo_trading",
-    thresholds=Thresholds(min_reward=-0.05, max_risk=0.05, max_complexity=50.0, max_drawdown=0.5),
+    # Tuned so a healthy share of sensible strategies pass: over a grid of every strategy,
+    # lookbacks 2..200, thresholds 0..0.05 and position sizes 0.1..1, about 60% are accepted and
+    # every strategy has accepted members (see tests/ian/test_goals.py). At most a 1% loss, a 20%
+    # drawdown; risk and complexity bounds only stop the extremes.
+    thresholds=Thresholds(min_reward=-0.01, max_risk=0.01, max_complexity=30.0, max_drawdown=0.2),
     weights=Weights(reward=1.0, risk=-0.5, complexity=-0.01),
 )
 
@@ -73,3 +81,59 @@ def score(spec: GoalSpec, reward: float, risk: float, complexity: float) -> floa
     if not math.isfinite(value):
         raise ValueError("score is not finite")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a contribution was not accepted; ``rejection_type`` is a stable machine-readable kind."""
+
+    rejection_type: str
+    reason: str
+
+
+def _fmt(value: float) -> str:
+    # Short, platform-independent rendering (Python formats floats itself, correctly rounded).
+    return f"{value:.6g}"
+
+
+def check_thresholds(spec: GoalSpec, metrics: Metrics) -> Rejection | None:
+    """The first threshold of ``spec`` that ``metrics`` fails, or ``None`` when all pass.
+
+    Bounds are inclusive (a reward equal to ``min_reward`` passes). Checked in a fixed order:
+    min_reward, max_risk, max_complexity, min_sharpe_ratio, max_drawdown. A threshold on an
+    optional metric the evaluator did not report rejects, since it cannot be shown to pass.
+    """
+    t = spec.thresholds
+    if t.min_reward is not None and metrics.reward < t.min_reward:
+        return _threshold(f"reward {_fmt(metrics.reward)} below min_reward {_fmt(t.min_reward)}")
+    if t.max_risk is not None and metrics.risk > t.max_risk:
+        return _threshold(f"risk {_fmt(metrics.risk)} above max_risk {_fmt(t.max_risk)}")
+    if t.max_complexity is not None and metrics.complexity > t.max_complexity:
+        return _threshold(
+            f"complexity {_fmt(metrics.complexity)} above max_complexity {_fmt(t.max_complexity)}"
+        )
+    if t.min_sharpe_ratio is not None:
+        sharpe = metrics.sharpe_ratio
+        if sharpe is None:
+            return _threshold(
+                f"sharpe_ratio missing but min_sharpe_ratio {_fmt(t.min_sharpe_ratio)} is required"
+            )
+        if sharpe < t.min_sharpe_ratio:
+            return _threshold(
+                f"sharpe_ratio {_fmt(sharpe)} below min_sharpe_ratio {_fmt(t.min_sharpe_ratio)}"
+            )
+    if t.max_drawdown is not None:
+        drawdown = metrics.max_drawdown
+        if drawdown is None:
+            return _threshold(
+                f"max_drawdown missing but a max_drawdown of {_fmt(t.max_drawdown)} is required"
+            )
+        if drawdown > t.max_drawdown:
+            return _threshold(
+                f"max_drawdown {_fmt(drawdown)} above max_drawdown {_fmt(t.max_drawdown)}"
+            )
+    return None
+
+
+def _threshold(reason: str) -> Rejection:
+    return Rejection(rejection_type="threshold", reason=reason)

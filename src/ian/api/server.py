@@ -1,0 +1,70 @@
+"""Uvicorn inside the node's task group, on a socket the node binds itself.
+
+Uvicorn's own signal capture is disabled: the node owns signals and decides the shutdown order
+(HTTP first, then the sequencer drains).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from ian.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ian.node import Node
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer:
+    def __init__(self, node: Node, host: str, port: int) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self._server: _EmbeddedServer | None = None
+        self._done = anyio.Event()
+
+    async def serve(self, *, task_status: TaskStatus[tuple[str, int]]) -> None:
+        from ian.api.app import create_app
+        from ian.node import free_socket
+
+        try:
+            sock = free_socket(self.host, self.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.port} for the API: {exc.strerror}",
+                fix="stop whatever holds the port or set IAN_API_PORT",
+            ) from None
+        config = uvicorn.Config(
+            create_app(self.node),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            http="httptools",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        self._server = _EmbeddedServer(config)
+        bound = sock.getsockname()[:2]
+        task_status.started((bound[0], bound[1]))
+        try:
+            await self._server.serve(sockets=[sock])
+        finally:
+            sock.close()
+            self._done.set()
+
+    async def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            await self._done.wait()

@@ -1,0 +1,158 @@
+"""What every `ian` command shares: options, consoles, exit codes and the error boundary.
+
+Commands raise :class:`ian.errors.IanError` (or call :func:`exit_with_error`); :func:`run`
+turns those into one line on stderr and a distinct exit code. Tracebacks only with ``--debug``.
+Heavy modules (httpx, the node core) are imported inside commands so ``ian --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ian.config import Settings
+
+# Exit codes, documented in the README; doctor uses 0/1/2 for ok/warnings/failures.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_DATA_DIR = 4
+EXIT_LOCKED = 5
+EXIT_UNREACHABLE = 6
+EXIT_REJECTED = 7
+
+DEFAULT_NODE_URL = "http://127.0.0.1:8000"
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="IAN_DATA_DIR",
+        help="Node data directory [env IAN_DATA_DIR; default ./.ian-data].",
+        show_default=False,
+    ),
+]
+NodeUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--node-url",
+        envvar="IAN_NODE_URL",
+        help=f"Base URL of the node's HTTP API [env IAN_NODE_URL; default {DEFAULT_NODE_URL}].",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+class _State:
+    debug = False
+
+
+state = _State()
+
+
+def stdout() -> Console:
+    """The console for results (honours NO_COLOR and non-TTY output)."""
+    global _out
+    if _out is None:
+        from rich.console import Console
+
+        _out = Console(highlight=False)
+    return _out
+
+
+def stderr() -> Console:
+    """The console for diagnostics."""
+    global _err
+    if _err is None:
+        from rich.console import Console
+
+        _err = Console(stderr=True, highlight=False)
+    return _err
+
+
+_out: Console | None = None
+_err: Console | None = None
+
+
+def print_json(value: Any) -> None:
+    """Write ``value`` as JSON on stdout (no colour, stable key order)."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def exit_with_error(message: str, *, code: int = EXIT_FAILURE, fix: str | None = None) -> NoReturn:
+    text = f"error: {message}"
+    if fix:
+        text += f"\n  fix: {fix}"
+    stderr().print(text, markup=False)
+    raise typer.Exit(code)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    from ian import errors
+
+    table: list[tuple[type[BaseException], int]] = [
+        (errors.ConfigError, EXIT_CONFIG),
+        (errors.NodeLockedError, EXIT_LOCKED),
+        (errors.DataDirError, EXIT_DATA_DIR),
+        (errors.NodeUnreachableError, EXIT_UNREACHABLE),
+        (errors.RequestError, EXIT_REJECTED),
+    ]
+    for cls, code in table:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_FAILURE
+
+
+def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Effective settings for a command: flags > env > config.toml > defaults."""
+    from ian.config import load_settings as _load
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        given["data_dir"] = data_dir
+    return _load(overrides=given)
+
+
+def node_url(explicit: str | None, settings: Settings | None = None) -> str:
+    """The API URL to talk to: --node-url/IAN_NODE_URL, else the configured API port on loopback."""
+    if explicit:
+        return explicit.rstrip("/")
+    if settings is not None and settings.api_port:
+        return f"http://127.0.0.1:{settings.api_port}"
+    return DEFAULT_NODE_URL
+
+
+def run(app: typer.Typer) -> NoReturn:
+    """Run the Typer app behind the one error boundary."""
+    from ian.errors import IanError
+
+    try:
+        app()
+    except IanError as exc:
+        if state.debug or os.environ.get("IAN_DEBUG"):
+            raise
+        code = exit_code_for(exc)
+        text = f"error: {exc.message}"
+        if exc.fix:
+            text += f"\n  fix: {exc.fix}"
+        sys.stderr.write(text + "\n")
+        sys.exit(code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    sys.exit(0)
