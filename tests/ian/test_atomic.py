@@ -10,8 +10,6 @@ import pytest
 from ian.atomic import atomic_write_bytes, atomic_write_json, read_json
 from ian.errors import CorruptFileError, DataDirError
 
-ROOT = os.geteuid() == 0
-
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
@@ -62,19 +60,19 @@ def test_missing_directory_is_a_data_dir_error(tmp_path: Path) -> None:
         atomic_write_bytes(tmp_path / "nope" / "f", b"x")
 
 
-@pytest.mark.skipif(ROOT, reason="root ignores directory permissions")
-def test_read_only_dir_names_file_and_leaves_nothing(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
+def test_read_only_dir_names_file_and_leaves_nothing(shared_tmp: Path, unprivileged) -> None:
+    ro = shared_tmp / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
+    # As root the call runs as nobody, for whom a root-owned 0755 dir is read-only;
+    # as a user, 0500 makes it read-only for ourselves.
+    ro.chmod(0o755 if os.geteuid() == 0 else 0o500)
     try:
-        with pytest.raises(DataDirError) as info:
-            atomic_write_json(ro / "state.json", {"a": 1})
-        assert "state.json" in info.value.message
-        assert "Permission denied" in info.value.message
-        assert list(ro.iterdir()) == []
+        name, message = unprivileged(lambda: atomic_write_json(ro / "state.json", {"a": 1}))
     finally:
         ro.chmod(0o700)
+    assert name == "DataDirError"
+    assert "state.json" in message and "Permission denied" in message
+    assert list(ro.iterdir()) == []
 
 
 @pytest.mark.parametrize("value", [{"x": object()}, {"x": float("nan")}])
@@ -112,15 +110,13 @@ def test_corrupt_json_names_file_and_recovery(tmp_path: Path, content: bytes) ->
     assert info.value.fix == "run `ian peers reset`"
 
 
-@pytest.mark.skipif(ROOT, reason="root can read any file")
-def test_unreadable_file_is_data_dir_error(tmp_path: Path) -> None:
-    target = tmp_path / "node_state.json"
+def test_unreadable_file_is_data_dir_error(shared_tmp: Path, unprivileged) -> None:
+    target = shared_tmp / "node_state.json"
     target.write_text("{}")
-    target.chmod(0o000)
-    with pytest.raises(DataDirError) as info:
-        read_json(target, recovery="r")
-    assert not isinstance(info.value, CorruptFileError)
-    assert str(target) in str(info.value) and "check owner/permissions" in str(info.value)
+    target.chmod(0o000 if os.geteuid() != 0 else 0o600)
+    name, message = unprivileged(lambda: read_json(target, recovery="r"))
+    assert name == "DataDirError"  # not CorruptFileError
+    assert str(target) in message and "check owner/permissions" in message
 
 
 def test_directory_instead_of_file_is_data_dir_error(tmp_path: Path) -> None:

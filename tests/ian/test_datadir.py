@@ -97,15 +97,13 @@ def test_init_refuses_a_file(tmp_path: Path) -> None:
         init_data_dir(target)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_init_refuses_unwritable_dir(tmp_path: Path) -> None:
-    target = tmp_path / "data"
-    target.mkdir(mode=0o500)
-    try:
-        with pytest.raises(DataDirError, match="not writable"):
-            init_data_dir(target)
-    finally:
-        target.chmod(0o700)
+def test_init_refuses_unwritable_dir(shared_tmp: Path, unprivileged) -> None:
+    target = shared_tmp / "data"
+    target.mkdir(mode=0o755 if os.geteuid() == 0 else 0o500)
+    name, message = unprivileged(lambda: init_data_dir(target))
+    target.chmod(0o700)
+    assert name == "DataDirError"
+    assert "not writable" in message
 
 
 def test_read_api_token_missing_or_empty(tmp_path: Path) -> None:
@@ -131,9 +129,13 @@ def test_check_permissions_reports_each_problem(tmp_path: Path) -> None:
         assert f"chmod 600 {f}" in text
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
-def test_check_permissions_reports_wrong_owner(tmp_path: Path) -> None:
+def test_check_permissions_reports_wrong_owner(tmp_path: Path, unprivileged) -> None:
     d = init_data_dir(tmp_path).datadir
+    if os.geteuid() != 0:
+        # Only root can give a file away; as a user, check the report from the other side.
+        name, value = unprivileged(lambda: check_permissions(d))
+        assert name == "returned" and value == []
+        return
     os.chown(d.identity_file, 1000, 1000)
     problems = check_permissions(d)
     assert problems == [

@@ -9,7 +9,6 @@ unexpected is a logged 500 — never a 200 carrying an error.
 from __future__ import annotations
 
 import base64
-import hmac
 import ipaddress
 import logging
 import time
@@ -23,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ian import mmr
 from ian.api import models as m
+from ian.api.auth import check_token, client_address, require_admin
 from ian.errors import (
     AuthError,
     InputError,
@@ -42,7 +42,6 @@ log = logging.getLogger("ian.api")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": m.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 429, 503)
 }
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _error(status: int, code: str, message: str, field: str | None = None, headers=None):
@@ -94,43 +93,6 @@ def create_app(node: Node) -> FastAPI:
         return _error(500, "internal", "internal error; see the node's log")
 
     # -- helpers ----------------------------------------------------------------------------
-    def client_address(request: Request) -> str:
-        host = request.client.host if request.client else "unknown"
-        if proxies and host != "unknown":
-            forwarded = request.headers.get("x-forwarded-for")
-            try:
-                trusted = any(ipaddress.ip_address(host) in net for net in proxies)
-            except ValueError:
-                trusted = False
-            if trusted and forwarded:
-                return forwarded.split(",")[-1].strip() or host
-        return host
-
-    def bearer(request: Request) -> str | None:
-        value = request.headers.get("authorization", "")
-        scheme, _, token = value.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token else None
-
-    def check_token(request: Request, expected: str | None) -> None:
-        if expected is None:
-            return
-        given = bearer(request)
-        if given is None:
-            raise AuthError("a bearer token is required (Authorization: Bearer <token>)")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise AuthError("the bearer token is wrong", forbidden=True)
-
-    async def require_admin(request: Request) -> None:
-        host = request.client.host if request.client else ""
-        if not settings.admin_allow_remote and host not in LOOPBACK:
-            raise AuthError(
-                "admin routes answer only on loopback (set admin_allow_remote to change that)",
-                forbidden=True,
-            )
-        if node.admin_token is None:
-            raise AuthError("no admin token is configured on this node", forbidden=True)
-        check_token(request, node.admin_token)
-
     def goal_view(goal_id: str) -> GoalView:
         view = node.views.get(goal_id)
         if view is None:
@@ -235,7 +197,7 @@ def create_app(node: Node) -> FastAPI:
         goal_id: str | None = None
         try:
             check_token(request, node.settings_token)
-            intake.check_client(client_address(request))
+            intake.check_client(client_address(request, proxies))
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > max_body:
                 raise PayloadTooLargeError(f"request body is larger than {max_body} bytes")

@@ -33,7 +33,8 @@ class Metrics:
     """The measured result of one evaluation.
 
     ``reward``, ``risk`` and ``complexity`` are required; ``sharpe_ratio`` and ``max_drawdown``
-    are optional (``None`` = not measured). Every present value is a finite float.
+    are optional (``None`` = not measured). Every present value is a finite float (ints are
+    converted; bools and non-finite values raise).
     """
 
     reward: float
@@ -64,8 +65,14 @@ class Metrics:
             # bool is an int subclass but never a meaningful metric.
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"metric {name} must be a number, got {type(value).__name__}")
-            if not _isfinite(value):
+            try:
+                as_float = float(value)
+            except OverflowError:  # an int beyond the float range
+                as_float = math.inf
+            if not _isfinite(as_float):
                 raise ValueError(f"metric {name} must be finite, got {value!r}")
+            # Store plain floats only, so 1 and 1.0 serialise (and hash) the same way.
+            object.__setattr__(self, name, as_float)
 
     def to_dict(self) -> dict[str, float]:
         """The metrics as a JSON-ready dict; ``None`` values are omitted."""

@@ -115,8 +115,7 @@ def generate_prices(seed: int = MARKET_SEED, count: int = WARMUP + STEPS + 1) ->
     """The synthetic price series for ``seed``: ``count`` positive prices from ``INITIAL_PRICE``.
 
     The market is a sequence of regimes of 30..109 steps: trend (40%), range (30%), squeeze then
-    breakout (30%);
-    each per-step return is clamped to [-0.2, 0.2] so prices stay positive.
+    breakout (30%). Each per-step return is clamped to [-0.2, 0.2] so prices stay positive.
     """
     rng = _SplitMix64(seed)
     prices = [INITIAL_PRICE]
@@ -197,16 +196,40 @@ MARKET = Market.from_prices(generate_prices(MARKET_SEED))
 
 @dataclass(frozen=True, slots=True)
 class DemoParams:
-    """Validated demo-trading parameters (see the module docstring for ranges)."""
+    """Valid demo-trading parameters (ranges in the module docstring), from :func:`parse_params`.
+
+    Constructing one directly with out-of-range values raises ``ValueError``, so a back-test never
+    sees a lookback its windows cannot serve.
+    """
 
     strategy: Strategy
     lookback: int
     threshold: float
     position_size: float
 
+    def __post_init__(self) -> None:
+        if (
+            self.strategy not in STRATEGIES
+            or type(self.lookback) is not int
+            or not MIN_LOOKBACK <= self.lookback <= MAX_LOOKBACK
+            or type(self.threshold) is not float
+            or not 0.0 <= self.threshold < math.inf
+            or type(self.position_size) is not float
+            or not 0.0 < self.position_size <= 1.0
+        ):
+            raise ValueError(f"invalid demo-trading parameters: {self!r}")
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _show(value: object) -> str:
+    """A short repr for error messages: parameters can be megabytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return "a very large integer"  # repr of huge ints is slow and capped by Python
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _type_name(value: object) -> str:
@@ -235,7 +258,7 @@ def parse_params(parameters: bytes) -> DemoParams:
     strategy = doc["strategy"]
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise InputError(
-            f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}",
+            f"strategy must be one of {', '.join(STRATEGIES)}, got {_show(strategy)}",
             field=f"{_FIELD}.strategy",
         )
 
@@ -246,21 +269,21 @@ def parse_params(parameters: bytes) -> DemoParams:
         or not MIN_LOOKBACK <= lookback <= MAX_LOOKBACK
     ):
         raise InputError(
-            f"lookback must be an integer {MIN_LOOKBACK}..{MAX_LOOKBACK}, got {lookback!r}",
+            f"lookback must be an integer {MIN_LOOKBACK}..{MAX_LOOKBACK}, got {_show(lookback)}",
             field=f"{_FIELD}.lookback",
         )
 
     threshold = _finite_float(doc["threshold"])
     if threshold is None or threshold < 0.0:
         raise InputError(
-            f"threshold must be a finite number >= 0, got {doc['threshold']!r}",
+            f"threshold must be a finite number >= 0, got {_show(doc['threshold'])}",
             field=f"{_FIELD}.threshold",
         )
 
     size = _finite_float(doc["position_size"])
     if size is None or not 0.0 < size <= 1.0:
         raise InputError(
-            f"position_size must be a number in (0, 1], got {doc['position_size']!r}",
+            f"position_size must be a number in (0, 1], got {_show(doc['position_size'])}",
             field=f"{_FIELD}.position_size",
         )
     return DemoParams(strategy=strategy, lookback=lookback, threshold=threshold, position_size=size)

@@ -165,6 +165,36 @@ def test_non_finite_numbers_are_rejected(raw: bytes, field: str) -> None:
     assert info.value.field == field
 
 
+def test_error_messages_stay_short_for_huge_values() -> None:
+    with pytest.raises(InputError) as info:
+        parse_params(with_(strategy="x" * 1_000_000))
+    assert len(info.value.message) < 200
+    with pytest.raises(InputError) as info:
+        parse_params(with_(lookback=10**4000))
+    assert info.value.field == f"{FIELD}.lookback"
+    assert len(info.value.message) < 200
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("scalping", 20, 0.0, 1.0),
+        ("momentum", 1, 0.0, 1.0),
+        ("momentum", 201, 0.0, 1.0),
+        ("momentum", 20.0, 0.0, 1.0),
+        ("momentum", 20, -0.1, 1.0),
+        ("momentum", 20, math.inf, 1.0),
+        ("momentum", 20, math.nan, 1.0),
+        ("momentum", 20, 0.0, 0.0),
+        ("momentum", 20, 0.0, 1.5),
+        ("momentum", 20, 0.0, 1),
+    ],
+)
+def test_demo_params_cannot_be_built_invalid(args: tuple[object, ...]) -> None:
+    with pytest.raises(ValueError):
+        DemoParams(*args)  # type: ignore[arg-type]
+
+
 def test_integers_are_accepted_for_float_fields() -> None:
     parsed = parse_params(with_(threshold=0, position_size=1))
     assert parsed.threshold == 0.0

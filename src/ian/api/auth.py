@@ -1,0 +1,59 @@
+"""Who may call what: bearer tokens, the loopback rule for admin routes, client addresses."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from fastapi import Request
+
+from ian.errors import AuthError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None
+
+
+def check_token(request: Request, expected: str | None) -> None:
+    """Raise AuthError (401 missing, 403 wrong) unless ``expected`` is None or matches."""
+    if expected is None:
+        return
+    given = bearer(request)
+    if given is None:
+        raise AuthError("a bearer token is required (Authorization: Bearer <token>)")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise AuthError("the bearer token is wrong", forbidden=True)
+
+
+async def require_admin(request: Request) -> None:
+    """FastAPI dependency for /api/v1/admin/...: loopback only (unless allowed) and a token."""
+    node = request.app.state.node
+    host = request.client.host if request.client else ""
+    if not node.settings.admin_allow_remote and host not in LOOPBACK:
+        raise AuthError(
+            "admin routes answer only on loopback (set admin_allow_remote to change that)",
+            forbidden=True,
+        )
+    if node.admin_token is None:
+        raise AuthError("no admin token is configured on this node", forbidden=True)
+    check_token(request, node.admin_token)
+
+
+def client_address(
+    request: Request, proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str:
+    """The client's address; X-Forwarded-For is believed only from a trusted proxy."""
+    host = request.client.host if request.client else "unknown"
+    if proxies and host != "unknown":
+        forwarded = request.headers.get("x-forwarded-for")
+        try:
+            trusted = any(ipaddress.ip_address(host) in net for net in proxies)
+        except ValueError:
+            trusted = False
+        if trusted and forwarded:
+            return forwarded.split(",")[-1].strip() or host
+    return host
