@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean completions
+.PHONY: run test lint tools format bench clean completions
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: lint
+# System tools the tests use (promtool from Debian's prometheus package). Installed when
+# missing and we may (root); otherwise the tests that need them fail with the install hint.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null)); \
+	  else echo "promtool missing: install Debian's prometheus package (tests needing it will fail)"; fi; }
+
+test: lint tools
 	$(BIN)/python -m pytest
 
 format: $(STAMP)
