@@ -81,19 +81,7 @@ def build_block(
         outcomes.append(outcome)
         if outcome.accepted:
             seen.add(c.pack_hash)
-            assert outcome.contribution_hash is not None and outcome.log_index is not None
-            assert outcome.score is not None and outcome.metrics is not None
-            accepted.append(
-                NewEntry(
-                    contribution=c,
-                    log_index=outcome.log_index,
-                    contribution_hash=outcome.contribution_hash,
-                    score=outcome.score,
-                    metrics=outcome.metrics,
-                    first_node_pos=outcome.first_node_pos,
-                    mmr_nodes=outcome.mmr_nodes,
-                )
-            )
+            accepted.append(NewEntry.accepted(c, outcome))
     if not accepted:
         return outcomes, None, []
     header = BlockHeader(

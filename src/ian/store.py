@@ -21,7 +21,8 @@ from typing import Any
 
 from ian import mmr
 from ian.blocks import Block, BlockHeader
-from ian.contributions import Contribution
+from ian.chain import Outcome
+from ian.contributions import Contribution, make_contribution
 from ian.errors import SchemaError, StoreError
 
 SCHEMA_VERSION = 1
@@ -101,6 +102,20 @@ class NewEntry:
     metrics: dict[str, float]
     first_node_pos: int
     mmr_nodes: tuple[bytes, ...]
+
+    @classmethod
+    def accepted(cls, c: Contribution, outcome: Outcome) -> NewEntry:
+        assert outcome.accepted and outcome.contribution_hash is not None
+        assert outcome.log_index is not None and outcome.score is not None
+        return cls(
+            contribution=c,
+            log_index=outcome.log_index,
+            contribution_hash=outcome.contribution_hash,
+            score=outcome.score,
+            metrics=outcome.metrics or {},
+            first_node_pos=outcome.first_node_pos,
+            mmr_nodes=outcome.mmr_nodes,
+        )
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -276,6 +291,56 @@ class Store:
         if row is None:
             return None
         return BlockHeader.from_doc(json.loads(row[0])), row[1], row[2]
+
+    def block_hash(self, height: int) -> bytes | None:
+        row = self._r.execute("SELECT hash FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else row[0]
+
+    def blocks(
+        self, start: int, max_blocks: int, *, max_bytes: int = 2 * 1024 * 1024
+    ) -> list[Block]:
+        """Blocks ``start``.. in order, at most ``max_blocks`` and about ``max_bytes`` of packs
+        (at least one block), with their entries as they were submitted."""
+        out: list[Block] = []
+        size = 0
+        conn = _connect(self.path, readonly=True)
+        try:
+            rows = conn.execute(
+                "SELECT hash, header, signature, first_seq, entry_count FROM blocks "
+                "WHERE height >= ? ORDER BY height LIMIT ?",
+                (start, max_blocks),
+            ).fetchall()
+            for bhash, header, signature, first_seq, count in rows:
+                entries = []
+                for goal_id, version, params, metadata, contributor, seed in conn.execute(
+                    "SELECT goal_id, version, parameters, metadata, contributor_id, seed "
+                    "FROM contributions WHERE seq >= ? AND seq < ? ORDER BY seq",
+                    (first_seq, first_seq + count),
+                ):
+                    size += len(params) + len(metadata)
+                    entries.append(
+                        make_contribution(
+                            goal_id=goal_id,
+                            version=version,
+                            parameters=params,
+                            metadata=json.loads(metadata),
+                            contributor_id=contributor,
+                            seed=seed,
+                        )
+                    )
+                out.append(
+                    Block(
+                        header=BlockHeader.from_doc(json.loads(header)),
+                        hash=bhash,
+                        signature=signature,
+                        entries=tuple(entries),
+                    )
+                )
+                if size >= max_bytes:
+                    break
+        finally:
+            conn.close()
+        return out
 
     def latest_roots(self) -> dict[str, dict[str, Any]]:
         """Per goal, the roots recorded by the newest block that touched it."""

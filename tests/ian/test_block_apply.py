@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ian.block_apply import apply_block
+from ian.blocks import (
+    Block,
+    InvalidBlockError,
+    block_from_doc,
+    block_to_doc,
+)
+from ian.chain import ChainState
+from ian.contributions import make_contribution
+from ian.goals import DEMO_GOAL, GoalSpec, Thresholds
+from ian.identity import Identity
+from ian.sequencer import build_block
+from ian.store import Store
+
+TRIVIAL = GoalSpec(
+    id="TRIVIAL", evaluator="trivial", thresholds=Thresholds(), leaderboard_capacity=5
+)
+SPECS = [DEMO_GOAL, TRIVIAL]
+
+
+def _contribution(i: int, goal: str = "TRIVIAL"):
+    return make_contribution(
+        goal_id=goal,
+        version="1",
+        parameters=f"params-{i}".encode(),
+        metadata={"i": i},
+        contributor_id=f"c{i % 3}",
+        seed=i,
+    )
+
+
+def _sequence(tmp_path: Path, n_blocks: int, per_block: int = 4) -> tuple[Identity, list[Block]]:
+    """Make a chain on a 'sequencer' store and return its blocks as peers would receive them."""
+    ident = Identity.generate()
+    state = ChainState.genesis(SPECS)
+    store = Store(tmp_path / "seq.sqlite")
+    blocks = []
+    for b in range(n_blocks):
+        state.begin()
+        cs = [_contribution(b * per_block + k) for k in range(per_block)]
+        _, block, entries = build_block(state, ident, cs, store=store)
+        assert block is not None
+        store.append_block(block, entries)
+        state.height, state.head_hash = block.height, block.hash
+        state.head_timestamp_ms = block.header.timestamp_ms
+        blocks.append(block)
+    store.close()
+    # Round-trip through the wire form, as a follower gets them.
+    return ident, [block_from_doc(block_to_doc(b)) for b in blocks]
+
+
+def _follower(tmp_path: Path) -> tuple[ChainState, Store]:
+    return ChainState.genesis(SPECS), Store(tmp_path / "follower.sqlite")
+
+
+def test_follower_reaches_the_same_roots(tmp_path: Path) -> None:
+    ident, blocks = _sequence(tmp_path, 5)
+    state, store = _follower(tmp_path)
+    for block in blocks:
+        apply_block(state, store, block, sequencer=ident.node_id)
+    assert state.height == 5
+    assert state.head_hash == blocks[-1].hash
+    assert state.goals["TRIVIAL"].roots() == blocks[-1].header.goals["TRIVIAL"]
+    # And the follower can serve the same blocks on to others.
+    served = store.blocks(1, 10)
+    assert [b.hash for b in served] == [b.hash for b in blocks]
+    assert [len(b.entries) for b in served] == [4] * 5
+
+
+def _resign(block: Block, ident: Identity, **header_changes) -> Block:
+    header = dataclasses.replace(block.header, **header_changes)
+    h = header.hash()
+    return Block(header=header, hash=h, signature=ident.sign(h), entries=block.entries)
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        ("signature", "bad signature"),
+        ("other_sequencer", "not the sequencer"),
+        ("parent", "parent"),
+        ("root", "roots of TRIVIAL differ"),
+        ("height", "does not follow"),
+        ("entries", "entries hash"),
+        ("unknown_goal", "unknown goal"),
+    ],
+)
+def test_bad_blocks_are_rejected_and_nothing_changes(
+    tmp_path: Path, tamper: str, message: str
+) -> None:
+    ident, blocks = _sequence(tmp_path, 2)
+    state, store = _follower(tmp_path)
+    apply_block(state, store, blocks[0], sequencer=ident.node_id)
+    before = (state.height, state.head_hash, state.goals["TRIVIAL"].roots())
+    good = blocks[1]
+    h = good.header
+    if tamper == "signature":
+        bad = dataclasses.replace(good, signature=bytes(64))
+    elif tamper == "other_sequencer":
+        other = Identity.generate()
+        bad = _resign(good, other, sequencer=other.node_id, sequencer_key=other.public_key)
+    elif tamper == "parent":
+        bad = _resign(good, ident, parent_hash=bytes(32))
+    elif tamper == "root":
+        roots = dataclasses.replace(h.goals["TRIVIAL"], log_root=bytes(32))
+        bad = _resign(good, ident, goals={"TRIVIAL": roots})
+    elif tamper == "height":
+        bad = _resign(good, ident, height=5)
+    elif tamper == "entries":
+        bad = dataclasses.replace(good, entries=good.entries[:-1])
+    else:
+        stranger = dataclasses.replace(good.entries[0], goal_id="NOPE")
+        bad = dataclasses.replace(good, entries=(stranger, *good.entries[1:]))
+    with pytest.raises(InvalidBlockError, match=message):
+        apply_block(state, store, bad, sequencer=ident.node_id)
+    assert (state.height, state.head_hash, state.goals["TRIVIAL"].roots()) == before
+    assert store.head()[0] == 1
+    # The genuine block still applies afterwards.
+    apply_block(state, store, good, sequencer=ident.node_id)
+    assert state.height == 2
+
+
+def test_replayed_block_is_a_duplicate(tmp_path: Path) -> None:
+    ident, blocks = _sequence(tmp_path, 1)
+    state, store = _follower(tmp_path)
+    apply_block(state, store, blocks[0], sequencer=ident.node_id)
+    replay = _resign(
+        blocks[0],
+        ident,
+        height=2,
+        parent_hash=blocks[0].hash,
+        timestamp_ms=blocks[0].header.timestamp_ms,
+    )
+    with pytest.raises(InvalidBlockError, match="duplicate pack"):
+        apply_block(state, store, replay, sequencer=ident.node_id)
+
+
+def test_malformed_wire_block(tmp_path: Path) -> None:
+    _, blocks = _sequence(tmp_path, 1)
+    doc = block_to_doc(blocks[0])
+    doc["header"]["height"] = 7
+    with pytest.raises(InvalidBlockError, match="hash does not match"):
+        block_from_doc(doc)
+    with pytest.raises(InvalidBlockError, match="malformed"):
+        block_from_doc({"header": {}})
+    doc = block_to_doc(blocks[0])
+    doc["entries"][0]["agent_pack"]["parameters"] = "***"
+    with pytest.raises(InvalidBlockError, match="malformed block entry"):
+        block_from_doc(doc)
