@@ -17,6 +17,7 @@ from ian.contributions import Contribution, contribution_hash
 from ian.errors import IanError
 from ian.evaluators import Evaluator, Metrics, get_evaluator
 from ian.goals import GoalSpec
+from ian.hashing import canonical_json_text
 from ian.leaderboard import Leaderboard, LeaderboardEntry
 from ian.mmr import MMR
 
@@ -46,13 +47,14 @@ class GoalState:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What happened to one contribution. Accepted ones carry their log position and new nodes."""
 
     accepted: bool
     goal_id: str
     metrics: dict[str, float] | None = None
+    metrics_json: str = ""
     score: float | None = None
     reason: str = ""
     rejection_type: str | None = None
@@ -86,6 +88,15 @@ class ChainState:
     @classmethod
     def genesis(cls, specs: list[GoalSpec]) -> ChainState:
         return cls(goals={s.id: GoalState.empty(s) for s in specs})
+
+    def replace_with(self, other: ChainState) -> None:
+        """Become ``other`` in place (after a rollback), keeping this object's identity."""
+        self.goals.clear()
+        self.goals.update(other.goals)
+        self.height = other.height
+        self.head_hash = other.head_hash
+        self.head_timestamp_ms = other.head_timestamp_ms
+        self._saved = {}
 
     def goal(self, goal_id: str) -> GoalState | None:
         return self.goals.get(goal_id)
@@ -139,7 +150,8 @@ def execute(state: ChainState, c: Contribution) -> Outcome:
         )
     score = goals_mod.score(goal.spec, metrics.reward, metrics.risk, metrics.complexity)
     metric_doc = metrics.to_dict()
-    chash = contribution_hash(c, score, metric_doc)
+    metrics_json = canonical_json_text(metric_doc)
+    chash = contribution_hash(c, score, metrics_json)
     state.touch(goal)
     log_index = goal.mmr.size
     first_pos = goal.mmr.node_count
@@ -149,6 +161,7 @@ def execute(state: ChainState, c: Contribution) -> Outcome:
         accepted=True,
         goal_id=c.goal_id,
         metrics=metric_doc,
+        metrics_json=metrics_json,
         score=score,
         reason="accepted",
         log_index=log_index,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ian.errors import InputError, PayloadTooLargeError
-from ian.hashing import canonical_json, pack_hash
+from ian.hashing import canonical_json_text, pack_hash_from_parts
 
 MAX_VERSION_CHARS = 64
 MAX_PARAMETERS_BYTES = 10 * 1024 * 1024
@@ -44,6 +44,7 @@ class Contribution:
     contributor_id: str
     seed: int
     pack_hash: bytes
+    metadata_json: str = field(default="{}", compare=False)  # canonical JSON of metadata
     parsed: Any = field(default=None, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
@@ -84,23 +85,26 @@ def decode_parameters(text: str, *, max_bytes: int = MAX_PARAMETERS_BYTES) -> by
     return raw
 
 
-def check_metadata(metadata: dict[str, Any]) -> None:
+def check_metadata(metadata: dict[str, Any]) -> str:
+    """Check the limits; returns the canonical JSON text of ``metadata``."""
     if len(metadata) > MAX_METADATA_KEYS:
         raise InputError(
             f"agent_pack.metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}",
             field="agent_pack.metadata",
         )
     try:
-        size = len(canonical_json(metadata))
+        text = canonical_json_text(metadata)
     except (TypeError, ValueError) as exc:
         raise InputError(
             f"agent_pack.metadata is not plain JSON: {exc}", field="agent_pack.metadata"
         ) from None
+    size = len(text.encode()) if not text.isascii() else len(text)
     if size > MAX_METADATA_BYTES:
         raise InputError(
             f"agent_pack.metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
             field="agent_pack.metadata",
         )
+    return text
 
 
 def make_contribution(
@@ -125,7 +129,7 @@ def make_contribution(
         )
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be an integer 0..{MAX_SEED}", field="seed")
-    check_metadata(metadata)
+    metadata_json = check_metadata(metadata)
     return Contribution(
         goal_id=goal_id,
         version=version,
@@ -133,7 +137,10 @@ def make_contribution(
         metadata=metadata,
         contributor_id=contributor_id,
         seed=seed,
-        pack_hash=pack_hash(version, parameters, metadata),
+        pack_hash=pack_hash_from_parts(
+            version, base64.b64encode(parameters).decode("ascii"), metadata_json
+        ),
+        metadata_json=metadata_json,
     )
 
 
@@ -153,16 +160,17 @@ def contribution_from_wire(data: dict[str, Any]) -> Contribution:
         raise InputError(f"malformed contribution: {exc!r}") from None
 
 
-def contribution_hash(c: Contribution, score: float, metrics: dict[str, float]) -> bytes:
-    """See the module docstring for the exact encoding."""
+def contribution_hash(c: Contribution, score: float, metrics_json: str) -> bytes:
+    """See the module docstring for the exact encoding.
+
+    ``metrics_json`` is ``canonical_json_text(metrics)``; the document is assembled with its
+    keys already in canonical order, byte-identical to ``canonical_json(doc)`` (tested).
+    """
     if not math.isfinite(score):
         raise ValueError("score must be finite")
-    doc = {
-        "contributor_id": c.contributor_id,
-        "goal_id": c.goal_id,
-        "metrics": metrics,
-        "pack_hash": c.pack_hash.hex(),
-        "score": score,
-        "seed": c.seed,
-    }
-    return hashlib.sha256(canonical_json(doc)).digest()
+    text = (
+        f'{{"contributor_id":{canonical_json_text(c.contributor_id)},'
+        f'"goal_id":{canonical_json_text(c.goal_id)},"metrics":{metrics_json},'
+        f'"pack_hash":"{c.pack_hash.hex()}","score":{float(score)!r},"seed":{int(c.seed)}}}'
+    )
+    return hashlib.sha256(text.encode()).digest()

@@ -33,7 +33,25 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["canonical_json", "pack_hash", "sha256"]
+__all__ = [
+    "canonical_json",
+    "canonical_json_text",
+    "pack_hash",
+    "pack_hash_from_parts",
+    "sha256",
+]
+
+
+# One encoder for the process: json.dumps with options builds a new encoder per call, which
+# costs more than the encoding itself on the hot path.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def canonical_json_text(value: Any) -> str:
+    """:func:`canonical_json` as a ``str`` (before UTF-8 encoding)."""
+    return _CANONICAL.encode(value)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -42,9 +60,7 @@ def canonical_json(value: Any) -> bytes:
     Raises ``ValueError`` for NaN/±Infinity and ``TypeError`` for values JSON cannot encode
     (including non-string keys that cannot be sorted against each other).
     """
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def sha256(data: bytes) -> bytes:
@@ -54,9 +70,19 @@ def sha256(data: bytes) -> bytes:
 
 def pack_hash(version: str, parameters: bytes, metadata: Mapping[str, Any]) -> bytes:
     """Return the 32-byte pack hash of an agent pack (encoding in the module docstring)."""
-    document = {
-        "metadata": dict(metadata),
-        "parameters": base64.b64encode(parameters).decode("ascii"),
-        "version": version,
-    }
-    return hashlib.sha256(canonical_json(document)).digest()
+    return pack_hash_from_parts(
+        version, base64.b64encode(parameters).decode("ascii"), canonical_json_text(dict(metadata))
+    )
+
+
+def pack_hash_from_parts(version: str, parameters_b64: str, metadata_json: str) -> bytes:
+    """:func:`pack_hash` when the canonical metadata JSON and the base64 are already at hand.
+
+    The keys are in canonical order, so the document is byte-identical to
+    ``canonical_json({"metadata", "parameters", "version"})``.
+    """
+    document = (
+        f'{{"metadata":{metadata_json},"parameters":"{parameters_b64}",'
+        f'"version":{canonical_json_text(version)}}}'
+    )
+    return hashlib.sha256(document.encode()).digest()

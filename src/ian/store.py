@@ -91,7 +91,7 @@ class LogEntry:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEntry:
     """An accepted contribution as the sequencer hands it to :meth:`Store.append_block`."""
 
@@ -99,7 +99,7 @@ class NewEntry:
     log_index: int
     contribution_hash: bytes
     score: float
-    metrics: dict[str, float]
+    metrics_json: str
     first_node_pos: int
     mmr_nodes: tuple[bytes, ...]
 
@@ -112,7 +112,7 @@ class NewEntry:
             log_index=outcome.log_index,
             contribution_hash=outcome.contribution_hash,
             score=outcome.score,
-            metrics=outcome.metrics or {},
+            metrics_json=outcome.metrics_json,
             first_node_pos=outcome.first_node_pos,
             mmr_nodes=outcome.mmr_nodes,
         )
@@ -218,9 +218,9 @@ class Store:
                         c.seed,
                         c.version,
                         c.parameters,
-                        json.dumps(c.metadata, sort_keys=True, separators=(",", ":")),
+                        c.metadata_json,
                         e.score,
-                        json.dumps(e.metrics, sort_keys=True, separators=(",", ":")),
+                        e.metrics_json,
                         block.height,
                     )
                 )

@@ -1,0 +1,836 @@
+"""HTTP throughput and latency of POST /api/v1/contribute on a real `ian node run` process.
+
+Usage::
+
+    .venv/bin/python bench/http_bench.py [--quick] [--json-only] [--workers N] [--runs N]
+                                         [--duration S] [--rate R] [--py-spy] [--wrk]
+
+Starts the node in a temporary data dir (``IAN_API_PORT=0``; the port is read from its
+"serving the API on http://HOST:PORT" log line; per-client and per-contributor rate limits
+raised for the bench) and drives it from separate client processes. Each client process runs
+one asyncio loop (uvloop when installed) over hand-written HTTP/1.1 keep-alive connections, so
+client overhead stays far below the node's. Every request carries a distinct contributor id and
+a distinct demo-trading pack (no rate limiting, no dedup).
+
+Measured:
+
+- client ceiling: the same client against a stub server that answers at once (no node), and
+  the node's own ceiling on ``GET /health``;
+- (i) max throughput of durable answers: closed loop, N connections, 200 answers per second;
+- (ii) latency at a fixed offered load (default 500/s), open loop: request k is sent at
+  ``t0 + k/rate`` whatever happened to earlier ones, and its latency counts from that scheduled
+  time (no coordinated omission); plus the acceptance split and every non-200 status;
+- ``--py-spy``: where the node spends its time under max load (py-spy record, own-time top);
+- ``--wrk``: a wrk cross-check with unique bodies from a Lua script, when wrk is installed.
+
+Results: ``bench/results/http.json``. The node's log is scanned for errors afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import (
+    b64,
+    base_parser,
+    demo_parameters,
+    emit,
+    environment,
+    median,
+    percentile,
+    render_table,
+)
+
+GOAL_ID = "DEMO_TRADING_AGENT"
+CONTRIBUTE = "/api/v1/contribute"
+TARGET_RPS = 2000.0
+TARGET_P99_MS = 100.0
+SERVING = re.compile(r"serving the API on http://([^:\s]+):(\d+)")
+_ACCEPTED = b'"accepted":true'
+_REJECTION = re.compile(rb'"rejection_type":"([a-z_]+)"')
+_ERROR_CODE = re.compile(rb'"code":"([a-z_]+)"')
+
+STUB_RESPONSE = (
+    b'{"accepted":true,"reason":"accepted","rejection_type":null,"score":0.01,'
+    b'"metrics":{"reward":0.01,"risk":0.001,"complexity":2.0},"log_index":1,'
+    b'"contribution_hash":"' + b"ab" * 32 + b'"}'
+)
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def contribute_body(run_tag: str, index: int) -> bytes:
+    doc = {
+        "goal_id": GOAL_ID,
+        "agent_pack": {"version": "1.0", "parameters": b64(demo_parameters(index))},
+        "contributor_id": f"bench-{run_tag}-{index}",
+        "seed": index,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def make_request(path: str, body: bytes | None) -> bytes:
+    if body is None:
+        return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class Connection:
+    """One HTTP/1.1 keep-alive connection; one request at a time (no pipelining)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        self.writer.write(data)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+                break
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Tally:
+    """What one client process saw."""
+
+    def __init__(self) -> None:
+        self.latencies_ms: list[float] = []
+        self.statuses: Counter[int] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.max_connections = 0
+
+    def record(self, status: int, body: bytes, latency_s: float) -> None:
+        self.statuses[status] += 1
+        self.latencies_ms.append(latency_s * 1000.0)
+        if status == 200:
+            if _ACCEPTED in body:
+                self.outcomes["accepted"] += 1
+            else:
+                m = _REJECTION.search(body)
+                self.outcomes[f"rejected:{m.group(1).decode() if m else '?'}"] += 1
+        else:
+            m = _ERROR_CODE.search(body)
+            self.outcomes[f"http {status}:{m.group(1).decode() if m else '?'}"] += 1
+
+    def to_doc(self, elapsed: float) -> dict[str, Any]:
+        return {
+            "elapsed_s": elapsed,
+            "latencies_ms": self.latencies_ms,
+            "statuses": dict(self.statuses),
+            "outcomes": dict(self.outcomes),
+            "errors": dict(self.errors),
+            "max_connections": self.max_connections,
+        }
+
+
+def _requests(kind: str, tag: str, worker: int, workers: int, base: int):
+    """An endless stream of request bytes; contribute bodies are unique per worker and phase
+    (the pack hash ignores the contributor id, so the index also goes into the parameters)."""
+    if kind == "health":
+        data = make_request("/health", None)
+        while True:
+            yield data
+    k = base + worker
+    while True:
+        yield make_request(CONTRIBUTE, contribute_body(tag, k))
+        k += workers
+
+
+async def closed_loop(
+    host, port, kind, tag, base, worker, workers, connections, duration, start_at
+):
+    tally = Tally()
+    requests = _requests(kind, tag, worker, workers, base)
+    conns = [await Connection.open(host, port) for _ in range(connections)]
+    tally.max_connections = connections
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + duration
+
+    async def drive(conn: Connection) -> None:
+        while loop.time() < deadline:
+            t0 = loop.time()
+            try:
+                status, body = await conn.request(next(requests))
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                tally.errors[type(exc).__name__] += 1
+                return
+            tally.record(status, body, loop.time() - t0)
+
+    await asyncio.gather(*(drive(c) for c in conns))
+    elapsed = loop.time() - started
+    for c in conns:
+        c.close()
+    return tally.to_doc(elapsed)
+
+
+async def open_loop(
+    host, port, kind, tag, base, worker, workers, rate, duration, start_at, max_conns
+):
+    """Send at a fixed schedule; a request waits for no earlier answer (new connection if
+    every open one is busy, up to ``max_conns``)."""
+    tally = Tally()
+    requests = _requests(kind, tag, worker, workers, base)
+    idle: deque[Connection] = deque()
+    for _ in range(8):
+        idle.append(await Connection.open(host, port))
+    opened = len(idle)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    loop = asyncio.get_running_loop()
+    started = loop.time() + 0.01
+    total = int(rate * duration)
+    tasks = set()
+    gate = asyncio.Semaphore(max_conns)
+
+    async def one(data: bytes, scheduled: float) -> None:
+        nonlocal opened
+        async with gate:
+            if idle:
+                conn = idle.pop()
+            else:
+                conn = await Connection.open(host, port)
+                opened += 1
+                tally.max_connections = max(tally.max_connections, opened)
+            try:
+                status, body = await conn.request(data)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                tally.errors[type(exc).__name__] += 1
+                conn.close()
+                return
+            tally.record(status, body, loop.time() - scheduled)
+            idle.append(conn)
+
+    for k in range(total):
+        scheduled = started + k / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(next(requests), scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    while tasks:
+        await asyncio.gather(*list(tasks))
+    elapsed = loop.time() - started
+    for c in idle:
+        c.close()
+    tally.max_connections = max(tally.max_connections, opened)
+    return tally.to_doc(elapsed)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Entry point of a client process."""
+    loop = _new_loop()
+    try:
+        if spec["mode"] == "closed":
+            coro = closed_loop(
+                spec["host"],
+                spec["port"],
+                spec["kind"],
+                spec["tag"],
+                spec["base"],
+                spec["worker"],
+                spec["workers"],
+                spec["connections"],
+                spec["duration"],
+                spec["start_at"],
+            )
+        else:
+            coro = open_loop(
+                spec["host"],
+                spec["port"],
+                spec["kind"],
+                spec["tag"],
+                spec["base"],
+                spec["worker"],
+                spec["workers"],
+                spec["rate"],
+                spec["duration"],
+                spec["start_at"],
+                spec["max_conns"],
+            )
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+_PHASE_STRIDE = 100_000_000  # request indices of one phase; no phase sends that many
+_phases = iter(range(1, 1_000_000))
+
+
+def drive(pool, host, port, *, mode, kind, workers, duration, tag, **extra) -> dict[str, Any]:
+    """Run one load phase across ``workers`` client processes and merge what they saw."""
+    base = next(_phases) * _PHASE_STRIDE
+    start_at = time.time() + 0.5  # every worker connects first, then all start together
+    specs = []
+    for w in range(workers):
+        spec = {
+            "mode": mode,
+            "host": host,
+            "port": port,
+            "kind": kind,
+            "tag": tag,
+            "base": base,
+            "worker": w,
+            "workers": workers,
+            "duration": duration,
+            "start_at": start_at,
+        }
+        if mode == "closed":
+            spec["connections"] = max(1, extra["connections"] // workers)
+        else:
+            spec["rate"] = extra["rate"] / workers
+            spec["max_conns"] = max(1, extra["max_conns"] // workers)
+        specs.append(spec)
+    parts = list(pool.map(client_worker, specs))
+    return merge(parts, mode=mode, **extra)
+
+
+def merge(parts: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
+    latencies = sorted(x for p in parts for x in p["latencies_ms"])
+    statuses: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for p in parts:
+        statuses.update({str(k): v for k, v in p["statuses"].items()})
+        outcomes.update(p["outcomes"])
+        errors.update(p["errors"])
+    elapsed = max(p["elapsed_s"] for p in parts)
+    ok = statuses.get("200", 0)
+    return {
+        **info,
+        "elapsed_s": elapsed,
+        "requests": len(latencies),
+        "ok": ok,
+        "rate_ok_per_s": ok / elapsed if elapsed else 0.0,
+        "rate_all_per_s": len(latencies) / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": latencies[-1] if latencies else float("nan"),
+        "statuses": dict(statuses),
+        "outcomes": dict(outcomes),
+        "client_errors": dict(errors),
+        "max_connections": sum(p["max_connections"] for p in parts),
+    }
+
+
+# --------------------------------------------------------------------------- stub server
+
+
+async def _stub_serve(port_out) -> None:
+    response = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(STUB_RESPONSE)}\r\n\r\n".encode()
+        + STUB_RESPONSE
+    )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                writer.write(response)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    port_out.put(server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+def stub_server_main(port_out) -> None:
+    loop = _new_loop()
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run_until_complete(_stub_serve(port_out))
+
+
+# --------------------------------------------------------------------------- the node
+
+
+class NodeProcess:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.log_path = work / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.host = ""
+        self.port = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        ian = Path(sys.executable).with_name("ian")
+        if not ian.exists():
+            raise SystemExit(f"no `ian` script next to {sys.executable}; install the project")
+        env = {
+            **os.environ,
+            "IAN_DATA_DIR": str(self.work / "data"),
+            "IAN_API_HOST": "127.0.0.1",
+            "IAN_API_PORT": "0",
+            "IAN_LOG_LEVEL": "INFO",
+            "IAN_CLIENT_RATE": "1000000",
+            "IAN_CLIENT_BURST": "1000000",
+            "IAN_CONTRIBUTOR_RATE": "1000000",
+            "IAN_CONTRIBUTOR_BURST": "1000000",
+        }
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [str(ian), "node", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = SERVING.search(self.log_path.read_text(errors="replace"))
+            if m:
+                self.host, self.port = m.group(1), int(m.group(2))
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"the node did not start; its log:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log_problems(self) -> dict[str, Any]:
+        text = self.log_path.read_text(errors="replace")
+        bad = [ln for ln in text.splitlines() if re.search(r"ERROR|CRITICAL|Traceback", ln)]
+        return {"error_lines": len(bad), "first_error_lines": bad[:5]}
+
+
+# --------------------------------------------------------------------------- py-spy and wrk
+
+
+_SPY_MARKERS = (
+    "Sequencer._apply_batch",
+    "build_block",
+    "execute",
+    "backtest",
+    "Store.append_block",
+    "contribute",
+    "Intake.prepare",
+    "Store.has_packs",
+    "make_contribution",
+    "BaseModel.model_validate_json",
+    "serialize_response",
+    "HttpToolsProtocol.data_received",
+)
+
+
+def py_spy_profile(pid: int, seconds: float, out_dir: Path) -> dict[str, Any] | None:
+    """Sample the node for ``seconds`` (all threads). Returns, over busy samples (idle waits
+    dropped): own time by function, time under a few key frames, and busy samples per thread."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return None
+    raw = out_dir / "node_profile.txt"
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
+    cmd += ["--format", "raw", "--output", str(raw), "--nonblocking", "--threads"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not raw.exists():
+        print(f"py-spy failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = [re.sub(r"\s*\(.*\)$", "", f) for f in stack.split(";")]
+        if re.search(r"(?i)idle|select|epoll|poll|wait$|_wait|sleep|acquire", frames[-1]):
+            continue  # a thread waiting, not working
+        n = int(count)
+        total += n
+        threads[frames[0] if frames[0].startswith("thread") else "?"] += n
+        own[frames[-1]] += n
+        for marker in {f for f in frames if f in _SPY_MARKERS}:
+            under[marker] += n
+
+    def share(c: Counter[str], k: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {"function": f, "samples": n, "share_of_busy": n / total if total else 0.0}
+            for f, n in c.most_common(k)
+        ]
+
+    return {
+        "busy_samples": total,
+        "own_top": share(own, 15),
+        "inclusive": share(under),
+        "threads": share(threads),
+    }
+
+
+WRK_LUA = """
+local lines = {}
+local id = 0
+function setup(thread) thread:set("id", __COUNTER__) __COUNTER__ = __COUNTER__ + 1 end
+function init(args)
+  local k = 0
+  for line in io.lines("__BODIES__") do
+    if k % __THREADS__ == id then lines[#lines + 1] = line end
+    k = k + 1
+  end
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+local n = 0
+function request()
+  n = n + 1
+  if n > #lines then n = 1 end
+  return wrk.format(nil, "/api/v1/contribute", nil, lines[n])
+end
+local counts = {}
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+"""
+
+
+def wrk_cross_check(host, port, out_dir, threads, connections, duration) -> dict[str, Any] | None:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    bodies = out_dir / "wrk_bodies.txt"
+    count = int(20_000 * duration)  # more bodies than wrk can send: no repeats, no dedup
+    with bodies.open("wb") as f:
+        for k in range(count):
+            f.write(contribute_body("wrk", k) + b"\n")
+    lua = out_dir / "wrk.lua"
+    script = WRK_LUA.replace("__BODIES__", str(bodies)).replace("__THREADS__", str(threads))
+    lua.write_text(script.replace("__COUNTER__", "_G.counter").replace("local id = 0", "id = 0"))
+    lua.write_text("_G.counter = 0\n" + lua.read_text())
+    cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{int(duration)}s"]
+    cmd += ["--latency", "-s", str(lua), f"http://{host}:{port}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    bodies.unlink()
+    out = done.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    lat = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", out))
+    return {
+        "threads": threads,
+        "connections": connections,
+        "requests_per_s": float(rps.group(1)) if rps else None,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "p50": lat.get("50"),
+        "p99": lat.get("99"),
+        "raw": out[-1500:],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1, help="client processes (default 1)")
+    parser.add_argument("--runs", type=int, default=None, help="repeats per phase (default 3)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    parser.add_argument("--rate", type=float, default=500.0, help="open-loop offered load /s")
+    parser.add_argument(
+        "--connections", type=int, nargs="+", default=None, help="closed-loop concurrency"
+    )
+    parser.add_argument("--py-spy", action="store_true", help="profile the node under load")
+    parser.add_argument("--wrk", action="store_true", help="wrk cross-check (if installed)")
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    duration = args.duration or (3.0 if args.quick else 5.0)
+    conn_levels = args.connections or ([64] if args.quick else [32, 128])
+    workers = args.workers
+    ctx = multiprocessing.get_context("fork")
+
+    out_dir = Path(tempfile.mkdtemp(prefix="ian-http-bench-"))
+    doc: dict[str, Any] = {
+        "benchmark": "http",
+        "quick": args.quick,
+        "environment": environment(out_dir),
+        "client_workers": workers,
+        "duration_s": duration,
+        "runs": runs,
+        "targets": {"max_rate_per_s": TARGET_RPS, "p99_ms_at_rate": TARGET_P99_MS},
+    }
+    node = NodeProcess(out_dir)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            # Client ceiling: the same client against a server that does nothing.
+            port_q = ctx.Queue()
+            stub = ctx.Process(target=stub_server_main, args=(port_q,), daemon=True)
+            stub.start()
+            stub_port = port_q.get(timeout=10)
+            doc["client_vs_stub"] = drive(
+                pool,
+                "127.0.0.1",
+                stub_port,
+                mode="closed",
+                kind="contribute",
+                workers=workers,
+                duration=min(duration, 3.0),
+                tag="stub",
+                connections=64,
+            )
+            stub.terminate()
+            stub.join()
+
+            node.start()
+            doc["node"] = {"host": node.host, "port": node.port, "pid": node.proc.pid}
+            drive(  # warm-up: imports, first blocks, pydantic caches
+                pool,
+                node.host,
+                node.port,
+                mode="closed",
+                kind="contribute",
+                workers=workers,
+                duration=1.0,
+                tag="warm",
+                connections=16,
+            )
+            doc["health"] = drive(
+                pool,
+                node.host,
+                node.port,
+                mode="closed",
+                kind="health",
+                workers=workers,
+                duration=min(duration, 3.0),
+                tag="health",
+                connections=64,
+            )
+            doc["max_throughput"] = []
+            for conns in conn_levels:
+                rounds = [
+                    drive(
+                        pool,
+                        node.host,
+                        node.port,
+                        mode="closed",
+                        kind="contribute",
+                        workers=workers,
+                        duration=duration,
+                        tag=f"max{conns}r{r}",
+                        connections=conns,
+                    )
+                    for r in range(runs)
+                ]
+                doc["max_throughput"].append(_summarise(rounds, connections=conns))
+            rounds = [
+                drive(
+                    pool,
+                    node.host,
+                    node.port,
+                    mode="open",
+                    kind="contribute",
+                    workers=workers,
+                    duration=duration,
+                    tag=f"open{r}",
+                    rate=args.rate,
+                    max_conns=512,
+                )
+                for r in range(runs)
+            ]
+            doc["fixed_rate"] = _summarise(rounds, rate=args.rate)
+
+            if args.py_spy:
+                best = max(doc["max_throughput"], key=lambda x: x["rate_ok_per_s"])["connections"]
+                spy_doc: dict[str, Any] = {"connections": best}
+                future = pool.submit(
+                    client_worker,
+                    {
+                        "mode": "closed",
+                        "host": node.host,
+                        "port": node.port,
+                        "kind": "contribute",
+                        "tag": "spy",
+                        "base": next(_phases) * _PHASE_STRIDE,
+                        "worker": 0,
+                        "workers": 1,
+                        "connections": best,
+                        "duration": duration + 2,
+                        "start_at": time.time() + 0.5,
+                    },
+                )
+                time.sleep(1.5)
+                spy_doc["profile"] = py_spy_profile(node.proc.pid, duration - 1, out_dir)
+                future.result()
+                doc["py_spy"] = spy_doc
+        if args.wrk:
+            doc["wrk"] = wrk_cross_check(
+                node.host, node.port, out_dir, threads=2, connections=64, duration=duration
+            )
+    finally:
+        doc["node_exit_code"] = node.stop()
+        if node.proc is not None:
+            doc["node_log"] = node.log_problems()
+            doc["node_log_path"] = str(node.log_path)
+
+    emit("http", _strip_latencies(doc), _tables(doc), json_only=args.json_only)
+
+
+def _summarise(rounds: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
+    """Medians over rounds of the headline figures; the rounds themselves are kept."""
+    keys = ("rate_ok_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+    out = {**info, **{k: median([r[k] for r in rounds]) for k in keys}}
+    outcomes: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    for r in rounds:
+        outcomes.update(r["outcomes"])
+        statuses.update(r["statuses"])
+    out["outcomes"] = dict(outcomes)
+    out["statuses"] = dict(statuses)
+    out["client_errors"] = sum(sum(r["client_errors"].values()) for r in rounds)
+    out["rounds"] = rounds
+    return out
+
+
+def _strip_latencies(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _strip_latencies(v) for k, v in doc.items() if k != "latencies_ms"}
+    if isinstance(doc, list):
+        return [_strip_latencies(v) for v in doc]
+    return doc
+
+
+def _split(outcomes: dict[str, int]) -> str:
+    total = sum(outcomes.values()) or 1
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(outcomes.items()))
+
+
+def _tables(doc: dict[str, Any]) -> list[str]:
+    rows = [
+        ["client vs stub server", 64, doc["client_vs_stub"]["rate_ok_per_s"], "", "", "", ""],
+        ["GET /health", 64, doc["health"]["rate_ok_per_s"], doc["health"]["p50_ms"], "", "", ""],
+    ]
+    for m in doc["max_throughput"]:
+        rows.append(
+            [
+                "contribute, closed loop",
+                m["connections"],
+                m["rate_ok_per_s"],
+                m["p50_ms"],
+                m["p99_ms"],
+                m["client_errors"],
+                _split(m["outcomes"]),
+            ]
+        )
+    f = doc["fixed_rate"]
+    rows.append(
+        [
+            f"contribute, open loop {f['rate']:.0f}/s",
+            max(r["max_connections"] for r in f["rounds"]),
+            f["rate_ok_per_s"],
+            f["p50_ms"],
+            f["p99_ms"],
+            f["client_errors"],
+            _split(f["outcomes"]),
+        ]
+    )
+    tables = [
+        render_table(
+            f"HTTP API, {doc['client_workers']} client process(es), median of {doc['runs']} "
+            f"x {doc['duration_s']:.0f} s (targets: >= {TARGET_RPS:,.0f}/s; "
+            f"p99 < {TARGET_P99_MS:.0f} ms at 500/s)",
+            ["phase", "conns", "200/s", "p50 ms", "p99 ms", "errors", "split"],
+            rows,
+        )
+    ]
+    prof = (doc.get("py_spy") or {}).get("profile")
+    if prof:
+        for key, title in (
+            ("own_top", "own time by function"),
+            ("inclusive", "time under key frames"),
+            ("threads", "busy samples by thread"),
+        ):
+            tables.append(
+                render_table(
+                    f"node under max load (py-spy, {doc['py_spy']['connections']} connections, "
+                    f"{prof['busy_samples']} busy samples): {title}",
+                    ["function", "samples", "share %"],
+                    [
+                        [t["function"][:80], t["samples"], 100 * t["share_of_busy"]]
+                        for t in prof[key]
+                    ],
+                )
+            )
+    if doc.get("wrk"):
+        w = doc["wrk"]
+        tables.append(
+            render_table(
+                "wrk cross-check (unique bodies from Lua)",
+                ["threads", "conns", "req/s", "non-2xx", "p50", "p99"],
+                [
+                    [
+                        w["threads"],
+                        w["connections"],
+                        w["requests_per_s"],
+                        w["non_2xx"],
+                        w["p50"],
+                        w["p99"],
+                    ]
+                ],
+            )
+        )
+    log = doc.get("node_log", {})
+    tables.append(
+        f"node exit code {doc.get('node_exit_code')}; error lines in its log: "
+        f"{log.get('error_lines')} {log.get('first_error_lines') or ''}"
+    )
+    return tables
+
+
+if __name__ == "__main__":
+    main()

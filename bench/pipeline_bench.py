@@ -1,0 +1,289 @@
+"""In-process pipeline throughput: validation, then the sequencer's batches, durably committed.
+
+Usage::
+
+    .venv/bin/python bench/pipeline_bench.py [--quick] [--json-only] [--profile] [--runs N]
+
+Measures, with no HTTP in the way:
+
+(a) contributions/s through the whole write path, per evaluator (``trivial``, ``demo_trading``):
+    stateless validation as the API does it (base64 decode, ``make_contribution`` limits and pack
+    hash, ``evaluator.check``), then what ``Sequencer._apply_batch`` does for each batch of up to
+    1000: ``build_block`` (dedup lookup, evaluate, MMR append, leaderboard, signed block) and
+    ``Store.append_block`` (one SQLite transaction, ``synchronous=FULL``) on a real store in a
+    temporary directory. Stage times are reported separately.
+(c) the cost of one evaluation (``check`` and ``evaluate``), timeit-style, median µs per call.
+
+``--profile`` adds a cProfile top-10 (by own time) of one trivial-evaluator run.
+Results: ``bench/results/pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import (
+    b64,
+    base_parser,
+    demo_parameters,
+    emit,
+    environment,
+    median,
+    render_table,
+    trivial_parameters,
+)
+from ian.chain import ChainState
+from ian.contributions import decode_parameters, make_contribution
+from ian.evaluators import get_evaluator
+from ian.goals import GoalSpec
+from ian.identity import Identity
+from ian.sequencer import build_block
+from ian.store import Store
+
+GOAL_ID = "BENCH"
+BATCH = 1000  # the sequencer's default block_max_entries
+TARGET_TRIVIAL = 40_000.0  # contributions/s (the earlier implementation: ~4,000/s)
+
+
+def make_inputs(evaluator: str, n: int) -> list[str]:
+    """Base64 parameters as they arrive in a request body (prepared outside the timing)."""
+    gen = trivial_parameters if evaluator == "trivial" else demo_parameters
+    return [b64(gen(i)) for i in range(n)]
+
+
+def run_pipeline(evaluator: str, inputs: list[str], work_dir: Path) -> dict[str, Any]:
+    """One run on a fresh store; returns stage times (s) and counts."""
+    spec = GoalSpec(id=GOAL_ID, evaluator=evaluator)  # default thresholds
+    state = ChainState.genesis([spec])
+    check = get_evaluator(evaluator).check
+    identity = Identity.generate()
+    store = Store(work_dir / "store.sqlite")
+    t_validate = t_build = t_commit = 0.0
+    accepted = blocks = 0
+    perf = time.perf_counter
+    try:
+        started = perf()
+        for k in range(0, len(inputs), BATCH):
+            t0 = perf()
+            batch = []
+            for i in range(k, min(k + BATCH, len(inputs))):
+                c = make_contribution(
+                    goal_id=GOAL_ID,
+                    version="1.0",
+                    parameters=decode_parameters(inputs[i]),
+                    metadata={},
+                    contributor_id=f"contributor-{i}",
+                    seed=i,
+                )
+                c.parsed = check(c.parameters, c.metadata)
+                batch.append(c)
+            t1 = perf()
+            # What Sequencer._apply_batch does (minus the thread hop and the answers).
+            state.begin()
+            outcomes, block, entries = build_block(state, identity, batch, store=store)
+            t2 = perf()
+            if block is not None:
+                store.append_block(block, entries)
+                state.height = block.height
+                state.head_hash = block.hash
+                state.head_timestamp_ms = block.header.timestamp_ms
+                blocks += 1
+            state.begin()
+            t3 = perf()
+            t_validate += t1 - t0
+            t_build += t2 - t1
+            t_commit += t3 - t2
+            accepted += sum(1 for o in outcomes if o.accepted)
+        total = perf() - started
+    finally:
+        store.close()
+    return {
+        "n": len(inputs),
+        "accepted": accepted,
+        "blocks": blocks,
+        "seconds": total,
+        "validate_s": t_validate,
+        "build_s": t_build,
+        "commit_s": t_commit,
+    }
+
+
+def measure_pipeline(evaluator: str, n: int, runs: int) -> dict[str, Any]:
+    inputs = make_inputs(evaluator, n)
+    results = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="ian-bench-") as tmp:
+            results.append(run_pipeline(evaluator, inputs, Path(tmp)))
+    rate = [r["n"] / r["seconds"] for r in results]
+    return {
+        "evaluator": evaluator,
+        "contributions": n,
+        "runs": runs,
+        "per_run_rate": rate,
+        "rate_median": median(rate),
+        "accepted": results[0]["accepted"],
+        "blocks": results[0]["blocks"],
+        # Per-contribution cost of each stage, µs (medians over runs).
+        "validate_us": median([r["validate_s"] / n * 1e6 for r in results]),
+        "build_block_us": median([r["build_s"] / n * 1e6 for r in results]),
+        "append_block_us": median([r["commit_s"] / n * 1e6 for r in results]),
+        "append_block_ms_per_block": median(
+            [r["commit_s"] / max(1, r["blocks"]) * 1e3 for r in results]
+        ),
+    }
+
+
+def time_call(fn: Callable[[], object], *, budget_s: float = 0.3, repeat: int = 7) -> float:
+    """Median µs per call of ``fn`` (timeit: autorange-sized loops, ``repeat`` of them)."""
+    timer = timeit.Timer(fn)
+    number, took = timer.autorange()
+    number = max(1, int(number * budget_s / max(took, 1e-9) / repeat))
+    return median([t / number * 1e6 for t in timer.repeat(repeat=repeat, number=number)])
+
+
+def measure_evaluations(quick: bool) -> list[dict[str, Any]]:
+    """(c): check + evaluate of single contributions; demo over strategies and lookbacks."""
+    rows = []
+    budget = 0.1 if quick else 0.3
+    trivial = get_evaluator("trivial")
+    raw = trivial_parameters(1)
+    parsed = trivial.check(raw, {})
+    rows.append(
+        {
+            "evaluator": "trivial",
+            "case": "sha256 of 16 B",
+            "check_us": time_call(lambda: trivial.check(raw, {}), budget_s=budget),
+            "evaluate_us": time_call(lambda: trivial.evaluate(parsed), budget_s=budget),
+        }
+    )
+    demo = get_evaluator("demo_trading")
+    for strategy in ("momentum", "mean_reversion", "breakout"):
+        for lookback in (2, 200):
+            doc = (
+                f'{{"strategy":"{strategy}","lookback":{lookback},'
+                f'"threshold":0.01,"position_size":0.5}}'
+            ).encode()
+            p = demo.check(doc, {})
+            rows.append(
+                {
+                    "evaluator": "demo_trading",
+                    "case": f"{strategy} L={lookback}",
+                    "check_us": time_call(lambda doc=doc: demo.check(doc, {}), budget_s=budget),
+                    "evaluate_us": time_call(lambda p=p: demo.evaluate(p), budget_s=budget),
+                }
+            )
+    return rows
+
+
+def profile_trivial(n: int) -> list[dict[str, Any]]:
+    """cProfile top-10 by own time of one trivial run (profiling slows it ~2x)."""
+    inputs = make_inputs("trivial", n)
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory(prefix="ian-bench-") as tmp:
+        profiler.enable()
+        run_pipeline("trivial", inputs, Path(tmp))
+        profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in sorted(
+        stats.stats.items(),  # type: ignore[attr-defined]
+        key=lambda kv: kv[1][2],
+        reverse=True,
+    )[:10]:
+        short = filename.split("/src/", 1)[-1].split("/lib/python", 1)[-1]
+        rows.append(
+            {
+                "function": f"{short}:{line}({func})",
+                "calls": calls,
+                "own_s": tottime,
+                "cum_s": cumtime,
+                "own_share": tottime / total if total else 0.0,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=None, help="runs per case (default 3)")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile top-10")
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    n_trivial = 10_000 if args.quick else 50_000
+    n_demo = 1_000 if args.quick else 5_000
+
+    pipeline = [
+        measure_pipeline("trivial", n_trivial, runs),
+        measure_pipeline("demo_trading", n_demo, runs),
+    ]
+    evaluations = measure_evaluations(args.quick)
+    doc: dict[str, Any] = {
+        "benchmark": "pipeline",
+        "quick": args.quick,
+        "environment": environment(Path(tempfile.gettempdir())),
+        "batch": BATCH,
+        "target_trivial_per_s": TARGET_TRIVIAL,
+        "pipeline": pipeline,
+        "evaluation": evaluations,
+    }
+    tables = [
+        render_table(
+            f"(a) in-process pipeline, batches of {BATCH}, durable commit "
+            f"(median of {runs}; target trivial >= {TARGET_TRIVIAL:,.0f}/s)",
+            [
+                "evaluator",
+                "n",
+                "contrib/s",
+                "accepted",
+                "validate µs",
+                "build_block µs",
+                "append_block µs",
+                "ms/commit",
+            ],
+            [
+                [
+                    p["evaluator"],
+                    p["contributions"],
+                    p["rate_median"],
+                    p["accepted"],
+                    p["validate_us"],
+                    p["build_block_us"],
+                    p["append_block_us"],
+                    p["append_block_ms_per_block"],
+                ]
+                for p in pipeline
+            ],
+        ),
+        render_table(
+            "(c) one evaluation, median µs per call",
+            ["evaluator", "case", "check µs", "evaluate µs"],
+            [[e["evaluator"], e["case"], e["check_us"], e["evaluate_us"]] for e in evaluations],
+        ),
+    ]
+    if args.profile:
+        top = profile_trivial(n_trivial)
+        doc["profile_trivial_top10"] = top
+        tables.append(
+            render_table(
+                "cProfile top-10 by own time (trivial run, profiler overhead included)",
+                ["function", "calls", "own s", "cum s", "own %"],
+                [
+                    [t["function"], t["calls"], t["own_s"], t["cum_s"], 100 * t["own_share"]]
+                    for t in top
+                ],
+            )
+        )
+    emit("pipeline", doc, tables, json_only=args.json_only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Replication: one ordered chain on every node (ARCHITECTURE §6).
+
+The sequencer announces each block it commits; followers verify and apply announced blocks,
+fetch ranges they miss from any peer (blocks are self-authenticating), forward contributions to
+the sequencer, and repair themselves when a majority of peers disagrees with their chain.
+
+Consensus state: ``ISOLATED`` (no peers), ``SYNCING`` (behind the best height seen), ``SYNCED``,
+``DIVERGED`` (a majority of peers hold a different block at a height we have; repair runs).
+All chain writes on a follower go through one lock and one worker thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+
+from ian.block_apply import apply_block
+from ian.blocks import Block, InvalidBlockError
+from ian.chain import ChainState, Outcome
+from ian.contributions import Contribution
+from ian.errors import IanError, RequestError, UnavailableError
+from ian.p2p import messages as msg
+from ian.p2p.errors import P2PError
+from ian.peer_book import PeerEvent
+from ian.store import Store
+
+if TYPE_CHECKING:
+    from ian.p2p.service import P2PService
+
+log = logging.getLogger("ian.sync")
+
+SYNC_BATCH = 64
+FORWARD_TIMEOUT_S = 10.0
+
+
+class Replicator:
+    """Block propagation, sync, forwarding and divergence repair for one node."""
+
+    def __init__(
+        self,
+        *,
+        state: ChainState,
+        store: Store,
+        p2p: P2PService,
+        is_sequencer: Callable[[], bool],
+        sequencer_id: Callable[[], str | None],
+        on_applied: Callable[[Block], None],
+        reload_state: Callable[[], ChainState],  # a fresh state loaded from the store
+        handle_forward: Callable[[Contribution], Awaitable[Outcome]],
+        record: Callable[[str, PeerEvent], None],
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.p2p = p2p
+        self.is_sequencer = is_sequencer
+        self.sequencer_id = sequencer_id
+        self._on_applied = on_applied
+        self._reload_state = reload_state
+        self._handle_forward = handle_forward
+        self._record = record
+        self._write_lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self.announced_height = 0
+        self.diverged = False
+        self.last_divergence: dict[str, Any] | None = None
+        self.synced_blocks = 0
+        self._pending_check: int | None = None
+        p2p.on(msg.BlockAnnounce.TYPE, self._on_announce)
+        p2p.on(msg.GetBlocks.TYPE, self._on_get_blocks)
+        p2p.on(msg.ContributionForward.TYPE, self._on_forward)
+        p2p.on(msg.Status.TYPE, self._on_status)
+
+    # -- what the node shows --------------------------------------------------------------------
+    @property
+    def network_height(self) -> int:
+        return max(self.state.height, self.announced_height, self.p2p.best_height())
+
+    @property
+    def consensus_state(self) -> str:
+        if self.diverged:
+            return "DIVERGED"
+        if self.p2p.peer_count == 0:
+            return "ISOLATED"
+        if self.network_height > self.state.height:
+            return "SYNCING"
+        return "SYNCED"
+
+    # -- sequencer side -------------------------------------------------------------------------
+    async def announce(self, block: Block) -> None:
+        """Gossip a block this node just committed (sequencer) or applied (relay)."""
+        await self.p2p.broadcast(msg.BlockAnnounce(block=msg.block_to_doc(block)))
+
+    async def _on_get_blocks(self, peer: Any, m: msg.GetBlocks) -> msg.Message:
+        blocks = await anyio.to_thread.run_sync(
+            lambda: self.store.blocks(m.from_height, m.max_blocks)
+        )
+        return msg.Blocks(blocks=[msg.block_to_doc(b) for b in blocks])
+
+    async def _on_forward(self, peer: Any, m: msg.ContributionForward) -> msg.Message:
+        if not self.is_sequencer():
+            return msg.Error(code="not_sequencer", message="this node is not the sequencer")
+        try:
+            c = msg.contribution_from_doc(m.contribution)
+            outcome = await self._handle_forward(c)
+        except RequestError as exc:
+            return msg.Error(code=exc.code, message=exc.message[:1000])
+        except IanError as exc:
+            return msg.Error(code="invalid_input", message=exc.message[:1000])
+        return msg.ContributionResult(result=outcome.to_result())
+
+    # -- follower side: forwarding --------------------------------------------------------------
+    async def forward(self, c: Contribution) -> Outcome:
+        """Send ``c`` to the sequencer and return its durable answer."""
+        target = self.sequencer_id()
+        if target is None or target not in self.p2p.connected_ids():
+            raise UnavailableError("the sequencer is not reachable from this node", retry_after=2)
+        try:
+            reply = await self.p2p.request(
+                target,
+                msg.ContributionForward(contribution=msg.contribution_to_doc(c)),
+                timeout=FORWARD_TIMEOUT_S,
+            )
+        except P2PError as exc:
+            code = getattr(exc, "remote_code", None)
+            if code is not None and code != "unavailable":
+                raise RequestError(exc.message, code=code) from None
+            raise UnavailableError(f"forwarding to the sequencer failed: {exc.message}") from None
+        if isinstance(reply, msg.Error):
+            raise RequestError(reply.message, code=reply.code)
+        if not isinstance(reply, msg.ContributionResult):
+            raise UnavailableError("the sequencer answered with an unexpected message")
+        r = reply.result
+        return Outcome(
+            accepted=bool(r.get("accepted")),
+            goal_id=c.goal_id,
+            metrics=r.get("metrics"),
+            score=r.get("score"),
+            reason=str(r.get("reason", "")),
+            rejection_type=r.get("rejection_type"),
+            log_index=r.get("log_index"),
+            contribution_hash=(
+                bytes.fromhex(r["contribution_hash"]) if r.get("contribution_hash") else None
+            ),
+        )
+
+    # -- follower side: blocks ------------------------------------------------------------------
+    async def _on_status(self, peer: Any, m: msg.Status) -> None:
+        if m.height > self.state.height:
+            self._wake.set()
+        return None
+
+    async def _on_announce(self, peer: Any, m: msg.BlockAnnounce) -> None:
+        if self.is_sequencer():
+            return None
+        try:
+            block = msg.block_from_doc(m.block)
+        except (InvalidBlockError, IanError) as exc:
+            self._record(peer.node_id, PeerEvent.INVALID_MESSAGE)
+            log.warning("invalid block announce from %s: %s", peer.node_id[:12], exc)
+            return None
+        h = block.height
+        self.announced_height = max(self.announced_height, h)
+        if h == self.state.height + 1:
+            applied = await self._apply([block], peer.node_id)
+            if applied:
+                await self.announce(block)
+        elif h > self.state.height + 1:
+            self._wake.set()
+        else:
+            ours = self.store.block_hash(h)
+            if ours is not None and ours != block.hash:
+                await self.check_divergence(h)
+        return None
+
+    async def _apply(self, blocks: list[Block], sender: str) -> int:
+        """Apply consecutive blocks; returns how many were applied. Scores the sender."""
+        applied = 0
+        async with self._write_lock:
+            for block in blocks:
+                if block.height <= self.state.height:
+                    if self.store.block_hash(block.height) == block.hash:
+                        continue
+                    await self._later_check(block.height)
+                    break
+                try:
+                    await anyio.to_thread.run_sync(
+                        lambda b=block: apply_block(
+                            self.state, self.store, b, sequencer=self.sequencer_id()
+                        )
+                    )
+                except InvalidBlockError as exc:
+                    log.warning("rejected block %d from %s: %s", block.height, sender[:12], exc)
+                    self._record(sender, PeerEvent.INVALID_MESSAGE)
+                    break
+                applied += 1
+                self._on_applied(block)
+        if applied:
+            self._record(sender, PeerEvent.SUCCESSFUL_SYNC)
+        return applied
+
+    async def _later_check(self, height: int) -> None:
+        self._pending_check = height
+        self._wake.set()
+
+    # -- sync loop ------------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with anyio.move_on_after(1.0):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            if self.is_sequencer():
+                continue
+            if self._pending_check is not None:
+                height, self._pending_check = self._pending_check, None
+                await self.check_divergence(height)
+            await self._sync_once()
+
+    async def _sync_once(self) -> None:
+        """Fetch and apply blocks while some peer is ahead; bounded batches."""
+        while True:
+            target = self._best_peer()
+            if target is None:
+                return
+            node_id, height = target
+            if height <= self.state.height:
+                return
+            start = self.state.height + 1
+            try:
+                reply = await self.p2p.request(
+                    node_id, msg.GetBlocks(from_height=start, max_blocks=SYNC_BATCH), timeout=30
+                )
+            except P2PError as exc:
+                log.info("sync from %s failed: %s", node_id[:12], exc.message)
+                self._record(node_id, PeerEvent.FAILED_SYNC)
+                return
+            if not isinstance(reply, msg.Blocks) or not reply.blocks:
+                self._record(node_id, PeerEvent.FAILED_SYNC)
+                return
+            try:
+                blocks = [msg.block_from_doc(d) for d in reply.blocks]
+            except (InvalidBlockError, IanError) as exc:
+                log.warning("invalid blocks from %s: %s", node_id[:12], exc)
+                self._record(node_id, PeerEvent.INVALID_MESSAGE)
+                return
+            if blocks[0].height != start:
+                self._record(node_id, PeerEvent.FAILED_SYNC)
+                return
+            applied = await self._apply(blocks, node_id)
+            self.synced_blocks += applied
+            if applied < len(blocks):
+                return
+
+    def _best_peer(self) -> tuple[str, int] | None:
+        best: tuple[str, int] | None = None
+        for p in self.p2p.peers():
+            h = getattr(p, "height", 0) or 0
+            if best is None or h > best[1]:
+                best = (p.node_id, h)
+        return best
+
+    # -- divergence -----------------------------------------------------------------------------
+    async def check_divergence(self, height: int) -> None:
+        """Ask every peer for its block at ``height``; if most disagree with ours, repair."""
+        ours = self.store.block_hash(height)
+        if ours is None or self.is_sequencer():
+            return
+        votes: dict[bytes, list[str]] = {}
+        for p in list(self.p2p.peers()):
+            got = await self._remote_hash(p.node_id, height)
+            if got is not None:
+                votes.setdefault(got, []).append(p.node_id)
+        asked = sum(len(v) for v in votes.values())
+        disagree = asked - len(votes.get(ours, []))
+        if asked == 0 or disagree * 2 <= asked:
+            return
+        voters = max(votes.values(), key=len)
+        self.diverged = True
+        log.error(
+            "DIVERGED: %d of %d peers hold a different block at height %d; repairing",
+            disagree,
+            asked,
+            height,
+        )
+        common = await self._last_common(voters[0], height)
+        async with self._write_lock:
+            removed = await anyio.to_thread.run_sync(lambda: self.store.truncate_above(common))
+            # In place: the sequencer, intake and API hold references to this state.
+            self.state.replace_with(self._reload_state())
+        self.last_divergence = {
+            "detected_at": time.time(),
+            "height": height,
+            "rolled_back_to": common,
+            "blocks_removed": removed,
+        }
+        log.warning("rolled back %d blocks to height %d; resyncing", removed, common)
+        self.diverged = False
+        self._wake.set()
+
+    async def _remote_hash(self, node_id: str, height: int) -> bytes | None:
+        try:
+            reply = await self.p2p.request(
+                node_id, msg.GetBlocks(from_height=height, max_blocks=1), timeout=10
+            )
+        except P2PError:
+            return None
+        if isinstance(reply, msg.Blocks) and reply.blocks:
+            doc = reply.blocks[0]
+            if doc.header.height == height:
+                return bytes.fromhex(doc.hash)
+        return None
+
+    async def _last_common(self, node_id: str, height: int) -> int:
+        """Highest height ≤ ``height`` where our block equals ``node_id``'s (binary search)."""
+        lo, hi = 0, height - 1  # invariant: blocks ≤ lo agree (0 = genesis)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            theirs = await self._remote_hash(node_id, mid)
+            if theirs is not None and theirs == self.store.block_hash(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
