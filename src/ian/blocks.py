@@ -107,41 +107,14 @@ class InvalidBlockError(ValueError):
     """A block that must not be applied; ``reason`` says why (scored against its sender)."""
 
 
-def block_to_doc(block: Block) -> dict[str, Any]:
-    """The wire/JSON form of a block (self-authenticating: any peer may relay it)."""
-    return {
-        "header": block.header.to_doc(),
-        "hash": block.hash.hex(),
-        "signature": block.signature.hex(),
-        "entries": [c.to_wire() for c in block.entries],
-    }
-
-
-def block_from_doc(doc: dict[str, Any]) -> Block:
-    """Parse and check a block's form; raises InvalidBlockError. Signature is checked by
-    :func:`check_block_signature`, roots by re-execution."""
-    from ian.contributions import contribution_from_wire
-    from ian.errors import IanError
-
-    try:
-        header = BlockHeader.from_doc(doc["header"])
-        block_hash = bytes.fromhex(doc["hash"])
-        signature = bytes.fromhex(doc["signature"])
-        entries = tuple(contribution_from_wire(e) for e in doc["entries"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidBlockError(f"malformed block: {exc!r}") from None
-    except IanError as exc:
-        raise InvalidBlockError(f"malformed block entry: {exc.message}") from None
-    if header.hash() != block_hash:
-        raise InvalidBlockError(f"block {header.height}: hash does not match its header")
-    return Block(header=header, hash=block_hash, signature=signature, entries=entries)
-
-
 def check_block_signature(block: Block, sequencer: str | None) -> None:
-    """The block is signed by the key in its header, whose node id is ``sequencer`` (if given)."""
+    """The block hash matches its header and is signed by the key in the header, whose node id
+    is ``sequencer`` (if given)."""
     from ian.identity import node_id_for, verify_signature
 
     h = block.header
+    if h.hash() != block.hash:
+        raise InvalidBlockError(f"block {h.height}: hash does not match its header")
     if node_id_for(h.sequencer_key) != h.sequencer:
         raise InvalidBlockError(f"block {h.height}: sequencer key does not match its node id")
     if sequencer is not None and h.sequencer != sequencer:

@@ -98,8 +98,8 @@ class Intake:
         contributor_id: str,
         seed: int,
     ) -> Contribution:
-        goal = self.goals.get(goal_id)
-        if goal is None:
+        """Build and admit a contribution from API fields (parameters still base64)."""
+        if goal_id not in self.goals:
             raise NotFoundError(f"unknown goal {goal_id!r}", field="goal_id")
         raw = decode_parameters(parameters, max_bytes=self.max_parameters_bytes)
         c = make_contribution(
@@ -110,18 +110,31 @@ class Intake:
             contributor_id=contributor_id,
             seed=seed,
         )
+        return self.admit(c)
+
+    def admit(self, c: Contribution) -> Contribution:
+        """The checks every contribution passes before it is queued, wherever it came from:
+        goal, the evaluator's parameter check, the contributor's rate limit, duplicates."""
+        goal = self.goals.get(c.goal_id)
+        if goal is None:
+            raise NotFoundError(f"unknown goal {c.goal_id!r}", field="goal_id")
+        if len(c.parameters) > self.max_parameters_bytes:
+            raise PayloadTooLargeError(
+                f"agent_pack.parameters is larger than {self.max_parameters_bytes} bytes",
+                field="agent_pack.parameters",
+            )
         c.parsed = goal.evaluator.check(c.parameters, c.metadata)
-        wait = self.by_contributor.take(contributor_id, self.clock())
+        wait = self.by_contributor.take(c.contributor_id, self.clock())
         if wait:
             self.metrics.rate_limit_violations.inc()
             raise RateLimitedError(
-                f"contributor {contributor_id!r} is over its rate limit; retry in {wait:.0f}s",
+                f"contributor {c.contributor_id!r} is over its rate limit; retry in {wait:.0f}s",
                 field="contributor_id",
                 retry_after=wait,
             )
-        if self.store.has_packs(goal_id, [c.pack_hash]):
+        if self.store.has_packs(c.goal_id, [c.pack_hash]):
             raise DuplicateError(
-                f"this agent pack was already accepted for {goal_id}", field="agent_pack"
+                f"this agent pack was already accepted for {c.goal_id}", field="agent_pack"
             )
         return c
 

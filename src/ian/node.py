@@ -12,21 +12,23 @@ certificate and the log level.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version as _dist_version
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ian import node_state as node_state_mod
-from ian.certs import CertInfo, load_certificate
-from ian.chain import ChainState
+from ian.blocks import Block, GoalRoots
+from ian.certs import CertInfo
+from ian.chain import ChainState, Outcome
 from ian.config import Settings
+from ian.contributions import Contribution
 from ian.datadir import DataDir, init_data_dir, read_api_token
 from ian.errors import StoreError
 from ian.goals import GoalSpec
@@ -36,9 +38,13 @@ from ian.leaderboard import LeaderboardEntry
 from ian.lock import NodeLock
 from ian.log_setup import set_level
 from ian.metrics import NodeMetrics, StateSnapshot
+from ian.p2p import P2PService, PeerConnected
+from ian.peer_book import PeerBook
 from ian.recovery import load_chain_state, verify_store
+from ian.replication import Replicator
 from ian.sequencer import BatchResult, Sequencer
 from ian.store import Store
+from ian.tau import TauBridge
 
 log = logging.getLogger("ian.node")
 
@@ -66,7 +72,7 @@ class GoalView:
 @dataclass
 class BoundAddresses:
     api: tuple[str, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    p2p: tuple[str, int] | None = None
 
 
 class Node:
@@ -81,6 +87,7 @@ class Node:
         cert: CertInfo,
         store: Store,
         state: ChainState,
+        peer_book: PeerBook,
     ) -> None:
         self.settings = settings
         self.datadir = datadir
@@ -89,9 +96,10 @@ class Node:
         self.cert = cert
         self.store = store
         self.state = state
+        self.peer_book = peer_book
         self.version = package_version()
         self.started_at = time.time()
-        self.role = "sequencer"
+        self.role, self._sequencer_id = _role(settings, identity.node_id)
         self.views: dict[str, GoalView] = {}
         self.last_backup_at: float | None = None
         self.metrics = NodeMetrics(self.snapshot)
@@ -101,13 +109,42 @@ class Node:
         self.intake = Intake(
             state.goals,
             store,
-            self.sequencer.submit,
+            self._submit,
             self.metrics,
             contributor_rate=settings.contributor_rate,
             contributor_burst=settings.contributor_burst,
             client_rate=settings.client_rate,
             client_burst=settings.client_burst,
             max_parameters_bytes=settings.max_parameters_bytes,
+        )
+        self.p2p = P2PService(
+            settings,
+            identity,
+            datadir,
+            peer_book,
+            self.metrics,
+            height_provider=lambda: (self.state.height, self.state.head_hash),
+            is_sequencer=lambda: self.role == "sequencer",
+        )
+        self.p2p.add_listener(self._on_peer_event)
+        self.replicator = Replicator(
+            state=state,
+            store=store,
+            p2p=self.p2p,
+            is_sequencer=lambda: self.role == "sequencer",
+            sequencer_id=lambda: self.sequencer_id,
+            on_applied=self._on_block_applied,
+            reload_state=lambda: load_chain_state(store, settings.all_goals()),
+            handle_forward=self._handle_forward,
+            record=self.p2p.report,
+        )
+        self.tau = TauBridge(
+            settings,
+            identity,
+            datadir.store_file,
+            self.metrics,
+            roots=self._published_roots,
+            is_committer=lambda: self.role == "sequencer",
         )
         self.admin_token = (
             settings.api_token.get_secret_value()
@@ -122,6 +159,7 @@ class Node:
             self._publish(gid)
         self.bound = BoundAddresses()
         self._stop = anyio.Event()
+        self._announce_send, self._announce_receive = anyio.create_memory_object_stream[Block](1000)
 
     # -- start-up ---------------------------------------------------------------------------
     @classmethod
@@ -156,7 +194,8 @@ class Node:
             elif saved is not None and not saved.clean_shutdown:
                 log.warning("the previous run did not shut down cleanly; checking roots")
             state = load_chain_state(store, specs)
-            node = cls(settings, datadir, lock, init.identity, init.cert, store, state)
+            peer_book = PeerBook.load(datadir.peer_scores_file, ban_seconds=settings.ban_seconds)
+            node = cls(settings, datadir, lock, init.identity, init.cert, store, state, peer_book)
             node.checkpoint(clean=False)
             return node
         except BaseException:
@@ -177,11 +216,61 @@ class Node:
     def _on_batch(self, result: BatchResult, seconds: float) -> None:
         if result.block is None:
             return
-        self.metrics.blocks_applied.inc()
         self.metrics.block_commit_latency.observe(seconds)
-        self.metrics.block_entries.observe(len(result.block.entries))
-        for gid in result.block.header.goals:
+        self._on_block_applied(result.block)
+        # A follower that misses an announce catches up by sync.
+        with contextlib.suppress(anyio.WouldBlock):
+            self._announce_send.send_nowait(result.block)
+
+    def _on_block_applied(self, block: Block) -> None:
+        """After a block is durable here (made by this sequencer or received): publish it."""
+        self.metrics.blocks_applied.inc()
+        self.metrics.block_entries.observe(len(block.entries))
+        for gid in block.header.goals:
             self._publish(gid)
+        self.tau.notify()
+        self.p2p.announce_status()
+
+    def _published_roots(self) -> dict[str, tuple[GoalRoots, int]]:
+        height = self.state.height
+        return {
+            gid: (
+                GoalRoots(v.log_size, v.log_root, len(v.leaderboard), v.leaderboard_root),
+                height,
+            )
+            for gid, v in self.views.items()
+            if v.log_size
+        }
+
+    async def _announce_loop(self) -> None:
+        async with self._announce_receive:
+            async for block in self._announce_receive:
+                await self.replicator.announce(block)
+
+    # -- roles and contributions --------------------------------------------------------------
+    @property
+    def sequencer_id(self) -> str | None:
+        return self.identity.node_id if self.role == "sequencer" else self._sequencer_id
+
+    def _on_peer_event(self, event: object) -> None:
+        # Learn the sequencer from the network when none is configured (trust on first use).
+        if (
+            isinstance(event, PeerConnected)
+            and event.peer.sequencer
+            and self._sequencer_id is None
+            and self.role != "sequencer"
+        ):
+            self._sequencer_id = event.peer.node_id
+            log.info("following sequencer %s (announced by the peer)", event.peer.node_id)
+
+    async def _submit(self, c: Contribution) -> Outcome:
+        if self.role == "sequencer":
+            return await self.sequencer.submit(c)
+        return await self.replicator.forward(c)
+
+    async def _handle_forward(self, c: Contribution) -> Outcome:
+        """A follower forwarded ``c``: same admission checks as the API, then sequence it."""
+        return await self.sequencer.submit(self.intake.admit(c))
 
     @property
     def height(self) -> int:
@@ -191,8 +280,11 @@ class Node:
         return StateSnapshot(
             started_at=self.started_at,
             height=self.state.height,
-            network_height=self.state.height,
-            consensus_state="ISOLATED",
+            network_height=self.replicator.network_height,
+            peer_count=self.p2p.peer_count,
+            banned_peers=self.peer_book.banned_count(),
+            consensus_state=self.replicator.consensus_state,
+            breaker_state=self.tau.breaker_state,
             log_sizes={gid: v.log_size for gid, v in self.views.items()},
             cert_expiry=self.cert.not_after.timestamp(),
             last_backup=self.last_backup_at,
@@ -200,11 +292,28 @@ class Node:
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
         """Named readiness checks: (ok, detail). /readyz is 200 only when all pass."""
-        closed = self.sequencer.closed
-        return {
+        st = self.settings
+        checks: dict[str, tuple[bool, str]] = {
             "store": (True, f"height {self.state.height}"),
-            "sequencer": (not closed, "shutting down" if closed else "accepting"),
+            "p2p": (
+                self.p2p.bound_address is not None,
+                "listening" if self.p2p.bound_address else "not listening",
+            ),
         }
+        if self.role == "sequencer":
+            closed = self.sequencer.closed
+            checks["sequencer"] = (not closed, "shutting down" if closed else "accepting")
+        if st.seed_nodes:
+            peers = self.p2p.peer_count
+            checks["peers"] = (peers >= st.min_peers, f"{peers} connected, need {st.min_peers}")
+        lag = max(0, self.replicator.network_height - self.state.height)
+        checks["sync"] = (
+            lag <= st.sync_lag_ready_threshold,
+            f"lag {lag} (threshold {st.sync_lag_ready_threshold})",
+        )
+        state = self.replicator.consensus_state
+        checks["consensus"] = (state != "DIVERGED", state)
+        return checks
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint(self, *, clean: bool) -> None:
@@ -222,6 +331,7 @@ class Node:
                     log_root=v.log_root.hex(),
                     leaderboard_size=len(v.leaderboard),
                     leaderboard_root=v.leaderboard_root.hex(),
+                    last_tau_commit=self.tau.last_commit(gid),
                 )
                 for gid, v in self.views.items()
             },
@@ -242,7 +352,7 @@ class Node:
         from ian.config import load_settings
 
         try:
-            self.cert = load_certificate(self.datadir.certs_dir, self.identity)
+            self.reload_certificates()
             fresh = load_settings(overrides={"data_dir": self.settings.data_dir})
             set_level(fresh.log_level)
             log.info(
@@ -252,6 +362,17 @@ class Node:
             )
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+
+    def reload_certificates(self) -> CertInfo:
+        """Re-read certs/ (after `ian certs rotate`): new P2P connections use the new pair,
+        established ones stay up."""
+        self.cert = self.p2p.reload_tls()
+        log.info(
+            "certificate reloaded: %s, expires %s",
+            self.cert.fingerprint_sha256[:16],
+            self.cert.not_after.isoformat(),
+        )
+        return self.cert
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -277,10 +398,20 @@ class Node:
                 await outer.start(self.sequencer.run)
                 api = ApiServer(self, self.settings.api_host, self.settings.api_port)
                 async with anyio.create_task_group() as inner:
+                    self.bound.p2p = await inner.start(self.p2p.run)
+                    await inner.start(self.replicator.run)
+                    await inner.start(self.tau.run)
+                    inner.start_soon(self._announce_loop)
                     self.bound.api = await inner.start(api.serve)
                     inner.start_soon(self._checkpoint_loop)
                     if handle_signals:
                         inner.start_soon(self._watch_signals)
+                    log.info(
+                        "node %s (%s) p2p on tcp://%s:%d",
+                        self.identity.node_id,
+                        self.role,
+                        *self.bound.p2p,
+                    )
                     log.info(
                         "node %s serving the API on http://%s:%d (height %d)",
                         self.identity.node_id,
@@ -293,14 +424,28 @@ class Node:
                         await api.shutdown()
                     inner.cancel_scope.cancel()
                 self.sequencer.close()
+            self.peer_book.save()
             self.checkpoint(clean=True)
             log.info("stopped cleanly at height %d", self.state.height)
         finally:
             self.close()
 
     def close(self) -> None:
+        self.tau.close()
         self.store.close()
         self.lock.release()
+
+
+def _role(settings: Settings, node_id: str) -> tuple[str, str | None]:
+    """("sequencer" | "follower", the configured sequencer id for a follower or None).
+
+    ``sequencer`` = "self" or this node's id → sequencer; "" → sequencer without seeds,
+    else a follower that learns the sequencer from its peers; another id → follower of it.
+    """
+    configured = settings.sequencer
+    if configured in ("self", node_id) or (not configured and not settings.seed_nodes):
+        return "sequencer", None
+    return "follower", configured or None
 
 
 def free_socket(host: str, port: int) -> socket.socket:

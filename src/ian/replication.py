@@ -20,13 +20,14 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
+from ian import errors
 from ian.block_apply import apply_block
 from ian.blocks import Block, InvalidBlockError
 from ian.chain import ChainState, Outcome
 from ian.contributions import Contribution
 from ian.errors import IanError, RequestError, UnavailableError
 from ian.p2p import messages as msg
-from ian.p2p.errors import P2PError
+from ian.p2p.errors import P2PError, RemoteError
 from ian.peer_book import PeerEvent
 from ian.store import Store
 
@@ -118,7 +119,7 @@ class Replicator:
     async def forward(self, c: Contribution) -> Outcome:
         """Send ``c`` to the sequencer and return its durable answer."""
         target = self.sequencer_id()
-        if target is None or target not in self.p2p.connected_ids():
+        if target is None or all(p.node_id != target for p in self.p2p.peers()):
             raise UnavailableError("the sequencer is not reachable from this node", retry_after=2)
         try:
             reply = await self.p2p.request(
@@ -126,13 +127,12 @@ class Replicator:
                 msg.ContributionForward(contribution=msg.contribution_to_doc(c)),
                 timeout=FORWARD_TIMEOUT_S,
             )
+        except RemoteError as exc:
+            raise _remote_request_error(exc) from None
         except P2PError as exc:
-            code = getattr(exc, "remote_code", None)
-            if code is not None and code != "unavailable":
-                raise RequestError(exc.message, code=code) from None
             raise UnavailableError(f"forwarding to the sequencer failed: {exc.message}") from None
         if isinstance(reply, msg.Error):
-            raise RequestError(reply.message, code=reply.code)
+            raise _remote_request_error(RemoteError(reply.code, reply.message))
         if not isinstance(reply, msg.ContributionResult):
             raise UnavailableError("the sequencer answered with an unexpected message")
         r = reply.result
@@ -160,7 +160,7 @@ class Replicator:
             return None
         try:
             block = msg.block_from_doc(m.block)
-        except (InvalidBlockError, IanError) as exc:
+        except IanError as exc:
             self._record(peer.node_id, PeerEvent.INVALID_MESSAGE)
             log.warning("invalid block announce from %s: %s", peer.node_id[:12], exc)
             return None
@@ -245,7 +245,7 @@ class Replicator:
                 return
             try:
                 blocks = [msg.block_from_doc(d) for d in reply.blocks]
-            except (InvalidBlockError, IanError) as exc:
+            except IanError as exc:
                 log.warning("invalid blocks from %s: %s", node_id[:12], exc)
                 self._record(node_id, PeerEvent.INVALID_MESSAGE)
                 return
@@ -327,3 +327,23 @@ class Replicator:
             else:
                 hi = mid - 1
         return lo
+
+
+# The sequencer's refusal of a forwarded contribution, as the follower's client should see it.
+_REMOTE_ERRORS: dict[str, type[RequestError]] = {
+    "invalid_input": errors.InputError,
+    "malformed": errors.InputError,
+    "not_found": errors.NotFoundError,
+    "duplicate": errors.DuplicateError,
+    "payload_too_large": errors.PayloadTooLargeError,
+    "unavailable": UnavailableError,
+    "not_sequencer": UnavailableError,
+}
+
+
+def _remote_request_error(exc: RemoteError) -> RequestError:
+    code = exc.remote_code
+    if code == "rate_limited":
+        return errors.RateLimitedError(exc.message, retry_after=10.0)
+    cls = _REMOTE_ERRORS.get(code, UnavailableError)
+    return cls(f"the sequencer refused it: {exc.message}")

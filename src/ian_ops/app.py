@@ -43,6 +43,8 @@ def root(
 
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(__import__("ian_ops.tau_cmd", fromlist=["app"]).app, name="tau")
+app.add_typer(__import__("ian_ops.peers_cmd", fromlist=["app"]).app, name="peers")
 app.command("status")(status_cmd.status)
 
 

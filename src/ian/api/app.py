@@ -22,7 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ian import mmr
 from ian.api import models as m
-from ian.api.auth import check_token, client_address, require_admin
+from ian.api.auth import AdminGuard, check_token, client_address, require_admin
+from ian.api.peers_routes import router as peers_router
+from ian.api.tau_routes import router as tau_router
 from ian.errors import (
     AuthError,
     InputError,
@@ -58,6 +60,9 @@ def create_app(node: Node) -> FastAPI:
         redoc_url=None,
     )
     app.state.node = node
+    app.add_middleware(AdminGuard)
+    app.include_router(peers_router)
+    app.include_router(tau_router)
     settings = node.settings
     max_body = settings.max_request_bytes
     proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
@@ -119,8 +124,14 @@ def create_app(node: Node) -> FastAPI:
                 else None
             ),
             contributions=m.Counters(**vars(counters)) if counters else m.Counters(),
-            tau=m.TauStatus(endpoint=settings.tau_endpoint),
+            tau=tau_status(view.spec.id),
         )
+
+    def tau_status(goal_id: str | None) -> m.TauStatus:
+        st = m.TauStatus(**node.tau.status())
+        if goal_id is not None:
+            st.last_commit = node.tau.last_commit(goal_id)
+        return st
 
     def entry_model(e: Any) -> m.LogEntryModel:
         return m.LogEntryModel(**e.to_doc())
@@ -165,12 +176,14 @@ def create_app(node: Node) -> FastAPI:
             network_height=snap.network_height,
             sync_lag=max(0, snap.network_height - snap.height),
             consensus_state=snap.consensus_state,
-            peers=m.PeerCounts(connected=snap.peer_count, banned=snap.banned_peers),
+            peers=m.PeerCounts(
+                connected=snap.peer_count, known=len(node.peer_book), banned=snap.banned_peers
+            ),
             uptime_seconds=time.time() - node.started_at,
             started_at=node.started_at,
             contributions=m.Counters(received=t.received, accepted=t.accepted, rejected=t.rejected),
             goals={gid: goal_status(v) for gid, v in node.views.items()},
-            tau=m.TauStatus(endpoint=settings.tau_endpoint),
+            tau=tau_status(None),
             cert_not_after=node.cert.not_after.isoformat(),
             last_backup_at=node.last_backup_at,
         )
@@ -190,6 +203,17 @@ def create_app(node: Node) -> FastAPI:
         response_model=m.ContributeResponse,
         responses=ERROR_RESPONSES,
         tags=["contributions"],
+        # The body is parsed by hand (size limit first, one validation pass); describe it here.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ContributeRequest"}
+                    }
+                },
+            }
+        },
     )
     async def contribute(request: Request) -> m.ContributeResponse:
         started = time.perf_counter()
@@ -349,10 +373,6 @@ def create_app(node: Node) -> FastAPI:
             ),
         )
 
-    @app.get("/api/v1/peers", tags=["peers"])
-    async def peers() -> dict[str, Any]:
-        return {"peers": []}
-
     # -- admin ----------------------------------------------------------------------------------
     @app.post(
         "/api/v1/admin/log-level",
@@ -370,6 +390,21 @@ def create_app(node: Node) -> FastAPI:
         log.info("log level set to %s", level)
         return {"level": level}
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            extra = m.ContributeRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(extra.pop("$defs", {}))
+            components["ContributeRequest"] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -398,4 +433,4 @@ def _validation_to_input(exc: ValueError) -> RequestError:
         return InputError(f"{field} is required", field=field)
     if first["type"] == "extra_forbidden":
         return InputError(f"{field} is not a known field", field=field)
-    return InputError(f"{field}: {first['msg']}", field=field)
+    return InputError(f"{field or 'request body'}: {first['msg']}", field=field)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from ian.errors import AuthError
 
@@ -57,3 +59,28 @@ def client_address(
         if trusted and forwarded:
             return forwarded.split(",")[-1].strip() or host
     return host
+
+
+class AdminGuard:
+    """ASGI middleware: every ``/api/v1/admin/`` request passes :func:`require_admin` before
+    its body is read, so an unauthenticated caller learns nothing from body validation."""
+
+    PREFIX = "/api/v1/admin/"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.PREFIX):
+            request = Request(scope)
+            try:
+                await require_admin(request)
+            except AuthError as exc:
+                response = JSONResponse(
+                    {"error": {"code": exc.code, "message": exc.message, "field": None}},
+                    status_code=exc.http_status,
+                    headers={"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class AgentPackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     version: str = Field(description="Pack version, 1..64 characters", examples=["1.0"])
     parameters: str = Field(description="Agent parameters, standard base64 (1 B .. 10 MiB)")
@@ -18,7 +18,8 @@ class AgentPackIn(BaseModel):
 
 
 class ContributeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"seed": true` or `"seed": "5"` is a 400 naming the field, never coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     goal_id: str = Field(examples=["DEMO_TRADING_AGENT"])
     agent_pack: AgentPackIn

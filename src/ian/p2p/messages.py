@@ -1,0 +1,366 @@
+"""P2P wire messages (protocol version 1): pydantic models validated on decode. No I/O.
+
+Every frame payload is one UTF-8 JSON envelope::
+
+    {"v": 1, "type": "<message type>", "id": <int>, "re": <int | null>, "body": {...}}
+
+``id`` is unique per sender and connection (it numbers requests); ``re`` is the ``id`` of the
+request a reply answers, else null. Bodies (hex is lowercase everywhere):
+
+=====================  =======================================================================
+type                   body
+=====================  =======================================================================
+hello                  network_id, protocol_version, node_id, height, head_hash,
+                       listen_addr (``tcp://host:port`` or null), agent, sequencer (bool)
+ping / pong            nonce
+get_peers              {}
+peers                  peers: [{node_id, address}] (at most 50)
+status                 height, head_hash (periodic height gossip)
+block_announce         block: block doc (below)
+get_blocks             from_height, max_blocks (1..500)
+blocks                 blocks: [block doc] (at most 500)
+contribution_forward   contribution: ``Contribution.to_wire()``
+contribution_result    result: {...} (the sequencer's answer, as the API would return it)
+error                  code, message (a reply that refuses a request)
+goodbye                reason
+=====================  =======================================================================
+
+Block doc: ``{"header": BlockHeader.to_doc(), "hash": hex, "signature": hex, "entries":
+[Contribution.to_wire(), ...]}``. Decoding checks its *shape* only; :func:`block_from_doc`
+converts it to :class:`ian.blocks.Block` (re-validating every contribution as the API would) but
+does not check the hash, the signature or the chain: that is the replication layer's job.
+
+Decoding failures: bytes that are not a JSON envelope of protocol version 1, or an unknown
+``type``, raise :class:`ProtocolViolation`; a known type whose body does not validate raises
+:class:`InvalidMessage`. Unknown *fields* in a body are ignored so that a newer minor release can
+add optional fields without breaking older peers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from ian.blocks import Block, BlockHeader
+from ian.config import parse_peer_address
+from ian.contributions import MAX_SEED, Contribution, contribution_from_wire
+from ian.errors import IanError
+from ian.goals import GOAL_ID_PATTERN
+from ian.p2p.errors import InvalidMessage, ProtocolViolation
+
+__all__ = [
+    "MAX_BLOCKS_PER_MESSAGE",
+    "MAX_PEERS_PER_MESSAGE",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "BlockAnnounce",
+    "BlockDoc",
+    "Blocks",
+    "ContributionDoc",
+    "ContributionForward",
+    "ContributionResult",
+    "Envelope",
+    "Error",
+    "GetBlocks",
+    "GetPeers",
+    "Goodbye",
+    "Hello",
+    "Message",
+    "PeerEntry",
+    "Peers",
+    "Ping",
+    "Pong",
+    "Status",
+    "block_from_doc",
+    "block_to_doc",
+    "contribution_from_doc",
+    "contribution_to_doc",
+    "decode_envelope",
+    "encode_envelope",
+]
+
+PROTOCOL_VERSION = 1
+MAX_PEERS_PER_MESSAGE = 50
+MAX_BLOCKS_PER_MESSAGE = 500
+_U63 = 2**63 - 1
+
+
+def _canonical_address(value: str) -> str:
+    # parse_peer_address raises PeerAddressError, a ValueError, which pydantic reports.
+    return str(parse_peer_address(value))
+
+
+NodeId = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+Hash32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Key32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+Count = Annotated[int, Field(ge=0, le=_U63)]
+Address = Annotated[str, Field(max_length=300), AfterValidator(_canonical_address)]
+GoalId = Annotated[str, Field(pattern=GOAL_ID_PATTERN)]
+
+
+class _Model(BaseModel):
+    # strict: JSON "1" is not the integer 1, 0/1 are not booleans.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
+class Message(_Model):
+    """Base of message bodies; each subclass names its wire ``TYPE``."""
+
+    TYPE: ClassVar[str] = ""
+
+
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    network_id: str = Field(min_length=1, max_length=64)
+    protocol_version: int = Field(ge=1, le=65535)
+    node_id: NodeId
+    height: Count
+    head_hash: Hash32
+    listen_addr: Address | None = None
+    agent: str = Field(default="", max_length=128)
+    sequencer: bool = False
+
+
+class Ping(Message):
+    TYPE: ClassVar[str] = "ping"
+    nonce: Count
+
+
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+    nonce: Count
+
+
+class GetPeers(Message):
+    TYPE: ClassVar[str] = "get_peers"
+
+
+class PeerEntry(_Model):
+    node_id: NodeId
+    address: Address
+
+
+class Peers(Message):
+    TYPE: ClassVar[str] = "peers"
+    peers: list[PeerEntry] = Field(default_factory=list, max_length=MAX_PEERS_PER_MESSAGE)
+
+
+class Status(Message):
+    TYPE: ClassVar[str] = "status"
+    height: Count
+    head_hash: Hash32
+
+
+class GoalRootsDoc(_Model):
+    leaderboard_root: Hash32
+    leaderboard_size: Count
+    log_root: Hash32
+    log_size: Count
+
+
+class HeaderDoc(_Model):
+    entries_hash: Hash32
+    goals: dict[GoalId, GoalRootsDoc] = Field(max_length=10_000)
+    height: int = Field(ge=1, le=_U63)
+    parent_hash: Hash32
+    sequencer: NodeId
+    sequencer_key: Key32
+    timestamp_ms: Count
+
+
+class AgentPackDoc(_Model):
+    version: str = Field(min_length=1, max_length=64)
+    parameters: str = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContributionDoc(_Model):
+    goal_id: GoalId
+    agent_pack: AgentPackDoc
+    contributor_id: str = Field(min_length=1, max_length=128)
+    seed: int = Field(ge=0, le=MAX_SEED)
+
+
+class BlockDoc(_Model):
+    header: HeaderDoc
+    hash: Hash32
+    signature: Signature
+    entries: list[ContributionDoc] = Field(max_length=10_000)
+
+
+class BlockAnnounce(Message):
+    TYPE: ClassVar[str] = "block_announce"
+    block: BlockDoc
+
+
+class GetBlocks(Message):
+    TYPE: ClassVar[str] = "get_blocks"
+    from_height: Count
+    max_blocks: int = Field(ge=1, le=MAX_BLOCKS_PER_MESSAGE)
+
+
+class Blocks(Message):
+    TYPE: ClassVar[str] = "blocks"
+    blocks: list[BlockDoc] = Field(default_factory=list, max_length=MAX_BLOCKS_PER_MESSAGE)
+
+
+class ContributionForward(Message):
+    TYPE: ClassVar[str] = "contribution_forward"
+    contribution: ContributionDoc
+
+
+class ContributionResult(Message):
+    TYPE: ClassVar[str] = "contribution_result"
+    result: dict[str, Any]
+
+
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    code: str = Field(min_length=1, max_length=64)
+    message: str = Field(default="", max_length=1024)
+
+
+class Goodbye(Message):
+    TYPE: ClassVar[str] = "goodbye"
+    reason: str = Field(default="", max_length=256)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Ping,
+        Pong,
+        GetPeers,
+        Peers,
+        Status,
+        BlockAnnounce,
+        GetBlocks,
+        Blocks,
+        ContributionForward,
+        ContributionResult,
+        Error,
+        Goodbye,
+    )
+}
+
+#: Types that expect a reply: a node without a handler for one answers ``error unsupported``.
+REQUEST_TYPES = frozenset({"ping", "get_peers", "get_blocks", "contribution_forward"})
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One decoded frame: the typed body plus its correlation ids."""
+
+    id: int
+    re: int | None
+    message: Message
+
+    @property
+    def type(self) -> str:
+        return self.message.TYPE
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """The UTF-8 JSON payload of ``envelope`` (compact; no framing)."""
+    doc = {
+        "v": PROTOCOL_VERSION,
+        "type": envelope.message.TYPE,
+        "id": envelope.id,
+        "re": envelope.re,
+        "body": envelope.message.model_dump(mode="json"),
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _is_int(value: Any, *, nullable: bool = False) -> bool:
+    if value is None:
+        return nullable
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U63
+
+
+def decode_envelope(payload: bytes) -> Envelope:
+    """Parse and validate one frame payload; see the module docstring for the error contract.
+
+    :class:`InvalidMessage` carries ``message_type`` and ``message_id`` so a request with a bad
+    body can still be answered with an error.
+    """
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and over-long integer literals.
+        raise ProtocolViolation(f"frame is not UTF-8 JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolViolation("frame is not a JSON object")
+    version = doc.get("v")
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        raise ProtocolViolation(f"unsupported envelope version {version!r}")
+    mtype, mid, re, body = doc.get("type"), doc.get("id"), doc.get("re"), doc.get("body")
+    if not isinstance(mtype, str):
+        raise ProtocolViolation("envelope has no type")
+    cls = MESSAGE_TYPES.get(mtype)
+    if cls is None:
+        raise ProtocolViolation(f"unknown message type {mtype[:64]!r}")
+    if not _is_int(mid) or not _is_int(re, nullable=True) or not isinstance(body, dict):
+        raise ProtocolViolation(f"malformed {mtype} envelope (id, re or body)")
+    try:
+        message = cls.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidMessage(
+            f"invalid {mtype}: {_summary(exc)}", message_type=mtype, message_id=mid
+        ) from None
+    return Envelope(id=mid, re=re, message=message)
+
+
+def _summary(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def contribution_to_doc(contribution: Contribution) -> ContributionDoc:
+    """The wire doc of a contribution (``Contribution.to_wire()``, validated)."""
+    return ContributionDoc.model_validate(contribution.to_wire())
+
+
+def contribution_from_doc(doc: ContributionDoc) -> Contribution:
+    """Re-validate a wire contribution exactly as the API would; errors are InvalidMessage."""
+    try:
+        return contribution_from_wire(doc.model_dump(mode="json"))
+    except IanError as exc:
+        raise InvalidMessage(f"invalid contribution: {exc.message}") from None
+
+
+def block_to_doc(block: Block) -> BlockDoc:
+    """The wire doc of ``block`` (no verification)."""
+    return BlockDoc.model_validate(
+        {
+            "header": block.header.to_doc(),
+            "hash": block.hash.hex(),
+            "signature": block.signature.hex(),
+            "entries": [c.to_wire() for c in block.entries],
+        }
+    )
+
+
+def block_from_doc(doc: BlockDoc) -> Block:
+    """Convert a validated block doc; :class:`InvalidMessage` if an entry is invalid.
+
+    Does not verify the hash, signature, parent or roots (the replication layer does).
+    """
+    header = BlockHeader.from_doc(doc.header.model_dump(mode="json"))
+    return Block(
+        header=header,
+        hash=bytes.fromhex(doc.hash),
+        signature=bytes.fromhex(doc.signature),
+        entries=tuple(contribution_from_doc(e) for e in doc.entries),
+    )

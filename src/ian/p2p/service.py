@@ -1,0 +1,1188 @@
+"""The P2P service: listener, dialler, connections, policy (limits, rate limits, scores, bans).
+
+Wiring (what ``node.py`` does)::
+
+    p2p = P2PService(settings, identity, datadir, peer_book, metrics,
+                     height_provider=chain.head, is_sequencer=lambda: role == "sequencer")
+    p2p.on("block_announce", replication.on_block_announce)     # before run()
+    p2p.add_listener(node.on_peer_event)                        # PeerConnected/Disconnected/Status
+    host, port = await tg.start(p2p.run)                        # listening once this returns
+
+Each connection runs in its own task inside the service's task group::
+
+    TCP accept/dial -> IP ban + per-IP/pending limits -> TLS 1.3 (certificate -> node id)
+      -> admission (self, banned id, duplicate, capacity) -> hello exchange (Session)
+      -> registered: reader + writer + pinger tasks, handler tasks (bounded per peer)
+
+Contracts:
+
+- Every received message increments ``ian_messages_received_total{type}``. Over the per-peer
+  token bucket a message is dropped (a request gets ``error rate_limited``), counts in
+  ``ian_rate_limit_violations_total``, and charges the peer ``RATE_LIMIT_VIOLATION`` at most once
+  per second (a burst should not ban a peer in one go). Invalid bodies count in
+  ``ian_invalid_messages_total`` and charge ``INVALID_MESSAGE``; protocol violations (frame too
+  large, unknown type, broken envelope, wrong order) also count there, charge
+  ``PROTOCOL_VIOLATION`` and always close the connection. A verdict of DISCONNECT or BAN from
+  the peer book closes the connection with a goodbye.
+- Bans are enforced both ways: an inbound socket from a banned IP is closed before TLS; a banned
+  node id is refused right after TLS (its certificate proves the id) and never dialled; bans
+  set while connected (e.g. ``ian peers ban``) drop the connection within
+  ``P2PTuning.maintenance_interval``.
+- Handlers (:meth:`P2PService.on`) run as separate tasks, so a slow handler never blocks reading
+  replies. A handler returns the reply body or None; raising :class:`InvalidMessage` charges the
+  peer, any :class:`~ian.errors.IanError` becomes an ``error`` reply with its code.
+- Listener callbacks (:meth:`P2PService.add_listener`) are called synchronously on the event loop
+  and must not block; replacing a connection by a duplicate emits nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import ipaddress
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ian.certs import CertInfo
+from ian.config import PeerAddress, Settings, parse_peer_address
+from ian.datadir import DataDir
+from ian.errors import IanError
+from ian.identity import Identity
+from ian.metrics import NodeMetrics
+from ian.p2p.errors import (
+    HandshakeError,
+    InvalidMessage,
+    P2PError,
+    PeerNotConnectedError,
+    ProtocolViolation,
+    RemoteError,
+    RequestTimeoutError,
+)
+from ian.p2p.messages import (
+    MAX_PEERS_PER_MESSAGE,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    BlockAnnounce,
+    Envelope,
+    Error,
+    GetPeers,
+    Hello,
+    Message,
+    PeerEntry,
+    Peers,
+    Ping,
+    Pong,
+    Status,
+)
+from ian.p2p.session import (
+    Direction,
+    GoodbyeReceived,
+    HelloReceived,
+    MessageInvalid,
+    MessageReceived,
+    Session,
+    SessionConfig,
+    SessionEvent,
+    SessionFailed,
+    SessionState,
+    admission_refusal,
+    keep_new_connection,
+)
+from ian.p2p.transport import (
+    TlsCredentials,
+    TlsStream,
+    connect_tcp,
+    listener_address,
+    open_listener,
+    remote_ip,
+    tls_handshake,
+)
+from ian.peer_book import PeerBook, PeerEvent, Verdict
+from ian.rate_limit import BucketTable
+
+__all__ = [
+    "Handler",
+    "P2PService",
+    "P2PTuning",
+    "PeerConnected",
+    "PeerDisconnected",
+    "PeerInfo",
+    "PeerListener",
+    "PeerStatus",
+]
+
+log = logging.getLogger("ian.p2p")
+
+
+def _agent() -> str:
+    try:
+        return f"ian/{importlib.metadata.version('ian-node')}"
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "ian/dev"
+
+
+#: Message types the service answers itself; :meth:`P2PService.on` refuses them.
+RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "get_peers", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class P2PTuning:
+    """Knobs that are not operator settings (tests shorten the timers). Seconds throughout."""
+
+    handshake_timeout: float = 5.0  # TCP connect, TLS, and the hello exchange, each
+    ping_interval: float = 30.0  # ping a peer that has been silent this long
+    idle_timeout: float = 60.0  # drop a peer silent this long
+    request_timeout: float = 10.0
+    send_timeout: float = 10.0  # one frame to a stuck peer; then the connection is dropped
+    rate: float = 200.0  # messages per second per peer
+    burst: float = 400.0
+    reconnect_base: float = 1.0  # seed/peer redial backoff: base * 2**(failures-1), jittered
+    reconnect_cap: float = 60.0
+    exchange_interval: float = 30.0  # ask peers for peers
+    status_interval: float = 10.0  # gossip our height when it changed
+    maintenance_interval: float = 2.0  # enforce bans, flush the peer book, redial
+    max_inflight_per_peer: int = 32  # concurrent handler tasks per peer (backpressure beyond)
+    send_queue_frames: int = 1024  # queued frames per peer; a broadcast to a full queue drops it
+    max_pending_handshakes: int = 64  # inbound connections not yet past hello
+    close_grace: float = 1.0  # time to flush queued frames and the goodbye when closing
+    agent: str = field(default_factory=_agent)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Snapshot of one connected peer. Times are epoch seconds; ``address`` is the peer's
+    dialable ``tcp://host:port`` when known (dialled, or advertised in its hello)."""
+
+    node_id: str
+    address: str | None
+    remote_ip: str
+    direction: str
+    connected_since: float
+    last_seen: float
+    height: int
+    head_hash: str
+    agent: str
+    sequencer: bool
+    protocol_version: int
+    cert_fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """A peer announced a new height (hello, status or block announce)."""
+
+    node_id: str
+    height: int
+    head_hash: str
+
+
+PeerListener = Callable[[PeerConnected | PeerDisconnected | PeerStatus], None]
+Handler = Callable[[PeerInfo, Message], Awaitable[Message | None]]
+
+
+class _Pending:
+    __slots__ = ("error", "event", "reply")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.reply: Envelope | None = None
+        self.error: P2PError | None = None
+
+
+class _Connection:
+    """One connection's I/O state; owned by :meth:`P2PService._run_connection`."""
+
+    def __init__(
+        self,
+        stream: TlsStream,
+        session: Session,
+        *,
+        ip: str,
+        address: str | None,
+        tuning: P2PTuning,
+    ) -> None:
+        assert stream.peer is not None
+        self.stream = stream
+        self.session = session
+        self.node_id = session.peer_node_id
+        self.ip = ip
+        self.address = address
+        self.fingerprint = stream.peer.fingerprint_sha256
+        self.tuning = tuning
+        self.connected_since = time.time()
+        self.last_seen = self.connected_since
+        self.height = 0
+        self.head_hash = "00" * 32
+        self.agent = ""
+        self.sequencer = False
+        self.pending: dict[int, _Pending] = {}
+        self.out_send: MemoryObjectSendStream[bytes]
+        self.out_recv: MemoryObjectReceiveStream[bytes]
+        self.out_send, self.out_recv = anyio.create_memory_object_stream[bytes](
+            tuning.send_queue_frames
+        )
+        self.scope: anyio.CancelScope | None = None
+        self.closed = anyio.Event()
+        self.close_reason: str | None = None
+        self.goodbye: bytes | None = None
+        self.handler_slots = anyio.Semaphore(tuning.max_inflight_per_peer)
+        self.last_ping = -math.inf
+        self.last_rate_charge = -math.inf
+
+    def info(self) -> PeerInfo:
+        return PeerInfo(
+            node_id=self.node_id,
+            address=self.address,
+            remote_ip=self.ip,
+            direction=self.session.direction.value,
+            connected_since=self.connected_since,
+            last_seen=self.last_seen,
+            height=self.height,
+            head_hash=self.head_hash,
+            agent=self.agent,
+            sequencer=self.sequencer,
+            protocol_version=(
+                self.session.peer_hello.protocol_version if self.session.peer_hello else 0
+            ),
+            cert_fingerprint=self.fingerprint,
+        )
+
+    @property
+    def open(self) -> bool:
+        return self.close_reason is None
+
+    def frame(self, message: Message, re: int | None = None) -> tuple[int, bytes]:
+        if not self.open or self.session.state is not SessionState.OPEN:
+            raise PeerNotConnectedError(f"connection to {self.node_id} is closing")
+        try:
+            return self.session.send(message, re=re)
+        except ValueError as exc:  # larger than max_frame_bytes
+            raise P2PError(f"cannot send {message.TYPE}: {exc}") from None
+
+    def enqueue_nowait(self, frame: bytes) -> None:
+        """Queue without waiting; a full queue means the peer cannot keep up: drop it."""
+        try:
+            self.out_send.send_nowait(frame)
+        except anyio.WouldBlock:
+            self.close("send queue full")
+            raise PeerNotConnectedError(f"peer {self.node_id} is not keeping up") from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
+
+    async def enqueue(self, frame: bytes) -> None:
+        try:
+            await self.out_send.send(frame)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
+
+    def close(self, reason: str, *, goodbye: bool = True) -> None:
+        """Start closing (idempotent): queued frames and a goodbye are flushed within
+        ``close_grace`` seconds, then the connection's tasks are cancelled."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        frame = self.session.close(reason)
+        self.goodbye = frame if goodbye else None
+        self.out_send.close()
+        for pending in self.pending.values():
+            pending.error = PeerNotConnectedError(f"peer {self.node_id} disconnected: {reason}")
+            pending.event.set()
+        if self.scope is not None:
+            self.scope.deadline = min(
+                self.scope.deadline, anyio.current_time() + self.tuning.close_grace
+            )
+
+
+def _backoff(failures: int, tuning: P2PTuning) -> float:
+    """Jittered exponential backoff: uniform in [d/2, d], d = min(cap, base * 2**(n-1))."""
+    delay = min(tuning.reconnect_cap, tuning.reconnect_base * 2 ** max(0, failures - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+def _ip_literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+class P2PService:
+    """The node's P2P endpoint. See the module docstring for wiring and contracts.
+
+    ``height_provider`` returns ``(height, head_hash_bytes)`` of the local chain (for hello and
+    status); ``is_sequencer`` says whether this node orders blocks (in hello).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        identity: Identity,
+        datadir: DataDir,
+        peer_book: PeerBook,
+        metrics: NodeMetrics,
+        *,
+        height_provider: Callable[[], tuple[int, bytes]] = lambda: (0, bytes(32)),
+        is_sequencer: Callable[[], bool] = lambda: False,
+        tuning: P2PTuning | None = None,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.datadir = datadir
+        self.peer_book = peer_book
+        self.metrics = metrics
+        self.tuning = tuning or P2PTuning()
+        self._height_provider = height_provider
+        self._is_sequencer = is_sequencer
+        self._credentials = TlsCredentials(datadir.certs_dir, identity)
+        self._session_config = SessionConfig(
+            node_id=self.node_id,
+            network_id=settings.network_id,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
+        self._max_peers = settings.max_peers
+        self._buckets = BucketTable(self.tuning.rate, self.tuning.burst, max_keys=10_000)
+        self._handlers: dict[str, Handler] = {}
+        self._listeners: list[PeerListener] = []
+        self._peers: dict[str, _Connection] = {}
+        self._inbound_per_ip: Counter[str] = Counter()
+        self._pending_handshakes = 0
+        self._dialing: set[str] = set()  # node ids and addresses being dialled
+        self._redial_at: dict[str, tuple[int, float]] = {}  # node id -> (failures, not before)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._bound: tuple[str, int] | None = None
+        self._last_status: tuple[int, bytes] | None = None
+
+    # ------------------------------------------------------------------ registration
+
+    def on(self, msg_type: str, handler: Handler) -> None:
+        """Handle incoming ``msg_type`` messages (requests and notifications, not replies).
+
+        The handler's return value, if not None, is sent back as the reply. One handler per
+        type; registering again replaces it. Reserved types: hello, goodbye, ping, pong,
+        get_peers, error.
+        """
+        if msg_type not in MESSAGE_TYPES:
+            raise ValueError(f"unknown message type {msg_type!r}")
+        if msg_type in RESERVED_TYPES:
+            raise ValueError(f"{msg_type!r} is handled by the P2P service itself")
+        self._handlers[msg_type] = handler
+
+    def add_listener(self, listener: PeerListener) -> None:
+        """Call ``listener(event)`` for PeerConnected / PeerDisconnected / PeerStatus."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: PeerListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _emit(self, event: PeerConnected | PeerDisconnected | PeerStatus) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("P2P listener %r failed on %s", listener, type(event).__name__)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def bound_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the listener is bound to, once running."""
+        return self._bound
+
+    @property
+    def peer_count(self) -> int:
+        return len(self._peers)
+
+    @property
+    def cert_info(self) -> CertInfo:
+        """The certificate new connections present."""
+        return self._credentials.cert_info
+
+    def peers(self) -> list[PeerInfo]:
+        """Connected peers (handshake complete), oldest connection first."""
+        return sorted((c.info() for c in self._peers.values()), key=lambda p: p.connected_since)
+
+    def best_height(self) -> int:
+        """Highest chain height any connected peer announced; 0 without peers."""
+        return max((c.height for c in self._peers.values()), default=0)
+
+    def advertised_address(self) -> str | None:
+        """What we put in hello's ``listen_addr``: ``p2p_advertise``, else the bound address
+        (an unspecified host such as 0.0.0.0 is replaced by the receiver with our IP)."""
+        if self.settings.p2p_advertise:
+            return self.settings.p2p_advertise
+        if self._bound is None:
+            return None
+        return str(PeerAddress(host=self._bound[0], port=self._bound[1]))
+
+    # ------------------------------------------------------------------ control
+
+    def configure(
+        self,
+        *,
+        max_peers: int | None = None,
+        rate: float | None = None,
+        burst: float | None = None,
+    ) -> None:
+        """Change limits live. Lowering ``max_peers`` below the current count disconnects the
+        most recently connected peers."""
+        if max_peers is not None:
+            if max_peers < 1:
+                raise ValueError("max_peers must be at least 1")
+            self._max_peers = max_peers
+            excess = len(self._peers) - max_peers
+            if excess > 0:
+                newest = sorted(self._peers.values(), key=lambda c: -c.connected_since)
+                for conn in newest[:excess]:
+                    conn.close("max_peers lowered")
+        if rate is not None or burst is not None:
+            new_rate = self._buckets.rate if rate is None else rate
+            new_burst = self._buckets.burst if burst is None else burst
+            if new_rate <= 0 or new_burst < 1:
+                raise ValueError("rate must be > 0 and burst >= 1")
+            self._buckets.configure(new_rate, new_burst)
+
+    @property
+    def max_peers(self) -> int:
+        return self._max_peers
+
+    def reload_tls(self) -> CertInfo:
+        """Re-read ``certs/``: new connections present the new certificate, established ones
+        stay up. Raises :class:`~ian.errors.IdentityError` (old pair kept) if it is unusable."""
+        info = self._credentials.reload()
+        log.info("P2P certificate reloaded: fingerprint %s", info.fingerprint_sha256)
+        return info
+
+    def disconnect(self, node_id: str, reason: str = "disconnected by operator") -> bool:
+        """Close the connection to ``node_id`` with a goodbye; False if not connected."""
+        conn = self._peers.get(node_id)
+        if conn is None:
+            return False
+        conn.close(reason)
+        return True
+
+    def report(self, node_id: str, event: PeerEvent) -> Verdict:
+        """Charge or credit a peer for something a handler found later (e.g. a failed sync);
+        a DISCONNECT/BAN verdict closes its connection."""
+        verdict = self.peer_book.record(node_id, event)
+        conn = self._peers.get(node_id)
+        if conn is not None:
+            self._apply_verdict(conn, verdict)
+        return verdict
+
+    # ------------------------------------------------------------------ messaging
+
+    def _connection(self, node_id: str) -> _Connection:
+        conn = self._peers.get(node_id)
+        if conn is None or not conn.open:
+            raise PeerNotConnectedError(f"not connected to {node_id}")
+        return conn
+
+    async def send(self, node_id: str, message: Message) -> None:
+        """Send a notification. Waits (at most ``send_timeout``) while the peer's queue is
+        full; raises :class:`PeerNotConnectedError` when not connected."""
+        conn = self._connection(node_id)
+        _, frame = conn.frame(message)
+        with anyio.move_on_after(self.tuning.send_timeout) as scope:
+            await conn.enqueue(frame)
+        if scope.cancelled_caught:
+            conn.close("send queue stuck")
+            raise PeerNotConnectedError(f"peer {node_id} is not reading")
+
+    async def request(
+        self,
+        node_id: str,
+        message: Message,
+        timeout: float | None = None,  # noqa: ASYNC109 - part of the documented API
+    ) -> Message:
+        """Send ``message`` and wait for the reply body.
+
+        Raises :class:`PeerNotConnectedError` (not connected, or disconnected while waiting),
+        :class:`RequestTimeoutError` (no reply in ``timeout`` s, default
+        ``P2PTuning.request_timeout``), :class:`RemoteError` (the peer answered ``error``).
+        """
+        conn = self._connection(node_id)
+        timeout = self.tuning.request_timeout if timeout is None else timeout
+        request_id, frame = conn.frame(message)
+        pending = _Pending()
+        conn.pending[request_id] = pending
+        try:
+            with anyio.fail_after(timeout):
+                await conn.enqueue(frame)
+                await pending.event.wait()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"{message.TYPE} to {node_id} got no reply within {timeout} s"
+            ) from None
+        finally:
+            conn.pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.reply is not None
+        reply = pending.reply.message
+        if isinstance(reply, Error):
+            raise RemoteError(reply.code, reply.message)
+        return reply
+
+    async def broadcast(self, message: Message, exclude: Iterable[str] = ()) -> int:
+        """Queue ``message`` to every connected peer not in ``exclude``, never waiting: a peer
+        whose queue is full is disconnected instead. Returns how many peers it was queued to."""
+        skip = set(exclude)
+        sent = 0
+        for node_id, conn in list(self._peers.items()):
+            if node_id in skip or not conn.open:
+                continue
+            try:
+                conn.enqueue_nowait(conn.frame(message)[1])
+                sent += 1
+            except P2PError as exc:
+                log.debug("broadcast of %s to %s skipped: %s", message.TYPE, node_id, exc)
+        return sent
+
+    def announce_status(self) -> None:
+        """Gossip our height now (call after applying a block); also done periodically."""
+        height, head = self._height_provider()
+        self._last_status = (height, head)
+        status = Status(height=height, head_hash=head.hex())
+        for conn in list(self._peers.values()):
+            if conn.open:
+                with contextlib.suppress(P2PError):
+                    conn.enqueue_nowait(conn.frame(status)[1])
+
+    # ------------------------------------------------------------------ running
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, keep seeds connected, exchange peers, ping; until cancelled.
+
+        ``task_status.started((host, port))`` once the listener is bound. On cancellation every
+        peer gets a goodbye (best effort, bounded), sockets close and the peer book is saved.
+        """
+        listener = await open_listener(self.settings.p2p_host, self.settings.p2p_port)
+        self._bound = listener_address(listener)
+        log.info("P2P listening on %s:%d as node %s", *self._bound, self.node_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(partial(listener.serve, self._accept, task_group=tg))
+                for seed in self.settings.seed_nodes:
+                    tg.start_soon(self._seed_task, seed)
+                tg.start_soon(self._maintenance)
+                task_status.started(self._bound)
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await listener.aclose()
+                try:
+                    self.peer_book.save()
+                except Exception:
+                    log.exception("could not save the peer book")
+
+    async def connect(self, address: PeerAddress | str, *, node_id: str | None = None) -> str:
+        """Dial ``address`` and complete the handshake; returns the peer's node id.
+
+        ``node_id``: the id we expect (the peer's certificate must prove it). Returns at once if
+        that node is connected. Raises :class:`HandshakeError` (``reason`` says why: banned,
+        self, full, duplicate, identity, tls, timeout, connect, network, ...) or
+        :class:`P2PError` when the service is not running.
+        """
+        tg = self._tg
+        if tg is None:
+            raise P2PError("the P2P service is not running")
+        addr = parse_peer_address(address) if isinstance(address, str) else address
+        if node_id is not None and node_id in self._peers:
+            return node_id
+        if node_id is not None and (why := self.peer_book.ban_reason(node_id=node_id)):
+            raise HandshakeError(f"not dialling {node_id}: {why}", reason="banned")
+        literal = _ip_literal(addr.host)
+        if literal and (why := self.peer_book.ban_reason(ip=literal)):
+            raise HandshakeError(f"not dialling {addr}: {why}", reason="banned")
+        timeout = self.tuning.handshake_timeout
+        sock = await connect_tcp(addr.host, addr.port, connect_timeout=timeout)
+        ip = remote_ip(sock)
+        if why := self.peer_book.ban_reason(ip=ip):
+            with anyio.CancelScope(shield=True):
+                await sock.aclose()
+            raise HandshakeError(f"not dialling {addr}: {why}", reason="banned")
+        stream = await tls_handshake(
+            sock,
+            self._credentials,
+            server=False,
+            expected_node_id=node_id,
+            handshake_timeout=timeout,
+        )
+        try:
+            return await tg.start(
+                partial(self._run_connection, stream, Direction.OUTBOUND, ip, str(addr))
+            )
+        except HandshakeError as exc:
+            assert stream.peer is not None
+            if exc.reason == "duplicate" and stream.peer.node_id in self._peers:
+                return stream.peer.node_id  # the other connection to that node won
+            raise
+
+    # ------------------------------------------------------------------ accepting
+
+    async def _accept(self, sock: anyio.abc.SocketStream) -> None:
+        try:
+            ip = remote_ip(sock)
+        except (OSError, ValueError):
+            await sock.aclose()
+            return
+        if why := self.peer_book.ban_reason(ip=ip):
+            log.debug("refused connection from %s: %s", ip, why)
+            await sock.aclose()
+            return
+        if (
+            self._inbound_per_ip[ip] >= self.settings.max_peers_per_ip
+            or self._pending_handshakes >= self.tuning.max_pending_handshakes
+        ):
+            log.debug("refused connection from %s: per-IP or handshake limit", ip)
+            await sock.aclose()
+            return
+        self._inbound_per_ip[ip] += 1
+        try:
+            self._pending_handshakes += 1
+            try:
+                stream = await tls_handshake(
+                    sock,
+                    self._credentials,
+                    server=True,
+                    handshake_timeout=self.tuning.handshake_timeout,
+                )
+            finally:
+                self._pending_handshakes -= 1
+            await self._run_connection(stream, Direction.INBOUND, ip, None)
+        except HandshakeError as exc:
+            log.debug("inbound connection from %s failed: %s", ip, exc)
+        except Exception:
+            log.exception("inbound connection from %s crashed", ip)
+        finally:
+            self._inbound_per_ip[ip] -= 1
+            if self._inbound_per_ip[ip] <= 0:
+                del self._inbound_per_ip[ip]
+
+    # ------------------------------------------------------------------ one connection
+
+    def _hello(self) -> Hello:
+        height, head = self._height_provider()
+        return Hello(
+            network_id=self.settings.network_id,
+            protocol_version=PROTOCOL_VERSION,
+            node_id=self.node_id,
+            height=height,
+            head_hash=head.hex(),
+            listen_addr=self.advertised_address(),
+            agent=self.tuning.agent[:128],
+            sequencer=bool(self._is_sequencer()),
+        )
+
+    async def _send_direct(self, stream: TlsStream, frame: bytes | None) -> None:
+        """Send before the writer task exists (hello, refusal goodbye); bounded."""
+        if frame is None:
+            return
+        with anyio.move_on_after(self.tuning.handshake_timeout):
+            await stream.send(frame)
+
+    async def _run_connection(
+        self,
+        stream: TlsStream,
+        direction: Direction,
+        ip: str,
+        dialled: str | None,
+        *,
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Handshake, register, serve until closed. Reports the node id through
+        ``task_status`` once registered; raises :class:`HandshakeError` before that."""
+        assert stream.peer is not None
+        peer_id = stream.peer.node_id
+        session = Session(
+            self._session_config,
+            direction=direction,
+            peer_node_id=peer_id,
+            now=anyio.current_time(),
+        )
+        conn = _Connection(stream, session, ip=ip, address=dialled, tuning=self.tuning)
+        registered = False
+        farewell: str | None = None
+        try:
+            existing = self._peers.get(peer_id)
+            refusal = admission_refusal(
+                local_id=self.node_id,
+                peer_id=peer_id,
+                direction=direction,
+                ban_reason=self.peer_book.ban_reason(node_id=peer_id),
+                existing=existing.session.direction if existing else None,
+                peer_count=len(self._peers),
+                max_peers=self._max_peers,
+            )
+            if refusal is not None:
+                await self._send_direct(stream, session.close(refusal))
+                raise HandshakeError(f"refused {peer_id}: {refusal}", reason=refusal)
+            await self._send_direct(stream, session.start(self._hello()))
+            hello, leftover = await self._await_hello(conn)
+            self._apply_hello(conn, hello)
+            try:
+                registered = self._register(conn)
+            except HandshakeError as exc:
+                await self._send_direct(stream, session.close(exc.reason))
+                raise
+            task_status.started(peer_id)
+            await self._serve(conn, leftover)
+        except anyio.get_cancelled_exc_class():
+            farewell = "shutdown"  # only the service's own cancellation reaches here
+            raise
+        except HandshakeError as exc:
+            farewell = exc.reason
+            raise
+        except Exception:
+            farewell = "internal error"
+            if not registered:
+                raise
+            log.exception("connection to %s crashed", peer_id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup(conn, registered, farewell)
+
+    async def _await_hello(self, conn: _Connection) -> tuple[Hello, list[SessionEvent]]:
+        """Read until the peer's hello; events that arrived after it are returned."""
+        try:
+            with anyio.fail_after(self.tuning.handshake_timeout):
+                while True:
+                    data = await conn.stream.receive()
+                    events = conn.session.receive_data(data, anyio.current_time())
+                    for i, event in enumerate(events):
+                        if isinstance(event, HelloReceived):
+                            self._count("hello")
+                            return event.hello, events[i + 1 :]
+                        if isinstance(event, GoodbyeReceived):
+                            self._count("goodbye")
+                            raise HandshakeError(
+                                f"peer {conn.node_id} refused: {event.reason}",
+                                reason=event.reason or "refused",
+                            )
+                        if isinstance(event, SessionFailed):
+                            self._charge_failure(conn, event.error)
+                            await self._send_direct(
+                                conn.stream, conn.session.close(self._goodbye_reason(event.error))
+                            )
+                            raise HandshakeError(
+                                f"handshake with {conn.node_id} failed: {event.error}",
+                                reason=getattr(event.error, "reason", "protocol"),
+                            )
+        except TimeoutError:
+            raise HandshakeError(
+                f"no hello from {conn.node_id} within {self.tuning.handshake_timeout} s",
+                reason="timeout",
+            ) from None
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise HandshakeError(
+                f"{conn.node_id} closed the connection during the handshake", reason="closed"
+            ) from exc
+
+    @staticmethod
+    def _goodbye_reason(error: P2PError) -> str:
+        reason = error.reason if isinstance(error, HandshakeError) else "protocol violation"
+        return f"{reason}: {error.message}"[:256]
+
+    def _apply_hello(self, conn: _Connection, hello: Hello) -> None:
+        conn.height = hello.height
+        conn.head_hash = hello.head_hash
+        conn.agent = hello.agent
+        conn.sequencer = hello.sequencer
+        if conn.address is None and hello.listen_addr is not None:
+            listen = parse_peer_address(hello.listen_addr)
+            host = listen.host
+            # A node bound to 0.0.0.0 advertises that; the address it reached us from is the
+            # one to dial. Loopback advertisements from non-loopback peers are useless too.
+            unspecified = ipaddress.ip_address(host).is_unspecified if _ip_literal(host) else False
+            if unspecified:
+                host = conn.ip
+            conn.address = str(replace(listen, host=host))
+
+    def _register(self, conn: _Connection) -> bool:
+        existing = self._peers.get(conn.node_id)
+        if existing is not None:
+            if not keep_new_connection(
+                self.node_id,
+                conn.node_id,
+                existing=existing.session.direction,
+                new=conn.session.direction,
+            ):
+                raise HandshakeError(f"already connected to {conn.node_id}", reason="duplicate")
+            existing.close("duplicate")
+        elif len(self._peers) >= self._max_peers:
+            raise HandshakeError(f"peer limit {self._max_peers} reached", reason="full")
+        self._peers[conn.node_id] = conn
+        self._redial_at.pop(conn.node_id, None)
+        self.peer_book.on_connected(conn.node_id, conn.address or "")
+        log.info(
+            "peer %s connected (%s, %s)",
+            conn.node_id,
+            conn.session.direction.value,
+            conn.address or conn.ip,
+        )
+        if existing is None:
+            self._emit(PeerConnected(conn.info()))
+            if self._tg is not None:
+                self._tg.start_soon(self._exchange_with, conn.node_id)
+        return True
+
+    async def _serve(self, conn: _Connection, leftover: list[SessionEvent]) -> None:
+        async with anyio.create_task_group() as tg:
+            conn.scope = tg.cancel_scope
+            if conn.close_reason is not None:  # closed while registering
+                conn.scope.deadline = anyio.current_time() + self.tuning.close_grace
+            tg.start_soon(self._writer, conn)
+            tg.start_soon(self._pinger, conn)
+            tg.start_soon(self._reader, conn, leftover, tg)
+
+    async def _cleanup(self, conn: _Connection, registered: bool, farewell: str | None) -> None:
+        if farewell is not None and conn.close_reason is None:
+            # Shutdown or a failed handshake: say goodbye unless one was exchanged already.
+            goodbye = conn.session.close(farewell)
+            conn.close(farewell, goodbye=False)
+            if goodbye is not None:
+                with anyio.move_on_after(self.tuning.close_grace), contextlib.suppress(Exception):
+                    await conn.stream.send(goodbye)
+        conn.close("closed", goodbye=False)
+        if registered and self._peers.get(conn.node_id) is conn:
+            del self._peers[conn.node_id]
+            self.peer_book.on_disconnected(conn.node_id)
+            log.info("peer %s disconnected: %s", conn.node_id, conn.close_reason)
+            self._emit(PeerDisconnected(conn.node_id, conn.close_reason or "closed"))
+        with contextlib.suppress(Exception):
+            await conn.stream.aclose()
+        conn.closed.set()
+
+    async def _writer(self, conn: _Connection) -> None:
+        try:
+            async with conn.out_recv:
+                async for frame in conn.out_recv:
+                    with anyio.fail_after(self.tuning.send_timeout):
+                        await conn.stream.send(frame)
+            if conn.goodbye is not None:
+                with anyio.move_on_after(self.tuning.close_grace):
+                    await conn.stream.send(conn.goodbye)
+        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            conn.close(f"send failed: {type(e).__name__}", goodbye=False)
+        finally:
+            # The writer ends only after close(): the connection is over.
+            assert conn.scope is not None
+            conn.scope.cancel()
+
+    async def _reader(
+        self, conn: _Connection, leftover: list[SessionEvent], tg: anyio.abc.TaskGroup
+    ) -> None:
+        try:
+            for event in leftover:
+                await self._on_event(conn, event, tg)
+            while conn.open:
+                data = await conn.stream.receive()
+                for event in conn.session.receive_data(data, anyio.current_time()):
+                    await self._on_event(conn, event, tg)
+        except anyio.EndOfStream:
+            conn.close("connection closed by peer", goodbye=False)
+        except anyio.BrokenResourceError as exc:
+            conn.close(f"connection lost: {exc}", goodbye=False)
+
+    async def _pinger(self, conn: _Connection) -> None:
+        t = self.tuning
+        while conn.open:
+            now = anyio.current_time()
+            last = conn.session.last_received
+            state = conn.session.liveness(
+                now, ping_interval=t.ping_interval, idle_timeout=t.idle_timeout
+            )
+            if state == "dead":
+                conn.close("idle timeout")
+                return
+            if state == "ping" and conn.last_ping < last:  # one ping per silence
+                conn.last_ping = now
+                with contextlib.suppress(P2PError):
+                    conn.enqueue_nowait(conn.frame(Ping(nonce=random.getrandbits(63)))[1])
+            wake = last + (t.idle_timeout if conn.last_ping >= last else t.ping_interval)
+            await anyio.sleep(max(0.01, wake - now))
+
+    # ------------------------------------------------------------------ incoming messages
+
+    def _count(self, msg_type: str) -> None:
+        self.metrics.messages_received.labels(msg_type).inc()
+
+    def _charge_failure(self, conn: _Connection, error: P2PError) -> None:
+        if isinstance(error, ProtocolViolation):
+            self.metrics.invalid_messages.inc()
+        if error.score_event is not None:
+            self.peer_book.record(conn.node_id, PeerEvent[error.score_event])
+        log.info("peer %s: %s", conn.node_id, error)
+
+    def _apply_verdict(self, conn: _Connection, verdict: Verdict) -> None:
+        if verdict is Verdict.BAN:
+            conn.close("banned")
+        elif verdict is Verdict.DISCONNECT:
+            conn.close("score too low")
+
+    def _reply(self, conn: _Connection, request_id: int, message: Message) -> None:
+        with contextlib.suppress(P2PError):
+            conn.enqueue_nowait(conn.frame(message, re=request_id)[1])
+
+    async def _on_event(
+        self, conn: _Connection, event: SessionEvent, tg: anyio.abc.TaskGroup
+    ) -> None:
+        if isinstance(event, MessageReceived):
+            await self._on_message(conn, event.envelope, tg)
+        elif isinstance(event, MessageInvalid):
+            err = event.error
+            self._count(err.message_type or "unknown")
+            self.metrics.invalid_messages.inc()
+            verdict = self.peer_book.record(conn.node_id, PeerEvent.INVALID_MESSAGE)
+            log.info("peer %s sent an invalid message: %s", conn.node_id, err)
+            if err.message_type in REQUEST_TYPES and err.message_id is not None:
+                self._reply(
+                    conn,
+                    err.message_id,
+                    Error(code="invalid_message", message=err.message[:1024]),
+                )
+            self._apply_verdict(conn, verdict)
+        elif isinstance(event, GoodbyeReceived):
+            self._count("goodbye")
+            conn.close(f"peer said goodbye: {event.reason}", goodbye=False)
+        elif isinstance(event, SessionFailed):
+            self._charge_failure(conn, event.error)
+            conn.close(self._goodbye_reason(event.error))
+        elif isinstance(event, HelloReceived):  # pragma: no cover - the session forbids it
+            raise AssertionError("hello after the handshake")
+
+    def _over_rate(self, conn: _Connection, envelope: Envelope) -> bool:
+        now = anyio.current_time()
+        if self._buckets.take(conn.node_id, now) == 0.0:
+            return False
+        self.metrics.rate_limit_violations.inc()
+        if now - conn.last_rate_charge >= 1.0:
+            conn.last_rate_charge = now
+            verdict = self.peer_book.record(conn.node_id, PeerEvent.RATE_LIMIT_VIOLATION)
+            self._apply_verdict(conn, verdict)
+        if envelope.re is None and envelope.type in REQUEST_TYPES:
+            self._reply(conn, envelope.id, Error(code="rate_limited", message="slow down"))
+        return True
+
+    async def _on_message(
+        self, conn: _Connection, envelope: Envelope, tg: anyio.abc.TaskGroup
+    ) -> None:
+        message = envelope.message
+        self._count(envelope.type)
+        conn.last_seen = time.time()
+        if self._over_rate(conn, envelope):
+            return
+        if envelope.re is not None:
+            pending = conn.pending.get(envelope.re)
+            if pending is not None and not pending.event.is_set():
+                pending.reply = envelope
+                pending.event.set()
+            return  # late replies (after a timeout) are not the peer's fault
+        if isinstance(message, Ping):
+            self._reply(conn, envelope.id, Pong(nonce=message.nonce))
+            return
+        if isinstance(message, Pong):
+            return
+        self.peer_book.record(conn.node_id, PeerEvent.VALID_MESSAGE)
+        if isinstance(message, Status):
+            self._peer_height(conn, message.height, message.head_hash)
+        elif isinstance(message, BlockAnnounce):
+            header = message.block.header
+            if header.height > conn.height:
+                self._peer_height(conn, header.height, message.block.hash)
+        elif isinstance(message, GetPeers):
+            self._reply(conn, envelope.id, self._peer_list(exclude=conn.node_id))
+            return
+        elif isinstance(message, Peers):
+            self._learn_peers(message)
+            return
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            if envelope.type in REQUEST_TYPES:
+                self._reply(
+                    conn, envelope.id, Error(code="unsupported", message=f"no {envelope.type}")
+                )
+            return
+        # Waiting for a slot stops reading from this peer: backpressure, not unbounded tasks.
+        await conn.handler_slots.acquire()
+        tg.start_soon(self._run_handler, conn, envelope, handler)
+
+    async def _run_handler(self, conn: _Connection, envelope: Envelope, handler: Handler) -> None:
+        try:
+            try:
+                reply = await handler(conn.info(), envelope.message)
+            except InvalidMessage as exc:
+                self.metrics.invalid_messages.inc()
+                verdict = self.peer_book.record(conn.node_id, PeerEvent.INVALID_MESSAGE)
+                log.info("peer %s: %s", conn.node_id, exc)
+                self._apply_verdict(conn, verdict)
+                reply = Error(code="invalid_message", message=exc.message[:1024])
+            except IanError as exc:
+                reply = Error(code=exc.code[:64], message=exc.message[:1024])
+            except Exception:
+                log.exception("handler for %s from %s failed", envelope.type, conn.node_id)
+                reply = Error(code="internal", message="handler failed")
+        finally:
+            conn.handler_slots.release()
+        if reply is not None and conn.open:
+            try:
+                _, frame = conn.frame(reply, re=envelope.id)
+                with anyio.move_on_after(self.tuning.send_timeout):
+                    await conn.enqueue(frame)
+            except P2PError as exc:
+                log.debug("reply to %s not sent: %s", conn.node_id, exc)
+
+    def _peer_height(self, conn: _Connection, height: int, head_hash: str) -> None:
+        conn.height = height
+        conn.head_hash = head_hash
+        self._emit(PeerStatus(conn.node_id, height, head_hash))
+
+    # ------------------------------------------------------------------ peer exchange
+
+    def _peer_list(self, *, exclude: str) -> Peers:
+        entries = [
+            PeerEntry(node_id=c.node_id, address=c.address)
+            for c in self._peers.values()
+            if c.node_id != exclude and c.address is not None
+        ]
+        random.shuffle(entries)
+        return Peers(peers=entries[:MAX_PEERS_PER_MESSAGE])
+
+    def _learn_peers(self, message: Peers) -> None:
+        for entry in message.peers:
+            if entry.node_id != self.node_id and entry.node_id not in self._peers:
+                self.peer_book.note_address(entry.node_id, entry.address)
+
+    async def _exchange_with(self, node_id: str) -> None:
+        """Ask one peer for its peers, then dial new ones while below max_peers."""
+        try:
+            reply = await self.request(node_id, GetPeers())
+        except P2PError as exc:
+            log.debug("peer exchange with %s failed: %s", node_id, exc)
+            return
+        if isinstance(reply, Peers):
+            self._learn_peers(reply)
+        self._dial_more()
+
+    def _dial_more(self) -> None:
+        tg = self._tg
+        if tg is None:
+            return
+        want = self._max_peers - len(self._peers) - len(self._dialing)
+        if want <= 0:
+            return
+        now = anyio.current_time()
+        for node_id, address in self.peer_book.dial_candidates(want * 2):
+            if want <= 0:
+                break
+            if node_id == self.node_id or node_id in self._peers or node_id in self._dialing:
+                continue
+            if address in self._dialing:
+                continue
+            _, not_before = self._redial_at.get(node_id, (0, 0.0))
+            if not_before > now:
+                continue
+            want -= 1
+            tg.start_soon(self._dial_candidate, node_id, address)
+
+    async def _dial_candidate(self, node_id: str, address: str) -> None:
+        self._dialing.add(node_id)
+        try:
+            await self.connect(address, node_id=node_id)
+        except (P2PError, ValueError) as exc:
+            failures = self._redial_at.get(node_id, (0, 0.0))[0] + 1
+            delay = _backoff(failures, self.tuning)
+            self._redial_at[node_id] = (failures, anyio.current_time() + delay)
+            log.debug("dial %s at %s failed (%s); retry in %.1f s", node_id, address, exc, delay)
+        finally:
+            self._dialing.discard(node_id)
+
+    async def _seed_task(self, seed: PeerAddress) -> None:
+        """Keep one connection to ``seed``: dial, wait for it to close, redial with backoff."""
+        address = str(seed)
+        failures = 0
+        node_id: str | None = None
+        while True:
+            conn = self._peers.get(node_id) if node_id else None
+            if conn is not None:
+                await conn.closed.wait()
+                continue
+            self._dialing.add(address)
+            try:
+                node_id = await self.connect(seed)
+                failures = 0
+                continue
+            except HandshakeError as exc:
+                if exc.reason == "self":
+                    log.info("seed %s is this node; not dialling it", address)
+                    return
+                error: Exception = exc
+            except (P2PError, OSError) as exc:
+                error = exc
+            finally:
+                self._dialing.discard(address)
+            failures += 1
+            delay = _backoff(failures, self.tuning)
+            log.info("seed %s: %s; retry in %.1f s", address, error, delay)
+            await anyio.sleep(delay)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _maintenance(self) -> None:
+        t = self.tuning
+        next_exchange = anyio.current_time() + t.exchange_interval
+        next_status = anyio.current_time() + t.status_interval
+        while True:
+            await anyio.sleep(t.maintenance_interval)
+            now = anyio.current_time()
+            self._enforce_bans()
+            try:
+                self.peer_book.flush_if_due()
+            except Exception:
+                log.exception("could not write the peer book")
+            if now >= next_status:
+                next_status = now + t.status_interval
+                if self._height_provider() != self._last_status:
+                    self.announce_status()
+            if now >= next_exchange:
+                next_exchange = now + t.exchange_interval
+                assert self._tg is not None
+                for node_id in list(self._peers):
+                    self._tg.start_soon(self._exchange_with, node_id)
+            self._dial_more()
+
+    def _enforce_bans(self) -> None:
+        for conn in list(self._peers.values()):
+            why = self.peer_book.ban_reason(node_id=conn.node_id, ip=conn.ip)
+            if why is not None and conn.open:
+                log.info("dropping banned peer %s: %s", conn.node_id, why)
+                conn.close("banned")

@@ -1,0 +1,191 @@
+"""Peer API routes against a real PeerBook file and an in-memory stand-in for the P2P layer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from ian.api.peers_routes import router
+from ian.errors import RequestError
+from ian.peer_book import PeerBook, PeerEvent
+
+A = "a" * 40
+B = "b" * 40
+TOKEN = "s3cret"
+T0 = 1_700_000_000.0
+
+
+@dataclass
+class Conn:
+    node_id: str
+    address: str
+    direction: str = "inbound"
+    connected_since: float = T0
+    height: int = 7
+
+
+class FakeP2P:
+    """Records what the routes ask of the P2P layer."""
+
+    def __init__(self) -> None:
+        self.conns: dict[str, Conn] = {}
+        self.disconnected: list[tuple[str, str]] = []
+        self.configured: list[dict[str, Any]] = []
+        self.dialled: list[str] = []
+
+    def peers(self) -> list[Conn]:
+        return list(self.conns.values())
+
+    def disconnect(self, node_id: str, reason: str) -> None:
+        self.disconnected.append((node_id, reason))
+        self.conns.pop(node_id, None)
+
+    async def connect(self, address: str) -> str:
+        self.dialled.append(address)
+        return "f" * 40
+
+    def configure(self, max_peers=None, rate=None, burst=None) -> None:
+        self.configured.append({"max_peers": max_peers, "rate": rate, "burst": burst})
+
+
+def make_app(book: PeerBook, p2p: FakeP2P | None) -> FastAPI:
+    """The router with the node attributes it expects and JSON errors like the real app."""
+    app = FastAPI()
+    app.state.node = SimpleNamespace(
+        peer_book=book,
+        p2p=p2p,
+        admin_token=TOKEN,
+        settings=SimpleNamespace(admin_allow_remote=False),
+    )
+
+    @app.exception_handler(RequestError)
+    async def _err(request: Request, exc: RequestError) -> JSONResponse:
+        body = {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+        return JSONResponse(body, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        body = {"error": {"code": "invalid_input", "message": str(exc.errors()[0]["msg"])}}
+        return JSONResponse(body, status_code=400)
+
+    app.include_router(router)
+    return app
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> PeerBook:
+    return PeerBook.load(tmp_path / "peer_scores.json")
+
+
+@pytest.fixture
+def p2p() -> FakeP2P:
+    return FakeP2P()
+
+
+@pytest.fixture
+def client(book: PeerBook, p2p: FakeP2P) -> TestClient:
+    return TestClient(
+        make_app(book, p2p),
+        client=("127.0.0.1", 5000),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+
+def test_list_and_show(client: TestClient, book: PeerBook, p2p: FakeP2P) -> None:
+    book.on_connected(A, "tcp://10.0.0.1:9000")
+    p2p.conns[A] = Conn(A, "tcp://10.0.0.1:9000")
+    book.record(B, PeerEvent.RATE_LIMIT_VIOLATION)
+    body = client.get("/api/v1/peers").json()
+    assert body["known"] == 2 and body["banned"] == 0 and "peers" not in body
+    assert body["connected"][0]["node_id"] == A and body["connected"][0]["score"] == 100
+    body = client.get("/api/v1/peers", params={"all": 1, "sort": "violations"}).json()
+    assert [p["node_id"] for p in body["peers"]] == [B, A]
+    assert client.get(f"/api/v1/peers/{B}").json()["rate_limit_violations"] == 1
+    missing = client.get(f"/api/v1/peers/{'c' * 40}")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert client.get("/api/v1/peers", params={"all": 1, "sort": "nope"}).status_code == 400
+
+
+def test_admin_routes_require_the_token(book: PeerBook, p2p: FakeP2P) -> None:
+    anon = TestClient(make_app(book, p2p), client=("127.0.0.1", 5000))
+    r = anon.post("/api/v1/admin/peers/ban", json={"target": A, "seconds": 5, "reason": "x"})
+    assert r.status_code == 401
+    remote = TestClient(
+        make_app(book, p2p),
+        client=("203.0.113.9", 5000),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    r = remote.post("/api/v1/admin/peers/ban", json={"target": A, "seconds": 5, "reason": "x"})
+    assert r.status_code == 403
+    assert book.get(A) is None
+
+
+def test_ban_saves_and_disconnects(client: TestClient, book: PeerBook, p2p: FakeP2P) -> None:
+    for node, addr in ((A, "tcp://10.1.2.3:9000"), (B, "tcp://192.0.2.1:9000")):
+        book.on_connected(node, addr)
+        p2p.conns[node] = Conn(node, addr)
+    r = client.post(
+        "/api/v1/admin/peers/ban", json={"target": "10.0.0.0/8", "seconds": 60, "reason": "lab"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["disconnected"] == [A] and r.json()["kind"] == "ip"
+    assert p2p.disconnected == [(A, "banned: lab")]
+    saved = json.loads(book.path.read_text())
+    assert "10.0.0.0/8" in saved["ip_bans"]
+    r = client.post("/api/v1/admin/peers/ban", json={"target": B, "seconds": 60, "reason": "x"})
+    assert r.json()["disconnected"] == [B]
+    assert json.loads(book.path.read_text())["peers"][B]["ban_reason"] == "x"
+    bad = client.post(
+        "/api/v1/admin/peers/ban", json={"target": "1.2.3.4/8", "seconds": 1, "reason": "x"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "target"
+    assert client.post("/api/v1/admin/peers/ban", json={"target": B}).status_code == 400
+
+
+def test_unban_reset_prune(client: TestClient, book: PeerBook) -> None:
+    book.ban(A, seconds=60, reason="x")
+    assert client.post("/api/v1/admin/peers/unban", json={"target": A}).json() == {
+        "target": A,
+        "removed": True,
+    }
+    for _ in range(3):
+        book.record(B, PeerEvent.PROTOCOL_VIOLATION)
+    r = client.post("/api/v1/admin/peers/reset", json={"node_id": B})
+    assert r.json()["score"] == 100 and r.json()["protocol_violations"] == 3
+    r = client.post("/api/v1/admin/peers/reset", json={"node_id": "c" * 40})
+    assert r.status_code == 404
+    r = client.post("/api/v1/admin/peers/prune", json={"older_than_s": 0, "dry_run": True})
+    assert r.json() == {"kept": 0, "removed": 2, "removed_ids": [A, B], "dry_run": True}
+    assert len(book) == 2
+    r = client.post("/api/v1/admin/peers/prune", json={"older_than_s": 0})
+    assert r.json()["removed"] == 2 and len(book) == 0
+    assert json.loads(book.path.read_text())["peers"] == {}
+
+
+def test_connect_and_limits(client: TestClient, p2p: FakeP2P, book: PeerBook) -> None:
+    r = client.post("/api/v1/admin/peers/connect", json={"address": "10.0.0.9:9000"})
+    assert r.json() == {"address": "tcp://10.0.0.9:9000", "node_id": "f" * 40}
+    r = client.post("/api/v1/admin/peers/connect", json={"address": "http://x:1"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "address"
+    r = client.post("/api/v1/admin/p2p/limits", json={"max_peers": 12})
+    assert r.json() == {"applied": {"max_peers": 12}}
+    assert p2p.configured == [{"max_peers": 12, "rate": None, "burst": None}]
+    assert client.post("/api/v1/admin/p2p/limits", json={}).status_code == 400
+    assert client.post("/api/v1/admin/p2p/limits", json={"rate": -1}).status_code == 400
+    no_p2p = TestClient(
+        make_app(book, None),
+        client=("127.0.0.1", 5000),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    r = no_p2p.post("/api/v1/admin/peers/connect", json={"address": "10.0.0.9:9000"})
+    assert r.status_code == 503
+    assert no_p2p.get("/api/v1/peers").json()["connected"] == []

@@ -1,0 +1,156 @@
+"""Helpers that make real P2P services (loopback TLS, real data dirs, a real PeerBook)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ian.config import Settings
+from ian.datadir import InitResult, init_data_dir
+from ian.metrics import NodeMetrics
+from ian.p2p.service import P2PService, P2PTuning, PeerConnected, PeerDisconnected
+from ian.peer_book import PeerBook
+
+FAST = P2PTuning(
+    handshake_timeout=2.0,
+    ping_interval=5.0,
+    idle_timeout=10.0,
+    request_timeout=5.0,
+    reconnect_base=0.05,
+    reconnect_cap=0.3,
+    exchange_interval=30.0,
+    maintenance_interval=0.1,
+    close_grace=0.5,
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Node:
+    """One running service plus what tests inspect."""
+
+    init: InitResult
+    service: P2PService
+    book: PeerBook
+    metrics: NodeMetrics
+    events: list[Any] = field(default_factory=list)
+    scope: anyio.CancelScope | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.init.identity.node_id
+
+    @property
+    def address(self) -> str:
+        host, port = self.service.bound_address  # type: ignore[misc]
+        return f"tcp://{host}:{port}"
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking on every peer event (no polling)."""
+        with anyio.fail_after(within):
+            while not predicate():
+                changed = anyio.Event()
+                self._waiters.append(changed)
+                await changed.wait()
+
+    def __post_init__(self) -> None:
+        self._waiters: list[anyio.Event] = []
+
+        def listener(event: Any) -> None:
+            self.events.append(event)
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                w.set()
+
+        self.service.add_listener(listener)
+
+    def connected(self, other: Node) -> bool:
+        return other.node_id in {p.node_id for p in self.service.peers()}
+
+    def disconnects(self) -> list[PeerDisconnected]:
+        return [e for e in self.events if isinstance(e, PeerDisconnected)]
+
+    def connects(self) -> list[PeerConnected]:
+        return [e for e in self.events if isinstance(e, PeerConnected)]
+
+
+class Cluster:
+    """Starts services in one task group; each can be stopped on its own."""
+
+    def __init__(self, tmp_path: Path, tg: anyio.abc.TaskGroup) -> None:
+        self.tmp_path = tmp_path
+        self.tg = tg
+        self.count = 0
+
+    def make(self, name: str | None = None, **overrides: Any) -> tuple[InitResult, Settings]:
+        self.count += 1
+        root = self.tmp_path / (name or f"node{self.count}")
+        init = init_data_dir(root)
+        values: dict[str, Any] = {
+            "data_dir": root,
+            "p2p_host": "127.0.0.1",
+            "p2p_port": 0,
+            "network_id": "ian-test",
+            "min_peers": 0,
+        }
+        values.update(overrides)
+        return init, Settings(**values)
+
+    async def start(
+        self,
+        name: str | None = None,
+        *,
+        tuning: P2PTuning = FAST,
+        init: InitResult | None = None,
+        **overrides: Any,
+    ) -> Node:
+        if init is None:
+            init, settings = self.make(name, **overrides)
+        else:
+            values = {"data_dir": init.datadir.root, "p2p_host": "127.0.0.1"}
+            values |= {"p2p_port": 0, "network_id": "ian-test"} | overrides
+            settings = Settings(**values)
+        book = PeerBook.load(init.datadir.peer_scores_file, ban_seconds=settings.ban_seconds)
+        metrics = NodeMetrics()
+        service = P2PService(
+            settings,
+            init.identity,
+            init.datadir,
+            book,
+            metrics,
+            height_provider=lambda: (7, b"\x11" * 32),
+            tuning=tuning,
+        )
+        node = Node(init=init, service=service, book=book, metrics=metrics)
+        scope = anyio.CancelScope()
+        node.scope = scope
+
+        async def runner(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with scope:
+                await service.run(task_status=task_status)
+
+        await self.tg.start(runner)
+        return node
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with anyio.create_task_group() as tg:
+        yield Cluster(tmp_path, tg)
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def deadline(seconds: float) -> AsyncIterator[None]:
+    with anyio.fail_after(seconds):
+        yield

@@ -1,0 +1,240 @@
+"""Wire messages: envelope errors, the validation table per type, converters, fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ian.blocks import Block, BlockHeader, GoalRoots
+from ian.contributions import make_contribution
+from ian.p2p.errors import InvalidMessage, P2PError, ProtocolViolation
+from ian.p2p.messages import (
+    MESSAGE_TYPES,
+    BlockAnnounce,
+    BlockDoc,
+    Blocks,
+    ContributionForward,
+    ContributionResult,
+    Envelope,
+    Error,
+    GetBlocks,
+    GetPeers,
+    Goodbye,
+    Hello,
+    Peers,
+    Ping,
+    Pong,
+    Status,
+    block_from_doc,
+    block_to_doc,
+    contribution_from_doc,
+    contribution_to_doc,
+    decode_envelope,
+    encode_envelope,
+)
+
+NODE = "ab" * 20
+HASH = "cd" * 32
+
+
+def raw(mtype: str, body: Any, *, mid: Any = 1, re: Any = None, v: Any = 1) -> bytes:
+    return json.dumps({"v": v, "type": mtype, "id": mid, "re": re, "body": body}).encode()
+
+
+def make_block() -> Block:
+    c = make_contribution(
+        goal_id="DEMO_TRADING_AGENT",
+        version="1.0",
+        parameters=b'{"strategy": "momentum", "lookback": 5}',
+        metadata={"note": "héllo"},
+        contributor_id="alice",
+        seed=42,
+    )
+    header = BlockHeader(
+        height=3,
+        parent_hash=b"\x01" * 32,
+        timestamp_ms=1_700_000_000_000,
+        sequencer=NODE,
+        sequencer_key=b"\x02" * 32,
+        entries_hash=b"\x03" * 32,
+        goals={"DEMO_TRADING_AGENT": GoalRoots(1, b"\x04" * 32, 1, b"\x05" * 32)},
+    )
+    return Block(header=header, hash=header.hash(), signature=b"\x06" * 64, entries=(c,))
+
+
+HELLO = {
+    "network_id": "ian-test",
+    "protocol_version": 1,
+    "node_id": NODE,
+    "height": 0,
+    "head_hash": HASH,
+    "listen_addr": "tcp://127.0.0.1:9000",
+    "agent": "ian/test",
+    "sequencer": False,
+}
+
+VALID: list[tuple[str, dict[str, Any]]] = [
+    ("hello", HELLO),
+    ("hello", {**HELLO, "listen_addr": None, "extra_future_field": 1}),
+    ("ping", {"nonce": 0}),
+    ("pong", {"nonce": 2**63 - 1}),
+    ("get_peers", {}),
+    ("peers", {"peers": [{"node_id": NODE, "address": "tcp://[::1]:9000"}]}),
+    ("status", {"height": 5, "head_hash": HASH}),
+    ("get_blocks", {"from_height": 1, "max_blocks": 500}),
+    ("blocks", {"blocks": []}),
+    ("contribution_result", {"result": {"accepted": True}}),
+    ("error", {"code": "unsupported", "message": "no"}),
+    ("goodbye", {"reason": "shutdown"}),
+]
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("hello", {**HELLO, "node_id": "AB" * 20}, "upper-case node id"),
+    ("hello", {**HELLO, "node_id": "ab" * 19}, "short node id"),
+    ("hello", {**HELLO, "height": -1}, "negative height"),
+    ("hello", {**HELLO, "height": "1"}, "string height (strict)"),
+    ("hello", {**HELLO, "sequencer": 1}, "int for bool (strict)"),
+    ("hello", {**HELLO, "head_hash": "zz" * 32}, "non-hex hash"),
+    ("hello", {**HELLO, "listen_addr": "http://x:1"}, "wrong scheme"),
+    ("hello", {**HELLO, "listen_addr": "tcp://host"}, "no port"),
+    ("hello", {k: v for k, v in HELLO.items() if k != "network_id"}, "missing network_id"),
+    ("hello", {**HELLO, "agent": "x" * 129}, "agent too long"),
+    ("ping", {}, "missing nonce"),
+    ("ping", {"nonce": 2**63}, "nonce too large"),
+    ("peers", {"peers": [{"node_id": NODE, "address": "tcp://a:1"}] * 51}, "too many peers"),
+    ("peers", {"peers": [{"node_id": NODE}]}, "peer without address"),
+    ("get_blocks", {"from_height": 0, "max_blocks": 0}, "zero max_blocks"),
+    ("get_blocks", {"from_height": 0, "max_blocks": 501}, "too many blocks asked"),
+    ("blocks", {"blocks": [{"header": {}}]}, "malformed block"),
+    ("status", {"height": 1.5, "head_hash": HASH}, "float height"),
+    ("contribution_forward", {"contribution": {"goal_id": "bad id!"}}, "bad contribution"),
+    ("error", {"code": ""}, "empty error code"),
+    ("goodbye", {"reason": "x" * 257}, "reason too long"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mtype", "body"), VALID, ids=[f"{t}-{i}" for i, (t, _) in enumerate(VALID)]
+)
+def test_valid_bodies_decode(mtype: str, body: dict[str, Any]) -> None:
+    envelope = decode_envelope(raw(mtype, body, mid=9, re=4))
+    assert envelope.type == mtype
+    assert (envelope.id, envelope.re) == (9, 4)
+    assert isinstance(envelope.message, MESSAGE_TYPES[mtype])
+
+
+@pytest.mark.parametrize(("mtype", "body", "why"), INVALID, ids=[w for _, _, w in INVALID])
+def test_invalid_bodies_are_invalid_messages(mtype: str, body: dict[str, Any], why: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        decode_envelope(raw(mtype, body, mid=77))
+    assert info.value.message_type == mtype
+    assert info.value.message_id == 77
+    assert info.value.score_event == "INVALID_MESSAGE"
+
+
+ENVELOPE_VIOLATIONS: list[tuple[bytes, str]] = [
+    (b"\xff\xfe", "not UTF-8"),
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "not an object"),
+    (raw("ping", {"nonce": 1}, v=2), "future envelope version"),
+    (raw("ping", {"nonce": 1}, v=True), "bool version"),
+    (raw("teleport", {}), "unknown type"),
+    (json.dumps({"v": 1, "id": 1, "body": {}}).encode(), "no type"),
+    (raw("ping", {"nonce": 1}, mid=-1), "negative id"),
+    (raw("ping", {"nonce": 1}, mid=True), "bool id"),
+    (raw("ping", {"nonce": 1}, mid="1"), "string id"),
+    (raw("ping", {"nonce": 1}, re=1.5), "float re"),
+    (raw("ping", [1]), "list body"),
+    (b"[" * 100_000 + b"]" * 100_000, "deep nesting"),
+    (b'{"v": 1, "id": ' + b"9" * 5000 + b"}", "huge integer literal"),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"), ENVELOPE_VIOLATIONS, ids=[w for _, w in ENVELOPE_VIOLATIONS]
+)
+def test_envelope_problems_are_protocol_violations(payload: bytes, why: str) -> None:
+    with pytest.raises(ProtocolViolation) as info:
+        decode_envelope(payload)
+    assert info.value.score_event == "PROTOCOL_VIOLATION"
+
+
+def test_every_type_round_trips() -> None:
+    block_doc = block_to_doc(make_block())
+    samples = [
+        Hello.model_validate(HELLO),
+        Ping(nonce=1),
+        Pong(nonce=1),
+        GetPeers(),
+        Peers.model_validate({"peers": [{"node_id": NODE, "address": "tcp://h:1"}]}),
+        Status(height=1, head_hash=HASH),
+        BlockAnnounce(block=block_doc),
+        GetBlocks(from_height=1, max_blocks=10),
+        Blocks(blocks=[block_doc, block_doc]),
+        ContributionForward(contribution=block_doc.entries[0]),
+        ContributionResult(result={"accepted": False, "reason": "threshold"}),
+        Error(code="x", message="y"),
+        Goodbye(reason="bye"),
+    ]
+    assert {m.TYPE for m in samples} == set(MESSAGE_TYPES)
+    for message in samples:
+        envelope = Envelope(id=3, re=None, message=message)
+        assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
+def test_addresses_are_canonicalised() -> None:
+    hello = decode_envelope(raw("hello", {**HELLO, "listen_addr": "TCP://LocalHost:9000"}))
+    assert hello.message.listen_addr == "tcp://localhost:9000"  # type: ignore[attr-defined]
+
+
+def test_block_converters_round_trip() -> None:
+    block = make_block()
+    doc = block_to_doc(block)
+    assert doc.header.model_dump() == block.header.to_doc()
+    again = block_from_doc(BlockDoc.model_validate_json(doc.model_dump_json()))
+    assert again.header == block.header
+    assert again.hash == block.hash and again.signature == block.signature
+    assert [c.pack_hash for c in again.entries] == [c.pack_hash for c in block.entries]
+    assert again.entries[0].metadata == {"note": "héllo"}
+
+
+def test_contribution_converter_revalidates_like_the_api() -> None:
+    c = make_block().entries[0]
+    doc = contribution_to_doc(c)
+    assert contribution_from_doc(doc).pack_hash == c.pack_hash
+    bad = doc.model_copy(
+        update={"agent_pack": doc.agent_pack.model_copy(update={"parameters": "!!notb64"})}
+    )
+    with pytest.raises(InvalidMessage, match="base64"):
+        contribution_from_doc(bad)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_payloads_only_raise_p2p_errors(payload: bytes) -> None:
+    with contextlib.suppress(P2PError):
+        decode_envelope(payload)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    mtype=st.sampled_from(sorted(MESSAGE_TYPES)),
+    body=st.dictionaries(st.text(max_size=12), json_values, max_size=6),
+)
+def test_random_bodies_only_raise_p2p_errors(mtype: str, body: dict[str, Any]) -> None:
+    with contextlib.suppress(P2PError):
+        decode_envelope(raw(mtype, body))
