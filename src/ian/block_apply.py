@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ian.blocks import Block, InvalidBlockError, check_block_signature, entries_hash
+from ian.blocks import (
+    Block,
+    InvalidBlockError,
+    ParentMismatchError,
+    check_block_signature,
+    entries_hash,
+)
 from ian.chain import ChainState, execute
 from ian.store import NewEntry, Store
 
@@ -25,7 +31,7 @@ def execute_block(
     if h.height != state.height + 1:
         raise InvalidBlockError(f"block {h.height} does not follow local height {state.height}")
     if h.parent_hash != state.head_hash:
-        raise InvalidBlockError(f"block {h.height}: parent is not the local head")
+        raise ParentMismatchError(f"block {h.height}: parent is not the local head")
     if h.timestamp_ms < state.head_timestamp_ms:
         raise InvalidBlockError(f"block {h.height}: timestamp goes backwards")
     if not block.entries:

@@ -104,7 +104,12 @@ def entries_hash(contribution_hashes: list[bytes]) -> bytes:
 
 
 class InvalidBlockError(ValueError):
-    """A block that must not be applied; ``reason`` says why (scored against its sender)."""
+    """A block that must not be applied; the message says why (scored against its sender)."""
+
+
+class ParentMismatchError(InvalidBlockError):
+    """A well-formed next block whose parent is not our head: evidence that our chain and the
+    sender's differ (divergence), not that the sender misbehaved."""
 
 
 def check_block_signature(block: Block, sequencer: str | None) -> None:

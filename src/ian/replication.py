@@ -22,7 +22,7 @@ from anyio.abc import TaskStatus
 
 from ian import errors
 from ian.block_apply import apply_block
-from ian.blocks import Block, InvalidBlockError
+from ian.blocks import Block, InvalidBlockError, ParentMismatchError
 from ian.chain import ChainState, Outcome
 from ian.contributions import Contribution
 from ian.errors import IanError, RequestError, UnavailableError
@@ -186,7 +186,7 @@ class Replicator:
                 if block.height <= self.state.height:
                     if self.store.block_hash(block.height) == block.hash:
                         continue
-                    await self._later_check(block.height)
+                    self._suspect_divergence(block.height)
                     break
                 try:
                     await anyio.to_thread.run_sync(
@@ -194,6 +194,11 @@ class Replicator:
                             self.state, self.store, b, sequencer=self.sequencer_id()
                         )
                     )
+                except ParentMismatchError:
+                    # The sender's chain and ours differ below this block: find out who is in
+                    # the minority before blaming anyone.
+                    self._suspect_divergence(self.state.height)
+                    break
                 except InvalidBlockError as exc:
                     log.warning("rejected block %d from %s: %s", block.height, sender[:12], exc)
                     self._record(sender, PeerEvent.INVALID_MESSAGE)
@@ -204,7 +209,8 @@ class Replicator:
             self._record(sender, PeerEvent.SUCCESSFUL_SYNC)
         return applied
 
-    async def _later_check(self, height: int) -> None:
+    def _suspect_divergence(self, height: int) -> None:
+        """Ask the sync loop to compare our block at ``height`` with the peers'."""
         self._pending_check = height
         self._wake.set()
 
