@@ -18,13 +18,16 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import version as _dist_version
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ian import node_state as node_state_mod
+from ian.backup import maintenance_lock, read_last_backup
 from ian.blocks import Block, GoalRoots
+from ian.cert_rotation import recover_interrupted_rotation, renewal_due, rotate_certificate
 from ian.certs import CertInfo
 from ian.chain import ChainState, Outcome
 from ian.config import Settings
@@ -32,7 +35,7 @@ from ian.contributions import Contribution
 from ian.datadir import DataDir, init_data_dir, read_api_token
 from ian.errors import StoreError
 from ian.goals import GoalSpec
-from ian.identity import Identity
+from ian.identity import Identity, load_identity
 from ian.intake import Intake
 from ian.leaderboard import LeaderboardEntry
 from ian.lock import NodeLock
@@ -101,7 +104,6 @@ class Node:
         self.started_at = time.time()
         self.role, self._sequencer_id = _role(settings, identity.node_id)
         self.views: dict[str, GoalView] = {}
-        self.last_backup_at: float | None = None
         self.metrics = NodeMetrics(self.snapshot)
         self.sequencer = Sequencer(
             state, store, identity, max_entries=settings.block_max_entries, on_batch=self._on_batch
@@ -171,6 +173,12 @@ class Node:
         lock = NodeLock(datadir.lock_file)
         lock.acquire()
         try:
+            if datadir.identity_file.exists():
+                # Finish or undo a `certs rotate` that a crash interrupted, before init
+                # would mistake a missing certs/ for a first start.
+                done = recover_interrupted_rotation(datadir, load_identity(datadir.identity_file))
+                if done:
+                    log.warning("certificate rotation recovery: %s", done)
             init = init_data_dir(root, cert_valid_days=settings.cert_valid_days)
             for item in init.created:
                 log.info("created %s", item)
@@ -287,7 +295,7 @@ class Node:
             breaker_state=self.tau.breaker_state,
             log_sizes={gid: v.log_size for gid, v in self.views.items()},
             cert_expiry=self.cert.not_after.timestamp(),
-            last_backup=self.last_backup_at,
+            last_backup=read_last_backup(self.datadir),
         )
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
@@ -337,6 +345,22 @@ class Node:
             },
         )
         node_state_mod.write_node_state(self.datadir.node_state_file, st)
+
+    async def _cert_renewal_loop(self) -> None:
+        """Renew the P2P certificate before it expires (``cert_renew_days``), hourly checks."""
+        while True:
+            if renewal_due(self.cert, datetime.now(UTC), self.settings.cert_renew_days):
+                try:
+                    await anyio.to_thread.run_sync(self._renew_certificate)
+                except Exception as exc:  # retried at the next check
+                    log.error("automatic certificate renewal failed: %s", exc)
+            await anyio.sleep(3600)
+
+    def _renew_certificate(self) -> None:
+        with maintenance_lock(self.datadir.root, exclusive=True):
+            rotate_certificate(self.datadir, self.identity, self.settings.cert_valid_days)
+        log.info("certificate was due for renewal: rotated")
+        self.reload_certificates()
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -404,6 +428,7 @@ class Node:
                     inner.start_soon(self._announce_loop)
                     self.bound.api = await inner.start(api.serve)
                     inner.start_soon(self._checkpoint_loop)
+                    inner.start_soon(self._cert_renewal_loop)
                     if handle_signals:
                         inner.start_soon(self._watch_signals)
                     log.info(

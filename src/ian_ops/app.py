@@ -10,7 +10,18 @@ from typing import Annotated
 
 import typer
 
-from ian_ops import cli, config_cmd, node_cmd, status_cmd
+from ian_ops import (
+    backup_cmd,
+    certs_cmd,
+    cli,
+    config_cmd,
+    node_cmd,
+    peers_cmd,
+    prune_cmd,
+    restore_cmd,
+    status_cmd,
+    tau_cmd,
+)
 
 app = typer.Typer(
     name="ian",
@@ -42,10 +53,14 @@ def root(
 
 
 app.add_typer(node_cmd.app, name="node")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(__import__("ian_ops.tau_cmd", fromlist=["app"]).app, name="tau")
-app.add_typer(__import__("ian_ops.peers_cmd", fromlist=["app"]).app, name="peers")
 app.command("status")(status_cmd.status)
+app.add_typer(peers_cmd.app, name="peers")
+app.add_typer(certs_cmd.app, name="certs")
+app.add_typer(backup_cmd.app, name="backup")
+app.command("restore")(restore_cmd.restore)
+app.command("prune")(prune_cmd.prune)
+app.add_typer(tau_cmd.app, name="tau")
+app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ian import mmr
 from ian.api import models as m
 from ian.api.auth import AdminGuard, check_token, client_address, require_admin
+from ian.api.certs_routes import router as certs_router
 from ian.api.peers_routes import router as peers_router
 from ian.api.tau_routes import router as tau_router
 from ian.errors import (
@@ -63,6 +64,7 @@ def create_app(node: Node) -> FastAPI:
     app.add_middleware(AdminGuard)
     app.include_router(peers_router)
     app.include_router(tau_router)
+    app.include_router(certs_router)
     settings = node.settings
     max_body = settings.max_request_bytes
     proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
@@ -185,7 +187,7 @@ def create_app(node: Node) -> FastAPI:
             goals={gid: goal_status(v) for gid, v in node.views.items()},
             tau=tau_status(None),
             cert_not_after=node.cert.not_after.isoformat(),
-            last_backup_at=node.last_backup_at,
+            last_backup_at=snap.last_backup,
         )
 
     @app.get(

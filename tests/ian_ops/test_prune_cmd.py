@@ -1,0 +1,139 @@
+"""`ian prune`: dry run by default without a terminal, --yes removes, online peer pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ian.config import load_settings
+from ian.lock import NodeLock
+from ian.node import Node
+from ian_ops import client as client_mod
+from ian_ops.app import app
+
+IAN = Path(sys.executable).with_name("ian")
+DAY = 86400.0
+
+
+def ian(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    env.update(NO_COLOR="1", COLUMNS="250", IAN_DATA_DIR=str(data_dir), IAN_BACKUP_RETENTION="2")
+    return subprocess.run(
+        [str(IAN), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def aged(path: Path, age_s: float, data: bytes = b"x" * 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    Node.open(load_settings(env={}, overrides={"data_dir": root})).close()
+    for i in range(4):
+        aged(root / "backups" / f"ian-backup-abc-2025010{i}T000000Z.tar", (10 - i) * DAY)
+    for i in range(5):
+        aged(root / "certs-old" / f"2025010{i}T000000Z" / "node_cert.pem", 0)
+    aged(root / "backups" / "ian-backup-abc-x.tar.part", 2 * 3600)
+    aged(root / "backups" / "ian-backup-abc-y.tar.part", 60)  # in progress: kept
+    now = time.time()
+    peers = {
+        "a" * 40: {"score": 100.0, "last_seen": now - 40 * DAY},
+        "b" * 40: {"score": 100.0, "last_seen": now},
+    }
+    (root / "peer_scores.json").write_text(
+        json.dumps({"version": 1, "saved_at": now, "peers": peers})
+    )
+    return root
+
+
+def names(root: Path, sub: str) -> list[str]:
+    return sorted(p.name for p in (root / sub).iterdir())
+
+
+def test_no_terminal_means_dry_run_only(data: Path) -> None:
+    before = names(data, "backups"), names(data, "certs-old")
+    r = ian("prune", data_dir=data)
+    assert r.returncode == 0, r.stderr
+    assert "dry run only" in r.stderr and "--yes" in r.stderr
+    assert "peers (offline): 1 not seen" in r.stdout
+    assert "total: 5 items" in r.stdout
+    assert (names(data, "backups"), names(data, "certs-old")) == before
+
+
+def test_dry_run_json_then_yes(data: Path) -> None:
+    dry = ian("prune", "--dry-run", "--json", data_dir=data)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["dry_run"] is True and plan["applied"] is False
+    assert sorted(i["kind"] for i in plan["items"]) == ["backup"] * 2 + ["cert_pair"] * 2 + [
+        "leftover"
+    ]
+    assert plan["bytes"] == 5 * 100 and plan["peers"]["removed"] == 1
+
+    done = ian("prune", "--yes", "--json", data_dir=data)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["applied"] is True and doc["bytes"] == 500 and doc["mode"] == "offline"
+    assert names(data, "backups") == [
+        "ian-backup-abc-20250102T000000Z.tar",
+        "ian-backup-abc-20250103T000000Z.tar",
+        "ian-backup-abc-y.tar.part",
+    ]
+    assert names(data, "certs-old") == [f"2025010{i}T000000Z" for i in (2, 3, 4)]
+    peers = json.loads((data / "peer_scores.json").read_text())["peers"]
+    assert list(peers) == ["b" * 40]
+
+    again = ian("prune", "--yes", data_dir=data)
+    assert again.returncode == 0 and "total: 0 items" in again.stdout
+
+
+def test_bad_input(data: Path, tmp_path: Path) -> None:
+    r = ian("prune", "--older-than", "30", data_dir=data)
+    assert r.returncode != 0 and "add a unit" in r.stderr and "Traceback" not in r.stderr
+    r = ian("prune", data_dir=tmp_path / "missing")
+    assert r.returncode == 4 and "does not exist" in r.stderr
+    (data / "peer_scores.json").write_text("{torn")
+    r = ian("prune", data_dir=data)
+    assert r.returncode == 4 and "peer_scores.json" in r.stderr and "fix:" in r.stderr
+
+
+def test_online_uses_the_admin_api(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict]] = []
+
+    def post_json(self: client_mod.NodeClient, path: str, body: dict) -> dict:
+        calls.append((path, body))
+        return {"kept": 1, "removed": 1, "removed_ids": ["a" * 40], "dry_run": body["dry_run"]}
+
+    monkeypatch.setattr(client_mod.NodeClient, "post_json", post_json)
+    for name in [n for n in os.environ if n.startswith("IAN_")]:
+        monkeypatch.delenv(name)
+    with NodeLock(data / "node.lock"):  # "the node is running"
+        result = CliRunner().invoke(
+            app, ["prune", "--data-dir", str(data), "--yes", "--older-than", "7d"]
+        )
+    assert result.exit_code == 0, result.output
+    assert "peers (online)" in result.output and "dropped 1 peers (online)" in result.output
+    assert calls == [
+        ("/api/v1/admin/peers/prune", {"older_than_s": 7 * DAY, "dry_run": True}),
+        ("/api/v1/admin/peers/prune", {"older_than_s": 7 * DAY, "dry_run": False}),
+    ]
+    # the file was not touched offline
+    assert len(json.loads((data / "peer_scores.json").read_text())["peers"]) == 2

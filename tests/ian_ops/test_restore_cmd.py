@@ -1,0 +1,117 @@
+"""`ian restore` as a real process: confirmation rules, exit codes, one-line refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ian.backup import create_backup
+from ian.config import load_settings
+from ian.datadir import DataDir
+from ian.lock import NodeLock
+from ian.node import Node
+
+IAN = Path(sys.executable).with_name("ian")
+
+
+def ian(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    env.update(NO_COLOR="1", COLUMNS="200", IAN_DATA_DIR=str(data_dir))
+    return subprocess.run(
+        [str(IAN), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def node_dir(root: Path) -> Path:
+    """A data dir as a freshly started and stopped node leaves it."""
+    settings = load_settings(env={}, overrides={"data_dir": root})
+    Node.open(settings).close()
+    return root
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    src = node_dir(tmp_path / "src")
+    archive = create_backup(DataDir(src), load_settings(env={}).all_goals()).path
+    return src, archive
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_needs_yes_without_a_terminal(setup: tuple[Path, Path]) -> None:
+    src, archive = setup
+    before = listing(src.parent)
+    r = ian("restore", str(archive), data_dir=src)
+    assert r.returncode == 2
+    assert "--yes" in r.stderr and "Traceback" not in r.stderr
+    assert listing(src.parent) == before
+
+
+def test_dry_run_then_yes(setup: tuple[Path, Path]) -> None:
+    src, archive = setup
+    before = listing(src.parent)
+    dry = ian("restore", str(archive), "--dry-run", data_dir=src)
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run" in dry.stdout and "pre-restore" in dry.stdout
+    assert listing(src.parent) == before
+    done = ian("restore", str(archive), "--yes", "--json", data_dir=src)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["restored"] is True and Path(doc["moved_aside_to"]).is_dir()
+    assert (src / "backups" / archive.name).is_file()  # backups/ follows the data dir
+
+
+def test_fresh_dir_needs_no_confirmation(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    _src, archive = setup
+    r = ian("restore", str(archive), data_dir=tmp_path / "new")
+    assert r.returncode == 0, r.stderr
+    assert "restored node" in r.stdout
+
+
+def test_refused_while_the_node_runs(setup: tuple[Path, Path]) -> None:
+    src, archive = setup
+    with NodeLock(src / "node.lock"):
+        r = ian("restore", str(archive), "--yes", data_dir=src)
+    assert r.returncode == 5
+    assert f"pid {os.getpid()}" in r.stderr
+
+
+def test_unsafe_archive_one_line_exit_4(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    src, archive = setup
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(archive) as good, tarfile.open(evil, "w") as out:
+        for m in good.getmembers():
+            out.addfile(m, good.extractfile(m))
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        out.addfile(info, io.BytesIO(b"x"))
+    before = listing(tmp_path)
+    r = ian("restore", str(evil), "--yes", data_dir=src)
+    assert r.returncode == 4
+    first, *rest = r.stderr.strip().splitlines()
+    assert "unsafe path" in first and all(line.startswith("  fix:") for line in rest)
+    assert listing(tmp_path) == before
+
+
+def test_other_identity_needs_force(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    _src, archive = setup
+    other = node_dir(tmp_path / "other")
+    r = ian("restore", str(archive), "--yes", data_dir=other)
+    assert r.returncode == 4 and "--force" in r.stderr
+    r = ian("restore", str(archive), "--yes", "--force", data_dir=other)
+    assert r.returncode == 0, r.stderr
