@@ -82,6 +82,21 @@ def leaf_position(leaf_index: int) -> int:
     return node_count(leaf_index)
 
 
+def appended_by(pos: int) -> tuple[int, int]:
+    """``(leaf_index, offset)``: node ``pos`` was added by appending leaf ``leaf_index``, as the
+    ``offset``-th node of that append (0 = the leaf itself, then the parents it completed)."""
+    if pos < 0:
+        raise ValueError(f"position must be >= 0, got {pos}")
+    lo, hi = 0, pos  # largest i with node_count(i) <= pos; node_count(i) >= i
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if 2 * mid - mid.bit_count() <= pos:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, pos - (2 * lo - lo.bit_count())
+
+
 def _mountains(leaves: int) -> Iterator[tuple[int, int, int]]:
     """Yield ``(height, first_leaf, first_position)`` of each mountain, left to right."""
     first_leaf = 0

@@ -129,7 +129,6 @@ def verify_store(
             report.blocks += 1
             problem = _check_block(
                 state,
-                conn,
                 entries_cur,
                 expected_height,
                 parent,
@@ -165,7 +164,6 @@ def verify_store(
 
 def _check_block(
     state: ChainState,
-    conn: sqlite3.Connection,
     cur: sqlite3.Cursor,
     expected_height: int,
     parent: bytes,
@@ -191,14 +189,14 @@ def _check_block(
         return f"block {header.height}: bad signature"
     rows = cur.execute(
         "SELECT goal_id, log_index, contribution_hash, pack_hash, contributor_id, seed, score, "
-        "metrics FROM contributions WHERE seq >= ? AND seq < ? ORDER BY seq",
+        "metrics, mmr_nodes FROM contributions WHERE seq >= ? AND seq < ? ORDER BY seq",
         (first_seq, first_seq + count),
     ).fetchall()
     if len(rows) != count:
         return f"block {header.height}: {count} entries recorded, {len(rows)} stored"
     hashes = []
     touched: set[str] = set()
-    for goal_id, log_index, chash, phash, contributor, seed, score, metrics in rows:
+    for goal_id, log_index, chash, phash, contributor, seed, score, metrics, stored in rows:
         goal = state.goals.get(goal_id)
         if goal is None:
             return f"block {header.height}: entry for unknown goal {goal_id}"
@@ -214,13 +212,7 @@ def _check_block(
             return f"block {header.height}: contribution {goal_id}/{log_index} hash mismatch"
         if log_index != goal.mmr.size:
             return f"block {header.height}: {goal_id} log index {log_index} out of order"
-        first_pos = goal.mmr.node_count
-        nodes = goal.mmr.append(chash)
-        stored = conn.execute(
-            "SELECT hash FROM mmr_nodes WHERE goal_id = ? AND pos >= ? AND pos < ? ORDER BY pos",
-            (goal_id, first_pos, first_pos + len(nodes)),
-        ).fetchall()
-        if [h for (h,) in stored] != nodes:
+        if b"".join(goal.mmr.append(chash)) != stored:
             return f"block {header.height}: stored MMR nodes of {goal_id}/{log_index} differ"
         goal.leaderboard.offer(LeaderboardEntry(log_index, score, chash, contributor))
         hashes.append(chash)

@@ -50,16 +50,11 @@ CREATE TABLE IF NOT EXISTS contributions (
     metadata TEXT NOT NULL,
     score REAL NOT NULL,
     metrics TEXT NOT NULL,
-    block_height INTEGER NOT NULL
+    block_height INTEGER NOT NULL,
+    mmr_nodes BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS contributions_log ON contributions (goal_id, log_index);
 CREATE UNIQUE INDEX IF NOT EXISTS contributions_pack ON contributions (goal_id, pack_hash);
-CREATE TABLE IF NOT EXISTS mmr_nodes (
-    goal_id TEXT NOT NULL,
-    pos INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (goal_id, pos)
-) WITHOUT ROWID;
 """
 
 
@@ -205,7 +200,6 @@ class Store:
                 + 1
             )
             rows = []
-            nodes = []
             for e in entries:
                 c = e.contribution
                 rows.append(
@@ -222,12 +216,9 @@ class Store:
                         e.score,
                         e.metrics_json,
                         block.height,
+                        b"".join(e.mmr_nodes),
                     )
                 )
-                pos = e.first_node_pos
-                for h in e.mmr_nodes:
-                    nodes.append((c.goal_id, pos, h))
-                    pos += 1
             try:
                 with self._tx():
                     self._w.execute(
@@ -244,10 +235,10 @@ class Store:
                     self._w.executemany(
                         "INSERT INTO contributions (goal_id, log_index, contribution_hash, "
                         "pack_hash, contributor_id, seed, version, parameters, metadata, score, "
-                        "metrics, block_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "metrics, block_height, mmr_nodes) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
-                    self._w.executemany("INSERT INTO mmr_nodes VALUES (?, ?, ?)", nodes)
             except sqlite3.Error as exc:
                 raise StoreError(f"writing block {block.height} failed: {exc}") from exc
 
@@ -259,18 +250,11 @@ class Store:
             removed = self._w.execute(
                 "SELECT COUNT(*) FROM blocks WHERE height > ?", (height,)
             ).fetchone()[0]
-            self._w.execute("DELETE FROM contributions WHERE block_height > ?", (height,))
-            for goal_id, size in self._w.execute(
-                "SELECT goal_id, MAX(log_index) + 1 FROM contributions GROUP BY goal_id"
-            ).fetchall():
-                self._w.execute(
-                    "DELETE FROM mmr_nodes WHERE goal_id = ? AND pos >= ?",
-                    (goal_id, mmr.node_count(size)),
-                )
-            known = {g for (g,) in self._w.execute("SELECT DISTINCT goal_id FROM contributions")}
-            for (goal_id,) in self._w.execute("SELECT DISTINCT goal_id FROM mmr_nodes").fetchall():
-                if goal_id not in known:
-                    self._w.execute("DELETE FROM mmr_nodes WHERE goal_id = ?", (goal_id,))
+            first = self._w.execute(
+                "SELECT MIN(first_seq) FROM blocks WHERE height > ?", (height,)
+            ).fetchone()[0]
+            if first is not None:  # contributions are in block order: cut by sequence number
+                self._w.execute("DELETE FROM contributions WHERE seq >= ?", (first,))
             self._w.execute("DELETE FROM blocks WHERE height > ?", (height,))
         return removed
 
@@ -357,15 +341,26 @@ class Store:
         return 0 if row[0] is None else row[0] + 1
 
     def nodes(self, goal_id: str, positions: Sequence[int]) -> dict[int, bytes]:
-        if not positions:
+        """MMR node hashes by position. Each contribution row holds the nodes its append added
+        (its leaf, then the parents it completed), concatenated."""
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for pos in positions:
+            leaf, offset = mmr.appended_by(pos)
+            wanted.setdefault(leaf, []).append((pos, offset))
+        if not wanted:
             return {}
-        marks = ",".join("?" * len(positions))
-        return dict(
-            self._r.execute(
-                f"SELECT pos, hash FROM mmr_nodes WHERE goal_id = ? AND pos IN ({marks})",
-                (goal_id, *positions),
-            ).fetchall()
-        )
+        marks = ",".join("?" * len(wanted))
+        out: dict[int, bytes] = {}
+        for log_index, blob in self._r.execute(
+            f"SELECT log_index, mmr_nodes FROM contributions "
+            f"WHERE goal_id = ? AND log_index IN ({marks})",
+            (goal_id, *wanted),
+        ):
+            for pos, offset in wanted[log_index]:
+                node = blob[offset * 32 : offset * 32 + 32]
+                if len(node) == 32:
+                    out[pos] = node
+        return out
 
     def top_entries(self, goal_id: str, limit: int) -> list[tuple[int, float, bytes, str]]:
         """(log_index, score, contribution_hash, contributor_id) of the best ``limit``."""

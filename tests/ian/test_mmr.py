@@ -340,3 +340,14 @@ def test_verify_never_raises_on_garbage(
 def test_verify_rejects_non_proof_objects() -> None:
     root, leaf, _ = _proof_case(5, 1)
     assert verify_inclusion(root, leaf, None) is False  # type: ignore[arg-type]
+
+
+def test_appended_by_inverts_the_positions_each_append_returns() -> None:
+    from ian.mmr import appended_by
+
+    m = MMR()
+    for i in range(300):
+        first = m.node_count
+        nodes = m.append_leaf_hash(leaf_hash(i.to_bytes(4, "big")))
+        for offset in range(len(nodes)):
+            assert appended_by(first + offset) == (i, offset)

@@ -112,10 +112,12 @@ def test_tampered_contribution_hash_is_found(filled) -> None:
 
 
 def test_tampered_mmr_node_is_found_at_its_block(filled) -> None:
-    # TRIVIAL log index 4 is appended in block 3; its leaf sits at MMR position 7.
+    # TRIVIAL log index 4 is appended in block 3; its leaf (position 7) is the first node
+    # stored with it.
     sql(
         filled.store.path,
-        "UPDATE mmr_nodes SET hash=? WHERE goal_id=? AND pos=7",
+        "UPDATE contributions SET mmr_nodes = CAST(? || substr(mmr_nodes, 33) AS BLOB) "
+        "WHERE goal_id=? AND log_index=4",
         b"\x01" * 32,
         TRIVIAL,
     )
@@ -173,14 +175,21 @@ def test_foreign_sequencer_is_found(filled) -> None:
 def test_load_chain_state_refuses_a_tampered_peak(filled) -> None:
     size = filled.state.goals[DEMO].mmr.size  # 4 leaves: one peak at position 6
     assert size == 4
-    sql(filled.store.path, "UPDATE mmr_nodes SET hash=? WHERE goal_id=? AND pos=6", bytes(32), DEMO)
+    # Position 6 is the third node added by leaf 3 (leaf 4, parent 5, parent 6).
+    sql(
+        filled.store.path,
+        "UPDATE contributions SET mmr_nodes = CAST(substr(mmr_nodes, 1, 64) || ? AS BLOB) "
+        "WHERE goal_id=? AND log_index=3",
+        bytes(32),
+        DEMO,
+    )
     with pytest.raises(StoreError) as info:
         load_chain_state(filled.store, filled.specs)
     assert DEMO in info.value.message and info.value.fix
 
 
 def test_load_chain_state_refuses_missing_mmr_nodes(filled) -> None:
-    sql(filled.store.path, "DELETE FROM mmr_nodes WHERE goal_id=?", TRIVIAL)
+    sql(filled.store.path, "UPDATE contributions SET mmr_nodes = x'' WHERE goal_id=?", TRIVIAL)
     with pytest.raises(StoreError, match="MMR nodes are missing"):
         load_chain_state(filled.store, filled.specs)
 

@@ -111,7 +111,7 @@ def test_failed_block_write_leaves_nothing_behind(chain, packs) -> None:
     chain.commit([packs.contribution(1)])
     sql(
         chain.store.path,
-        "CREATE TRIGGER fail_nodes BEFORE INSERT ON mmr_nodes "
+        "CREATE TRIGGER fail_rows BEFORE INSERT ON contributions "
         "BEGIN SELECT RAISE(ABORT, 'no space left'); END",
     )
     with pytest.raises(StoreError) as info:
@@ -139,11 +139,13 @@ def test_truncate_above_restores_an_earlier_chain(chain, packs) -> None:
     report = verify_store(chain.store, chain.specs)
     assert report.ok, report.problem
     assert report.blocks == 2 and report.contributions == 2
-    # No orphan MMR nodes stay behind.
-    assert sql(chain.store.path, "SELECT COUNT(*) FROM mmr_nodes WHERE goal_id=?", DEMO) == [(1,)]
+    # Nothing of the removed blocks stays behind (MMR nodes live in the contribution rows).
+    assert sql(chain.store.path, "SELECT COUNT(*) FROM contributions WHERE goal_id=?", DEMO) == [
+        (1,)
+    ]
 
     assert chain.store.truncate_above(0) == 2
-    assert sql(chain.store.path, "SELECT COUNT(*) FROM mmr_nodes") == [(0,)]
+    assert sql(chain.store.path, "SELECT COUNT(*) FROM contributions") == [(0,)]
     assert load_chain_state(chain.store, chain.specs).height == 0
 
 
