@@ -17,7 +17,6 @@ from ian.contributions import Contribution, contribution_hash
 from ian.errors import IanError
 from ian.evaluators import Evaluator, Metrics, get_evaluator
 from ian.goals import GoalSpec
-from ian.hashing import canonical_json_text
 from ian.leaderboard import Leaderboard, LeaderboardEntry
 from ian.mmr import MMR
 
@@ -150,7 +149,7 @@ def execute(state: ChainState, c: Contribution) -> Outcome:
         )
     score = goals_mod.score(goal.spec, metrics.reward, metrics.risk, metrics.complexity)
     metric_doc = metrics.to_dict()
-    metrics_json = canonical_json_text(metric_doc)
+    metrics_json = metrics.canonical_json()
     chash = contribution_hash(c, score, metrics_json)
     state.touch(goal)
     log_index = goal.mmr.size

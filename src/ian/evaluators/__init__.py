@@ -74,6 +74,19 @@ class Metrics:
             # Store plain floats only, so 1 and 1.0 serialise (and hash) the same way.
             object.__setattr__(self, name, as_float)
 
+    def canonical_json(self) -> str:
+        """``canonical_json_text(self.to_dict())`` without the generic encoder: the keys are
+        fixed identifiers in sorted order and every value is a finite float, whose JSON form is
+        its shortest round-trip ``repr`` (tested against the generic encoding)."""
+        parts = [f'"complexity":{self.complexity!r}']
+        if self.max_drawdown is not None:
+            parts.append(f'"max_drawdown":{self.max_drawdown!r}')
+        parts.append(f'"reward":{self.reward!r}')
+        parts.append(f'"risk":{self.risk!r}')
+        if self.sharpe_ratio is not None:
+            parts.append(f'"sharpe_ratio":{self.sharpe_ratio!r}')
+        return "{" + ",".join(parts) + "}"
+
     def to_dict(self) -> dict[str, float]:
         """The metrics as a JSON-ready dict; ``None`` values are omitted."""
         out = {"reward": self.reward, "risk": self.risk, "complexity": self.complexity}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ian.evaluators import EVALUATOR_NAMES, Metrics, get_evaluator
 from ian.goals import GoalSpec
+from ian.hashing import canonical_json_text
 
 
 def test_to_dict_omits_missing_optional_metrics() -> None:
@@ -61,3 +64,15 @@ def test_every_goal_evaluator_name_resolves() -> None:
 def test_unknown_evaluator_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
         get_evaluator("nope")
+
+
+@given(
+    reward=st.floats(allow_nan=False, allow_infinity=False),
+    risk=st.floats(allow_nan=False, allow_infinity=False),
+    complexity=st.floats(allow_nan=False, allow_infinity=False),
+    sharpe=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    drawdown=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_canonical_json_equals_the_generic_encoding(reward, risk, complexity, sharpe, drawdown):
+    m = Metrics(reward, risk, complexity, sharpe, drawdown)
+    assert m.canonical_json() == canonical_json_text(m.to_dict())
