@@ -3,7 +3,11 @@
 The commit (ARCHITECTURE §9), all hashes lowercase hex::
 
     {"type": "IAN_LOG_COMMIT", "goal_id", "log_root", "log_size", "leaderboard_root",
-     "leaderboard_size", "height", "prev_commit_hash", "timestamp_ms", "signature"}
+     "leaderboard_size", "height", "prev_commit_hash", "timestamp_ms", "committer",
+     "committer_key", "signature"}
+
+``committer`` (node id) and ``committer_key`` (Ed25519 public key, hex) go beyond the fields
+ARCHITECTURE §9 lists: without them nobody reading Tau could check the signature.
 
 ``commit_hash`` = sha256(canonical_json(commit without "signature")) (see :mod:`ian.hashing`);
 ``signature`` = Ed25519 signature by the node identity of those 32 digest bytes;
@@ -40,7 +44,7 @@ from typing import Any, Literal
 from ian.blocks import GoalRoots
 from ian.errors import StoreError
 from ian.hashing import canonical_json
-from ian.identity import Identity, verify_signature
+from ian.identity import Identity, node_id_for, verify_signature
 
 __all__ = [
     "COMMIT_TYPE",
@@ -66,6 +70,8 @@ _FIELDS = (
     "height",
     "prev_commit_hash",
     "timestamp_ms",
+    "committer",
+    "committer_key",
 )
 
 
@@ -81,6 +87,8 @@ class IanLogCommit:
     height: int
     prev_commit_hash: str
     timestamp_ms: int
+    committer: str = ""  # node id of the signer
+    committer_key: str = ""  # its Ed25519 public key (hex): anyone can check the signature
     signature: str = ""
 
     def unsigned_doc(self) -> dict[str, Any]:
@@ -103,8 +111,16 @@ class IanLogCommit:
         """The commit's hash (hex); the next commit of the goal names it as ``prev_commit_hash``."""
         return self.digest().hex()
 
-    def verify(self, public_key: bytes) -> bool:
-        """True iff ``signature`` is ``public_key``'s Ed25519 signature of :meth:`digest`."""
+    def verify(self, public_key: bytes | None = None) -> bool:
+        """True iff ``signature`` is ``public_key``'s (default: ``committer_key``, which must
+        belong to ``committer``) Ed25519 signature of :meth:`digest`."""
+        if public_key is None:
+            try:
+                public_key = bytes.fromhex(self.committer_key)
+            except ValueError:
+                return False
+            if node_id_for(public_key) != self.committer:
+                return False
         try:
             signature = bytes.fromhex(self.signature)
         except ValueError:
@@ -149,6 +165,8 @@ def build_commit(
         height=height,
         prev_commit_hash=prev_commit_hash,
         timestamp_ms=timestamp_ms,
+        committer=identity.node_id,
+        committer_key=identity.public_key.hex(),
     )
     return replace(unsigned, signature=identity.sign(unsigned.digest()).hex())
 

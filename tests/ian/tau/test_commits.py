@@ -50,6 +50,8 @@ def test_commit_document_hash_and_signature(identity: Identity) -> None:
         "height": 17,
         "prev_commit_hash": "0" * 64,
         "timestamp_ms": 1_700_000_000_123,
+        "committer": identity.node_id,
+        "committer_key": identity.public_key.hex(),
         "signature": doc["signature"],
     }
     # Recomputed from the documented definition, not from the class.
@@ -58,7 +60,11 @@ def test_commit_document_hash_and_signature(identity: Identity) -> None:
     assert commit.commit_hash == digest.hex()
     assert verify_signature(identity.public_key, bytes.fromhex(doc["signature"]), digest)
     assert commit.verify(identity.public_key)
+    assert commit.verify()  # with the key the commit carries, as a reader of Tau would
     assert not commit.verify(Identity.generate().public_key)
+    other = Identity.generate()
+    assert not replace(commit, committer_key=other.public_key.hex()).verify()
+    assert not replace(commit, committer=other.node_id).verify()
 
 
 @pytest.mark.parametrize(
