@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from ian.api.app import create_app
-from ian.api.tau_routes import router
 from ian.blocks import GoalRoots
 from ian.config import load_settings
 from ian.node import Node
@@ -68,8 +67,6 @@ async def served(tmp_path: Path, mock_tau: MockTauServer) -> AsyncIterator[Serve
         )
         node.tau = bridge  # type: ignore[attr-defined]
         app = create_app(node)
-        if not any(getattr(r, "path", None) == "/api/v1/tau" for r in app.routes):
-            app.include_router(router)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ian.test") as client:
             yield Served(node, bridge, client, app)
