@@ -1,0 +1,88 @@
+"""deploy/prometheus/: promtool accepts the config and rules, and the rule unit tests pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PROM = ROOT / "deploy" / "prometheus"
+
+RUNBOOK_ALERTS = {
+    "IANNodeUnhealthy",
+    "IANSyncLag",
+    "IANLowPeers",
+    "IANHighRejectionRate",
+    "IANRateLimitViolations",
+}
+EXTRA_ALERTS = {
+    "IANCircuitBreakerOpen",
+    "IANCertificateExpiringSoon",
+    "IANCertificateExpiryCritical",
+    "IANBackupTooOld",
+    "IANNodeDiverged",
+}
+
+
+@pytest.fixture(scope="module")
+def rules() -> dict[str, dict]:
+    doc = yaml.safe_load((PROM / "rules.yml").read_text(encoding="utf-8"))
+    return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_promtool_check_config(tool) -> None:
+    result = tool("promtool", "check", "config", PROM / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_promtool_check_rules(tool, rules) -> None:
+    result = tool("promtool", "check", "rules", PROM / "rules.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_promtool_rule_unit_tests(tool) -> None:
+    result = tool("promtool", "test", "rules", "rules_test.yml", cwd=PROM)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_alert_set_and_labels(rules) -> None:
+    assert set(rules) == RUNBOOK_ALERTS | EXTRA_ALERTS
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+        assert rule["annotations"]["description"], name
+        assert "for" in rule, name
+
+
+def test_runbook_thresholds(rules) -> None:
+    def expr(name: str) -> str:
+        return " ".join(rules[name]["expr"].split())
+
+    assert expr("IANNodeUnhealthy") == 'up{job="ian-nodes"} == 0'
+    assert expr("IANSyncLag") == "ian_sync_lag > 10"
+    assert expr("IANLowPeers") == "ian_peer_count < 3"
+    assert expr("IANHighRejectionRate").endswith(
+        "(rate(ian_contributions_rejected_total[5m])) > 10"
+    )
+    assert expr("IANRateLimitViolations") == "rate(ian_rate_limit_violations_total[5m]) > 100"
+    assert "21 * 86400" in expr("IANCertificateExpiringSoon")
+    assert "< 7 * 86400" in expr("IANCertificateExpiryCritical")
+    assert "> 86400" in expr("IANBackupTooOld")
+    assert expr("IANNodeDiverged") == "ian_consensus_state == 3"
+
+
+def test_every_alert_is_tested_firing_and_silent(rules) -> None:
+    doc = yaml.safe_load((PROM / "rules_test.yml").read_text(encoding="utf-8"))
+    assert doc["rule_files"] == ["rules.yml"]
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for test in doc["tests"]:
+        for case in test.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else silent).add(case["alertname"])
+    assert fires == set(rules), f"never tested firing: {set(rules) - fires}"
+    assert silent == set(rules), f"never tested silent: {set(rules) - silent}"
