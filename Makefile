@@ -44,5 +44,13 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_bench.py
 
+# Shell completion scripts, generated from the Typer app (tests/ian_ops/test_completions.py
+# fails when they are stale).
+completions: $(STAMP)
+	@mkdir -p completions
+	$(BIN)/ian completions bash > completions/ian.bash
+	$(BIN)/ian completions zsh > completions/_ian
+	$(BIN)/ian completions fish > completions/ian.fish
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as _dist_version
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -34,6 +35,7 @@ from ian.config import Settings
 from ian.contributions import Contribution
 from ian.datadir import DataDir, init_data_dir, read_api_token
 from ian.errors import StoreError
+from ian.events import EventBus, PeerEvents, block_contributions, block_data, outcome_event
 from ian.goals import GoalSpec
 from ian.identity import Identity, load_identity
 from ian.intake import Intake
@@ -76,6 +78,7 @@ class GoalView:
 class BoundAddresses:
     api: tuple[str, int] | None = None
     p2p: tuple[str, int] | None = None
+    ws: tuple[str, int] | None = None
 
 
 class Node:
@@ -105,6 +108,7 @@ class Node:
         self.role, self._sequencer_id = _role(settings, identity.node_id)
         self.views: dict[str, GoalView] = {}
         self.metrics = NodeMetrics(self.snapshot)
+        self.events = EventBus()  # served on ws_port by ian.api.ws
         self.sequencer = Sequencer(
             state, store, identity, max_entries=settings.block_max_entries, on_batch=self._on_batch
         )
@@ -129,6 +133,9 @@ class Node:
             is_sequencer=lambda: self.role == "sequencer",
         )
         self.p2p.add_listener(self._on_peer_event)
+        self.p2p.add_listener(
+            PeerEvents(self.events.publish, lambda nid: peer_book.ban_reason(node_id=nid))
+        )
         self.replicator = Replicator(
             state=state,
             store=store,
@@ -136,9 +143,11 @@ class Node:
             is_sequencer=lambda: self.role == "sequencer",
             sequencer_id=lambda: self.sequencer_id,
             on_applied=self._on_block_applied,
+            on_rolled_back=self._publish_all,
             reload_state=lambda: load_chain_state(store, settings.all_goals()),
             handle_forward=self._handle_forward,
             record=self.p2p.report,
+            publish=self.events.publish,
         )
         self.tau = TauBridge(
             settings,
@@ -147,6 +156,7 @@ class Node:
             self.metrics,
             roots=self._published_roots,
             is_committer=lambda: self.role == "sequencer",
+            publish=self.events.publish,
         )
         self.admin_token = (
             settings.api_token.get_secret_value()
@@ -157,8 +167,7 @@ class Node:
         self.settings_token = (
             settings.api_token.get_secret_value() if settings.api_token is not None else None
         )
-        for gid in state.goals:
-            self._publish(gid)
+        self._publish_all()
         self.bound = BoundAddresses()
         self._stop = anyio.Event()
         self._announce_send, self._announce_receive = anyio.create_memory_object_stream[Block](1000)
@@ -221,7 +230,17 @@ class Node:
             leaderboard_root=g.leaderboard.root(),
         )
 
+    def _publish_all(self) -> None:
+        for gid in self.state.goals:
+            self._publish(gid)
+
+    async def resync(self) -> dict[str, Any]:
+        """Drop the chain and fetch it again from peers (followers only)."""
+        return await self.replicator.force_resync()
+
     def _on_batch(self, result: BatchResult, seconds: float) -> None:
+        for outcome in result.outcomes:  # event stream: every decision of this sequencer
+            self.events.publish("contribution", *outcome_event(outcome))
         if result.block is None:
             return
         self.metrics.block_commit_latency.observe(seconds)
@@ -238,6 +257,11 @@ class Node:
             self._publish(gid)
         self.tau.notify()
         self.p2p.announce_status()
+        # Event stream; the sequencer already published its decisions in _on_batch.
+        if self.role != "sequencer":
+            for data in block_contributions(block):
+                self.events.publish("contribution", "accepted", data)
+        self.events.publish("block", "applied", block_data(block))
 
     def _published_roots(self) -> dict[str, tuple[GoalRoots, int]]:
         height = self.state.height
@@ -416,17 +440,21 @@ class Node:
     ) -> None:
         """Serve until :meth:`request_stop` or a signal; always closes the store and the lock."""
         from ian.api.server import ApiServer
+        from ian.api.ws import EventStreamServer
 
         try:
             async with anyio.create_task_group() as outer:
                 await outer.start(self.sequencer.run)
                 api = ApiServer(self, self.settings.api_host, self.settings.api_port)
+                ws_host, ws_port = self.settings.api_host, self.settings.ws_port
+                ws = EventStreamServer(self.events, lambda: self.admin_token, ws_host, ws_port)
                 async with anyio.create_task_group() as inner:
                     self.bound.p2p = await inner.start(self.p2p.run)
                     await inner.start(self.replicator.run)
                     await inner.start(self.tau.run)
                     inner.start_soon(self._announce_loop)
                     self.bound.api = await inner.start(api.serve)
+                    self.bound.ws = await inner.start(ws.serve)
                     inner.start_soon(self._checkpoint_loop)
                     inner.start_soon(self._cert_renewal_loop)
                     if handle_signals:
@@ -443,10 +471,13 @@ class Node:
                         *self.bound.api,
                         self.state.height,
                     )
+                    log.info("node %s events on ws://%s:%d", self.identity.node_id, *self.bound.ws)
                     task_status.started(self.bound)
                     await self._stop.wait()
                     with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
                         await api.shutdown()
+                        self.events.close()  # every event stream ends with 1001
+                        await ws.shutdown()
                     inner.cancel_scope.cancel()
                 self.sequencer.close()
             self.peer_book.save()

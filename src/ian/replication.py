@@ -26,6 +26,7 @@ from ian.blocks import Block, InvalidBlockError, ParentMismatchError
 from ian.chain import ChainState, Outcome
 from ian.contributions import Contribution
 from ian.errors import IanError, RequestError, UnavailableError
+from ian.events import Publish
 from ian.p2p import messages as msg
 from ian.p2p.errors import P2PError, RemoteError
 from ian.peer_book import PeerEvent
@@ -52,9 +53,11 @@ class Replicator:
         is_sequencer: Callable[[], bool],
         sequencer_id: Callable[[], str | None],
         on_applied: Callable[[Block], None],
+        on_rolled_back: Callable[[], None],
         reload_state: Callable[[], ChainState],  # a fresh state loaded from the store
         handle_forward: Callable[[Contribution], Awaitable[Outcome]],
         record: Callable[[str, PeerEvent], None],
+        publish: Publish | None = None,  # ``sync`` events (ian.events)
     ) -> None:
         self.state = state
         self.store = store
@@ -62,6 +65,7 @@ class Replicator:
         self.is_sequencer = is_sequencer
         self.sequencer_id = sequencer_id
         self._on_applied = on_applied
+        self._on_rolled_back = on_rolled_back
         self._reload_state = reload_state
         self._handle_forward = handle_forward
         self._record = record
@@ -72,6 +76,8 @@ class Replicator:
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
         self._pending_check: int | None = None
+        self._publish = publish
+        self._published_state: str | None = None
         p2p.on(msg.BlockAnnounce.TYPE, self._on_announce)
         p2p.on(msg.GetBlocks.TYPE, self._on_get_blocks)
         p2p.on(msg.ContributionForward.TYPE, self._on_forward)
@@ -221,6 +227,7 @@ class Replicator:
             with anyio.move_on_after(1.0):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            self._note_state()
             if self.is_sequencer():
                 continue
             if self._pending_check is not None:
@@ -288,6 +295,7 @@ class Replicator:
             return
         voters = max(votes.values(), key=len)
         self.diverged = True
+        self._emit("diverged", {"height": height, "peers_asked": asked, "disagree": disagree})
         log.error(
             "DIVERGED: %d of %d peers hold a different block at height %d; repairing",
             disagree,
@@ -295,10 +303,7 @@ class Replicator:
             height,
         )
         common = await self._last_common(voters[0], height)
-        async with self._write_lock:
-            removed = await anyio.to_thread.run_sync(lambda: self.store.truncate_above(common))
-            # In place: the sequencer, intake and API hold references to this state.
-            self.state.replace_with(self._reload_state())
+        removed = await self._roll_back_to(common)
         self.last_divergence = {
             "detected_at": time.time(),
             "height": height,
@@ -307,7 +312,56 @@ class Replicator:
         }
         log.warning("rolled back %d blocks to height %d; resyncing", removed, common)
         self.diverged = False
+        self._emit("repaired", dict(self.last_divergence))
         self._wake.set()
+
+    async def _roll_back_to(self, height: int) -> int:
+        """Drop every block above ``height`` from the store and the in-memory state."""
+        async with self._write_lock:
+            removed = await anyio.to_thread.run_sync(lambda: self.store.truncate_above(height))
+            # In place: the sequencer, intake and API hold references to this state.
+            self.state.replace_with(self._reload_state())
+        self._on_rolled_back()
+        return removed
+
+    async def force_resync(self) -> dict[str, Any]:
+        """`ian node resync` on a running follower: drop the whole chain, fetch it again."""
+        if self.is_sequencer():
+            raise UnavailableError(
+                "this node is the sequencer: its chain is the network's source and cannot be "
+                "resynced from peers",
+                fix="resync a follower; restore the sequencer from a backup instead",
+            )
+        removed = await self._roll_back_to(0)
+        log.warning("resync requested: dropped %d blocks; fetching the chain again", removed)
+        self._emit("resync", {"blocks_removed": removed})
+        self._wake.set()
+        return {"blocks_removed": removed, "peers": self.p2p.peer_count}
+
+    # -- events -----------------------------------------------------------------------------------
+    def _emit(self, type_: str, data: dict[str, Any]) -> None:
+        if self._publish is not None:
+            self._publish("sync", type_, data)
+        self._note_state()
+
+    def _note_state(self) -> None:
+        """Publish a ``sync``/``state`` event when the consensus state changed since the last
+        look (each sync-loop pass, at most ~1 s after the change, and around repairs)."""
+        state = self.consensus_state
+        if state == self._published_state:
+            return
+        previous, self._published_state = self._published_state, state
+        if self._publish is not None:
+            self._publish(
+                "sync",
+                "state",
+                {
+                    "state": state,
+                    "previous": previous,
+                    "height": self.state.height,
+                    "network_height": self.network_height,
+                },
+            )
 
     async def _remote_hash(self, node_id: str, height: int) -> bytes | None:
         try:

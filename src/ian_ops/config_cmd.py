@@ -41,7 +41,10 @@ def init(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented config.toml documenting every setting and its env var."""
+    """Write a commented config.toml documenting every setting and its env var.
+
+    Example: ian config init --data-dir /data
+    """
     from ian.config import Settings, render_config_toml
     from ian.errors import ConfigError
 
@@ -93,7 +96,10 @@ def show(
     ] = None,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Show the effective configuration and the source of each value (secrets redacted)."""
+    """Show the effective configuration and the source of each value (secrets redacted).
+
+    Example: ian config show --json
+    """
     from ian.config import load_settings, settings_as_dict
 
     overrides = {}

@@ -123,3 +123,52 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
         cli.stdout().print(f"MISMATCH at block {report.first_bad_height}: {report.problem}")
     if not report.ok:
         raise typer.Exit(cli.EXIT_FAILURE)
+
+
+@app.command("resync")
+def resync(
+    data_dir: cli.DataDirOpt = None,
+    node_url: cli.NodeUrlOpt = None,
+    yes: cli.YesOpt = False,
+    json_out: cli.JsonOpt = False,
+) -> None:
+    """Force a full resync from peers, keeping identity, certificates and peer scores.
+
+    Online (the node runs): the node drops its chain and fetches it again right away.
+    Offline: the store moves to <data-dir>/resync-<time>/ and the next start resyncs.
+    Refused on the sequencer, whose chain is the network's source.
+
+    Example: ian node resync --data-dir /data --yes
+    """
+    from ian.lock import NodeLock
+    from ian.resync import set_store_aside
+    from ian_ops.target import admin_post, resolve_target
+
+    target = resolve_target(data_dir, node_url)
+    if not yes and not typer.confirm(
+        "Drop this node's chain and fetch it again from its peers?", err=True
+    ):
+        raise typer.Exit(cli.EXIT_FAILURE)
+    if target.online:
+        doc = admin_post(target, "/api/v1/admin/resync", {})
+        doc["mode"] = "online"
+    else:
+        with NodeLock(target.datadir.lock_file):
+            aside = set_store_aside(target.datadir)
+        doc = {"mode": "offline", "store_moved_to": str(aside)}
+    target.announce()
+    if json_out:
+        cli.print_json(doc)
+    elif doc["mode"] == "online":
+        cli.stdout().print(
+            f"resyncing: dropped {doc['blocks_removed']} blocks; fetching from "
+            f"{doc['peers']} peers",
+            markup=False,
+        )
+    else:
+        cli.stdout().print(
+            f"old store kept in {doc['store_moved_to']}; the node resyncs from its peers on its "
+            "next start",
+            markup=False,
+            soft_wrap=True,
+        )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -25,10 +24,9 @@ import typer
 
 from ian_ops import cli
 from ian_ops.durations import format_duration, parse_duration
+from ian_ops.target import Target, admin_post, resolve_target
 
 if TYPE_CHECKING:
-    from ian.config import Settings
-    from ian.datadir import DataDir
     from ian.peer_book import PeerBook
     from ian_ops.client import NodeClient
 
@@ -50,74 +48,24 @@ SortOpt = Annotated[
 # --------------------------------------------------------------------------- where to act
 
 
-@dataclass
-class _Place:
-    """Where a command acts: ``online`` (``url``) or ``offline`` (``datadir``)."""
-
-    settings: Settings
-    datadir: DataDir
-    url: str
-    online: bool
-
-    @property
-    def file(self) -> Path:
-        return self.datadir.peer_scores_file
-
-    def announce(self) -> None:
-        text = f"online via {self.url}" if self.online else f"offline on {self.file}"
-        cli.stderr().print(text, markup=False, soft_wrap=True)
-
-    def client(self, *, admin: bool) -> NodeClient:
-        from ian.datadir import read_api_token
-        from ian.errors import DataDirError
-        from ian_ops.client import NodeClient
-
-        token = None
-        if self.settings.api_token is not None:
-            token = self.settings.api_token.get_secret_value()
-        elif self.datadir.root.is_dir():
-            token = read_api_token(self.datadir)
-        if admin and token is None:
-            raise DataDirError(
-                f"no admin token for the node at {self.url}",
-                fix=f"set IAN_API_TOKEN, or check {self.datadir.api_token_file}",
-            )
-        return NodeClient(self.url, token=token)
+def _scores(place: Target) -> Path:
+    return place.datadir.peer_scores_file
 
 
-def _place(data_dir: Path | None, node_url: str | None) -> _Place:
-    """Decide online/offline (see the module docstring); raises DataDirError without a dir."""
-    from ian.datadir import DataDir
-    from ian.errors import DataDirError
-    from ian.lock import is_locked
-
-    settings = cli.load_settings(data_dir)
-    datadir = DataDir(settings.data_dir)
-    url = cli.node_url(node_url, settings)
-    if not datadir.root.is_dir():
-        if node_url:
-            return _Place(settings, datadir, url, online=True)
-        raise DataDirError(
-            f"data dir {datadir.root} does not exist",
-            fix="pass --data-dir (or IAN_DATA_DIR) of the node, or --node-url of a running node",
-        )
-    return _Place(settings, datadir, url, online=is_locked(datadir.lock_file))
-
-
-def _offline_write(place: _Place, change: Callable[[PeerBook], T]) -> T:
+def _offline_write(place: Target, change: Callable[[PeerBook], T]) -> T:
     """Run ``change`` on the book under node.lock and save it atomically."""
     from ian.lock import NodeLock
     from ian.peer_book import PeerBook
 
     with NodeLock(place.datadir.lock_file):
-        book = PeerBook.load(place.file, ban_seconds=place.settings.ban_seconds)
+        book = PeerBook.load(_scores(place), ban_seconds=place.settings.ban_seconds)
         result = change(book)
         if book.dirty:
             book.save()
     return result
 
 
-def _read(place: _Place, online: Callable[[NodeClient], T], offline: Callable[[PeerBook], T]) -> T:
+def _read(place: Target, online: Callable[[NodeClient], T], offline: Callable[[PeerBook], T]) -> T:
     """Online when the node answers, else from the file (written atomically: no lock needed)."""
     from ian.errors import NodeUnreachableError
     from ian.peer_book import PeerBook
@@ -126,7 +74,7 @@ def _read(place: _Place, online: Callable[[NodeClient], T], offline: Callable[[P
         try:
             with place.client(admin=False) as client:
                 value = online(client)
-            place.announce()
+            place.announce(_scores(place))
             return value
         except NodeUnreachableError:
             if not place.datadir.root.is_dir():
@@ -137,31 +85,11 @@ def _read(place: _Place, online: Callable[[NodeClient], T], offline: Callable[[P
                 soft_wrap=True,
             )
             place.online = False
-    place.announce()
-    return offline(PeerBook.load(place.file, ban_seconds=place.settings.ban_seconds))
+    place.announce(_scores(place))
+    return offline(PeerBook.load(_scores(place), ban_seconds=place.settings.ban_seconds))
 
 
-def _admin_post(place: _Place, path: str, body: dict[str, Any]) -> Any:
-    """POST an admin call to the node. When the node was chosen because node.lock is held but
-    nothing answers, the holder is not a serving node (or not at that URL): refuse as locked."""
-    from ian.errors import NodeLockedError, NodeUnreachableError
-    from ian.lock import holder_pid
-
-    try:
-        with place.client(admin=True) as client:
-            return client.post_json(path, body)
-    except NodeUnreachableError as exc:
-        if not place.datadir.root.is_dir():
-            raise
-        pid = holder_pid(place.datadir.lock_file)
-        raise NodeLockedError(
-            f"{place.datadir.lock_file} is held (pid {pid if pid else 'unknown'}) but no node "
-            f"answers at {place.url}, so the change cannot be made online or offline",
-            fix="pass --node-url of that node, or wait for the other command to finish",
-        ) from exc
-
-
-def _require_online(place: _Place, what: str) -> None:
+def _require_online(place: Target, what: str) -> None:
     from ian.errors import NodeUnreachableError
 
     if not place.online:
@@ -228,7 +156,7 @@ def list_(
             f"unknown sort {sort!r}", field="sort", fix="use score, violations or last-seen"
         )
     limit = top or None
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
 
     def online(client: NodeClient) -> dict[str, Any]:
         params: dict[str, Any] = {"all": 1, "sort": sort}
@@ -290,11 +218,14 @@ def show(
     node_url: cli.NodeUrlOpt = None,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Show one peer: score, counters, ban and why, addresses."""
+    """Show one peer: score, counters, ban and why, addresses.
+
+    Example: ian peers show 0123456789abcdef0123456789abcdef01234567 --json
+    """
     from ian.errors import NotFoundError
 
     wanted = _node_id(node_id)
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
 
     def offline(book: PeerBook) -> dict[str, Any]:
         record = book.get(wanted)
@@ -352,14 +283,14 @@ def ban(
     from ian.peer_book import parse_ban_target
 
     _kind, canonical = parse_ban_target(target)
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
     seconds = (
         parse_duration(duration, option="--for")
         if duration is not None
         else place.settings.ban_seconds
     )
     if place.online:
-        doc = _admin_post(
+        doc = admin_post(
             place,
             "/api/v1/admin/peers/ban",
             {"target": canonical, "seconds": seconds, "reason": reason},
@@ -367,7 +298,7 @@ def ban(
     else:
         info = _offline_write(place, lambda b: b.ban(canonical, seconds=seconds, reason=reason))
         doc = {**info.to_dict(), "disconnected": []}
-    place.announce()
+    place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
         return
@@ -388,16 +319,19 @@ def unban(
     node_url: cli.NodeUrlOpt = None,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Lift a ban (the score is unchanged: `ian peers reset ID` restores it to 100)."""
+    """Lift a ban (the score is unchanged: `ian peers reset ID` restores it to 100).
+
+    Example: ian peers unban 10.0.0.0/8
+    """
     from ian.peer_book import parse_ban_target
 
     _kind, canonical = parse_ban_target(target)
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
     if place.online:
-        doc = _admin_post(place, "/api/v1/admin/peers/unban", {"target": canonical})
+        doc = admin_post(place, "/api/v1/admin/peers/unban", {"target": canonical})
     else:
         doc = {"target": canonical, "removed": _offline_write(place, lambda b: b.unban(canonical))}
-    place.announce()
+    place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
         return
@@ -423,30 +357,33 @@ def reset(
     yes: cli.YesOpt = False,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Reset a peer's score to 100 and lift its ban (counters are kept as history)."""
+    """Reset a peer's score to 100 and lift its ban (counters are kept as history).
+
+    Example: ian peers reset 0123456789abcdef0123456789abcdef01234567
+    """
     from ian.errors import InputError
 
     if all_ == (node_id is not None):
         raise InputError(
             "give either a node id or --all", field="node_id", fix="ian peers reset <ID>"
         )
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
     if all_:
         _reset_all(place, yes=yes, json_out=json_out)
         return
     wanted = _node_id(node_id or "")
     if place.online:
-        doc = _admin_post(place, "/api/v1/admin/peers/reset", {"node_id": wanted})
+        doc = admin_post(place, "/api/v1/admin/peers/reset", {"node_id": wanted})
     else:
         doc = _offline_write(place, lambda b: b.reset(wanted)).to_dict()
-    place.announce()
+    place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
         return
     cli.stdout().print(f"reset {wanted}: score {doc['score']:.1f}, not banned", markup=False)
 
 
-def _reset_all(place: _Place, *, yes: bool, json_out: bool) -> None:
+def _reset_all(place: Target, *, yes: bool, json_out: bool) -> None:
     from ian.errors import NodeLockedError
     from ian.lock import NodeLock
 
@@ -455,20 +392,23 @@ def _reset_all(place: _Place, *, yes: bool, json_out: bool) -> None:
             f"a node holds {place.datadir.lock_file}; `reset --all` works offline only",
             fix="stop the node first",
         )
-    if not yes and not typer.confirm(f"Move {place.file} aside and forget every peer?"):
+    if not yes and not typer.confirm(f"Move {_scores(place)} aside and forget every peer?"):
         raise typer.Exit(cli.EXIT_FAILURE)
     with NodeLock(place.datadir.lock_file):
         moved: Path | None = None
-        if place.file.exists():
-            moved = place.file.with_name(f"{place.file.name}.{int(time.time())}.bak")
-            place.file.replace(moved)
-    place.announce()
+        if _scores(place).exists():
+            moved = _scores(place).with_name(f"{_scores(place).name}.{int(time.time())}.bak")
+            _scores(place).replace(moved)
+    place.announce(_scores(place))
     if json_out:
         cli.print_json({"moved_to": None if moved is None else str(moved)})
     elif moved is None:
-        cli.stdout().print(f"{place.file} did not exist; nothing to do", markup=False)
+        cli.stdout().print(f"{_scores(place)} did not exist; nothing to do", markup=False)
     else:
-        cli.stdout().print(f"moved {place.file} to {moved}; the peer book is empty", markup=False)
+        cli.stdout().print(
+            f"moved {_scores(place)} to {moved}; the peer book is empty",
+            markup=False,
+        )
 
 
 @app.command("connect")
@@ -478,7 +418,10 @@ def connect(
     node_url: cli.NodeUrlOpt = None,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Ask the running node to dial a peer now (online only)."""
+    """Ask the running node to dial a peer now (online only).
+
+    Example: ian peers connect tcp://seed1.ian.network:9000
+    """
     from ian.config import PeerAddressError, parse_peer_address
     from ian.errors import InputError
 
@@ -486,10 +429,10 @@ def connect(
         canonical = str(parse_peer_address(address))
     except PeerAddressError as exc:
         raise InputError(exc.message, field="address", fix="e.g. tcp://10.0.0.5:9000") from None
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
     _require_online(place, "connect")
-    doc = _admin_post(place, "/api/v1/admin/peers/connect", {"address": canonical})
-    place.announce()
+    doc = admin_post(place, "/api/v1/admin/peers/connect", {"address": canonical})
+    place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
     else:
@@ -515,21 +458,21 @@ def prune(
 
     Example: ian peers prune --older-than 30d --dry-run
     """
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
     seconds = (
         parse_duration(older_than, option="--older-than")
         if older_than is not None
         else place.settings.peer_prune_days * 86400
     )
     if place.online:
-        doc = _admin_post(
+        doc = admin_post(
             place, "/api/v1/admin/peers/prune", {"older_than_s": seconds, "dry_run": dry_run}
         )
     else:
         if dry_run:
             from ian.peer_book import PeerBook
 
-            book = PeerBook.load(place.file, ban_seconds=place.settings.ban_seconds)
+            book = PeerBook.load(_scores(place), ban_seconds=place.settings.ban_seconds)
             result = book.prune(seconds, dry_run=True)
         else:
             result = _offline_write(place, lambda b: b.prune(seconds))
@@ -539,7 +482,7 @@ def prune(
             "removed_ids": result.removed[:1000],
             "dry_run": dry_run,
         }
-    place.announce()
+    place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
         return
@@ -567,7 +510,10 @@ def limits(
     node_url: cli.NodeUrlOpt = None,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Change the running node's P2P limits until its next restart (online only)."""
+    """Change the running node's P2P limits until its next restart (online only).
+
+    Example: ian peers limits --max-peers 20 --rate 50
+    """
     from ian.errors import InputError
 
     body = {
@@ -579,10 +525,10 @@ def limits(
         raise InputError(
             "nothing to change", field="max_peers", fix="give --max-peers, --rate or --burst"
         )
-    place = _place(data_dir, node_url)
+    place = resolve_target(data_dir, node_url)
     _require_online(place, "limits")
-    doc = _admin_post(place, "/api/v1/admin/p2p/limits", body)
-    place.announce()
+    doc = admin_post(place, "/api/v1/admin/p2p/limits", body)
+    place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
     else:

@@ -30,6 +30,7 @@ from ian.peer_book import PeerBook, PeerEvent
 from ian_ops import cli, peers_cmd
 from ian_ops.durations import format_duration, parse_duration
 from ian_ops.peers_cmd import app
+from ian_ops.target import Target
 
 A = "a" * 40
 B = "b" * 40
@@ -297,7 +298,7 @@ def test_offline_write_refused_while_another_process_holds_the_lock(
     reset_all = invoke("reset", "--all", "--yes", "--data-dir", str(seeded.root))
     assert isinstance(reset_all.exception, NodeLockedError)
     # the race path: the lock was taken between the check and the write
-    place = peers_cmd._Place(
+    place = Target(
         SimpleNamespace(ban_seconds=60.0),
         seeded,
         url,

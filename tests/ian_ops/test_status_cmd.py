@@ -61,7 +61,13 @@ def ian(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
 async def live_node(tmp_path: Path, packs):
     settings = load_settings(
         env={},
-        overrides={"data_dir": tmp_path / "data", "api_host": "127.0.0.1", "api_port": 0},
+        overrides={
+            "data_dir": tmp_path / "data",
+            "api_host": "127.0.0.1",
+            "api_port": 0,
+            "p2p_port": 0,
+            "ws_port": 0,
+        },
     )
     node = Node.open(settings)
     async with anyio.create_task_group() as tg:

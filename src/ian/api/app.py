@@ -24,6 +24,7 @@ from ian import mmr
 from ian.api import models as m
 from ian.api.auth import AdminGuard, check_token, client_address, require_admin
 from ian.api.certs_routes import router as certs_router
+from ian.api.node_routes import router as node_router
 from ian.api.peers_routes import router as peers_router
 from ian.api.tau_routes import router as tau_router
 from ian.errors import (
@@ -65,6 +66,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(peers_router)
     app.include_router(tau_router)
     app.include_router(certs_router)
+    app.include_router(node_router)
     settings = node.settings
     max_body = settings.max_request_bytes
     proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]

@@ -44,6 +44,7 @@ from anyio.abc import TaskStatus
 
 from ian.blocks import GoalRoots
 from ian.config import PeerAddress, Settings, parse_peer_address
+from ian.events import Publish
 from ian.identity import Identity
 from ian.metrics import NodeMetrics
 from ian.tau.breaker import BreakerState, CircuitBreaker
@@ -96,6 +97,7 @@ class TauBridge:
         monotonic: Callable[[], float] = time.monotonic,
         poll_s: float = 1.0,
         retry_s: float | None = None,
+        publish: Publish | None = None,  # ``tau`` events (ian.events)
     ) -> None:
         self._settings = settings
         self._identity = identity
@@ -105,6 +107,7 @@ class TauBridge:
         self._clock = clock
         self._poll_s = poll_s
         self._retry_s = poll_s if retry_s is None else retry_s
+        self._publish = publish
         self.endpoint: PeerAddress | None = (
             parse_peer_address(settings.tau_endpoint) if settings.tau_endpoint else None
         )
@@ -333,6 +336,16 @@ class TauBridge:
                 stored.commit.log_size,
                 message,
             )
+            self._emit(
+                "commit_failed",
+                {
+                    "goal_id": goal_id,
+                    "seq": seq,
+                    "log_size": stored.commit.log_size,
+                    "height": stored.commit.height,
+                    "error": message,
+                },
+            )
             self.breaker.failure()
             self._heads[goal_id] = await self._in_thread(
                 lambda log_: log_.record_failure(goal_id, seq, message)
@@ -344,6 +357,11 @@ class TauBridge:
         self._heads[goal_id] = self._acked[goal_id] = acked
         self.commits_total += 1
         self._metrics.tau_commits.inc()
+        summary = acked.summary()
+        self._emit(
+            "commit",
+            {k: summary[k] for k in ("goal_id", "seq", "log_size", "height", "commit_hash")},
+        )
         log.info(
             "Tau commit %s #%d acknowledged: log size %d, hash %s, reply %r",
             goal_id,
@@ -372,7 +390,20 @@ class TauBridge:
                     break
         self._kicked = False
 
+    def _emit(self, type_: str, data: dict[str, Any]) -> None:
+        if self._publish is not None:
+            self._publish("tau", type_, data)
+
     def _on_transition(self, old: BreakerState, new: BreakerState) -> None:
+        self._emit(
+            "breaker",
+            {
+                "state": str(new),
+                "previous": str(old),
+                "consecutive_failures": self.breaker.consecutive_failures,
+                "last_error": self.last_error,
+            },
+        )
         if new is BreakerState.OPEN:
             log.warning(
                 "Circuit breaker OPEN: %s after %d consecutive Tau failures (last: %s); "
