@@ -22,17 +22,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-# System tools the tests use (promtool from Debian's prometheus package). Installed when
-# missing and we may (root); otherwise the tests that need them fail with the install hint.
+# System tools the tests use: promtool (Debian package prometheus) and jq (the runbook's
+# queries). Installed when missing and we may (root); otherwise the tests that need them fail
+# with the install hint.
+SYSTEM_TOOLS := promtool:prometheus jq:jq
+
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@for pair in $(SYSTEM_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing promtool (Debian package prometheus)"; \
+	    echo "installing $$tool (Debian package $$pkg)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null 2>&1 && \
-	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null)); \
-	  else echo "promtool missing: install Debian's prometheus package (tests needing it will fail)"; fi; }
+	    apt-get install -y -qq --no-install-recommends $$pkg >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        apt-get install -y -qq --no-install-recommends $$pkg >/dev/null; }; \
+	  else echo "$$tool missing: install Debian's $$pkg package (tests needing it will fail)"; fi; \
+	done
 
 test: lint tools
 	$(BIN)/python -m pytest

@@ -273,14 +273,13 @@ class Settings(BaseSettings):
         ge=1,
     )
     block_max_entries: Int = _f(
-        1000, "Most entries per block.", "an integer 1..10000", ge=1, le=10_000
-    )
-    block_max_interval_ms: Int = _f(
-        200,
-        "Longest wait before sealing a non-empty block.",
-        "an integer 1..60000",
+        1000,
+        # No interval setting: the sequencer seals a block as soon as the previous one is
+        # durable (group commit), so a contribution never waits for a timer.
+        "Most entries per block.",
+        "an integer 1..10000",
         ge=1,
-        le=60_000,
+        le=10_000,
     )
     checkpoint_interval_s: Float = _f(
         30.0, "Seconds between node_state.json checkpoints.", "a number > 0", gt=0

@@ -22,7 +22,10 @@ maps ``http_status``/``code`` to a JSON error; the CLI maps the class to an exit
     │   ├── PayloadTooLargeError 413
     │   ├── RateLimitedError    429, carries retry_after seconds
     │   └── UnavailableError    503: sequencer unreachable, node shutting down
-    └── NodeUnreachableError    the toolkit cannot reach a node's API
+    ├── NodeUnreachableError    the toolkit cannot reach a node's API
+    └── NodeRefusedError        the node answered a toolkit request with an error
+
+The P2P layer adds its own branch under IanError (:mod:`ian.p2p.errors`).
 """
 
 from __future__ import annotations
@@ -139,3 +142,23 @@ class UnavailableError(RequestError):
 
 class NodeUnreachableError(IanError):
     code = "node_unreachable"
+
+
+class NodeRefusedError(IanError):
+    """A node's API answered the toolkit with an error status (its JSON error, kept)."""
+
+    code = "node_refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int,
+        remote_code: str | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message, fix=fix)
+        self.http_status = http_status
+        self.remote_code = remote_code
+        self.field = field

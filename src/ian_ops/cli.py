@@ -110,7 +110,11 @@ def exit_code_for(exc: BaseException) -> int:
         (errors.NodeLockedError, EXIT_LOCKED),
         (errors.DataDirError, EXIT_DATA_DIR),
         (errors.NodeUnreachableError, EXIT_UNREACHABLE),
-        (errors.RequestError, EXIT_REJECTED),
+        (errors.NodeRefusedError, EXIT_REJECTED),
+        (errors.NotFoundError, EXIT_REJECTED),  # e.g. an unknown peer, online or offline
+        # A request error raised here, before anything reached a node: bad input on the
+        # command line (a duration, a ban target, an address) is a usage error.
+        (errors.RequestError, EXIT_USAGE),
     ]
     for cls, code in table:
         if isinstance(exc, cls):

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from ian.errors import NodeUnreachableError, RequestError
+from ian.errors import NodeRefusedError, NodeUnreachableError
 
 
 class NodeClient:
@@ -38,10 +38,11 @@ class NodeClient:
                 message, field, code = err["message"], err.get("field"), err.get("code")
             except Exception:
                 message, field, code = response.text[:200], None, None
-            raise RequestError(
+            raise NodeRefusedError(
                 f"{method} {path} answered {response.status_code}: {message}",
+                http_status=response.status_code,
+                remote_code=code,
                 field=field,
-                code=code,
             )
         return response
 

@@ -119,10 +119,11 @@ async def _tail(url: str, token: str, topics: list[str], *, json_out: bool) -> N
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status == 503:
-            from ian.errors import UnavailableError
+            from ian.errors import NodeRefusedError
 
-            raise UnavailableError(
-                f"the node at {url} refused the stream: too many event stream clients"
+            raise NodeRefusedError(
+                f"the node at {url} refused the stream: too many event stream clients",
+                http_status=503,
             ) from None
         raise NodeUnreachableError(
             f"{url} is not an IAN event stream (HTTP {status})", fix=unreachable_fix
@@ -160,15 +161,17 @@ def _raise_for_close(url: str, code: int | None, reason: str, error: dict[str, A
 
     message = (error or {}).get("message") or reason or "no reason given"
     if code in (4401, 4403):
-        raise errors.AuthError(
+        raise errors.NodeRefusedError(
             f"the node refused the event stream: {message}",
-            forbidden=code == 4403,
+            http_status=401 if code == 4401 else 403,
             fix="use the node's token: IAN_API_TOKEN or --data-dir of the node",
         )
     if code == 4400:
-        raise errors.InputError(f"the node refused the subscription: {message}")
+        raise errors.NodeRefusedError(
+            f"the node refused the subscription: {message}", http_status=400
+        )
     if code in (4408, 1013):
-        raise errors.UnavailableError(f"the node closed the stream: {message}")
+        raise errors.NodeRefusedError(f"the node closed the stream: {message}", http_status=503)
     if code == 1008:
         raise errors.IanError(
             f"the node dropped this stream: {message}",

@@ -346,7 +346,7 @@ def test_env_error_quotes_the_bad_value() -> None:
         ("api_port = true", "api_port: must be an integer 0..65535"),
         ("log_max_bytes = 0", "log_max_bytes: must be an integer >= 1, got 0"),
         ("trusted_proxies = [1]", "trusted_proxies: 1 is not an IP network"),
-        ("block_max_interval_ms = 1.5", "block_max_interval_ms: must be an integer 1..60000"),
+        ("block_max_entries = 1.5", "block_max_entries: must be an integer 1..10000"),
     ],
 )
 def test_toml_errors_name_the_file_and_key(tmp_path: Path, toml: str, expected: str) -> None:

@@ -598,8 +598,8 @@ def test_runbook_queries_in_python(runbook_file: Path) -> None:
     assert got["one"]["score"] == 105.0  # type: ignore[index]
 
 
-@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
 def test_runbook_queries_with_jq(runbook_file: Path) -> None:
+    assert shutil.which("jq"), "jq is missing: `make tools` installs it (apt-get install jq)"
     def jq(query: str) -> object:
         out = subprocess.run(
             ["jq", "-c", query, str(runbook_file)],

@@ -20,7 +20,7 @@ from anyio.abc import ByteReceiveStream, Process
 from ian.config import load_settings
 from ian.node import Node
 from ian_ops.app import main
-from ian_ops.cli import EXIT_DATA_DIR, EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE
+from ian_ops.cli import EXIT_DATA_DIR, EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
 from ian_ops.events_cmd import format_event, stream_url
 
 IAN = Path(sys.executable).with_name("ian")
@@ -114,7 +114,7 @@ def test_unknown_topic_and_missing_token_are_refused_before_connecting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
 ) -> None:
     monkeypatch.setenv("IAN_API_TOKEN", "t")
-    assert run_main(monkeypatch, "events", "--topics", "block,weather") == EXIT_REJECTED
+    assert run_main(monkeypatch, "events", "--topics", "block,weather") == EXIT_USAGE
     assert "weather" in capsys.readouterr().err
     monkeypatch.delenv("IAN_API_TOKEN")
     code = run_main(monkeypatch, "events", "--data-dir", str(tmp_path / "none"))

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from ian.api.app import create_app
 from ian.api.tau_routes import router
 from ian.config import load_settings
-from ian.errors import RequestError
+from ian.errors import NodeRefusedError
 from ian.node import Node
 from ian.tau import TauBridge
 from ian_ops.cli import EXIT_CONFIG, EXIT_REJECTED, EXIT_UNREACHABLE, exit_code_for
@@ -163,7 +163,7 @@ def test_reset_with_a_wrong_env_token_is_rejected(live_node: LiveNode) -> None:
     result = runner.invoke(
         app, ["reset", "--node-url", live_node.url], env={"IAN_API_TOKEN": "not-the-token"}
     )
-    assert isinstance(result.exception, RequestError)
+    assert isinstance(result.exception, NodeRefusedError)
     assert exit_code_for(result.exception) == EXIT_REJECTED
     assert "403" in result.exception.message
 
