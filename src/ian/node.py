@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -502,14 +501,3 @@ def _role(settings: Settings, node_id: str) -> tuple[str, str | None]:
     if configured in ("self", node_id) or (not configured and not settings.seed_nodes):
         return "sequencer", None
     return "follower", configured or None
-
-
-def free_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (port 0 picks a free one); IPv6 when the host says so."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock

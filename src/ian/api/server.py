@@ -14,7 +14,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
-from ian.errors import ConfigError
+from ian.api.listen import listen
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -36,15 +36,8 @@ class ApiServer:
 
     async def serve(self, *, task_status: TaskStatus[tuple[str, int]]) -> None:
         from ian.api.app import create_app
-        from ian.node import free_socket
 
-        try:
-            sock = free_socket(self.host, self.port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.host}:{self.port} for the API: {exc.strerror}",
-                fix="stop whatever holds the port or set IAN_API_PORT",
-            ) from None
+        sock = listen(self.host, self.port, purpose="the API", setting="IAN_API_PORT")
         config = uvicorn.Config(
             create_app(self.node),
             log_config=None,

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ian.errors import ConfigError
+from ian.api.listen import listen
 from ian.events import TOPICS, EventBus, Subscription
 
 if TYPE_CHECKING:
@@ -126,15 +126,7 @@ class EventStreamServer:
     async def serve(self, *, task_status: TaskStatus[tuple[str, int]]) -> None:
         from websockets.asyncio.server import serve
 
-        from ian.node import free_socket
-
-        try:
-            sock = free_socket(self.host, self.port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.host}:{self.port} for the event stream: {exc.strerror}",
-                fix="stop whatever holds the port or set IAN_WS_PORT",
-            ) from None
+        sock = listen(self.host, self.port, purpose="the event stream", setting="IAN_WS_PORT")
         bound = sock.getsockname()[:2]
         try:
             self._server = await serve(
