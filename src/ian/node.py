@@ -33,7 +33,6 @@ from ian.chain import ChainState, Outcome
 from ian.config import Settings
 from ian.contributions import Contribution
 from ian.datadir import DataDir, init_data_dir, read_api_token
-from ian.errors import StoreError
 from ian.events import EventBus, PeerEvents, block_contributions, block_data, outcome_event
 from ian.goals import GoalSpec
 from ian.identity import Identity, load_identity
@@ -44,7 +43,7 @@ from ian.log_setup import set_level
 from ian.metrics import NodeMetrics, StateSnapshot
 from ian.p2p import P2PService, PeerConnected
 from ian.peer_book import PeerBook
-from ian.recovery import load_chain_state, verify_store
+from ian.recovery import load_chain_state, open_chain_state
 from ian.replication import Replicator
 from ian.sequencer import BatchResult, Sequencer
 from ian.store import Store
@@ -193,23 +192,17 @@ class Node:
             store = Store(datadir.store_file)
             specs = settings.all_goals()
             saved = node_state_mod.read_node_state(datadir.node_state_file)
-            if saved is None and datadir.store_file.exists() and store.head()[0] > 0:
-                log.warning("node_state.json is missing: verifying the whole store from genesis")
-                report = verify_store(store, specs)
-                if not report.ok:
-                    raise StoreError(
-                        f"store verification failed at block {report.first_bad_height}: "
-                        f"{report.problem}",
-                        fix="restore a backup with `ian restore`, or `ian node resync`",
-                    )
-                log.info(
-                    "store verified: %d blocks, %d contributions",
-                    report.blocks,
-                    report.contributions,
-                )
-            elif saved is not None and not saved.clean_shutdown:
+            if saved is not None and not saved.clean_shutdown:
                 log.warning("the previous run did not shut down cleanly; checking roots")
-            state = load_chain_state(store, specs)
+            state = open_chain_state(
+                store,
+                specs,
+                full=saved is None and store.head()[0] > 0,
+                keep_copy=lambda: store.copy_to(
+                    datadir.root
+                    / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
+                ),
+            )
             peer_book = PeerBook.load(datadir.peer_scores_file, ban_seconds=settings.ban_seconds)
             node = cls(settings, datadir, lock, init.identity, init.cert, store, state, peer_book)
             node.checkpoint(clean=False)

@@ -10,33 +10,31 @@ hashes, MMRs, leaderboards, block links and signatures, and reports the first mi
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ian import mmr
 from ian.blocks import GENESIS_HASH, BlockHeader
 from ian.chain import ChainState, GoalState
-from ian.errors import StoreError
+from ian.errors import ConfigError, StoreError
 from ian.goals import GoalSpec
 from ian.hashing import canonical_json, sha256
 from ian.identity import node_id_for, verify_signature
 from ian.leaderboard import Leaderboard, LeaderboardEntry
 from ian.store import Store
 
+log = logging.getLogger("ian.store")
+
 _RECOVER_FIX = "run `ian node verify` to find the damage, then `ian restore` a backup"
 
 
 def load_chain_state(store: Store, specs: list[GoalSpec]) -> ChainState:
     """The chain state as the store holds it; raises StoreError if roots disagree."""
+    check_goals_configured(store, specs)
     state = ChainState.genesis(specs)
-    configured = {s.id for s in specs}
-    unknown = sorted(set(store.goal_ids()) - configured)
-    if unknown:
-        raise StoreError(
-            f"the store holds goals that are not configured: {', '.join(unknown)}",
-            fix="add them to [[goals]] in config.toml (every node must declare the same goals)",
-        )
     height, head_hash, head_ts = store.head()
     state.height, state.head_hash, state.head_timestamp_ms = height, head_hash, head_ts
     recorded = store.latest_roots()
@@ -57,6 +55,53 @@ def load_chain_state(store: Store, specs: list[GoalSpec]) -> ChainState:
         )
         _check_roots(goal, recorded.get(spec.id))
     return state
+
+
+def check_goals_configured(store: Store, specs: list[GoalSpec]) -> None:
+    """A store with goals the config lacks is a configuration problem, not damage."""
+    unknown = sorted(set(store.goal_ids()) - {s.id for s in specs})
+    if unknown:
+        raise ConfigError(
+            f"the store holds goals that are not configured: {', '.join(unknown)}",
+            fix="add them to [[goals]] in config.toml (every node must declare the same goals)",
+        )
+
+
+def open_chain_state(
+    store: Store, specs: list[GoalSpec], *, full: bool, keep_copy: Callable[[], Path]
+) -> ChainState:
+    """The chain state to start from, repairing a damaged store instead of refusing to start.
+
+    ``full`` (no node_state.json) replays the store from genesis; otherwise the quick root
+    check runs and a failure falls back to the replay. Blocks from the first bad one on are
+    removed (after ``keep_copy()`` saved the damaged store for inspection) and the node's
+    peers provide them again.
+    """
+    check_goals_configured(store, specs)
+    reason = "node_state.json is missing"
+    if not full:
+        try:
+            return load_chain_state(store, specs)
+        except StoreError as exc:
+            reason = f"the quick root check failed ({exc.message})"
+    log.warning("%s: verifying the whole store from genesis", reason)
+    report = verify_store(store, specs)
+    if report.ok:
+        log.info("store verified: %d blocks, %d contributions", report.blocks, report.contributions)
+    else:
+        good = max(0, (report.first_bad_height or 1) - 1)
+        copy = keep_copy()
+        removed = store.truncate_above(good)
+        log.error(
+            "store damaged at block %s (%s): kept a copy in %s, removed %d blocks from %s on; "
+            "peers provide them again",
+            report.first_bad_height,
+            report.problem,
+            copy,
+            removed,
+            good + 1,
+        )
+    return load_chain_state(store, specs)
 
 
 def _check_roots(goal: GoalState, recorded: dict | None) -> None:

@@ -258,6 +258,15 @@ class Store:
             self._w.execute("DELETE FROM blocks WHERE height > ?", (height,))
         return removed
 
+    def copy_to(self, target: Path) -> Path:
+        """A consistent copy of the whole database (SQLite online backup) at ``target``."""
+        dest = sqlite3.connect(target)
+        try:
+            self._r.backup(dest)
+        finally:
+            dest.close()
+        return target
+
     # -- reads ----------------------------------------------------------------------------------
     def head(self) -> tuple[int, bytes, int]:
         """(height, head hash, head timestamp_ms); (0, zeros, 0) when empty."""

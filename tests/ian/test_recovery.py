@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from ian.errors import StoreError
+from ian.errors import ConfigError, StoreError
 from ian.goals import DEMO_GOAL
 from ian.recovery import load_chain_state, verify_store
 
@@ -195,7 +195,7 @@ def test_load_chain_state_refuses_missing_mmr_nodes(filled) -> None:
 
 
 def test_load_chain_state_refuses_unconfigured_goals(filled) -> None:
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(ConfigError) as info:
         load_chain_state(filled.store, [DEMO_GOAL])
     assert TRIVIAL in info.value.message
     assert "goals" in (info.value.fix or "")
