@@ -492,9 +492,10 @@ def create_backup(
         identity_doc = read_json(datadir.identity_file, recovery="restore it from a backup")
         node_id = str(identity_doc.get("node_id", "")) if isinstance(identity_doc, dict) else ""
         when = now or datetime.now(UTC)
-        target = (
-            Path(output) if output is not None else default_archive_path(datadir, node_id, when)
-        )
+        target = default_archive_path(datadir, node_id, when)
+        if output is not None:
+            # An existing directory gets the default file name (e.g. another volume).
+            target = Path(output) / target.name if Path(output).is_dir() else Path(output)
         if target.exists():
             raise DataDirError(
                 f"{target} already exists; not overwriting it", fix="choose another --output"

@@ -292,6 +292,10 @@ class Settings(BaseSettings):
         ge=0,
     )
     max_peers_per_ip: Int = _f(8, "Most connections from one IP address.", "an integer >= 1", ge=1)
+    peer_rate: Float = _f(
+        200.0, "Messages per second each peer may send (token bucket).", "a number > 0", gt=0
+    )
+    peer_burst: Float = _f(400.0, "Burst of messages each peer may send.", "a number >= 1", ge=1)
     max_frame_bytes: Int = _f(
         4 * MIB, "Largest P2P frame.", "an integer 1024..268435456", ge=1024, le=256 * MIB
     )

@@ -41,7 +41,7 @@ from ian.leaderboard import LeaderboardEntry
 from ian.lock import NodeLock
 from ian.log_setup import set_level
 from ian.metrics import NodeMetrics, StateSnapshot
-from ian.p2p import P2PService, PeerConnected
+from ian.p2p import P2PService, P2PTuning, PeerConnected
 from ian.peer_book import PeerBook
 from ian.recovery import load_chain_state, open_chain_state
 from ian.replication import Replicator
@@ -103,7 +103,7 @@ class Node:
         self.peer_book = peer_book
         self.version = package_version()
         self.started_at = time.time()
-        self.role, self._sequencer_id = _role(settings, identity.node_id)
+        self.role, self._sequencer_id = role_for(settings, identity.node_id)
         self.views: dict[str, GoalView] = {}
         self.metrics = NodeMetrics(self.snapshot)
         self.events = EventBus()  # served on ws_port by ian.api.ws
@@ -129,6 +129,7 @@ class Node:
             self.metrics,
             height_provider=lambda: (self.state.height, self.state.head_hash),
             is_sequencer=lambda: self.role == "sequencer",
+            tuning=P2PTuning(rate=settings.peer_rate, burst=settings.peer_burst),
         )
         self.p2p.add_listener(self._on_peer_event)
         self.p2p.add_listener(
@@ -484,7 +485,7 @@ class Node:
         self.lock.release()
 
 
-def _role(settings: Settings, node_id: str) -> tuple[str, str | None]:
+def role_for(settings: Settings, node_id: str) -> tuple[str, str | None]:
     """("sequencer" | "follower", the configured sequencer id for a follower or None).
 
     ``sequencer`` = "self" or this node's id → sequencer; "" → sequencer without seeds,

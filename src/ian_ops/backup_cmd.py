@@ -81,7 +81,8 @@ def backup(
         typer.Option(
             "--output",
             "-o",
-            help="Archive path (default: <data-dir>/backups/ian-backup-<id>-<UTC time>.tar).",
+            help="Archive file, or an existing directory to write the default name into "
+            "(default: `<data-dir>/backups/ian-backup-<id>-<UTC time>.tar`).",
             show_default=False,
         ),
     ] = None,

@@ -153,6 +153,25 @@ def resync(
         doc = admin_post(target, "/api/v1/admin/resync", {})
         doc["mode"] = "online"
     else:
+        from ian.errors import NodeRefusedError
+        from ian.identity import load_identity
+        from ian.store import Store
+
+        node_id = load_identity(target.datadir.identity_file).node_id
+        if target.datadir.store_file.exists():
+            store = Store(target.datadir.store_file, readonly=True)
+            try:
+                head = store.block_header(store.head()[0])
+            finally:
+                store.close()
+            # Blocks this node signed itself: it is the sequencer and its chain is the source.
+            if head is not None and head[0].sequencer == node_id:
+                raise NodeRefusedError(
+                    "this node signed its own blocks: it is the sequencer, and its chain is the "
+                    "network's source that no peer can provide",
+                    http_status=409,
+                    fix="resync a follower; restore the sequencer with `ian restore`",
+                )
         with NodeLock(target.datadir.lock_file):
             aside = set_store_aside(target.datadir)
         doc = {"mode": "offline", "store_moved_to": str(aside)}
@@ -172,3 +191,33 @@ def resync(
             markup=False,
             soft_wrap=True,
         )
+
+
+@app.command("log-level")
+def log_level(
+    level: Annotated[str, typer.Argument(help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")],
+    data_dir: cli.DataDirOpt = None,
+    node_url: cli.NodeUrlOpt = None,
+) -> None:
+    """Change the running node's log level now, without a restart (until its next start;
+    IAN_LOG_LEVEL or log_level in config.toml make it permanent).
+
+    Example: ian node log-level DEBUG
+    """
+    from ian.errors import InputError
+    from ian_ops.target import admin_post, resolve_target
+
+    wanted = level.upper()
+    if wanted not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise InputError(f"unknown log level {level!r}", field="level")
+    target = resolve_target(data_dir, node_url)
+    if not target.online:
+        from ian.errors import NodeUnreachableError
+
+        raise NodeUnreachableError(
+            f"no node holds {target.datadir.lock_file}: the log level is set at start",
+            fix="set IAN_LOG_LEVEL (or log_level in config.toml) and start the node",
+        )
+    doc = admin_post(target, "/api/v1/admin/log-level", {"level": wanted})
+    target.announce()
+    cli.stdout().print(f"log level is now {doc['level']}", markup=False)

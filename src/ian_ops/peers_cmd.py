@@ -501,7 +501,7 @@ def limits(
         int | None, typer.Option("--max-peers", min=1, help="Maximum connected peers.")
     ] = None,
     rate: Annotated[
-        float | None, typer.Option("--rate", min=0.0, help="Per-peer messages per second.")
+        float | None, typer.Option("--rate", help="Per-peer messages per second (> 0).")
     ] = None,
     burst: Annotated[
         float | None, typer.Option("--burst", min=1.0, help="Per-peer burst (messages).")
@@ -510,27 +510,30 @@ def limits(
     node_url: cli.NodeUrlOpt = None,
     json_out: cli.JsonOpt = False,
 ) -> None:
-    """Change the running node's P2P limits until its next restart (online only).
+    """Show the running node's P2P limits, or change them until its next restart (online
+    only; `peer_rate`, `peer_burst` and `max_peers` in config.toml make a change permanent).
 
     Example: ian peers limits --max-peers 20 --rate 50
     """
     from ian.errors import InputError
 
+    if rate is not None and not rate > 0:
+        raise InputError(f"--rate must be > 0, not {rate}", field="--rate")
     body = {
         k: v
         for k, v in {"max_peers": max_peers, "rate": rate, "burst": burst}.items()
         if v is not None
     }
-    if not body:
-        raise InputError(
-            "nothing to change", field="max_peers", fix="give --max-peers, --rate or --burst"
-        )
     place = resolve_target(data_dir, node_url)
     _require_online(place, "limits")
-    doc = admin_post(place, "/api/v1/admin/p2p/limits", body)
+    if body:
+        doc = admin_post(place, "/api/v1/admin/p2p/limits", body)
+    else:
+        with place.client(admin=False) as client:
+            doc = {"limits": client.get_json("/api/v1/p2p/limits")}
     place.announce(_scores(place))
     if json_out:
         cli.print_json(doc)
-    else:
-        applied = ", ".join(f"{k}={v}" for k, v in doc["applied"].items())
-        cli.stdout().print(f"applied {applied}", markup=False)
+        return
+    limits = ", ".join(f"{k}={v}" for k, v in doc["limits"].items())
+    cli.stdout().print(f"{'applied; now ' if body else ''}{limits}", markup=False)

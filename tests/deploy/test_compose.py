@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ian.config import load_settings
-from ian.node import _role
+from ian.node import role_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -91,7 +91,7 @@ def test_roles_as_the_node_decides_them(services: dict[str, Any], tmp_path: Path
     for name in NODES:
         env = {**env_of(services[name]), "IAN_DATA_DIR": str(tmp_path / name)}
         settings = load_settings(env=env)
-        roles[name] = _role(settings, "0" * 40)[0]
+        roles[name] = role_for(settings, "0" * 40)[0]
     assert roles == {"ian-node-1": "sequencer", "ian-node-2": "follower", "ian-node-3": "follower"}
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ian.config import load_settings
-from ian.node import _role
+from ian.node import role_for
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -199,7 +199,7 @@ def test_ordinal_roles(container, tmp_path: Path, ordinal: int, role: str) -> No
         assert "IAN_SEQUENCER" not in env
     assert env["IAN_P2P_ADVERTISE"] == f"tcp://{pod}.ian-node-headless.ian.svc.cluster.local:9000"
     settings = load_settings(env={**env, "IAN_DATA_DIR": str(tmp_path / "data")})
-    assert _role(settings, "0" * 40)[0] == role
+    assert role_for(settings, "0" * 40)[0] == role
     # Readiness needs min_peers once seeds are set: a follower must be able to reach it with
     # the seed alone, whatever the replica count.
     if settings.seed_nodes:

@@ -25,7 +25,7 @@ from ian.backup import (
 from ian.config import load_settings
 from ian.contributions import make_contribution
 from ian.datadir import DataDir
-from ian.errors import DataDirError, StoreError
+from ian.errors import ConfigError, DataDirError
 from ian.goals import GoalSpec
 from ian.node import Node
 from ian.recovery import load_chain_state
@@ -207,11 +207,21 @@ def test_refuses_to_overwrite_and_bad_data_dirs(tmp_path: Path) -> None:
         create_backup(DataDir(root), specs, output=tmp_path / "missing" / "b.tar")
 
 
+def test_output_directory_gets_the_default_name(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    specs = populated(root, blocks=1)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    result = create_backup(DataDir(root), specs, output=volume)
+    assert result.path.parent == volume
+    assert result.path.name.startswith("ian-backup-") and result.path.suffix == ".tar"
+
+
 def test_unconfigured_goal_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "data"
     populated(root, blocks=1)
     demo_only = load_settings(env={}, overrides={"data_dir": root}).all_goals()
-    with pytest.raises(StoreError, match="not configured"):
+    with pytest.raises(ConfigError, match="not configured"):
         create_backup(DataDir(root), demo_only)
     assert not list((root / "backups").glob("*")) if (root / "backups").exists() else True
 

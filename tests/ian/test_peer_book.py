@@ -600,6 +600,7 @@ def test_runbook_queries_in_python(runbook_file: Path) -> None:
 
 def test_runbook_queries_with_jq(runbook_file: Path) -> None:
     assert shutil.which("jq"), "jq is missing: `make tools` installs it (apt-get install jq)"
+
     def jq(query: str) -> object:
         out = subprocess.run(
             ["jq", "-c", query, str(runbook_file)],

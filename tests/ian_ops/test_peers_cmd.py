@@ -320,7 +320,11 @@ def test_online_only_commands_need_a_node(seeded: DataDir) -> None:
     assert "ian node run" in (result.exception.fix or "")
     result = invoke("limits", "--max-peers", "5", "--data-dir", str(seeded.root))
     assert isinstance(result.exception, NodeUnreachableError)
-    assert isinstance(invoke("limits", "--data-dir", str(seeded.root)).exception, InputError)
+    # Reading the limits needs the node too; a rate of 0 is refused before anything is asked.
+    assert isinstance(
+        invoke("limits", "--data-dir", str(seeded.root)).exception, NodeUnreachableError
+    )
+    assert isinstance(invoke("limits", "--rate", "0").exception, InputError)
     bad = invoke("connect", "http://x:1", "--data-dir", str(seeded.root))
     assert isinstance(bad.exception, InputError)
 
@@ -345,6 +349,9 @@ class _P2P:
 
     def configure(self, **kw: object) -> None:
         self.configured.append(kw)
+
+    max_peers = 50
+    rate_limit = (200.0, 400.0)
 
 
 @pytest.fixture

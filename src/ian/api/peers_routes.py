@@ -212,6 +212,17 @@ async def prune_peers(request: Request, body: PruneRequest) -> dict[str, Any]:
     }
 
 
+@router.get("/api/v1/p2p/limits", tags=["peers"])
+async def get_p2p_limits(request: Request) -> dict[str, Any]:
+    """The P2P limits in force now (settings, or what an admin call set since the start)."""
+    return _limits(_p2p(request, required=True))
+
+
+def _limits(p2p: Any) -> dict[str, Any]:
+    rate, burst = p2p.rate_limit
+    return {"max_peers": p2p.max_peers, "rate": rate, "burst": burst}
+
+
 @router.post("/api/v1/admin/p2p/limits", **_admin)
 async def p2p_limits(request: Request, body: LimitsRequest) -> dict[str, Any]:
     """Change P2P limits at run time (only the fields given); not persisted across restarts."""
@@ -219,5 +230,8 @@ async def p2p_limits(request: Request, body: LimitsRequest) -> dict[str, Any]:
     if not given:
         raise InputError("give at least one of max_peers, rate, burst", field="max_peers")
     p2p = _p2p(request, required=True)
-    p2p.configure(**given)
-    return {"applied": given}
+    try:
+        p2p.configure(**given)
+    except ValueError as exc:
+        raise InputError(str(exc), field=next(iter(given))) from None
+    return {"applied": given, "limits": _limits(p2p)}

@@ -470,6 +470,11 @@ class P2PService:
     def max_peers(self) -> int:
         return self._max_peers
 
+    @property
+    def rate_limit(self) -> tuple[float, float]:
+        """(messages per second, burst) each peer may send."""
+        return self._buckets.rate, self._buckets.burst
+
     def reload_tls(self) -> CertInfo:
         """Re-read ``certs/``: new connections present the new certificate, established ones
         stay up. Raises :class:`~ian.errors.IdentityError` (old pair kept) if it is unusable."""

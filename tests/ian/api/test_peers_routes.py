@@ -56,6 +56,9 @@ class FakeP2P:
     def configure(self, max_peers=None, rate=None, burst=None) -> None:
         self.configured.append({"max_peers": max_peers, "rate": rate, "burst": burst})
 
+    max_peers = 50
+    rate_limit = (200.0, 400.0)
+
 
 def make_app(book: PeerBook, p2p: FakeP2P | None) -> FastAPI:
     """The router with the node attributes it expects and JSON errors like the real app."""
@@ -177,7 +180,8 @@ def test_connect_and_limits(client: TestClient, p2p: FakeP2P, book: PeerBook) ->
     r = client.post("/api/v1/admin/peers/connect", json={"address": "http://x:1"})
     assert r.status_code == 400 and r.json()["error"]["field"] == "address"
     r = client.post("/api/v1/admin/p2p/limits", json={"max_peers": 12})
-    assert r.json() == {"applied": {"max_peers": 12}}
+    assert r.json()["applied"] == {"max_peers": 12}
+    assert set(r.json()["limits"]) == {"max_peers", "rate", "burst"}
     assert p2p.configured == [{"max_peers": 12, "rate": None, "burst": None}]
     assert client.post("/api/v1/admin/p2p/limits", json={}).status_code == 400
     assert client.post("/api/v1/admin/p2p/limits", json={"rate": -1}).status_code == 400
