@@ -56,7 +56,7 @@ def rotate(
 ) -> None:
     """Issue a new TLS key pair and certificate for this node identity and swap it in.
 
-    The old pair is kept in certs-old/<UTC time>/. When the node is running it is told to
+    The old pair is kept in `certs-old/<UTC time>/`. When the node is running it is told to
     reload (online); otherwise it uses the new pair on its next start (offline).
 
     Example: ian certs rotate --valid-days 365

@@ -35,7 +35,7 @@ def init(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write ('-' = stdout) [default: <data-dir>/config.toml].",
+            help="Where to write ('-' = stdout) [default: `<data-dir>/config.toml`].",
             show_default=False,
         ),
     ] = None,
@@ -90,7 +90,7 @@ def show(
         Path | None,
         typer.Option(
             "--config",
-            help="Read this config file [default: $IAN_CONFIG, else <data-dir>/config.toml].",
+            help="Read this config file [default: $IAN_CONFIG, else `<data-dir>/config.toml`].",
             show_default=False,
         ),
     ] = None,

@@ -135,7 +135,7 @@ def resync(
     """Force a full resync from peers, keeping identity, certificates and peer scores.
 
     Online (the node runs): the node drops its chain and fetches it again right away.
-    Offline: the store moves to <data-dir>/resync-<time>/ and the next start resyncs.
+    Offline: the store moves to `<data-dir>/resync-<time>/` and the next start resyncs.
     Refused on the sequencer, whose chain is the network's source.
 
     Example: ian node resync --data-dir /data --yes

@@ -39,7 +39,7 @@ def status(node_url: cli.NodeUrlOpt = None, json_out: cli.JsonOpt = False) -> No
 def reset(node_url: cli.NodeUrlOpt = None, data_dir: cli.DataDirOpt = None) -> None:
     """Close the running node's Tau circuit breaker now (admin token required).
 
-    The token comes from IAN_API_TOKEN, else <data-dir>/api_token.
+    The token comes from IAN_API_TOKEN, else `<data-dir>/api_token`.
 
     Example: ian tau reset --data-dir /data
     """
