@@ -33,6 +33,7 @@ from ian.chain import ChainState, Outcome
 from ian.config import Settings
 from ian.contributions import Contribution
 from ian.datadir import DataDir, init_data_dir, read_api_token
+from ian.errors import DataDirError
 from ian.events import EventBus, PeerEvents, block_contributions, block_data, outcome_event
 from ian.goals import GoalSpec
 from ian.identity import Identity, load_identity
@@ -45,6 +46,7 @@ from ian.p2p import P2PService, P2PTuning, PeerConnected
 from ian.peer_book import PeerBook
 from ian.recovery import load_chain_state, open_chain_state
 from ian.replication import Replicator
+from ian.restore import pending_restore
 from ian.sequencer import BatchResult, Sequencer
 from ian.store import Store
 from ian.tau import TauBridge
@@ -181,6 +183,12 @@ class Node:
         lock = NodeLock(datadir.lock_file)
         lock.acquire()
         try:
+            if pending_restore(root) is not None:
+                raise DataDirError(
+                    f"an interrupted `ian restore` left {root} half restored",
+                    fix=f"finish it with `ian restore --resume --data-dir {root}` or undo it "
+                    f"with `ian restore --rollback --data-dir {root}`",
+                )
             if datadir.identity_file.exists():
                 # Finish or undo a `certs rotate` that a crash interrupted, before init
                 # would mistake a missing certs/ for a first start.

@@ -11,11 +11,20 @@ Rules (ARCHITECTURE §11, runbook "Cleaning Up Old Data"):
   there (an operator's own names) are never touched.
 - certificate pairs: directories in ``certs-old/``; the newest ``cert_pairs_keep`` by name (the
   names are UTC stamps) stay.
-- restore leftovers: ``<data-dir>.pre-restore-*`` directories next to the data dir; the newest
-  ``pre_restore_keep`` by name stay.
+- restore leftovers: ``<data-dir>.pre-restore-*`` directories next to the data dir (a swap
+  restore) and ``<data-dir>/.pre-restore-*`` inside it (an in-place restore), counted together;
+  the newest ``pre_restore_keep`` by their UTC stamp stay.
+- resync copies: ``<data-dir>/resync-*`` directories (the store set aside by an offline
+  ``ian node resync``); the newest ``resync_keep`` by their UTC stamp stay.
 - temporary files: ``*.part`` / ``*.tmp`` files in the data dir, ``certs/`` and ``backups/``,
-  and a ``<data-dir>.restore-tmp`` directory, but only when older than ``leftover_min_age_s``
-  (default 1 h), so a backup, restore or atomic write in progress is never removed.
+  a ``<data-dir>.restore-tmp`` directory and ``<data-dir>/.restore-staging-*`` directories, but
+  only when older than ``leftover_min_age_s`` (default 1 h), so a backup, restore or atomic
+  write in progress is never removed.
+
+The aside and staging directories of an interrupted in-place restore (named in its journal,
+see :mod:`ian.restore`) are never listed: they are the way back (``ian restore --rollback``)
+and forward (``--resume``). When that journal cannot be read, no in-place restore directory is
+listed at all.
 
 Stale peers are the peer book's business (:meth:`ian.peer_book.PeerBook.prune`).
 """
@@ -46,6 +55,9 @@ __all__ = [
 
 LEFTOVER_SUFFIXES = (".part", ".tmp")
 BACKUP_GLOB = "ian-backup-*.tar"
+PRE_RESTORE_MARK = ".pre-restore-"
+RESYNC_PREFIX = "resync-"  # ian.resync.RESYNC_PREFIX (not imported: keep this module light)
+STAGING_PREFIX = ".restore-staging-"  # ian.restore.STAGING_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +74,7 @@ class Entry:
 class PruneItem:
     """One thing to remove and why."""
 
-    kind: str  # "backup", "cert_pair", "pre_restore", "leftover"
+    kind: str  # "backup", "cert_pair", "pre_restore", "resync", "leftover"
     path: Path
     size: int
     reason: str
@@ -77,10 +89,12 @@ class RetentionPolicy:
     backups_keep: int = 7
     cert_pairs_keep: int = 3
     pre_restore_keep: int = 1
+    resync_keep: int = 1
     leftover_min_age_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        if min(self.backups_keep, self.cert_pairs_keep, self.pre_restore_keep) < 0:
+        keeps = (self.backups_keep, self.cert_pairs_keep, self.pre_restore_keep, self.resync_keep)
+        if min(keeps) < 0:
             raise ValueError("retention counts must be >= 0")
         if self.leftover_min_age_s < 0:
             raise ValueError("leftover_min_age_s must be >= 0")
@@ -94,18 +108,24 @@ class Inventory:
     cert_pairs: Sequence[Entry] = ()
     pre_restore: Sequence[Entry] = ()
     leftovers: Sequence[Entry] = ()
+    resync: Sequence[Entry] = ()
 
 
 # --------------------------------------------------------------------------- pure selection
 
 
 def beyond_newest(entries: Iterable[Entry], keep: int, *, by: str = "mtime") -> list[Entry]:
-    """Every entry except the newest ``keep`` (by ``mtime``, or by ``name`` for stamped names);
-    ties broken by name so the result is deterministic. Oldest first."""
+    """Every entry except the newest ``keep`` (by ``mtime``; by ``name`` for stamped names; by
+    ``stamp``, the part after the last ``-``, for ``<prefix>-<UTC stamp>`` names with different
+    prefixes); ties broken by name so the result is deterministic. Oldest first."""
     if by == "mtime":
         ordered = sorted(entries, key=lambda e: (e.mtime, e.path.name), reverse=True)
     elif by == "name":
         ordered = sorted(entries, key=lambda e: e.path.name, reverse=True)
+    elif by == "stamp":
+        ordered = sorted(
+            entries, key=lambda e: (e.path.name.rpartition("-")[2], e.path.name), reverse=True
+        )
     else:
         raise ValueError(f"unknown order {by!r}")
     return list(reversed(ordered[keep:]))
@@ -140,7 +160,17 @@ def plan(inventory: Inventory, policy: RetentionPolicy, now: float) -> list[Prun
             f"beyond the newest {policy.pre_restore_keep} pre-restore copies",
             is_dir=True,
         )
-        for e in beyond_newest(inventory.pre_restore, policy.pre_restore_keep, by="name")
+        for e in beyond_newest(inventory.pre_restore, policy.pre_restore_keep, by="stamp")
+    ]
+    items += [
+        PruneItem(
+            "resync",
+            e.path,
+            e.size,
+            f"beyond the newest {policy.resync_keep} resync copies",
+            is_dir=True,
+        )
+        for e in beyond_newest(inventory.resync, policy.resync_keep, by="stamp")
     ]
     hours = policy.leftover_min_age_s / 3600
     items += [
@@ -198,13 +228,23 @@ def scan(datadir: DataDir) -> Inventory:
         e for p in _children(datadir.certs_old_dir) if (e := _entry(p)) is not None and e.is_dir
     ]
     siblings = _children(root.parent)
-    prefix = root.name + ".pre-restore-"
-    pre_restore = [
-        e
-        for p in siblings
-        if p.name.startswith(prefix) and (e := _entry(p)) is not None and e.is_dir
-    ]
-    leftovers: list[Entry] = []
+    prefix = root.name + PRE_RESTORE_MARK
+    inside = _children(root)
+    protected = _interrupted_restore_dirs(root)
+
+    def dirs(paths: Iterable[Path], start: str, keep: frozenset[str] = frozenset()) -> list[Entry]:
+        return [
+            e
+            for p in paths
+            if p.name.startswith(start)
+            and p.name not in keep
+            and (e := _entry(p)) is not None
+            and e.is_dir
+        ]
+
+    pre_restore = dirs(siblings, prefix) + dirs(inside, PRE_RESTORE_MARK, protected)
+    resync = dirs(inside, RESYNC_PREFIX)
+    leftovers: list[Entry] = dirs(inside, STAGING_PREFIX, protected)
     for directory in (root, datadir.certs_dir, datadir.backups_dir):
         for p in _children(directory):
             if p.name.endswith(LEFTOVER_SUFFIXES):
@@ -215,7 +255,25 @@ def scan(datadir: DataDir) -> Inventory:
     e = _entry(staging)
     if e is not None and e.is_dir:
         leftovers.append(e)
-    return Inventory(backups, cert_pairs, pre_restore, leftovers)
+    return Inventory(backups, cert_pairs, pre_restore, leftovers, resync)
+
+
+def _interrupted_restore_dirs(root: Path) -> frozenset[str]:
+    """Names of the directories in ``root`` that an interrupted in-place restore still needs
+    (see the module docstring)."""
+    from ian.errors import DataDirError
+    from ian.restore import JOURNAL_NAME, pending_restore
+
+    if not (root / JOURNAL_NAME).exists():
+        return frozenset()
+    try:
+        pending = pending_restore(root)
+    except DataDirError:  # unreadable or untrusted journal: protect every candidate
+        marks = (PRE_RESTORE_MARK, STAGING_PREFIX)
+        return frozenset(p.name for p in _children(root) if p.name.startswith(marks))
+    if pending is None:
+        return frozenset()
+    return frozenset(p.name for p in (pending.staging, pending.aside) if p is not None)
 
 
 def remove(items: Iterable[PruneItem]) -> list[tuple[PruneItem, str | None]]:

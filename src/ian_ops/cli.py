@@ -37,7 +37,7 @@ DataDirOpt = Annotated[
     typer.Option(
         "--data-dir",
         envvar="IAN_DATA_DIR",
-        help="Node data directory [env IAN_DATA_DIR; default ./.ian-data].",
+        help="Node data directory [default: ./.ian-data].",
         show_default=False,
     ),
 ]
@@ -46,7 +46,8 @@ NodeUrlOpt = Annotated[
     typer.Option(
         "--node-url",
         envvar="IAN_NODE_URL",
-        help=f"Base URL of the node's HTTP API [env IAN_NODE_URL; default {DEFAULT_NODE_URL}].",
+        help="Base URL of the node's HTTP API "
+        f"[default: the configured API port on loopback, {DEFAULT_NODE_URL}].",
         show_default=False,
     ),
 ]

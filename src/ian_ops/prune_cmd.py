@@ -1,4 +1,5 @@
-"""`ian prune`: reclaim space (stale peers, old backups, cert pairs, leftovers); dry run first."""
+"""`ian prune`: reclaim space (stale peers, old backups, cert pairs, pre-restore and resync
+copies, leftovers); dry run first."""
 
 from __future__ import annotations
 
@@ -81,7 +82,9 @@ def prune(
     ] = None,
 ) -> None:
     """Reclaim space: stale peers, backups beyond backup_retention, old certificate pairs
-    (newest 3 kept), old pre-restore copies (newest 1 kept) and temporary files older than 1 h.
+    (newest 3 kept), old pre-restore copies (newest 1 kept, beside or inside the data dir),
+    old resync-* copies of the store (newest 1 kept) and temporary files older than 1 h.
+    What an interrupted restore still needs is never removed.
 
     Lists every item with its size first. Without --yes it asks on a terminal; without a
     terminal it only shows the dry run.
@@ -110,6 +113,7 @@ def prune(
     mode = "online" if peers.online else "offline"
 
     with maintenance_lock(datadir.root, exclusive=False):
+        interrupted = _interrupted_restore(datadir, json_out=json_out)
         items = plan(scan(datadir), policy, time.time())
         preview = peers.prune(older_than_s, dry_run=True)
         total = sum(i.size for i in items)
@@ -121,6 +125,7 @@ def prune(
             "bytes": total,
             "peers": {"older_than_s": older_than_s, **preview},
             "failed": [],
+            "interrupted_restore": interrupted,
         }
         out = cli.stdout()
         if not json_out:
@@ -176,3 +181,28 @@ def prune(
         cli.print_json(doc)
     if doc["failed"]:
         raise typer.Exit(cli.EXIT_FAILURE)
+
+
+def _interrupted_restore(datadir: DataDir, *, json_out: bool) -> dict[str, Any] | None:
+    """An interrupted in-place restore (whose directories prune leaves alone): said on stderr,
+    returned for --json; None when there is none."""
+    from ian.errors import DataDirError
+    from ian.restore import pending_restore
+
+    try:
+        pending = pending_restore(datadir.root)
+    except DataDirError as exc:
+        doc: dict[str, Any] = {"error": exc.message, "fix": exc.fix}
+        text, fix = exc.message, exc.fix
+    else:
+        if pending is None:
+            return None
+        doc = pending.to_doc()
+        text = f"{pending.describe()}; its directories are kept"
+        fix = (
+            f"ian restore --resume --data-dir {datadir.root}, or "
+            f"ian restore --rollback --data-dir {datadir.root}"
+        )
+    if not json_out:
+        cli.stderr().print(f"note: {text}" + (f"\n  fix: {fix}" if fix else ""), markup=False)
+    return doc

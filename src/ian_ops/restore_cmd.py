@@ -1,4 +1,8 @@
-"""`ian restore ARCHIVE`: verify, then replace the data directory, keeping the old one aside."""
+"""`ian restore ARCHIVE`: verify, then replace the data directory, keeping the old one aside.
+
+Also ``ian restore --resume`` / ``--rollback``: settle an in-place restore whose process died
+mid-swap (see :mod:`ian.restore`).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ def _describe(plan: RestorePlan) -> list[str]:
     lines = [
         f"archive:  {plan.archive} (node {m.node_id}, height {m.height}, created {m.created_at})",
         f"restore:  into {plan.target}",
+        f"mode:     {_mode_line(plan)}",
     ]
     if plan.aside is not None:
-        lines.append(f"keep:     the current data dir moves to {plan.aside} (nothing is deleted)")
+        what = "its current files move" if plan.in_place else "the current data dir moves"
+        lines.append(f"keep:     {what} to {plan.aside} (nothing is deleted)")
     if plan.existing_node_id not in (None, m.node_id):
         lines.append(
             f"identity: REPLACES node {plan.existing_node_id} with node {m.node_id} (--force)"
@@ -31,24 +37,73 @@ def _describe(plan: RestorePlan) -> list[str]:
     return lines
 
 
+def _mode_line(plan: RestorePlan) -> str:
+    if plan.in_place:
+        return f"in place, inside the data dir ({plan.mode_reason})"
+    return f"swap, renaming the data dir ({plan.mode_reason})"
+
+
 def restore(
-    archive: Annotated[Path, typer.Argument(help="Archive written by `ian backup`.")],
+    archive: Annotated[
+        Path | None,
+        typer.Argument(help="Archive written by `ian backup` (not with --resume/--rollback)."),
+    ] = None,
     data_dir: cli.DataDirOpt = None,
     dry_run: cli.DryRunOpt = False,
     force: Annotated[
         bool,
         typer.Option("--force", help="Allow an archive of another node identity."),
     ] = False,
+    in_place: Annotated[
+        bool | None,
+        typer.Option(
+            "--in-place/--swap",
+            help="Restore inside the data dir, or rename it as a whole (default: in place "
+            "when the data dir is a mount point or its parent is not writable).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Finish an in-place restore that was interrupted."),
+    ] = False,
+    rollback: Annotated[
+        bool,
+        typer.Option("--rollback", help="Undo an in-place restore that was interrupted."),
+    ] = False,
     yes: cli.YesOpt = False,
     json_out: cli.JsonOpt = False,
 ) -> None:
     """Restore a backup: verify it first, refuse while the node runs, keep the old data aside.
 
-    The current data dir is renamed to <data-dir>.pre-restore-<UTC time>, never deleted.
-    node_state.json is not restored, so the node re-verifies the whole store on its next start.
+    The current data dir is renamed to DATA_DIR.pre-restore-STAMP (UTC); when it cannot be
+    renamed (a mount point such as /data in a container, or a read-only parent) the restore
+    happens inside it and the current files move to DATA_DIR/.pre-restore-STAMP/.
+    Nothing is deleted. node_state.json is not restored, so the node re-verifies the whole
+    store on its next start. An in-place restore that was interrupted (killed, power cut)
+    blocks further restores until --resume or --rollback settles it.
 
     Example: ian restore /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar --dry-run
     """
+    if resume and rollback:
+        cli.exit_with_error("--resume and --rollback exclude each other", code=cli.EXIT_USAGE)
+    if resume or rollback:
+        if archive is not None or dry_run or force or in_place is not None:
+            cli.exit_with_error(
+                f"--{'resume' if resume else 'rollback'} takes no archive and no other option",
+                code=cli.EXIT_USAGE,
+                fix="run it alone (with --data-dir), then restore again if needed",
+            )
+        _settle(data_dir, "resume" if resume else "rollback", json_out=json_out)
+        return
+    if archive is None:
+        cli.exit_with_error(
+            "missing the archive to restore",
+            code=cli.EXIT_USAGE,
+            fix="ian restore ARCHIVE (see ian backup), or --resume/--rollback after an "
+            "interrupted restore",
+        )
+
     from ian.restore import restore_archive
 
     settings = cli.load_settings(data_dir)
@@ -71,7 +126,13 @@ def restore(
 
     with progress_reporter(not json_out) as report:
         plan = restore_archive(
-            archive, target, dry_run=dry_run, force=force, confirm=confirm, progress=report
+            archive,
+            target,
+            dry_run=dry_run,
+            force=force,
+            confirm=confirm,
+            progress=report,
+            in_place=in_place,
         )
     if json_out:
         cli.print_json(plan.to_doc())
@@ -90,6 +151,37 @@ def restore(
         markup=False,
         soft_wrap=True,
     )
+    out.print(f"mode: {_mode_line(plan)}", markup=False, soft_wrap=True)
     if plan.aside is not None:
-        out.print(f"previous data dir kept in {plan.aside}", markup=False, soft_wrap=True)
+        what = "previous files" if plan.in_place else "previous data dir"
+        out.print(f"{what} kept in {plan.aside}", markup=False, soft_wrap=True)
     out.print("start the node: it verifies the store, then resyncs newer blocks from peers")
+
+
+def _settle(data_dir: Path | None, action: str, *, json_out: bool) -> None:
+    """--resume / --rollback of an interrupted in-place restore."""
+    from ian.restore import finish_interrupted
+
+    target = cli.load_settings(data_dir).data_dir
+    pending = finish_interrupted(target, "resume" if action == "resume" else "rollback")
+    if json_out:
+        cli.print_json({**pending.to_doc(), "action": action, "settled": True})
+        return
+    out = cli.stdout()
+    if action == "resume":
+        out.print(
+            f"resumed: node {pending.doc.get('node_id')} at height {pending.doc.get('height')} "
+            f"is restored into {target}",
+            markup=False,
+            soft_wrap=True,
+        )
+        if pending.aside is not None:
+            out.print(f"previous files kept in {pending.aside}", markup=False, soft_wrap=True)
+        out.print("start the node: it verifies the store, then resyncs newer blocks from peers")
+    else:
+        out.print(
+            f"rolled back: {target} holds its previous files again; the staged restore of "
+            f"{pending.doc.get('archive')} was discarded",
+            markup=False,
+            soft_wrap=True,
+        )

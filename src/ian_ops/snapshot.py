@@ -3,20 +3,21 @@
 :func:`take` reads ``/api/v1/status``, ``/metrics`` (parsed with ``prometheus_client.parser``),
 ``/readyz?verbose``, ``/api/v1/peers`` and ``/api/v1/tau`` and returns a :class:`Snapshot`; it
 never raises for an unreachable or half-broken node: the snapshot then says what failed.
-:func:`rates` turns two successive snapshots into per-second rates (the runbook's ``rate(...)``).
-Everything but :func:`take` is pure.
+:func:`rates` turns two successive snapshots into per-second rates (the runbook's ``rate(...)``);
+:func:`baseline` picks which earlier snapshot to compare with when polls come at uneven times
+(``ian status --watch`` also polls right after an event). Everything but :func:`take` is pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ian_ops.client import NodeClient
 
-__all__ = ["Metrics", "Rates", "Snapshot", "parse_metrics", "rates", "take"]
+__all__ = ["Metrics", "Rates", "Snapshot", "baseline", "parse_metrics", "rates", "take"]
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -247,3 +248,21 @@ def _rate(now: float | None, before: float | None, seconds: float) -> float | No
     if now < before:  # counter reset: the node restarted between the polls
         return None
     return (now - before) / seconds
+
+
+def baseline(history: Sequence[Snapshot], current: Snapshot, window: float) -> Snapshot | None:
+    """What the dashboard compares ``current`` with (its ``previous``).
+
+    ``history`` holds earlier snapshots, oldest first. For a reachable ``current``: the newest
+    reachable snapshot taken at least ``window`` seconds (a poll interval, with 10% slack for
+    timing jitter) before it, else the oldest reachable one — so rates span about one poll
+    interval however often events made the watch poll in between. For an unreachable
+    ``current``: the newest reachable snapshot (the last known state). None when there is none.
+    """
+    reachable = [s for s in history if s.reachable and s is not current]
+    if not reachable:
+        return None
+    if not current.reachable:
+        return reachable[-1]
+    old_enough = [s for s in reachable if current.taken_at - s.taken_at >= window * 0.9]
+    return old_enough[-1] if old_enough else reachable[0]

@@ -6,10 +6,15 @@ import errno
 import hashlib
 import io
 import json
+import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,11 +24,17 @@ from ian.backup import create_backup
 from ian.config import load_settings
 from ian.contributions import make_contribution
 from ian.datadir import DataDir
-from ian.errors import DataDirError, IdentityError, NodeLockedError, SchemaError
+from ian.errors import CorruptFileError, DataDirError, IdentityError, NodeLockedError, SchemaError
 from ian.goals import GoalSpec
 from ian.lock import NodeLock
 from ian.node import Node
-from ian.restore import restore_archive
+from ian.restore import (
+    JOURNAL_NAME,
+    choose_mode,
+    finish_interrupted,
+    pending_restore,
+    restore_archive,
+)
 from ian.sequencer import build_block
 from ian.store import Store
 
@@ -79,6 +90,52 @@ def tree(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def listing(root: Path) -> list[str]:
+    """Every path below ``root``, directories included (no leftover may hide here)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def without(files: dict[str, str], *prefixes: str) -> dict[str, str]:
+    return {k: v for k, v in files.items() if not k.startswith(prefixes)}
+
+
+T1 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+T2 = datetime(2025, 3, 2, 12, 0, 0, tzinfo=UTC)
+#: what an operator's data dir holds besides the node's own files
+KEPT = (
+    "api_token",
+    "backup_state.json",
+    "node.lock",
+    "backups",
+    "lost+found",
+    "resync-",
+    ".pre-restore-",
+)
+
+
+def lived_in(archive: Path, target: Path) -> Path:
+    """A data dir restored from ``archive`` and then used: token, backups, an old resync copy,
+    a previous in-place restore's leftovers, an ext4 ``lost+found``, a stray file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    restore_archive(archive, target, in_place=False, now=T1)
+    (target / "api_token").write_text("operator-token\n")
+    (target / "api_token").chmod(0o600)
+    (target / "backup_state.json").write_text('{"last_success_at": 1}\n')
+    (target / "backups").mkdir()
+    (target / "backups" / "keep.tar").write_bytes(b"x")
+    (target / "resync-20240101T000000Z").mkdir()
+    (target / "resync-20240101T000000Z" / "chain.sqlite").write_bytes(b"old store")
+    (target / ".pre-restore-20240101T000000Z").mkdir()
+    (target / ".pre-restore-20240101T000000Z" / "marker").write_text("older")
+    (target / "lost+found").mkdir()
+    (target / "marker").write_text("old")
+    return target
 
 
 # --------------------------------------------------------------------------- happy paths
@@ -356,8 +413,11 @@ UNSAFE: dict[str, tuple[Callable[..., list[Member]], type[Exception], str]] = {
 }
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["swap", "in-place"])
 @pytest.mark.parametrize("case", sorted(UNSAFE))
-def test_unsafe_archives_are_refused(source: tuple[Path, Path], tmp_path: Path, case: str) -> None:
+def test_unsafe_archives_are_refused(
+    source: tuple[Path, Path], tmp_path: Path, case: str, in_place: bool
+) -> None:
     _root, good = source
     forge, error, fragment = UNSAFE[case]
     members = read_members(good)
@@ -368,17 +428,58 @@ def test_unsafe_archives_are_refused(source: tuple[Path, Path], tmp_path: Path, 
     work.mkdir()
     target = work / "data"
     restore_archive(good, target)
-    before = tree(target)
+    before, names = tree(target), listing(target)
 
     with pytest.raises(error) as info:
-        restore_archive(archive, target)
+        restore_archive(archive, target, in_place=in_place)
 
     message = str(info.value)
     assert fragment in message
     assert "\n" not in info.value.message  # one line
     assert tree(target) == before
+    assert listing(target) == names  # no staging left inside it either
     assert sorted(p.name for p in work.iterdir()) == ["data"]  # nothing written beside it
     assert not Path("/tmp/ian-evil").exists()
+
+
+def test_reserved_member_names_are_checked_but_never_written(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An archive cannot plant the data dir's bookkeeping (token, lock, backups, journal)."""
+    _root, good = source
+    planted = [
+        ("api_token", b"attacker-token"),
+        ("node.lock", b"x"),
+        ("backups/evil.tar", b"x"),
+        (JOURNAL_NAME, b"{}"),
+        (".pre-restore-20990101T000000Z/x", b"x"),
+    ]
+    members = read_members(good)
+    doc = json.loads(members[0][1])
+    for name, data in planted:
+        doc["files"].append(
+            {
+                "name": name,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "mode": 420,
+            }
+        )
+    members = [(members[0][0], json.dumps(doc).encode()), *members[1:]]
+    members += [regular(name, data) for name, data in planted]
+    archive = tmp_path / "planted.tar"
+    write_members(archive, members)
+    for in_place in (False, True):
+        target = tmp_path / f"data-{in_place}"
+        restore_archive(good, target)
+        (target / "api_token").write_text("operator-token\n")
+        plan = restore_archive(archive, target, in_place=in_place, now=T2)
+        assert plan.done
+        assert (target / "api_token").read_text() == "operator-token\n"
+        assert not (target / "backups").exists()
+        assert not (target / JOURNAL_NAME).exists()
+        assert not (target / ".pre-restore-20990101T000000Z").exists()
+        assert (target / "node.lock").read_bytes() == b""  # the real lock file, released
 
 
 def test_truncated_archive_is_refused(source: tuple[Path, Path], tmp_path: Path) -> None:
@@ -396,3 +497,309 @@ def test_truncated_archive_is_refused(source: tuple[Path, Path], tmp_path: Path)
             restore_archive(archive, target)
         assert not target.exists()
         assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == []
+
+
+# --------------------------------------------------------------------------- in place
+
+
+def a_mount_point() -> Path:
+    """A directory that really is a mount point on this machine (no mounting needed)."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = Path(line.split()[1].replace("\\040", " "))
+        if point != Path("/") and point.is_dir() and os.path.ismount(point):
+            return point
+    return Path("/")
+
+
+def test_mode_is_chosen_from_the_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    assert choose_mode(data) == (
+        False,
+        f"{tmp_path} is writable: the data dir is swapped whole",
+    )
+    # A data dir that does not exist yet is created by the swap.
+    assert choose_mode(tmp_path / "new")[0] is False
+    mount = a_mount_point()
+    in_place, why = choose_mode(mount)
+    assert in_place and why == f"{mount} is a mount point and cannot be renamed"
+    # A parent the node's user cannot write (Kubernetes: `/` for uid 1000). As root every
+    # directory is writable, so ask os.access the way it answers for that user.
+    real_access = os.access
+
+    def access(path: object, mode: int, **kw: object) -> bool:
+        return False if Path(str(path)) == tmp_path else real_access(path, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    assert choose_mode(data) == (True, f"{tmp_path} is not writable")
+    assert choose_mode(data, in_place=False)[0] is False
+    assert choose_mode(data, in_place=True)[0] is True
+
+
+def test_in_place_gives_the_same_data_dir_as_a_swap(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, archive = source
+    swapped = lived_in(archive, tmp_path / "a" / "data")
+    inside = lived_in(archive, tmp_path / "b" / "data")
+    before = tree(inside)
+
+    by_swap = restore_archive(archive, swapped, in_place=False, now=T2)
+    plan = restore_archive(archive, inside, in_place=True, now=T2)
+
+    assert by_swap.done and plan.done
+    assert plan.mode == "in-place" and by_swap.mode == "swap"
+    assert plan.to_doc()["mode"] == "in-place" and plan.mode_reason == "in place as requested"
+    assert plan.aside == inside / ".pre-restore-20250302T120000Z"
+    # The restored files are the same, byte for byte, with the same modes.
+    assert without(tree(inside), ".pre-restore-", "resync-", "lost+found") == without(
+        tree(swapped), ".pre-restore-"
+    )
+    for name in ("identity.json", "certs/node_key.pem", "certs", "api_token", "chain.sqlite"):
+        assert stat.S_IMODE((inside / name).stat().st_mode) == stat.S_IMODE(
+            (swapped / name).stat().st_mode
+        )
+    assert (inside / "identity.json").read_bytes() == (root / "identity.json").read_bytes()
+    assert not (inside / "marker").exists() and not (inside / "node_state.json").exists()
+    # The previous top-level entries are aside, nothing else moved, nothing was deleted.
+    assert tree(plan.aside) == without(before, *KEPT)
+    assert sorted(plan.moved_aside) == sorted(p.name for p in plan.aside.iterdir())
+    assert (inside / "api_token").read_text() == "operator-token\n"
+    assert (inside / "backups" / "keep.tar").read_bytes() == b"x"
+    assert (inside / "resync-20240101T000000Z" / "chain.sqlite").read_bytes() == b"old store"
+    assert (inside / ".pre-restore-20240101T000000Z" / "marker").read_text() == "older"
+    assert (inside / "lost+found").is_dir()
+    assert not (inside / JOURNAL_NAME).exists()
+    assert not list(inside.glob(".restore-staging-*"))
+    assert sorted(p.name for p in inside.parent.iterdir()) == ["data"]  # nothing beside it
+    # The node starts on it (full verification: no node_state.json) at the archived roots.
+    node = Node.open(load_settings(env={}, overrides={"data_dir": inside, "goals": [SPEC]}))
+    try:
+        assert node.state.goals[GOAL].roots().to_doc() == plan.manifest.goals[GOAL]
+    finally:
+        node.close()
+
+
+def test_in_place_into_an_empty_volume(source: tuple[Path, Path], tmp_path: Path) -> None:
+    """A fresh volume: only lost+found; nothing to keep aside."""
+    _root, archive = source
+    target = tmp_path / "data"
+    (target / "lost+found").mkdir(parents=True)
+    plan = restore_archive(archive, target, in_place=True)
+    assert plan.done and plan.aside is None and plan.moved_aside == ()
+    restored = {f.name.split("/")[0] for f in plan.manifest.files} - {"node_state.json"}
+    assert {"identity.json", "chain.sqlite", "certs"} <= restored
+    expected = restored | {"lost+found", "node.lock"}
+    assert sorted(p.name for p in target.iterdir()) == sorted(expected)
+    assert not list(target.glob(".pre-restore-*")) and not (target / JOURNAL_NAME).exists()
+
+
+def test_in_place_needs_an_existing_dir(source: tuple[Path, Path], tmp_path: Path) -> None:
+    _root, archive = source
+    with pytest.raises(DataDirError, match="does not exist") as info:
+        restore_archive(archive, tmp_path / "missing", in_place=True)
+    assert "mkdir -p" in (info.value.fix or "")
+
+
+def test_in_place_dry_run_and_decline_change_nothing(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    before, names = tree(target), listing(target)
+    plan = restore_archive(archive, target, in_place=True, dry_run=True, now=T2)
+    assert plan.in_place and not plan.done and plan.aside is not None
+    assert "marker" in plan.moved_aside and "api_token" not in plan.moved_aside
+    assert restore_archive(archive, target, in_place=True, confirm=lambda _p: False).done is False
+    assert tree(target) == before and listing(target) == names
+
+
+def test_in_place_refuses_while_a_node_holds_the_lock(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    names = listing(target)
+    with NodeLock(target / "node.lock"), pytest.raises(NodeLockedError):
+        restore_archive(archive, target, in_place=True)
+    assert listing(target) == names
+
+
+def failing_rename(monkeypatch: pytest.MonkeyPatch, at: int, *, undo_too: bool = False) -> None:
+    """Make the ``at``-th move of the in-place swap fail (EIO), and every later one with
+    ``undo_too`` (the undo cannot put things back either)."""
+    real = restore_mod._rename
+    count = [0]
+
+    def rename(src: Path, dst: Path) -> None:
+        count[0] += 1
+        if count[0] == at or (undo_too and count[0] > at):
+            raise OSError(errno.EIO, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(restore_mod, "_rename", rename)
+
+
+def moves(archive: Path, target: Path) -> tuple[int, int]:
+    """(entries an in-place restore of ``archive`` moves aside, entries it moves in)."""
+    plan = restore_archive(archive, target, in_place=True, dry_run=True)
+    staged = {f.name.split("/")[0] for f in plan.manifest.files} - {"node_state.json"}
+    return len(plan.moved_aside), len(staged)
+
+
+@pytest.mark.parametrize("where", ["first aside", "last aside", "first in", "last in"])
+def test_in_place_failed_move_is_undone(
+    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    before, names = tree(target), listing(target)
+    n_old, n_new = moves(archive, target)
+    at = {"first aside": 1, "last aside": n_old, "first in": n_old + 1, "last in": n_old + n_new}
+    failing_rename(monkeypatch, at[where])
+    with pytest.raises(DataDirError, match="previous files are back in place"):
+        restore_archive(archive, target, in_place=True)
+    assert tree(target) == before and listing(target) == names
+
+
+def test_in_place_failed_undo_keeps_the_journal_for_recovery(
+    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    before, names = tree(target), listing(target)
+    n_old, _n_new = moves(archive, target)
+    failing_rename(monkeypatch, n_old + 2, undo_too=True)
+    with pytest.raises(DataDirError, match="could not be undone") as info:
+        restore_archive(archive, target, in_place=True)
+    assert f"ian restore --rollback --data-dir {target}" in (info.value.fix or "")
+    assert (target / JOURNAL_NAME).is_file()
+    monkeypatch.undo()
+    finish_interrupted(target, "rollback")
+    assert tree(target) == before and listing(target) == names
+
+
+# A real process dies in the middle of the swap: os._exit skips every `finally`, like SIGKILL
+# or a power cut would (the page cache survives, which is all a rename needs here).
+CRASH = """
+import os, sys
+from pathlib import Path
+from ian import restore
+
+archive, target, at = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+done = 0
+real_rename, real_finish = restore._rename, restore._finish
+
+def rename(src, dst):
+    global done
+    if str(done) == at:
+        os._exit(9)
+    done += 1
+    real_rename(src, dst)
+
+def finish(target, staging):
+    if at == "finish":
+        os._exit(9)
+    real_finish(target, staging)
+
+restore._rename, restore._finish = rename, finish
+restore.restore_archive(archive, target, in_place=True)
+"""
+
+
+def crash_restore(archive: Path, target: Path, at: int | str) -> None:
+    """Run an in-place restore in a child process that dies before move ``at`` (0-based), or
+    after the last move but before the journal is removed (``"finish"``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    r = subprocess.run(
+        [sys.executable, "-c", CRASH, str(archive), str(target), str(at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 9, r.stderr
+
+
+@pytest.mark.parametrize("action", ["resume", "rollback"])
+@pytest.mark.parametrize("crash", ["before any move", "mid aside", "mid in", "before commit"])
+def test_crash_mid_swap_is_refused_then_recovered(
+    source: tuple[Path, Path], tmp_path: Path, crash: str, action: str
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    twin = tmp_path / "twin" / "data"
+    shutil.copytree(target, twin, symlinks=True)
+    before, names = tree(target), listing(target)
+    n_old, n_new = moves(archive, target)
+    at: int | str = {
+        "before any move": 0,
+        "mid aside": n_old // 2,
+        "mid in": n_old + n_new // 2,
+        "before commit": "finish",
+    }[crash]
+
+    crash_restore(archive, target, at)
+
+    pending = pending_restore(target)
+    assert pending is not None
+    assert pending.phase == ("aside" if crash in ("before any move", "mid aside") else "in")
+    # Every restore (dry run included) refuses and names the exact way out.
+    for dry_run in (False, True):
+        with pytest.raises(DataDirError, match="interrupted restore") as info:
+            restore_archive(archive, target, dry_run=dry_run)
+        fix = info.value.fix or ""
+        assert f"ian restore --resume --data-dir {target}" in fix
+        assert f"ian restore --rollback --data-dir {target}" in fix
+    # ... and so does a node: it must not start on a half-restored data dir.
+    if crash == "mid in":
+        from ian.config import load_settings
+        from ian.node import Node
+
+        settings = load_settings(env={}, overrides={"data_dir": target, "api_port": 0})
+        with pytest.raises(DataDirError, match="half restored") as info:
+            Node.open(settings)
+        assert "ian restore --resume" in (info.value.fix or "")
+
+    finish_interrupted(target, action)  # type: ignore[arg-type]
+
+    assert pending_restore(target) is None
+    assert not list(target.glob(".restore-staging-*"))
+    if action == "rollback":
+        assert tree(target) == before and listing(target) == names
+    else:
+        # The same data dir as an uninterrupted in-place restore of the same archive.
+        done = restore_archive(archive, twin, in_place=True)
+        assert done.aside is not None
+        assert pending.aside is not None and pending.aside.is_dir()
+        assert without(tree(target), pending.aside.name) == without(tree(twin), done.aside.name)
+        assert tree(pending.aside) == tree(done.aside) == without(before, *KEPT)
+    with pytest.raises(DataDirError, match="no interrupted restore"):
+        finish_interrupted(target, action)  # type: ignore[arg-type]
+
+
+def test_a_journal_that_cannot_be_trusted_is_refused(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    journal = target / JOURNAL_NAME
+    forged = {
+        "version": 1,
+        "phase": "in",
+        "staging": ".restore-staging-x",
+        "aside": None,
+        "old": [],
+        "new": ["../../etc"],
+    }
+    for text in ("{torn", json.dumps(forged)):
+        journal.write_text(text)
+        with pytest.raises(CorruptFileError, match=str(journal)) as info:
+            restore_archive(archive, target)
+        assert "recover by hand" in (info.value.fix or "")
+        with pytest.raises(CorruptFileError):
+            finish_interrupted(target, "resume")
+    assert (target / "marker").read_text() == "old"

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from ian_ops.dashboard import CRIT, WARN, alerts, render
-from ian_ops.snapshot import Metrics, Snapshot, parse_metrics, rates
+from ian_ops.snapshot import Metrics, Snapshot, baseline, parse_metrics, rates
 
 NOW = 1_750_000_000.0
 URL = "http://127.0.0.1:8000"
@@ -264,3 +264,45 @@ def test_metrics_helpers() -> None:
     assert m.get("ian_contributions_rejected_total", reason="threshold") == 20
     assert m.by_label("ian_log_size", "goal") == {"DEMO_TRADING_AGENT": 80}
     assert Metrics().total("nothing") is None
+
+
+def down(at: float) -> Snapshot:
+    return Snapshot(taken_at=at, url=URL, reachable=False, error="unreachable: refused")
+
+
+def test_baseline_spans_a_poll_interval_however_often_events_poll() -> None:
+    # polled every 2 s, plus right after events at +2.25 s and +2.5 s
+    history = [snap(NOW + t) for t in (0.0, 2.0, 2.25, 2.5)]
+    current = snap(NOW + 4.0)
+    assert baseline(history, current, 2.0) is history[1]  # the newest one >= 2 s older
+    assert baseline(history, snap(NOW + 4.1), 2.0) is history[2]  # 1.85 s: timing slack
+    assert baseline(history[3:], current, 2.0) is history[3]  # none old enough: the oldest
+    assert baseline([], current, 2.0) is None
+    assert baseline([current], current, 2.0) is None  # never compared with itself
+    # unreachable now: the last known state, however recent
+    assert baseline([*history, down(NOW + 3)], down(NOW + 4), 2.0) is history[3]
+    # rates over the baseline, not over the 0.25 s between two event polls
+    quick = snap(NOW + 2.25, metrics=exposition(received=101))
+    later = snap(NOW + 2.5, metrics=exposition(received=102))
+    r = rates(later, baseline([snap(NOW), quick], later, 2.0))
+    assert r is not None and r.seconds == 2.5 and r.received == 2 / 2.5
+
+
+def test_watch_header_says_live_or_polling() -> None:
+    from ian_ops.status_cmd import _EventFeed, _frame, _History
+
+    feed = _EventFeed(None, None, "no API token for the event stream")
+    history = _History(30.0)
+    current = snap()
+    history.add(current)
+    try:
+        header = text_of(_frame(current, history, feed, 30.0)).splitlines()[0]
+        assert header.startswith("IAN node abab") and header.endswith("polling every 30s")
+        assert feed.label(0.5) == "polling every 0.5s" and feed.label(120) == "polling every 2m"
+        feed.live = True
+        header = text_of(_frame(current, history, feed, 30.0)).splitlines()[0]
+        assert header.endswith("live")
+        # before any data the dashboard has a one-line header too
+        assert text_of(_frame(down(NOW), history, feed, 30.0)).splitlines()[0].endswith("live")
+    finally:
+        feed.close()

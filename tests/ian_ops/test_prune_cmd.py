@@ -137,3 +137,61 @@ def test_online_uses_the_admin_api(data: Path, monkeypatch: pytest.MonkeyPatch) 
     ]
     # the file was not touched offline
     assert len(json.loads((data / "peer_scores.json").read_text())["peers"]) == 2
+
+
+def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path) -> None:
+    """Real leftovers: two offline resyncs, two in-place restores; the newest of each stays."""
+    from datetime import UTC, datetime
+
+    from ian.backup import create_backup
+    from ian.datadir import DataDir
+    from ian.restore import restore_archive
+    from ian.resync import set_store_aside
+
+    dd = DataDir(data)
+    settings = load_settings(env={}, overrides={"data_dir": data})
+    first = set_store_aside(dd, now=1_700_000_000)
+    Node.open(settings).close()
+    second = set_store_aside(dd, now=1_700_000_000 + DAY)
+    Node.open(settings).close()
+    archive = create_backup(dd, settings.all_goals(), output=tmp_path / "backup.tar").path
+    asides = [
+        restore_archive(archive, data, in_place=True, now=datetime(2025, 1, d, tzinfo=UTC)).aside
+        for d in (1, 2)
+    ]
+    assert asides[0] is not None and asides[1] is not None
+
+    dry = ian("prune", "--dry-run", "--json", data_dir=data)
+    assert dry.returncode == 0, dry.stderr
+    doc = json.loads(dry.stdout)
+    found = sorted(
+        (i["kind"], i["path"]) for i in doc["items"] if i["kind"] in ("resync", "pre_restore")
+    )
+    assert found == [("pre_restore", str(asides[0])), ("resync", str(first))]
+    assert doc["interrupted_restore"] is None
+
+    done = ian("prune", "--yes", data_dir=data)
+    assert done.returncode == 0, done.stderr
+    assert "resync" in done.stdout and "pre_restore" in done.stdout
+    assert not first.exists() and not asides[0].exists()
+    assert second.is_dir() and asides[1].is_dir()
+
+
+def test_an_interrupted_restore_is_pointed_out(data: Path, tmp_path: Path) -> None:
+    from tests.ian.test_restore import crash_restore
+
+    from ian.backup import create_backup
+    from ian.datadir import DataDir
+
+    settings = load_settings(env={}, overrides={"data_dir": data})
+    archive = create_backup(DataDir(data), settings.all_goals(), output=tmp_path / "b.tar").path
+    crash_restore(archive, data, 1)
+    r = ian("prune", "--dry-run", data_dir=data)
+    assert r.returncode == 0, r.stderr
+    assert "note: an interrupted restore" in r.stderr
+    assert f"ian restore --resume --data-dir {data}" in r.stderr
+    doc = json.loads(ian("prune", "--dry-run", "--json", data_dir=data).stdout)
+    journal = doc["interrupted_restore"]
+    assert journal["phase"] == "aside" and journal["archive"] == str(archive)
+    listed = {i["path"] for i in doc["items"]}
+    assert journal["staging"] not in listed and journal["aside"] not in listed

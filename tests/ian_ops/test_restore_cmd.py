@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from tests.ian.test_restore import crash_restore
 
 from ian.backup import create_backup
 from ian.config import load_settings
@@ -115,3 +116,65 @@ def test_other_identity_needs_force(setup: tuple[Path, Path], tmp_path: Path) ->
     assert r.returncode == 4 and "--force" in r.stderr
     r = ian("restore", str(archive), "--yes", "--force", data_dir=other)
     assert r.returncode == 0, r.stderr
+
+
+def test_in_place_says_so_and_keeps_the_old_files_inside(setup: tuple[Path, Path]) -> None:
+    src, archive = setup
+    (src / "marker").write_text("old")
+    r = ian("restore", str(archive), "--yes", "--in-place", data_dir=src)
+    assert r.returncode == 0, r.stderr
+    assert "mode: in place, inside the data dir (in place as requested)" in r.stdout
+    aside = next(src.glob(".pre-restore-*"))
+    assert f"previous files kept in {aside}" in r.stdout
+    assert (aside / "marker").read_text() == "old" and not (src / "marker").exists()
+    assert (src / "backups" / archive.name).is_file()  # backups/ never moved
+    dry = ian("restore", str(archive), "--dry-run", "--json", data_dir=src)
+    assert dry.returncode == 0, dry.stderr
+    doc = json.loads(dry.stdout)
+    assert doc["mode"] == "swap" and "writable" in doc["mode_reason"]
+
+
+def test_interrupted_restore_blocks_until_resumed(setup: tuple[Path, Path]) -> None:
+    src, archive = setup
+    (src / "marker").write_text("old")
+    crash_restore(archive, src, 1)  # died after moving one entry aside
+
+    r = ian("restore", str(archive), "--yes", data_dir=src)
+    assert r.returncode == 4 and "Traceback" not in r.stderr
+    first, *rest = r.stderr.strip().splitlines()
+    assert "interrupted restore" in first and "moving the previous files aside" in first
+    fix = " ".join(rest)
+    assert f"ian restore --resume --data-dir {src}" in fix
+    assert f"ian restore --rollback --data-dir {src}" in fix
+
+    done = ian("restore", "--resume", data_dir=src)
+    assert done.returncode == 0, done.stderr
+    assert "resumed" in done.stdout and "previous files kept in" in done.stdout
+    assert not (src / "marker").exists()
+    assert (next(src.glob(".pre-restore-*")) / "marker").read_text() == "old"
+    again = ian("restore", "--resume", data_dir=src)
+    assert again.returncode == 4 and "no interrupted restore" in again.stderr
+
+
+def test_interrupted_restore_rolls_back(setup: tuple[Path, Path]) -> None:
+    src, archive = setup
+    (src / "marker").write_text("old")
+    before = listing(src)
+    crash_restore(archive, src, "finish")  # every move done, the journal not yet removed
+    r = ian("restore", "--rollback", "--json", data_dir=src)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["action"] == "rollback" and doc["phase"] == "in" and doc["settled"] is True
+    assert listing(src) == before
+    assert (src / "marker").read_text() == "old"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--resume", "--rollback"), ("ARCHIVE", "--resume"), ("--rollback", "--dry-run")],
+)
+def test_usage_errors(setup: tuple[Path, Path], args: tuple[str, ...]) -> None:
+    src, archive = setup
+    argv = [str(archive) if a == "ARCHIVE" else a for a in args]
+    r = ian("restore", *argv, data_dir=src)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

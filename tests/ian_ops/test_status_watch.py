@@ -5,6 +5,10 @@ buffer), keys read in cbreak mode. Each refresh starts with the cursor-home sequ
 how the output is cut into frames. The node is stopped and restarted on the same port to see the
 dashboard notice the outage and recover; `q` and Ctrl-C must end it cleanly with the terminal
 restored (checked by running `stty -a` on the same terminal afterwards).
+
+With the node's event stream reachable the dashboard re-polls right after each block: with a
+30 s interval a contribution still shows up within a second or two (header "live"); with the
+stream unreachable it polls (header "polling every 0.5s").
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import shlex
 import signal
@@ -23,7 +28,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.conftest import IAN, NodeFactory, clean_env
+from tests.integration.conftest import (
+    DEMO_GOAL,
+    IAN,
+    NodeFactory,
+    NodeProcess,
+    clean_env,
+    contribution,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,9 +137,16 @@ def terminals() -> Iterator[list[Terminal]]:
             t.close()
 
 
-def watch(terminals: list[Terminal], url: str, *, then_stty: bool = False) -> Terminal:
-    env = clean_env({"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
-    command = [str(IAN), "status", "--watch", "--interval", "0.5s", "--node-url", url]
+def watch(
+    terminals: list[Terminal],
+    url: str,
+    *,
+    then_stty: bool = False,
+    interval: str = "0.5s",
+    env: dict[str, str] | None = None,
+) -> Terminal:
+    env = clean_env({"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40", **(env or {})})
+    command = [str(IAN), "status", "--watch", "--interval", interval, "--node-url", url]
     if then_stty:  # the same terminal, after the dashboard exits: were its modes restored?
         # `trap true INT`: Ctrl-C reaches the whole foreground group; the shell must survive
         # it to report, while ian (exec resets trapped signals to default) gets SIGINT.
@@ -224,3 +243,58 @@ def test_watch_json_without_a_terminal_prints_one_object_per_poll(nodes) -> None
     assert docs[0]["status"]["node_id"] == docs[-1]["status"]["node_id"]
     assert docs[-1]["taken_at"] > docs[0]["taken_at"]
     assert set(docs[0]) >= {"taken_at", "url", "reachable", "error", "status", "readiness"}
+
+
+WS_ADDRESS = re.compile(r"events on ws://\S+:(?P<port>\d+)")
+
+
+def ws_port(node: NodeProcess) -> int:
+    """The port the node's event stream listens on (it was started with IAN_WS_PORT=0)."""
+    record = node.wait_for(lambda r: WS_ADDRESS.search(str(r.get("msg", ""))) is not None)
+    match = WS_ADDRESS.search(str(record["msg"]))
+    assert match is not None
+    return int(match.group("port"))
+
+
+def height_shown(frame: bytes, height: int) -> bool:
+    return b"node health" in frame and f"{height} / network".encode() in frame
+
+
+def submit(node: NodeProcess, n: int) -> None:
+    r = node.post("/api/v1/contribute", contribution(n, goal=DEMO_GOAL))
+    assert r.status_code == 200, r.text
+
+
+def test_events_update_the_screen_long_before_the_interval(nodes, terminals) -> None:
+    node = nodes.start()
+    stream = {"IAN_WS_PORT": str(ws_port(node)), "IAN_DATA_DIR": str(node.data_dir)}
+    term = watch(terminals, node.api_url, interval="30s", env=stream)
+    # Subscribed (the token came from the node's data dir): the header says so.
+    frame = term.wait_for(lambda f: height_shown(f, 0) and b"live" in f)
+    assert b"polling every" not in frame
+
+    for height in (1, 2):
+        mark = len(term.output)
+        sent = time.monotonic()
+        submit(node, height)
+        term.wait_for(lambda f, h=height: height_shown(f, h), start=mark, timeout=15)
+        # The next scheduled poll is 30 s after the first: this came from the event.
+        assert time.monotonic() - sent < 10
+
+    term.send(b"q")
+    assert term.wait_exit() == 0
+    assert b"Traceback" not in term.output
+
+
+def test_without_the_stream_it_polls(nodes, terminals) -> None:
+    node = nodes.start()
+    nowhere = {"IAN_WS_PORT": str(free_port()), "IAN_DATA_DIR": str(node.data_dir)}
+    term = watch(terminals, node.api_url, interval="0.5s", env=nowhere)
+    term.wait_for(lambda f: height_shown(f, 0) and b"polling every 0.5s" in f)
+    mark = len(term.output)
+    submit(node, 1)
+    frame = term.wait_for(lambda f: height_shown(f, 1), start=mark)
+    assert b"polling every 0.5s" in frame
+    term.send(b"q")
+    assert term.wait_exit() == 0
+    assert b"live" not in term.output and b"Traceback" not in term.output
