@@ -52,6 +52,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ian.certs import CertInfo
@@ -1171,7 +1172,8 @@ class P2PService:
             now = anyio.current_time()
             self._enforce_bans()
             try:
-                self.peer_book.flush_if_due()
+                # In a thread: the write ends with fsyncs, which must not stall the loop.
+                await anyio.to_thread.run_sync(self.peer_book.flush_if_due)
             except Exception:
                 log.exception("could not write the peer book")
             if now >= next_status:
