@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ian.contributions import FRAME_OVERHEAD, wire_size_bound
 from ian.errors import ConfigError
 from ian.goals import BUILTIN_GOALS, GoalSpec
 
@@ -297,7 +298,11 @@ class Settings(BaseSettings):
     )
     peer_burst: Float = _f(400.0, "Burst of messages each peer may send.", "a number >= 1", ge=1)
     max_frame_bytes: Int = _f(
-        4 * MIB, "Largest P2P frame.", "an integer 1024..268435456", ge=1024, le=256 * MIB
+        16 * MIB,
+        "Largest P2P frame (a block of the largest contribution must fit).",
+        "an integer 1024..268435456",
+        ge=1024,
+        le=256 * MIB,
     )
     ban_seconds: Float = _f(
         86400.0, "Default ban duration for misbehaving peers.", "a number >= 0", ge=0
@@ -465,6 +470,14 @@ class Settings(BaseSettings):
                 "max_parameters_bytes",
                 f"must be at most max_request_bytes ({self.max_request_bytes}), "
                 f"got {self.max_parameters_bytes}",
+            )
+        largest_entry = wire_size_bound(self.max_parameters_bytes) + FRAME_OVERHEAD
+        if largest_entry > self.max_frame_bytes:
+            raise fail(
+                "max_parameters_bytes",
+                f"a contribution of {self.max_parameters_bytes} bytes needs P2P frames of "
+                f"{largest_entry} bytes to replicate, but max_frame_bytes is "
+                f"{self.max_frame_bytes}: lower this or raise max_frame_bytes",
             )
         if self.min_peers > self.max_peers:
             raise fail(

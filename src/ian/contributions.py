@@ -30,6 +30,17 @@ MAX_CONTRIBUTOR_CHARS = 128
 MAX_SEED = 2**63 - 1
 
 
+# Bytes of a contribution in a P2P frame beyond its base64 parameters and metadata (its other
+# fields and their JSON punctuation, generously), and of a block and a message around them.
+ENTRY_OVERHEAD = 512
+FRAME_OVERHEAD = 64 * 1024
+
+
+def wire_size_bound(parameters_bytes: int, metadata_bytes: int = MAX_METADATA_BYTES) -> int:
+    """An upper bound of a contribution's size in a P2P frame (parameters are base64)."""
+    return 4 * ((parameters_bytes + 2) // 3) + metadata_bytes + ENTRY_OVERHEAD
+
+
 @dataclass(slots=True)
 class Contribution:
     """A submitted agent pack that passed stateless validation.
@@ -46,6 +57,10 @@ class Contribution:
     pack_hash: bytes
     metadata_json: str = field(default="{}", compare=False)  # canonical JSON of metadata
     parsed: Any = field(default=None, compare=False)
+
+    def wire_size(self) -> int:
+        """An upper bound of this contribution's size in a P2P frame."""
+        return wire_size_bound(len(self.parameters), len(self.metadata_json.encode()))
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-safe form carried in blocks and forwards (parameters base64)."""

@@ -31,7 +31,7 @@ from ian.cert_rotation import recover_interrupted_rotation, renewal_due, rotate_
 from ian.certs import CertInfo
 from ian.chain import ChainState, Outcome
 from ian.config import Settings
-from ian.contributions import Contribution
+from ian.contributions import FRAME_OVERHEAD, Contribution
 from ian.datadir import DataDir, init_data_dir, read_api_token
 from ian.errors import DataDirError
 from ian.events import EventBus, PeerEvents, block_contributions, block_data, outcome_event
@@ -110,7 +110,12 @@ class Node:
         self.metrics = NodeMetrics(self.snapshot)
         self.events = EventBus()  # served on ws_port by ian.api.ws
         self.sequencer = Sequencer(
-            state, store, identity, max_entries=settings.block_max_entries, on_batch=self._on_batch
+            state,
+            store,
+            identity,
+            max_entries=settings.block_max_entries,
+            max_block_bytes=settings.max_frame_bytes - FRAME_OVERHEAD,
+            on_batch=self._on_batch,
         )
         self.intake = Intake(
             state.goals,
@@ -149,6 +154,7 @@ class Node:
             handle_forward=self._handle_forward,
             record=self.p2p.report,
             publish=self.events.publish,
+            max_frame_bytes=settings.max_frame_bytes,
         )
         self.tau = TauBridge(
             settings,
@@ -286,15 +292,15 @@ class Node:
         return self.identity.node_id if self.role == "sequencer" else self._sequencer_id
 
     def _on_peer_event(self, event: object) -> None:
+        if not isinstance(event, PeerConnected):
+            return
+        peer = event.peer
         # Learn the sequencer from the network when none is configured (trust on first use).
-        if (
-            isinstance(event, PeerConnected)
-            and event.peer.sequencer
-            and self._sequencer_id is None
-            and self.role != "sequencer"
-        ):
-            self._sequencer_id = event.peer.node_id
-            log.info("following sequencer %s (announced by the peer)", event.peer.node_id)
+        if peer.sequencer and self._sequencer_id is None and self.role != "sequencer":
+            self._sequencer_id = peer.node_id
+            log.info("following sequencer %s (announced by the peer)", peer.node_id)
+        if peer.height > self.state.height:
+            self.replicator.wake()
 
     async def _submit(self, c: Contribution) -> Outcome:
         if self.role == "sequencer":

@@ -24,7 +24,7 @@ from ian import errors
 from ian.block_apply import apply_block
 from ian.blocks import Block, InvalidBlockError, ParentMismatchError
 from ian.chain import ChainState, Outcome
-from ian.contributions import Contribution
+from ian.contributions import FRAME_OVERHEAD, Contribution
 from ian.errors import IanError, RequestError, UnavailableError
 from ian.events import Publish
 from ian.p2p import messages as msg
@@ -57,6 +57,7 @@ class Replicator:
         reload_state: Callable[[], ChainState],  # a fresh state loaded from the store
         handle_forward: Callable[[Contribution], Awaitable[Outcome]],
         record: Callable[[str, PeerEvent], None],
+        max_frame_bytes: int = 16 * 1024 * 1024,
         publish: Publish | None = None,  # ``sync`` events (ian.events)
     ) -> None:
         self.state = state
@@ -69,6 +70,7 @@ class Replicator:
         self._reload_state = reload_state
         self._handle_forward = handle_forward
         self._record = record
+        self.max_frame_bytes = max_frame_bytes
         self._write_lock = anyio.Lock()
         self._wake = anyio.Event()
         self.announced_height = 0
@@ -104,8 +106,9 @@ class Replicator:
         await self.p2p.broadcast(msg.BlockAnnounce(block=msg.block_to_doc(block)))
 
     async def _on_get_blocks(self, peer: Any, m: msg.GetBlocks) -> msg.Message:
+        budget = self.max_frame_bytes - FRAME_OVERHEAD
         blocks = await anyio.to_thread.run_sync(
-            lambda: self.store.blocks(m.from_height, m.max_blocks)
+            lambda: self.store.blocks(m.from_height, m.max_blocks, max_bytes=budget)
         )
         return msg.Blocks(blocks=[msg.block_to_doc(b) for b in blocks])
 
@@ -220,6 +223,10 @@ class Replicator:
         self._pending_check = height
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look for blocks now (e.g. a peer ahead of us just connected)."""
+        self._wake.set()
+
     # -- sync loop ------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -249,6 +256,12 @@ class Replicator:
                 reply = await self.p2p.request(
                     node_id, msg.GetBlocks(from_height=start, max_blocks=SYNC_BATCH), timeout=30
                 )
+            except RemoteError as exc:
+                # A peer that asks us to slow down (or is busy) did nothing wrong.
+                log.info("sync from %s refused: %s", node_id[:12], exc.message)
+                if exc.remote_code not in ("rate_limited", "unavailable"):
+                    self._record(node_id, PeerEvent.FAILED_SYNC)
+                return
             except P2PError as exc:
                 log.info("sync from %s failed: %s", node_id[:12], exc.message)
                 self._record(node_id, PeerEvent.FAILED_SYNC)

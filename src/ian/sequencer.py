@@ -113,12 +113,16 @@ class Sequencer:
         identity: Identity,
         *,
         max_entries: int = 1000,
+        max_block_bytes: int = 16 * 1024 * 1024,
         on_batch: Callable[[BatchResult, float], None] | None = None,
     ) -> None:
         self.state = state
         self.store = store
         self.identity = identity
         self.max_entries = max_entries
+        # A block must fit in one P2P frame to replicate: seal it before it outgrows one.
+        self.max_block_bytes = max_block_bytes
+        self._carry: _Pending | None = None
         self._on_batch = on_batch
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             max_buffer_size=100_000
@@ -155,16 +159,25 @@ class Sequencer:
         task_status.started()
         async with self._receive:
             while True:
-                try:
-                    first = await self._receive.receive()
-                except anyio.EndOfStream:
-                    return
+                if self._carry is not None:
+                    first, self._carry = self._carry, None
+                else:
+                    try:
+                        first = await self._receive.receive()
+                    except anyio.EndOfStream:
+                        return
                 batch = [first]
+                size = first.contribution.wire_size()
                 while len(batch) < self.max_entries:
                     try:
-                        batch.append(self._receive.receive_nowait())
+                        nxt = self._receive.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                    size += nxt.contribution.wire_size()
+                    if size > self.max_block_bytes:
+                        self._carry = nxt  # first of the next block
+                        break
+                    batch.append(nxt)
                 # Shielded: a batch that started is finished and answered even during shutdown.
                 with anyio.CancelScope(shield=True):
                     await self._process(batch)

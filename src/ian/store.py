@@ -22,7 +22,7 @@ from typing import Any
 from ian import mmr
 from ian.blocks import Block, BlockHeader
 from ian.chain import Outcome
-from ian.contributions import Contribution, make_contribution
+from ian.contributions import Contribution, make_contribution, wire_size_bound
 from ian.errors import SchemaError, StoreError
 
 SCHEMA_VERSION = 1
@@ -289,11 +289,10 @@ class Store:
         row = self._r.execute("SELECT hash FROM blocks WHERE height = ?", (height,)).fetchone()
         return None if row is None else row[0]
 
-    def blocks(
-        self, start: int, max_blocks: int, *, max_bytes: int = 2 * 1024 * 1024
-    ) -> list[Block]:
-        """Blocks ``start``.. in order, at most ``max_blocks`` and about ``max_bytes`` of packs
-        (at least one block), with their entries as they were submitted."""
+    def blocks(self, start: int, max_blocks: int, *, max_bytes: int) -> list[Block]:
+        """Blocks ``start``.. in order, at most ``max_blocks`` whose entries' wire size
+        (:meth:`Contribution.wire_size`) stays within ``max_bytes`` — but at least one block —
+        with their entries as they were submitted."""
         out: list[Block] = []
         size = 0
         conn = _connect(self.path, readonly=True)
@@ -305,12 +304,13 @@ class Store:
             ).fetchall()
             for bhash, header, signature, first_seq, count in rows:
                 entries = []
+                block_size = len(header)
                 for goal_id, version, params, metadata, contributor, seed in conn.execute(
                     "SELECT goal_id, version, parameters, metadata, contributor_id, seed "
                     "FROM contributions WHERE seq >= ? AND seq < ? ORDER BY seq",
                     (first_seq, first_seq + count),
                 ):
-                    size += len(params) + len(metadata)
+                    block_size += wire_size_bound(len(params), len(metadata))
                     entries.append(
                         make_contribution(
                             goal_id=goal_id,
@@ -321,6 +321,9 @@ class Store:
                             seed=seed,
                         )
                     )
+                if out and size + block_size > max_bytes:
+                    break
+                size += block_size
                 out.append(
                     Block(
                         header=BlockHeader.from_doc(json.loads(header)),
@@ -329,8 +332,6 @@ class Store:
                         entries=tuple(entries),
                     )
                 )
-                if size >= max_bytes:
-                    break
         finally:
             conn.close()
         return out

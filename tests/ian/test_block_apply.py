@@ -8,7 +8,7 @@ import pytest
 from ian.block_apply import apply_block
 from ian.blocks import Block, InvalidBlockError
 from ian.chain import ChainState
-from ian.contributions import make_contribution
+from ian.contributions import make_contribution, wire_size_bound
 from ian.goals import DEMO_GOAL, GoalSpec, Thresholds
 from ian.identity import Identity
 from ian.p2p.errors import InvalidMessage
@@ -69,7 +69,7 @@ def test_follower_reaches_the_same_roots(tmp_path: Path) -> None:
     assert state.head_hash == blocks[-1].hash
     assert state.goals["TRIVIAL"].roots() == blocks[-1].header.goals["TRIVIAL"]
     # And the follower can serve the same blocks on to others.
-    served = store.blocks(1, 10)
+    served = store.blocks(1, 10, max_bytes=1 << 30)
     assert [b.hash for b in served] == [b.hash for b in blocks]
     assert [len(b.entries) for b in served] == [4] * 5
 
@@ -158,3 +158,15 @@ def test_malformed_wire_entry(tmp_path: Path) -> None:
     doc["entries"][0]["agent_pack"]["parameters"] = "***"
     with pytest.raises(InvalidMessage, match="invalid contribution"):
         block_from_doc(BlockDoc.model_validate(doc))
+
+
+def test_served_ranges_fit_the_byte_budget_but_hold_at_least_one_block(tmp_path: Path) -> None:
+    ident, blocks = _sequence(tmp_path, 6)
+    state, store = _follower(tmp_path)
+    for block in blocks:
+        apply_block(state, store, block, sequencer=ident.node_id)
+    one_block = wire_size_bound(len(b"params-00"), len('{"i":0}')) * 4
+    assert len(store.blocks(1, 64, max_bytes=1)) == 1  # never nothing
+    got = store.blocks(1, 64, max_bytes=3 * one_block + 500)
+    assert 2 <= len(got) <= 3 and [b.height for b in got] == list(range(1, len(got) + 1))
+    assert len(store.blocks(1, 64, max_bytes=1 << 30)) == 6

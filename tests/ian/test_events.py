@@ -180,7 +180,7 @@ def test_block_data_and_the_contributions_a_follower_derives_from_a_block(chain,
             packs.contribution(3),
         ]
     )
-    [block] = chain.store.blocks(2, 1)
+    [block] = chain.store.blocks(2, 1, max_bytes=1 << 30)
     data = block_data(block)
     assert data["height"] == 2 and data["entries"] == 3
     assert data["hash"] == block.hash.hex()
@@ -261,7 +261,7 @@ class _DisagreeingPeers:
         return [SimpleNamespace(node_id="cd" * 20, height=self.other.state.height)]
 
     async def request(self, node_id: str, m: Any, **_: Any) -> Any:
-        blocks = self.other.store.blocks(m.from_height, m.max_blocks)
+        blocks = self.other.store.blocks(m.from_height, m.max_blocks, max_bytes=1 << 30)
         return msg.Blocks(blocks=[msg.block_to_doc(b) for b in blocks])
 
 

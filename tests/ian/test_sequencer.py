@@ -212,3 +212,32 @@ async def test_close_drains_queued_submissions(chain, packs) -> None:
     assert load_chain_state(chain.store, chain.specs).goals[TRIVIAL].roots() == (
         chain.state.goals[TRIVIAL].roots()
     )
+
+
+@pytest.mark.anyio
+async def test_blocks_are_sealed_before_they_outgrow_a_frame(chain, packs) -> None:
+    """Submissions queued together still make several blocks when their wire size would not
+    fit one P2P frame, and nothing is lost or reordered between them."""
+    each = packs.contribution(0, goal_id=TRIVIAL).wire_size()
+    batches: list[BatchResult] = []
+    seq = Sequencer(
+        chain.state,
+        chain.store,
+        chain.identity,
+        max_block_bytes=3 * each,
+        on_batch=lambda result, seconds: batches.append(result),
+    )
+    results = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await seq.submit(packs.contribution(i, goal_id=TRIVIAL))
+
+    async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as submitters:
+            for i in range(8):  # all queued before the sequencer runs
+                submitters.start_soon(submit, i)
+            await tg.start(seq.run)
+        seq.close()
+    sizes = [len(b.block.entries) for b in batches if b.block is not None]
+    assert sum(sizes) == 8 and max(sizes) <= 3 and len(sizes) >= 3
+    assert sorted(r.log_index for r in results.values()) == list(range(8))

@@ -88,6 +88,7 @@ def _connection_dict(info: Any, book: PeerBook) -> dict[str, Any]:
         "direction": getattr(info, "direction", None),
         "connected_since": getattr(info, "connected_since", None),
         "height": getattr(info, "height", None),
+        "cert_fingerprint": getattr(info, "cert_fingerprint", None),
         "score": None if record is None else record.score,
     }
 

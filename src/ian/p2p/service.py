@@ -135,6 +135,8 @@ def _agent() -> str:
 
 
 #: Message types the service answers itself; :meth:`P2PService.on` refuses them.
+STATUS_MIN_INTERVAL_S = 0.1  # height gossip: at most ten a second
+
 RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "get_peers", "error"})
 
 
@@ -152,7 +154,6 @@ class P2PTuning:
     reconnect_base: float = 1.0  # seed/peer redial backoff: base * 2**(failures-1), jittered
     reconnect_cap: float = 60.0
     exchange_interval: float = 30.0  # ask peers for peers
-    status_interval: float = 10.0  # gossip our height when it changed
     maintenance_interval: float = 2.0  # enforce bans, flush the peer book, redial
     max_inflight_per_peer: int = 32  # concurrent handler tasks per peer (backpressure beyond)
     send_queue_frames: int = 1024  # queued frames per peer; a broadcast to a full queue drops it
@@ -376,6 +377,7 @@ class P2PService:
         self._tg: anyio.abc.TaskGroup | None = None
         self._bound: tuple[str, int] | None = None
         self._last_status: tuple[int, bytes] | None = None
+        self._last_status_at = -STATUS_MIN_INTERVAL_S
 
     # ------------------------------------------------------------------ registration
 
@@ -570,7 +572,16 @@ class P2PService:
         return sent
 
     def announce_status(self) -> None:
-        """Gossip our height now (call after applying a block); also done periodically."""
+        """Gossip our height (call after applying a block); also done periodically.
+
+        At most one status per STATUS_MIN_INTERVAL_S: a node applying hundreds of blocks a
+        second (catching up) must not flood its peers, whose rate limits would then refuse
+        its sync requests. A skipped announcement is sent by the next maintenance tick.
+        """
+        now = anyio.current_time()
+        if now - self._last_status_at < STATUS_MIN_INTERVAL_S:
+            return
+        self._last_status_at = now
         height, head = self._height_provider()
         self._last_status = (height, head)
         status = Status(height=height, head_hash=head.hex())
@@ -1166,7 +1177,6 @@ class P2PService:
     async def _maintenance(self) -> None:
         t = self.tuning
         next_exchange = anyio.current_time() + t.exchange_interval
-        next_status = anyio.current_time() + t.status_interval
         while True:
             await anyio.sleep(t.maintenance_interval)
             now = anyio.current_time()
@@ -1176,10 +1186,8 @@ class P2PService:
                 await anyio.to_thread.run_sync(self.peer_book.flush_if_due)
             except Exception:
                 log.exception("could not write the peer book")
-            if now >= next_status:
-                next_status = now + t.status_interval
-                if self._height_provider() != self._last_status:
-                    self.announce_status()
+            if self._height_provider() != self._last_status:
+                self.announce_status()  # one that the throttle held back
             if now >= next_exchange:
                 next_exchange = now + t.exchange_interval
                 assert self._tg is not None

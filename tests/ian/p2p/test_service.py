@@ -265,10 +265,12 @@ async def test_max_peers_is_enforced(cluster: Cluster) -> None:
 
 
 async def test_oversized_frame_is_scored_and_disconnected(cluster: Cluster, tmp_path: Path) -> None:
-    a = await cluster.start("a", max_frame_bytes=1024)
+    a = await cluster.start(
+        "a", max_frame_bytes=256 * 1024, max_parameters_bytes=1024, max_request_bytes=1024
+    )
     peer = await raw_peer(tmp_path, a)
     await a.wait_for(lambda: a.service.peer_count == 1)
-    await peer.stream.send((5000).to_bytes(4, "big"))  # the header alone is enough
+    await peer.stream.send((300 * 1024).to_bytes(4, "big"))  # the header alone is enough
     events = await peer.events_until_closed()
     assert goodbye_reason(events).startswith("protocol violation")
     await a.wait_for(lambda: a.service.peer_count == 0)

@@ -1,0 +1,336 @@
+"""Hostile clients against a real node's P2P port, over real sockets.
+
+Each case connects to node A (which has one legitimate peer, B) and misbehaves: bytes that are
+not TLS, a TLS client without a certificate, or a properly authenticated peer (a fresh identity
+with a certificate from :mod:`ian.certs`) that completes hello and then breaks the protocol.
+Every case must be cut off quickly, and afterwards A still answers /health, still holds its
+connection to B (same ``connected_since``) and counted the misbehaviour on /metrics. A last test
+repeats the cheap cases many times and checks A's resident memory did not grow.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ian.config import Settings
+from ian.datadir import init_data_dir
+from ian.p2p.frames import encode_frame
+from ian.p2p.messages import PROTOCOL_VERSION, Hello, Ping
+from ian.p2p.session import (
+    Direction,
+    GoodbyeReceived,
+    HelloReceived,
+    MessageReceived,
+    Session,
+    SessionConfig,
+)
+from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handshake
+
+from .conftest import NodeProcess, wait_connected, wait_until
+
+pytestmark = pytest.mark.integration
+
+MAX_FRAME = Settings().max_frame_bytes  # the node's default
+#: "Quickly": well under the node's 5 s handshake timeout for what fails at once.
+CUT_OFF_S = 3.0
+#: A flood is charged at most once per second (-10 each) and cut below score 30: ~8 s.
+FLOOD_CUT_OFF_S = 15.0
+RSS_GROWTH_LIMIT_KIB = 40 * 1024
+
+
+@dataclass
+class Pair:
+    a: NodeProcess
+    b: NodeProcess
+    b_since: float
+    host: str
+    port: int
+    keys_dir: Path
+    made: int = 0
+    first_rss_kib: int = 0
+    times: dict[str, float] = field(default_factory=dict)
+
+    def hostile_identity(self) -> TlsCredentials:
+        """A fresh node identity and certificate (so no case inherits another's score)."""
+        self.made += 1
+        init = init_data_dir(self.keys_dir / f"hostile-{self.made}")
+        return TlsCredentials(init.datadir.certs_dir, init.identity)
+
+    def check_healthy(self) -> None:
+        r = self.a.get("/health")
+        assert r.status_code == 200 and r.text == "OK"
+        peers = self.a.connected()
+        assert self.b.node_id in peers, "the legitimate peer was dropped"
+        assert peers[self.b.node_id]["connected_since"] == self.b_since, "B reconnected"
+        assert set(peers) == {self.b.node_id}, f"a hostile connection lingers: {peers}"
+
+
+@pytest.fixture(scope="module")
+def pair(ian_module_nodes, tmp_path_factory) -> Pair:
+    a = ian_module_nodes.start(wait=("api", "p2p"))
+    b = ian_module_nodes.start_follower(a)
+    wait_connected(a, b)
+    host, port = a.p2p_address.removeprefix("tcp://").rsplit(":", 1)
+    return Pair(
+        a=a,
+        b=b,
+        b_since=a.connected()[b.node_id]["connected_since"],
+        host=host,
+        port=int(port),
+        keys_dir=tmp_path_factory.mktemp("hostile"),
+        first_rss_kib=a.rss_kib(),
+    )
+
+
+# --------------------------------------------------------------------------- raw sockets
+
+
+def raw_until_closed(pair: Pair, payload: bytes, *, tls_client: bool = False) -> float:
+    """Send ``payload`` (or do a certificate-less TLS handshake) and return the seconds until
+    the node closed the connection; fails if it is still open after the handshake timeout."""
+    started = time.monotonic()
+    sock = socket.create_connection((pair.host, pair.port), timeout=10)
+    try:
+        if tls_client:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            sock = ctx.wrap_socket(sock)  # TLS 1.3: the server checks our (absent) cert after
+            sock.settimeout(10)
+            sock.sendall(encode_frame(b"{}", MAX_FRAME))
+        else:
+            sock.sendall(payload)
+        while True:
+            try:
+                if not sock.recv(65536):
+                    break
+            except (ssl.SSLError, ConnectionResetError):
+                break
+            except TimeoutError:
+                pytest.fail("the node kept a misbehaving connection open for 10 s")
+    finally:
+        sock.close()
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- authenticated peers
+
+
+class HostilePeer:
+    """A peer with a valid certificate that completed hello with the node."""
+
+    def __init__(self, stream: TlsStream, session: Session) -> None:
+        self.stream = stream
+        self.session = session
+        self.goodbye: str | None = None
+        self.pongs = 0
+
+    @classmethod
+    async def connect(cls, pair: Pair) -> HostilePeer:
+        creds = pair.hostile_identity()
+        sock = await connect_tcp(pair.host, pair.port)
+        stream = await tls_handshake(sock, creds, server=False)
+        assert stream.peer is not None and stream.peer.node_id == pair.a.node_id
+        session = Session(
+            SessionConfig(
+                node_id=creds.identity.node_id, network_id="ian-local", max_frame_bytes=MAX_FRAME
+            ),
+            direction=Direction.OUTBOUND,
+            peer_node_id=stream.peer.node_id,
+        )
+        hello = Hello(
+            network_id="ian-local",
+            protocol_version=PROTOCOL_VERSION,
+            node_id=creds.identity.node_id,
+            height=0,
+            head_hash="00" * 32,
+            agent="hostile/1",
+        )
+        await stream.send(session.start(hello))
+        peer = cls(stream, session)
+        with anyio.fail_after(5):
+            while not isinstance(await peer._next_event(), HelloReceived):
+                pass
+        return peer
+
+    async def _next_event(self) -> object:
+        while True:
+            events = self.session.receive_data(await self.stream.receive(), 0.0)
+            for event in events:
+                if isinstance(event, GoodbyeReceived):
+                    self.goodbye = event.reason
+                elif isinstance(event, MessageReceived) and event.envelope.type == "pong":
+                    self.pongs += 1
+            if events:
+                return events[0]
+
+    async def until_closed(self, within: float) -> float:
+        """Read (and count pongs) until the node closes; the seconds it took (at most
+        ``within``, else TimeoutError)."""
+        started = anyio.current_time()
+        with anyio.fail_after(within):
+            try:
+                while True:
+                    await self._next_event()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+        return anyio.current_time() - started
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def frame(doc_type: str, body: dict, msg_id: int = 99) -> bytes:
+    payload = json.dumps({"v": 1, "type": doc_type, "id": msg_id, "re": None, "body": body})
+    return encode_frame(payload.encode(), MAX_FRAME)
+
+
+async def authenticated_case(
+    pair: Pair, misbehave: Callable[[HostilePeer], Awaitable[float]]
+) -> tuple[float, HostilePeer]:
+    peer = await HostilePeer.connect(pair)
+    try:
+        return await misbehave(peer), peer
+    finally:
+        await peer.aclose()
+
+
+async def over_limit_frame(peer: HostilePeer) -> float:
+    # Only the header: the node must refuse from the announced length, not buffer 4 MiB.
+    await peer.stream.send((MAX_FRAME + 1).to_bytes(4, "big") + b"{")
+    return await peer.until_closed(10)
+
+
+async def unknown_type(peer: HostilePeer) -> float:
+    await peer.stream.send(frame("steal_keys", {"all": True}))
+    return await peer.until_closed(10)
+
+
+async def truncated_then_close(peer: HostilePeer) -> float:
+    await peer.stream.send((1000).to_bytes(4, "big") + b'{"v":1,"type":"ping"')
+    await peer.stream.send_eof()
+    return 0.0
+
+
+async def ping_flood(peer: HostilePeer) -> float:
+    """Pings far beyond the 200/s (burst 400) per-peer budget until the node cuts us off."""
+    started = anyio.current_time()
+    result: list[float] = []
+
+    async def reader() -> None:
+        result.append(await peer.until_closed(FLOOD_CUT_OFF_S + 5))
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        nonce = 0
+        with pytest.raises((anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)):
+            while anyio.current_time() - started < FLOOD_CUT_OFF_S + 5:
+                batch = bytearray()
+                for _ in range(200):
+                    nonce += 1
+                    batch += peer.session.send(Ping(nonce=nonce))[1]
+                await peer.stream.send(bytes(batch))  # 4,000 pings/s
+                await anyio.sleep(0.05)
+            pytest.fail("the node never cut off a ping flood")
+    return anyio.current_time() - started
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["plaintext", "garbage", "tls_without_certificate"],
+)
+def test_non_peers_are_cut_off_quickly(pair: Pair, case: str) -> None:
+    if case == "plaintext":
+        took = raw_until_closed(pair, b"GET /api/v1/status HTTP/1.1\r\nHost: ian\r\n\r\n")
+    elif case == "garbage":
+        took = raw_until_closed(pair, random.Random(1234).randbytes(8192))
+    else:
+        took = raw_until_closed(pair, b"", tls_client=True)
+    pair.times[case] = took
+    assert took < CUT_OFF_S, f"{case}: connection held for {took:.2f} s"
+    pair.check_healthy()
+
+
+@pytest.mark.parametrize(
+    ("case", "misbehave", "counter"),
+    [
+        ("over_limit_frame", over_limit_frame, "ian_invalid_messages_total"),
+        ("unknown_message_type", unknown_type, "ian_invalid_messages_total"),
+        ("truncated_frame_then_close", truncated_then_close, None),
+    ],
+)
+def test_authenticated_peer_breaking_the_protocol_is_cut_off(
+    pair: Pair, case: str, misbehave, counter: str | None
+) -> None:
+    before = pair.a.metrics()
+    took, peer = anyio.run(authenticated_case, pair, misbehave)
+    pair.times[case] = took
+    assert took < CUT_OFF_S, f"{case}: connection held for {took:.2f} s"
+    if counter is not None:
+        assert peer.goodbye is not None and "protocol violation" in peer.goodbye, peer.goodbye
+        assert pair.a.metrics()[counter] > before.get(counter, 0.0)
+    wait_until(
+        lambda: set(pair.a.connected()) == {pair.b.node_id},
+        timeout=5,
+        what="the hostile connection to be dropped",
+    )
+    pair.check_healthy()
+
+
+def test_ping_flood_is_rate_limited_and_cut_off(pair: Pair) -> None:
+    before = pair.a.metrics()
+    took, peer = anyio.run(authenticated_case, pair, ping_flood)
+    pair.times["ping_flood"] = took
+    after = pair.a.metrics()
+    assert took < FLOOD_CUT_OFF_S, f"flood held for {took:.2f} s"
+    sent_per_s = 4000
+    # Pongs only within the bucket: the burst plus the refill rate over the flood, not the flood.
+    assert peer.pongs <= 400 + 200 * (took + 1), peer.pongs
+    assert peer.pongs < sent_per_s * took / 4
+    violations = after["ian_rate_limit_violations_total"] - before.get(
+        "ian_rate_limit_violations_total", 0.0
+    )
+    assert violations > 1000, violations
+    assert peer.goodbye in ("score too low", "banned"), peer.goodbye
+    wait_until(
+        lambda: set(pair.a.connected()) == {pair.b.node_id},
+        timeout=5,
+        what="the flooding connection to be dropped",
+    )
+    pair.check_healthy()
+
+
+def test_memory_does_not_grow_under_repeated_abuse(pair: Pair) -> None:
+    start = pair.a.rss_kib()
+    garbage = random.Random(99).randbytes(8192)
+    for _ in range(10):
+        raw_until_closed(pair, garbage)
+        raw_until_closed(pair, b"", tls_client=True)
+        anyio.run(authenticated_case, pair, over_limit_frame)
+        anyio.run(authenticated_case, pair, unknown_type)
+        anyio.run(authenticated_case, pair, truncated_then_close)
+    wait_until(
+        lambda: set(pair.a.connected()) == {pair.b.node_id},
+        timeout=5,
+        what="every hostile connection to be dropped",
+    )
+    pair.check_healthy()
+    end = pair.a.rss_kib()
+    grown = end - min(start, pair.first_rss_kib)
+    assert grown < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {grown} KiB ({start} -> {end})"
+    print(f"hostile cut-off times (s): {pair.times}; RSS {pair.first_rss_kib} -> {end} KiB")
