@@ -8,7 +8,7 @@ and nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ian.blocks import (
     Block,
@@ -67,15 +67,57 @@ def execute_block(
 
 def apply_block(state: ChainState, store: Store, block: Block, *, sequencer: str | None) -> None:
     """Verify and durably apply one block (worker thread); all or nothing."""
-    check_block_signature(block, sequencer)
+    _, error = apply_blocks(state, store, [block], sequencer=sequencer)
+    if error is not None:
+        raise error
+
+
+def apply_blocks(
+    state: ChainState, store: Store, blocks: Sequence[Block], *, sequencer: str | None
+) -> tuple[int, InvalidBlockError | None]:
+    """Verify and apply consecutive blocks, writing the valid prefix in one transaction.
+
+    Returns how many were applied and the error that stopped the rest (None when all were).
+    A store failure raises (and nothing is applied). Worker thread.
+    """
+    start = (state.height, state.head_hash, state.head_timestamp_ms)
     state.begin()
+    # Packs accepted by earlier blocks of this batch are not in the store yet.
+    batch_packs: dict[str, set[bytes]] = {}
+
+    def known_packs(goal_id: str, hashes: list[bytes]) -> set[bytes]:
+        seen = batch_packs.get(goal_id, set())
+        return store.has_packs(goal_id, hashes, writer=True) | {h for h in hashes if h in seen}
+
+    done: list[tuple[Block, list[NewEntry]]] = []
+    error: InvalidBlockError | None = None
+    for block in blocks:
+        try:
+            check_block_signature(block, sequencer)
+            entries = execute_block(state, block, known_packs)
+        except InvalidBlockError as exc:
+            error = exc
+            break
+        for e in entries:
+            batch_packs.setdefault(e.contribution.goal_id, set()).add(e.contribution.pack_hash)
+        done.append((block, entries))
+        state.height = block.height
+        state.head_hash = block.hash
+        state.head_timestamp_ms = block.header.timestamp_ms
+    if error is not None:
+        # The failing block mutated the state part-way: start over with the valid prefix only.
+        state.rollback()
+        state.height, state.head_hash, state.head_timestamp_ms = start
+        if not done:
+            state.begin()
+            return 0, error
+        applied, _ = apply_blocks(state, store, [b for b, _ in done], sequencer=sequencer)
+        return applied, error
     try:
-        entries = execute_block(state, block, lambda g, hs: store.has_packs(g, hs, writer=True))
-        store.append_block(block, entries)
+        store.append_blocks(done)
     except BaseException:
         state.rollback()
+        state.height, state.head_hash, state.head_timestamp_ms = start
         raise
-    state.height = block.height
-    state.head_hash = block.hash
-    state.head_timestamp_ms = block.header.timestamp_ms
     state.begin()
+    return len(done), None

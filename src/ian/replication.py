@@ -21,8 +21,8 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from ian import errors
-from ian.block_apply import apply_block
-from ian.blocks import Block, InvalidBlockError, ParentMismatchError
+from ian.block_apply import apply_blocks
+from ian.blocks import Block, ParentMismatchError
 from ian.chain import ChainState, Outcome
 from ian.contributions import FRAME_OVERHEAD, Contribution
 from ian.errors import IanError, RequestError, UnavailableError
@@ -188,32 +188,30 @@ class Replicator:
         return None
 
     async def _apply(self, blocks: list[Block], sender: str) -> int:
-        """Apply consecutive blocks; returns how many were applied. Scores the sender."""
-        applied = 0
+        """Apply consecutive blocks (one transaction for the batch); returns how many were
+        applied. Scores the sender."""
         async with self._write_lock:
+            fresh = []
             for block in blocks:
-                if block.height <= self.state.height:
-                    if self.store.block_hash(block.height) == block.hash:
-                        continue
+                if block.height > self.state.height:
+                    fresh.append(block)
+                elif self.store.block_hash(block.height) != block.hash:
                     self._suspect_divergence(block.height)
-                    break
-                try:
-                    await anyio.to_thread.run_sync(
-                        lambda b=block: apply_block(
-                            self.state, self.store, b, sequencer=self.sequencer_id()
-                        )
-                    )
-                except ParentMismatchError:
-                    # The sender's chain and ours differ below this block: find out who is in
-                    # the minority before blaming anyone.
-                    self._suspect_divergence(self.state.height)
-                    break
-                except InvalidBlockError as exc:
-                    log.warning("rejected block %d from %s: %s", block.height, sender[:12], exc)
-                    self._record(sender, PeerEvent.INVALID_MESSAGE)
-                    break
-                applied += 1
+                    return 0
+            if not fresh:
+                return 0
+            applied, error = await anyio.to_thread.run_sync(
+                lambda: apply_blocks(self.state, self.store, fresh, sequencer=self.sequencer_id())
+            )
+            for block in fresh[:applied]:
                 self._on_applied(block)
+        if isinstance(error, ParentMismatchError):
+            # The sender's chain and ours differ below this block: find out who is in the
+            # minority before blaming anyone.
+            self._suspect_divergence(self.state.height)
+        elif error is not None:
+            log.warning("rejected block from %s: %s", sender[:12], error)
+            self._record(sender, PeerEvent.INVALID_MESSAGE)
         if applied:
             self._record(sender, PeerEvent.SUCCESSFUL_SYNC)
         return applied

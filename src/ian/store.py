@@ -191,47 +191,49 @@ class Store:
     # -- writes ---------------------------------------------------------------------------------
     def append_block(self, block: Block, entries: Sequence[NewEntry]) -> None:
         """Write a block and its entries atomically and durably."""
+        self.append_blocks([(block, entries)])
+
+    def append_blocks(self, items: Sequence[tuple[Block, Sequence[NewEntry]]]) -> None:
+        """Write consecutive blocks and their entries in ONE transaction (one fsync): all of
+        them, durably, or none (a follower catching up applies a fetched batch this way)."""
         if self._w is None:
             raise StoreError("store is open read-only")
-        header_json = json.dumps(block.header.to_doc(), sort_keys=True, separators=(",", ":"))
+        if not items:
+            return
         with self._write_lock:
-            first_seq = (
-                (self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM contributions").fetchone()[0])
-                + 1
-            )
+            seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM contributions").fetchone()[0]
+            block_rows = []
             rows = []
-            for e in entries:
-                c = e.contribution
-                rows.append(
-                    (
-                        c.goal_id,
-                        e.log_index,
-                        e.contribution_hash,
-                        c.pack_hash,
-                        c.contributor_id,
-                        c.seed,
-                        c.version,
-                        c.parameters,
-                        c.metadata_json,
-                        e.score,
-                        e.metrics_json,
-                        block.height,
-                        b"".join(e.mmr_nodes),
-                    )
+            for block, entries in items:
+                header_json = json.dumps(
+                    block.header.to_doc(), sort_keys=True, separators=(",", ":")
                 )
+                block_rows.append(
+                    (block.height, block.hash, header_json, block.signature, seq + 1, len(entries))
+                )
+                seq += len(entries)
+                for e in entries:
+                    c = e.contribution
+                    rows.append(
+                        (
+                            c.goal_id,
+                            e.log_index,
+                            e.contribution_hash,
+                            c.pack_hash,
+                            c.contributor_id,
+                            c.seed,
+                            c.version,
+                            c.parameters,
+                            c.metadata_json,
+                            e.score,
+                            e.metrics_json,
+                            block.height,
+                            b"".join(e.mmr_nodes),
+                        )
+                    )
             try:
                 with self._tx():
-                    self._w.execute(
-                        "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            block.height,
-                            block.hash,
-                            header_json,
-                            block.signature,
-                            first_seq,
-                            len(entries),
-                        ),
-                    )
+                    self._w.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)", block_rows)
                     self._w.executemany(
                         "INSERT INTO contributions (goal_id, log_index, contribution_hash, "
                         "pack_hash, contributor_id, seed, version, parameters, metadata, score, "
@@ -240,7 +242,10 @@ class Store:
                         rows,
                     )
             except sqlite3.Error as exc:
-                raise StoreError(f"writing block {block.height} failed: {exc}") from exc
+                heights = f"{items[0][0].height}" + (
+                    f"..{items[-1][0].height}" if len(items) > 1 else ""
+                )
+                raise StoreError(f"writing block {heights} failed: {exc}") from exc
 
     def truncate_above(self, height: int) -> int:
         """Remove every block above ``height`` and what they added; returns blocks removed."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ian.block_apply import apply_block
+from ian.block_apply import apply_block, apply_blocks
 from ian.blocks import Block, InvalidBlockError
 from ian.chain import ChainState
 from ian.contributions import make_contribution, wire_size_bound
@@ -170,3 +170,29 @@ def test_served_ranges_fit_the_byte_budget_but_hold_at_least_one_block(tmp_path:
     got = store.blocks(1, 64, max_bytes=3 * one_block + 500)
     assert 2 <= len(got) <= 3 and [b.height for b in got] == list(range(1, len(got) + 1))
     assert len(store.blocks(1, 64, max_bytes=1 << 30)) == 6
+
+
+def test_a_fetched_batch_applies_in_one_go_and_stops_at_the_first_bad_block(
+    tmp_path: Path,
+) -> None:
+    ident, blocks = _sequence(tmp_path, 5)
+    state, store = _follower(tmp_path)
+    bad = dataclasses.replace(blocks[3], signature=bytes(64))
+    applied, error = apply_blocks(state, store, [*blocks[:3], bad, blocks[4]], sequencer=None)
+    assert applied == 3 and isinstance(error, InvalidBlockError)
+    assert state.height == store.head()[0] == 3 and state.head_hash == blocks[2].hash
+    assert state.goals["TRIVIAL"].roots() == blocks[2].header.goals["TRIVIAL"]
+    applied, error = apply_blocks(state, store, blocks[3:], sequencer=ident.node_id)
+    assert (applied, error) == (2, None) and state.height == 5
+
+
+def test_a_pack_repeated_across_blocks_of_one_batch_is_a_duplicate(tmp_path: Path) -> None:
+    ident, blocks = _sequence(tmp_path, 1)
+    state, store = _follower(tmp_path)
+    replay = _resign(
+        blocks[0], ident, height=2, parent_hash=blocks[0].hash,
+        timestamp_ms=blocks[0].header.timestamp_ms,
+    )  # fmt: skip
+    applied, error = apply_blocks(state, store, [blocks[0], replay], sequencer=ident.node_id)
+    assert applied == 1 and error is not None and "duplicate pack" in str(error)
+    assert store.head()[0] == 1
