@@ -140,6 +140,8 @@ class Store:
                 self._w.execute("PRAGMA journal_mode = WAL")
                 self._w.execute("PRAGMA synchronous = FULL")
                 self._w.execute("PRAGMA cache_size = -65536")
+                # Checkpoint the WAL every ~32 MiB rather than 4 MiB: fewer stalls under ingest.
+                self._w.execute("PRAGMA wal_autocheckpoint = 8192")
                 self._init_schema()
                 self._r = _connect(path)
         except sqlite3.DatabaseError as exc:
