@@ -419,7 +419,13 @@ def measure_catch_up(
             fresh_cpu, seq_cpu = fresh.cpu_s() - fresh_cpu0, seq.cpu_s() - seq_cpu0
             peak_rss = fresh.proc_status("VmHWM")
             rss_now = fresh.proc_status("VmRSS")
-            same = status(client, fresh)["goals"] == status(client, seq)["goals"]
+            mine, theirs = status(client, fresh)["goals"], status(client, seq)["goals"]
+            keys = ("log_size", "log_root", "leaderboard_size", "leaderboard_root")
+            same = all(
+                {k: mine[g][k] for k in keys} == {k: theirs[g][k] for k in keys} for g in theirs
+            )
+            if not same:
+                print("ROOTS DIFFER", json.dumps({"follower": mine, "source": theirs})[:3000])
         connected = fresh.first_ts(f"peer {seq.node_id} connected")
         start = connected if connected is not None else fresh.started_at
         seconds = done - start

@@ -107,6 +107,7 @@ class Node:
         self.started_at = time.time()
         self.role, self._sequencer_id = role_for(settings, identity.node_id)
         self.views: dict[str, GoalView] = {}
+        self.head: tuple[int, bytes] = (state.height, state.head_hash)
         self.metrics = NodeMetrics(self.snapshot)
         self.events = EventBus()  # served on ws_port by ian.api.ws
         self.sequencer = Sequencer(
@@ -134,7 +135,7 @@ class Node:
             datadir,
             peer_book,
             self.metrics,
-            height_provider=lambda: (self.state.height, self.state.head_hash),
+            height_provider=lambda: self.head,
             is_sequencer=lambda: self.role == "sequencer",
             tuning=P2PTuning(rate=settings.peer_rate, burst=settings.peer_burst),
         )
@@ -240,6 +241,7 @@ class Node:
     def _publish_all(self) -> None:
         for gid in self.state.goals:
             self._publish(gid)
+        self.head = (self.state.height, self.state.head_hash)
 
     async def resync(self) -> dict[str, Any]:
         """Drop the chain and fetch it again from peers (followers only)."""
@@ -262,6 +264,8 @@ class Node:
         self.metrics.block_entries.observe(len(block.entries))
         for gid in block.header.goals:
             self._publish(gid)
+        # Published with the views: a worker thread may already be applying later blocks.
+        self.head = (block.height, block.hash)
         self.tau.notify()
         self.p2p.announce_status()
         # Event stream; the sequencer already published its decisions in _on_batch.
@@ -271,7 +275,7 @@ class Node:
         self.events.publish("block", "applied", block_data(block))
 
     def _published_roots(self) -> dict[str, tuple[GoalRoots, int]]:
-        height = self.state.height
+        height = self.head[0]
         return {
             gid: (
                 GoalRoots(v.log_size, v.log_root, len(v.leaderboard), v.leaderboard_root),
@@ -313,12 +317,13 @@ class Node:
 
     @property
     def height(self) -> int:
-        return self.state.height
+        """The published height: every view and root readers see belongs to it."""
+        return self.head[0]
 
     def snapshot(self) -> StateSnapshot:
         return StateSnapshot(
             started_at=self.started_at,
-            height=self.state.height,
+            height=self.head[0],
             network_height=self.replicator.network_height,
             peer_count=self.p2p.peer_count,
             banned_peers=self.peer_book.banned_count(),
@@ -345,7 +350,7 @@ class Node:
         if st.seed_nodes:
             peers = self.p2p.peer_count
             checks["peers"] = (peers >= st.min_peers, f"{peers} connected, need {st.min_peers}")
-        lag = max(0, self.replicator.network_height - self.state.height)
+        lag = max(0, self.replicator.network_height - self.head[0])
         checks["sync"] = (
             lag <= st.sync_lag_ready_threshold,
             f"lag {lag} (threshold {st.sync_lag_ready_threshold})",
@@ -360,8 +365,8 @@ class Node:
         st = node_state_mod.NodeState(
             node_id=self.identity.node_id,
             saved_at=time.time(),
-            height=self.state.height,
-            head_hash=self.state.head_hash.hex(),
+            height=self.head[0],
+            head_hash=self.head[1].hex(),
             clean_shutdown=clean,
             role=self.role,
             goals={

@@ -241,45 +241,61 @@ class Replicator:
             await self._sync_once()
 
     async def _sync_once(self) -> None:
-        """Fetch and apply blocks while some peer is ahead; bounded batches."""
-        while True:
-            target = self._best_peer()
-            if target is None:
-                return
-            node_id, height = target
-            if height <= self.state.height:
-                return
-            start = self.state.height + 1
-            try:
-                reply = await self.p2p.request(
-                    node_id, msg.GetBlocks(from_height=start, max_blocks=SYNC_BATCH), timeout=30
-                )
-            except RemoteError as exc:
-                # A peer that asks us to slow down (or is busy) did nothing wrong.
-                log.info("sync from %s refused: %s", node_id[:12], exc.message)
-                if exc.remote_code not in ("rate_limited", "unavailable"):
-                    self._record(node_id, PeerEvent.FAILED_SYNC)
-                return
-            except P2PError as exc:
-                log.info("sync from %s failed: %s", node_id[:12], exc.message)
+        """Fetch and apply blocks while some peer is ahead, in bounded batches. The next batch
+        is requested while the current one is being applied, so the serving peer's reading
+        and encoding overlap with our verification."""
+        target = self._best_peer()
+        if target is None or target[1] <= self.state.height:
+            return
+        node_id, height = target
+        start = self.state.height + 1
+        fetching = _Fetch(self._fetch(node_id, start))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fetching.run)
+            while True:
+                blocks = await fetching.result()
+                if blocks is None:
+                    return
+                end = start + len(blocks)
+                if end <= height:  # more to come from this peer: ask now
+                    fetching = _Fetch(self._fetch(node_id, end))
+                    tg.start_soon(fetching.run)
+                applied = await self._apply(blocks, node_id)
+                self.synced_blocks += applied
+                if applied < len(blocks) or end > height:
+                    tg.cancel_scope.cancel()
+                    return
+                start = end
+
+    async def _fetch(self, node_id: str, start: int) -> list[Block] | None:
+        """One batch of blocks from ``start``, checked for form; None (peer scored) if not."""
+        try:
+            reply = await self.p2p.request(
+                node_id, msg.GetBlocks(from_height=start, max_blocks=SYNC_BATCH), timeout=30
+            )
+        except RemoteError as exc:
+            # A peer that asks us to slow down (or is busy) did nothing wrong.
+            log.info("sync from %s refused: %s", node_id[:12], exc.message)
+            if exc.remote_code not in ("rate_limited", "unavailable"):
                 self._record(node_id, PeerEvent.FAILED_SYNC)
-                return
-            if not isinstance(reply, msg.Blocks) or not reply.blocks:
-                self._record(node_id, PeerEvent.FAILED_SYNC)
-                return
-            try:
-                blocks = [msg.block_from_doc(d) for d in reply.blocks]
-            except IanError as exc:
-                log.warning("invalid blocks from %s: %s", node_id[:12], exc)
-                self._record(node_id, PeerEvent.INVALID_MESSAGE)
-                return
-            if blocks[0].height != start:
-                self._record(node_id, PeerEvent.FAILED_SYNC)
-                return
-            applied = await self._apply(blocks, node_id)
-            self.synced_blocks += applied
-            if applied < len(blocks):
-                return
+            return None
+        except P2PError as exc:
+            log.info("sync from %s failed: %s", node_id[:12], exc.message)
+            self._record(node_id, PeerEvent.FAILED_SYNC)
+            return None
+        if not isinstance(reply, msg.Blocks) or not reply.blocks:
+            self._record(node_id, PeerEvent.FAILED_SYNC)
+            return None
+        try:
+            blocks = [msg.block_from_doc(d) for d in reply.blocks]
+        except IanError as exc:
+            log.warning("invalid blocks from %s: %s", node_id[:12], exc)
+            self._record(node_id, PeerEvent.INVALID_MESSAGE)
+            return None
+        if blocks[0].height != start:
+            self._record(node_id, PeerEvent.FAILED_SYNC)
+            return None
+        return blocks
 
     def _best_peer(self) -> tuple[str, int] | None:
         best: tuple[str, int] | None = None
@@ -418,3 +434,22 @@ def _remote_request_error(exc: RemoteError) -> RequestError:
         return errors.RateLimitedError(exc.message, retry_after=10.0)
     cls = _REMOTE_ERRORS.get(code, UnavailableError)
     return cls(f"the sequencer refused it: {exc.message}")
+
+
+class _Fetch:
+    """One request in flight: run() in a task, await result() elsewhere."""
+
+    def __init__(self, work: Awaitable[list[Block] | None]) -> None:
+        self._work = work
+        self._done = anyio.Event()
+        self._value: list[Block] | None = None
+
+    async def run(self) -> None:
+        try:
+            self._value = await self._work
+        finally:
+            self._done.set()
+
+    async def result(self) -> list[Block] | None:
+        await self._done.wait()
+        return self._value

@@ -176,7 +176,7 @@ def create_app(node: Node) -> FastAPI:
             role=node.role,
             network_id=settings.network_id,
             height=snap.height,
-            head_hash=node.state.head_hash.hex(),
+            head_hash=node.head[1].hex(),
             network_height=snap.network_height,
             sync_lag=max(0, snap.network_height - snap.height),
             consensus_state=snap.consensus_state,
