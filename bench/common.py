@@ -147,3 +147,43 @@ def emit(name: str, doc: dict[str, Any], tables: Sequence[str], *, json_only: bo
         print(table)
         print()
     print(f"results: {path}")
+
+
+def summarise_py_spy(raw: Path, markers: Sequence[str]) -> dict[str, Any] | None:
+    """Read a py-spy ``--format raw`` file: over busy samples (idle waits dropped), own time by
+    function, time under each of ``markers`` (frame names), and busy samples per thread."""
+    import re
+    from collections import Counter
+
+    if not raw.exists():
+        return None
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = [re.sub(r"\s*\(.*\)$", "", f) for f in stack.split(";")]
+        if re.search(r"(?i)idle|select|epoll|poll|wait$|_wait|sleep|acquire", frames[-1]):
+            continue  # a thread waiting, not working
+        n = int(count)
+        total += n
+        threads[frames[0] if frames[0].startswith("thread") else "?"] += n
+        own[frames[-1]] += n
+        for marker in {f for f in frames if f in markers}:
+            under[marker] += n
+
+    def share(c: Counter[str], k: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {"function": f, "samples": n, "share_of_busy": n / total if total else 0.0}
+            for f, n in c.most_common(k)
+        ]
+
+    return {
+        "busy_samples": total,
+        "own_top": share(own, 15),
+        "inclusive": share(under),
+        "threads": share(threads),
+    }

@@ -54,6 +54,7 @@ from common import (
     median,
     percentile,
     render_table,
+    summarise_py_spy,
 )
 
 GOAL_ID = "DEMO_TRADING_AGENT"
@@ -484,36 +485,7 @@ def py_spy_profile(pid: int, seconds: float, out_dir: Path) -> dict[str, Any] | 
     if done.returncode != 0 or not raw.exists():
         print(f"py-spy failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
         return None
-    own: Counter[str] = Counter()
-    under: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        frames = [re.sub(r"\s*\(.*\)$", "", f) for f in stack.split(";")]
-        if re.search(r"(?i)idle|select|epoll|poll|wait$|_wait|sleep|acquire", frames[-1]):
-            continue  # a thread waiting, not working
-        n = int(count)
-        total += n
-        threads[frames[0] if frames[0].startswith("thread") else "?"] += n
-        own[frames[-1]] += n
-        for marker in {f for f in frames if f in _SPY_MARKERS}:
-            under[marker] += n
-
-    def share(c: Counter[str], k: int | None = None) -> list[dict[str, Any]]:
-        return [
-            {"function": f, "samples": n, "share_of_busy": n / total if total else 0.0}
-            for f, n in c.most_common(k)
-        ]
-
-    return {
-        "busy_samples": total,
-        "own_top": share(own, 15),
-        "inclusive": share(under),
-        "threads": share(threads),
-    }
+    return summarise_py_spy(raw, _SPY_MARKERS)
 
 
 WRK_LUA = """

@@ -63,6 +63,7 @@ from common import (
     environment,
     percentile,
     render_table,
+    summarise_py_spy,
     trivial_parameters,
 )
 from ian.chain import ChainState
@@ -463,7 +464,7 @@ def measure_catch_up(
         if spy_proc is not None:
             spy_proc.send_signal(signal.SIGINT)
             spy_proc.wait(60)
-            doc["py_spy"] = summarise_py_spy(raw)
+            doc["py_spy"] = summarise_py_spy(raw, _MARKERS)
         return doc
     finally:
         if spy_proc is not None and spy_proc.poll() is None:
@@ -587,46 +588,6 @@ def start_py_spy(pid: int, raw: Path) -> subprocess.Popen[str] | None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # attach before the catch-up starts (the node needs ~1 s to start)
     return proc
-
-
-def summarise_py_spy(raw: Path) -> dict[str, Any] | None:
-    """Busy samples (idle waits dropped): own time by function, time under key frames, and
-    busy samples per thread."""
-    if not raw.exists():
-        return None
-    own: Counter[str] = Counter()
-    under: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        frames = [re.sub(r"\s*\(.*\)$", "", f) for f in stack.split(";")]
-        if re.search(r"(?i)idle|select|epoll|poll|wait$|_wait|sleep|acquire", frames[-1]):
-            continue
-        n = int(count)
-        total += n
-        threads[frames[0] if frames[0].startswith("thread") else "?"] += n
-        own[frames[-1]] += n
-        for marker in {f for f in frames if f in _MARKERS}:
-            under[marker] += n
-
-    def share(c: Counter[str], k: int | None = None) -> list[dict[str, Any]]:
-        return [
-            {"function": f, "samples": n, "share_of_busy": n / total if total else 0.0}
-            for f, n in c.most_common(k)
-        ]
-
-    return {
-        "busy_samples": total,
-        "own_top": share(own, 15),
-        "inclusive": share(under),
-        "threads": share(threads),
-    }
-
-
-# --------------------------------------------------------------------------- main
 
 
 def main() -> None:
