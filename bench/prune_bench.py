@@ -113,7 +113,9 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=Path("prune_bench.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "prune.json"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="prune-bench-") as tmp:
