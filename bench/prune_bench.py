@@ -189,6 +189,7 @@ def main() -> None:
         f"speedup: {result['speedup_wall']}x wall, {result['speedup_cpu']}x CPU; "
         f"same kept set (plus active bans): {same}"
     )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
