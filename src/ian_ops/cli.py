@@ -142,14 +142,28 @@ def node_url(explicit: str | None, settings: Settings | None = None) -> str:
     return DEFAULT_NODE_URL
 
 
-def run(app: typer.Typer) -> NoReturn:
-    """Run the Typer app behind the one error boundary."""
+def ian_error_in(exc: BaseException) -> Any:
+    """The IanError behind ``exc``: itself, or the first one inside (nested) exception groups,
+    which is how a failure inside the node's task groups arrives."""
     from ian.errors import IanError
 
+    if isinstance(exc, IanError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = ian_error_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def run(app: typer.Typer) -> NoReturn:
+    """Run the Typer app behind the one error boundary."""
     try:
         app()
-    except IanError as exc:
-        if state.debug or os.environ.get("IAN_DEBUG"):
+    except (Exception, BaseExceptionGroup) as raised:
+        exc = ian_error_in(raised)
+        if exc is None or state.debug or os.environ.get("IAN_DEBUG"):
             raise
         code = exit_code_for(exc)
         text = f"error: {exc.message}"

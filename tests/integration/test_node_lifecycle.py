@@ -405,3 +405,20 @@ def test_several_nodes_start_side_by_side(ian_nodes) -> None:
     assert len({n.api_url for n in nodes}) == 2
     for node in nodes:
         assert node.terminate() == 0
+
+
+@pytest.mark.parametrize("setting", ["IAN_API_PORT", "IAN_P2P_PORT", "IAN_WS_PORT"])
+def test_a_taken_port_is_a_one_line_config_error(ian_nodes, setting: str) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = ian_nodes.spawn(
+            env={setting: str(port), "IAN_P2P_HOST": "127.0.0.1", "IAN_API_HOST": "127.0.0.1"}
+        )
+        code = node.proc.wait(30)
+        node.wait_stderr_closed()
+    assert code == 3
+    assert_one_line_error(_errors_only(node), f"127.0.0.1:{port}", "Address already in use")
+    assert setting in _errors_only(node)

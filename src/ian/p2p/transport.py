@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from ian.certs import CertInfo, load_certificate, verify_node_certificate
-from ian.errors import IdentityError
+from ian.errors import ConfigError, IdentityError
 from ian.identity import Identity
 from ian.p2p.errors import HandshakeError
 
@@ -286,8 +286,14 @@ async def connect_tcp(
 
 
 async def open_listener(host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
-    """A TCP listener (port 0 = any free port)."""
-    return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    """A TCP listener (port 0 = any free port); a port that cannot be bound is a ConfigError."""
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} for P2P: {exc.strerror}",
+            fix="stop whatever holds the port or set IAN_P2P_PORT",
+        ) from None
 
 
 def listener_address(listener: anyio.abc.Listener[Any]) -> tuple[str, int]:
