@@ -196,3 +196,34 @@ def test_a_pack_repeated_across_blocks_of_one_batch_is_a_duplicate(tmp_path: Pat
     applied, error = apply_blocks(state, store, [blocks[0], replay], sequencer=ident.node_id)
     assert applied == 1 and error is not None and "duplicate pack" in str(error)
     assert store.head()[0] == 1
+
+
+def test_a_batch_whose_blocks_touch_different_goals_applies_whole(tmp_path: Path) -> None:
+    ident = Identity.generate()
+    state = ChainState.genesis(SPECS)
+    source = Store(tmp_path / "seq.sqlite")
+    blocks = []
+    for b, goal in enumerate(["TRIVIAL", "DEMO_TRADING_AGENT", "TRIVIAL"]):
+        c = _contribution(b, goal)
+        if goal != "TRIVIAL":  # a demo pack the goal accepts
+            c = make_contribution(
+                goal_id=goal,
+                version="1",
+                parameters=b'{"strategy":"breakout","lookback":20,"threshold":0.01,'
+                b'"position_size":0.5}',
+                metadata={},
+                contributor_id="d",
+                seed=b,
+            )
+        state.begin()
+        _, block, entries = build_block(state, ident, [c], store=source)
+        assert block is not None, goal
+        source.append_block(block, entries)
+        state.height, state.head_hash = block.height, block.hash
+        state.head_timestamp_ms = block.header.timestamp_ms
+        blocks.append(block)
+    follower, store = _follower(tmp_path)
+    assert apply_blocks(follower, store, blocks, sequencer=ident.node_id) == (3, None)
+    assert {g: s.roots() for g, s in follower.goals.items()} == {
+        g: s.roots() for g, s in state.goals.items()
+    }
