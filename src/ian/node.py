@@ -214,6 +214,7 @@ class Node:
                 store,
                 specs,
                 full=saved is None and store.head()[0] > 0,
+                repair=role_for(settings, init.identity.node_id)[0] != "sequencer",
                 keep_copy=lambda: store.copy_to(
                     datadir.root
                     / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"

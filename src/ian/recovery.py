@@ -68,14 +68,20 @@ def check_goals_configured(store: Store, specs: list[GoalSpec]) -> None:
 
 
 def open_chain_state(
-    store: Store, specs: list[GoalSpec], *, full: bool, keep_copy: Callable[[], Path]
+    store: Store,
+    specs: list[GoalSpec],
+    *,
+    full: bool,
+    keep_copy: Callable[[], Path],
+    repair: bool = True,
 ) -> ChainState:
     """The chain state to start from, repairing a damaged store instead of refusing to start.
 
     ``full`` (no node_state.json) replays the store from genesis; otherwise the quick root
-    check runs and a failure falls back to the replay. Blocks from the first bad one on are
-    removed (after ``keep_copy()`` saved the damaged store for inspection) and the node's
-    peers provide them again.
+    check runs and a failure falls back to the replay. With ``repair`` (a follower), blocks
+    from the first bad one on are removed after ``keep_copy()`` saved the damaged store, and
+    the node's peers provide them again. Without it (the sequencer, whose blocks no peer can
+    give back) a damaged store is a StoreError naming the copy and the way out.
     """
     check_goals_configured(store, specs)
     reason = "node_state.json is missing"
@@ -88,19 +94,27 @@ def open_chain_state(
     report = verify_store(store, specs)
     if report.ok:
         log.info("store verified: %d blocks, %d contributions", report.blocks, report.contributions)
-    else:
-        good = max(0, (report.first_bad_height or 1) - 1)
-        copy = keep_copy()
-        removed = store.truncate_above(good)
-        log.error(
-            "store damaged at block %s (%s): kept a copy in %s, removed %d blocks from %s on; "
-            "peers provide them again",
-            report.first_bad_height,
-            report.problem,
-            copy,
-            removed,
-            good + 1,
+        return load_chain_state(store, specs)
+    copy = keep_copy()
+    if not repair:
+        raise StoreError(
+            f"store damaged at block {report.first_bad_height or report.blocks + 1} "
+            f"({report.problem}); a copy is in {copy}",
+            fix="restore the latest backup with `ian restore`; the sequencer's blocks cannot "
+            "be fetched from peers",
         )
+    # Stray rows after the last good block (no bad block) keep every block.
+    good = report.blocks if report.first_bad_height is None else report.first_bad_height - 1
+    removed = store.truncate_above(good)
+    log.error(
+        "store damaged at block %s (%s): kept a copy in %s, removed %d blocks above %d; "
+        "peers provide them again",
+        report.first_bad_height or report.blocks + 1,
+        report.problem,
+        copy,
+        removed,
+        good,
+    )
     return load_chain_state(store, specs)
 
 

@@ -262,6 +262,8 @@ class Store:
             ).fetchone()[0]
             if first is not None:  # contributions are in block order: cut by sequence number
                 self._w.execute("DELETE FROM contributions WHERE seq >= ?", (first,))
+            # Rows that belong to no kept block (a damaged store); a scan, but truncation is rare.
+            self._w.execute("DELETE FROM contributions WHERE block_height > ?", (height,))
             self._w.execute("DELETE FROM blocks WHERE height > ?", (height,))
         return removed
 
@@ -480,6 +482,13 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                # A failed COMMIT (disk full, I/O error) may leave the transaction open; the
+                # next BEGIN would then fail for good.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        elif self.conn.in_transaction:
             self.conn.execute("ROLLBACK")

@@ -9,7 +9,7 @@ import pytest
 
 from ian.errors import ConfigError, StoreError
 from ian.goals import DEMO_GOAL
-from ian.recovery import load_chain_state, verify_store
+from ian.recovery import load_chain_state, open_chain_state, verify_store
 
 DEMO = "DEMO_TRADING_AGENT"
 TRIVIAL = "TRIVIAL_GOAL"
@@ -164,6 +164,27 @@ def test_stray_contributions_are_found(filled, packs) -> None:
     report = verify_store(filled.store, filled.specs)
     assert not report.ok
     assert "belong to no block" in report.problem
+
+
+def test_repair_keeps_every_block_when_only_stray_rows_are_wrong(filled, tmp_path) -> None:
+    sql(filled.store.path, "DELETE FROM blocks WHERE height=4")
+    kept = tmp_path / "copy.sqlite"
+    state = open_chain_state(
+        filled.store, filled.specs, full=True, keep_copy=lambda: filled.store.copy_to(kept)
+    )
+    assert state.height == 3 and kept.exists()
+    assert verify_store(filled.store, filled.specs).ok
+    # The sequencer refuses instead: nobody could give its blocks back.
+    sql(filled.store.path, "UPDATE contributions SET score = score + 1 WHERE log_index = 0")
+    with pytest.raises(StoreError, match="store damaged at block") as info:
+        open_chain_state(
+            filled.store,
+            filled.specs,
+            full=True,
+            keep_copy=lambda: filled.store.copy_to(tmp_path / "c2.sqlite"),
+            repair=False,
+        )
+    assert "ian restore" in (info.value.fix or "")
 
 
 def test_foreign_sequencer_is_found(filled) -> None:

@@ -249,19 +249,40 @@ def test_missing_node_state_means_full_verification(ian_nodes) -> None:
     assert again.terminate() == 0
 
 
-def test_corrupt_store_without_node_state_is_repaired(ian_nodes, ian) -> None:
-    node = ian_nodes.start()
-    submit_some(node.api_url, 3)
-    assert node.terminate() == 0
-    (node.data_dir / "node_state.json").unlink()
-    conn = sqlite3.connect(node.data_dir / "chain.sqlite")
+def _corrupt_block_3(data_dir) -> None:
+    (data_dir / "node_state.json").unlink()
+    conn = sqlite3.connect(data_dir / "chain.sqlite")
     with conn:
         conn.execute("UPDATE contributions SET contributor_id = 'mallory' WHERE log_index = 2")
     conn.close()
 
-    # The node keeps a copy of the damaged store, drops blocks from the bad one on, and starts
-    # (its peers, if it had any, would provide the dropped blocks again).
-    again = ian_nodes.start(data_dir=node.data_dir)
+
+def test_corrupt_store_on_the_sequencer_is_refused_and_kept(ian_nodes) -> None:
+    node = ian_nodes.start()
+    submit_some(node.api_url, 3)
+    assert node.terminate() == 0
+    _corrupt_block_3(node.data_dir)
+
+    # No peer can give the sequencer's blocks back: refuse, keep a copy, point at the backup.
+    again = ian_nodes.spawn(data_dir=node.data_dir)
+    code = again.proc.wait(20)
+    again.wait_stderr_closed()
+    assert code != 0
+    assert_one_line_error(_errors_only(again), "store damaged at block 3")
+    assert "ian restore" in _errors_only(again)
+    assert list(node.data_dir.glob("damaged-*.sqlite"))
+
+
+def test_corrupt_store_on_a_follower_is_repaired(ian_nodes, ian) -> None:
+    node = ian_nodes.start()
+    submit_some(node.api_url, 3)
+    assert node.terminate() == 0
+    _corrupt_block_3(node.data_dir)
+
+    # A follower (its sequencer is another node) drops blocks from the bad one on and starts;
+    # its peers would provide them again.
+    follower_env = {"IAN_SEQUENCER": "ab" * 20}
+    again = ian_nodes.start(data_dir=node.data_dir, env=follower_env)
     damaged = again.wait_for_msg("store damaged at block 3")
     assert damaged["level"] == "ERROR"
     assert list(node.data_dir.glob("damaged-*.sqlite"))
