@@ -435,8 +435,12 @@ class Node:
         )
         return self.cert
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            # Handlers are installed: from now on SIGTERM means a clean shutdown.
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.reload()
@@ -462,6 +466,8 @@ class Node:
                 ws_host, ws_port = self.settings.api_host, self.settings.ws_port
                 ws = EventStreamServer(self.events, lambda: self.admin_token, ws_host, ws_port)
                 async with anyio.create_task_group() as inner:
+                    if handle_signals:  # first: a SIGTERM during start-up still stops cleanly
+                        await inner.start(self._watch_signals)
                     self.bound.p2p = await inner.start(self.p2p.run)
                     await inner.start(self.replicator.run)
                     await inner.start(self.tau.run)
@@ -470,8 +476,6 @@ class Node:
                     self.bound.ws = await inner.start(ws.serve)
                     inner.start_soon(self._checkpoint_loop)
                     inner.start_soon(self._cert_renewal_loop)
-                    if handle_signals:
-                        inner.start_soon(self._watch_signals)
                     log.info(
                         "node %s (%s) p2p on tcp://%s:%d",
                         self.identity.node_id,

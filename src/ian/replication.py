@@ -190,6 +190,12 @@ class Replicator:
     async def _apply(self, blocks: list[Block], sender: str) -> int:
         """Apply consecutive blocks (one transaction for the batch); returns how many were
         applied. Scores the sender."""
+        if self.sequencer_id() is None:
+            # Nobody has told us who signs blocks yet (no IAN_SEQUENCER, no peer announcing
+            # itself as sequencer): accepting whatever a peer signed would let any peer feed us
+            # its own chain.
+            log.info("not applying blocks yet: the sequencer is unknown (set IAN_SEQUENCER)")
+            return 0
         async with self._write_lock:
             fresh = []
             for block in blocks:

@@ -70,7 +70,7 @@ def status(
 
     Example: ian status --watch --interval 5s
     """
-    url = cli.node_url(node_url)
+    url = cli.find_node_url(node_url, data_dir)
     if watch:
         seconds = _interval(interval)
         feed = _event_feed(url, ws_url, data_dir)

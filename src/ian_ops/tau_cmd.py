@@ -20,14 +20,16 @@ app = typer.Typer(
 
 
 @app.command("status")
-def status(node_url: cli.NodeUrlOpt = None, json_out: cli.JsonOpt = False) -> None:
+def status(
+    node_url: cli.NodeUrlOpt = None, data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False
+) -> None:
     """Show the Tau bridge: endpoint, circuit breaker, last commit, pending commits, errors.
 
     Example: ian tau status --node-url http://127.0.0.1:8000 --json
     """
     from ian_ops.client import NodeClient
 
-    with NodeClient(cli.node_url(node_url)) as client:
+    with NodeClient(cli.find_node_url(node_url, data_dir)) as client:
         doc = client.get_json("/api/v1/tau")
     if json_out:
         cli.print_json(doc)

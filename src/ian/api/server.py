@@ -47,6 +47,9 @@ class ApiServer:
             http="httptools",
             timeout_graceful_shutdown=5,
             server_header=False,
+            # Client addresses are what the socket says; X-Forwarded-For is honoured only for
+            # the configured trusted_proxies (ian.api.auth.client_address).
+            proxy_headers=False,
         )
         self._server = _EmbeddedServer(config)
         bound = sock.getsockname()[:2]
