@@ -29,10 +29,11 @@ log = logging.getLogger("ian.sequencer")
 
 
 class _Pending:
-    __slots__ = ("contribution", "done", "error", "outcome")
+    __slots__ = ("contribution", "done", "error", "outcome", "size")
 
     def __init__(self, contribution: Contribution) -> None:
         self.contribution = contribution
+        self.size = contribution.wire_size()  # bytes it will take in a block on the wire
         self.done = anyio.Event()
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
@@ -123,6 +124,9 @@ class Sequencer:
         # A block must fit in one P2P frame to replicate: seal it before it outgrows one.
         self.max_block_bytes = max_block_bytes
         self._carry: _Pending | None = None
+        # Bound what waiting submissions hold in memory, not just how many there are.
+        self.max_queued_bytes = 4 * max_block_bytes
+        self._queued_bytes = 0
         self._on_batch = on_batch
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             max_buffer_size=100_000
@@ -134,8 +138,11 @@ class Sequencer:
         if self._closed:
             raise UnavailableError("the node is shutting down")
         pending = _Pending(contribution)
+        if self._queued_bytes + pending.size > self.max_queued_bytes:
+            raise UnavailableError("the sequencer queue is full", retry_after=1.0)
         try:
             self._send.send_nowait(pending)
+            self._queued_bytes += pending.size
         except anyio.WouldBlock:
             raise UnavailableError("the sequencer queue is full", retry_after=1.0) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -167,17 +174,18 @@ class Sequencer:
                     except anyio.EndOfStream:
                         return
                 batch = [first]
-                size = first.contribution.wire_size()
+                size = first.size
                 while len(batch) < self.max_entries:
                     try:
                         nxt = self._receive.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    size += nxt.contribution.wire_size()
+                    size += nxt.size
                     if size > self.max_block_bytes:
                         self._carry = nxt  # first of the next block
                         break
                     batch.append(nxt)
+                self._queued_bytes -= sum(p.size for p in batch)
                 # Shielded: a batch that started is finished and answered even during shutdown.
                 with anyio.CancelScope(shield=True):
                     await self._process(batch)

@@ -241,3 +241,28 @@ async def test_blocks_are_sealed_before_they_outgrow_a_frame(chain, packs) -> No
     sizes = [len(b.block.entries) for b in batches if b.block is not None]
     assert sum(sizes) == 8 and max(sizes) <= 3 and len(sizes) >= 3
     assert sorted(r.log_index for r in results.values()) == list(range(8))
+
+
+@pytest.mark.anyio
+async def test_queue_is_bounded_in_bytes(chain, packs) -> None:
+    """Waiting submissions may hold at most 4 blocks' worth of bytes; beyond that: 503."""
+    one = packs.contribution(0, goal_id=TRIVIAL)
+    seq = Sequencer(chain.state, chain.store, chain.identity, max_block_bytes=one.wire_size())
+    results: list[object] = []
+
+    async def submit(i: int) -> None:
+        try:
+            results.append(await seq.submit(packs.contribution(i, goal_id=TRIVIAL)))
+        except UnavailableError as exc:
+            results.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as submitters:
+            for i in range(6):  # queued before the sequencer takes any
+                submitters.start_soon(submit, i)
+            await anyio.wait_all_tasks_blocked()
+            await tg.start(seq.run)
+        seq.close()
+    refused = [r for r in results if isinstance(r, UnavailableError)]
+    assert len(refused) == 2 and all(r.retry_after > 0 for r in refused)
+    assert sum(1 for r in results if not isinstance(r, UnavailableError)) == 4
