@@ -106,6 +106,13 @@ def restore(
 
     from ian.restore import restore_archive
 
+    if not archive.is_file():
+        from ian.errors import DataDirError
+
+        raise DataDirError(
+            f"archive {archive} does not exist or is not a file",
+            fix="check the path; `ian backup` prints where it wrote the archive",
+        )
     settings = cli.load_settings(data_dir)
     target = settings.data_dir
     replaces = target.is_dir() and any(target.iterdir())

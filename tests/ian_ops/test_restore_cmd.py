@@ -178,3 +178,12 @@ def test_usage_errors(setup: tuple[Path, Path], args: tuple[str, ...]) -> None:
     argv = [str(archive) if a == "ARCHIVE" else a for a in args]
     r = ian("restore", *argv, data_dir=src)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_missing_archive_is_named_before_anything_else(setup: tuple[Path, Path]) -> None:
+    root, _archive = setup
+    before = listing(root)
+    done = ian("restore", str(root.parent / "nope.tar"), data_dir=root)
+    assert done.returncode == 4
+    assert "nope.tar does not exist" in done.stderr and "Traceback" not in done.stderr
+    assert listing(root) == before
