@@ -142,36 +142,29 @@ def plan(inventory: Inventory, policy: RetentionPolicy, now: float) -> list[Prun
         PruneItem("backup", e.path, e.size, f"beyond the newest {policy.backups_keep} backups")
         for e in beyond_newest(inventory.backups, policy.backups_keep)
     ]
-    items += [
-        PruneItem(
+    # Directories kept by count, newest first: (kind, entries, keep, what they are, order).
+    kept_dirs = (
+        (
             "cert_pair",
-            e.path,
-            e.size,
-            f"beyond the newest {policy.cert_pairs_keep} old certificate pairs",
-            is_dir=True,
-        )
-        for e in beyond_newest(inventory.cert_pairs, policy.cert_pairs_keep, by="name")
-    ]
-    items += [
-        PruneItem(
+            inventory.cert_pairs,
+            policy.cert_pairs_keep,
+            "old certificate pairs",
+            "name",
+        ),
+        (
             "pre_restore",
-            e.path,
-            e.size,
-            f"beyond the newest {policy.pre_restore_keep} pre-restore copies",
-            is_dir=True,
-        )
-        for e in beyond_newest(inventory.pre_restore, policy.pre_restore_keep, by="stamp")
-    ]
-    items += [
-        PruneItem(
-            "resync",
-            e.path,
-            e.size,
-            f"beyond the newest {policy.resync_keep} resync copies",
-            is_dir=True,
-        )
-        for e in beyond_newest(inventory.resync, policy.resync_keep, by="stamp")
-    ]
+            inventory.pre_restore,
+            policy.pre_restore_keep,
+            "pre-restore copies",
+            "stamp",
+        ),
+        ("resync", inventory.resync, policy.resync_keep, "resync copies", "stamp"),
+    )
+    for kind, entries, keep, what, by in kept_dirs:
+        items += [
+            PruneItem(kind, e.path, e.size, f"beyond the newest {keep} {what}", is_dir=True)
+            for e in beyond_newest(entries, keep, by=by)
+        ]
     hours = policy.leftover_min_age_s / 3600
     items += [
         PruneItem(

@@ -104,6 +104,30 @@ def build_block(
     return outcomes, block, accepted
 
 
+def seal_block(
+    state: ChainState,
+    store: Store,
+    identity: Identity,
+    contributions: list[Contribution],
+) -> BatchResult:
+    """Decide ``contributions``, write the block of the accepted ones durably and advance the
+    head: the sequencer's step (also how tools build a chain offline). All or nothing: on any
+    failure the in-memory state is rolled back and the error raised."""
+    state.begin()
+    try:
+        outcomes, block, entries = build_block(state, identity, contributions, store=store)
+        if block is not None:
+            store.append_block(block, entries)
+            state.height = block.height
+            state.head_hash = block.hash
+            state.head_timestamp_ms = block.header.timestamp_ms
+    except BaseException:
+        state.rollback()
+        raise
+    state.begin()
+    return BatchResult(outcomes=outcomes, block=block)
+
+
 class Sequencer:
     """Owns the write path of the chain on the node that orders blocks."""
 
@@ -217,20 +241,5 @@ class Sequencer:
             self._on_batch(result, time.perf_counter() - started)
 
     def _apply_batch(self, contributions: list[Contribution]) -> BatchResult:
-        """Worker thread: decide, build, write. Rolls the in-memory state back on failure."""
-        state = self.state
-        state.begin()
-        try:
-            outcomes, block, entries = build_block(
-                state, self.identity, contributions, store=self.store
-            )
-            if block is not None:
-                self.store.append_block(block, entries)
-                state.height = block.height
-                state.head_hash = block.hash
-                state.head_timestamp_ms = block.header.timestamp_ms
-        except BaseException:
-            state.rollback()
-            raise
-        state.begin()
-        return BatchResult(outcomes=outcomes, block=block)
+        """Worker thread: :func:`seal_block` on the node's state and store."""
+        return seal_block(self.state, self.store, self.identity, contributions)

@@ -654,7 +654,7 @@ def build_chain(data_dir: Path, *, blocks: int, per_block: int, tag: str = "preb
     from ian.datadir import init_data_dir
     from ian.evaluators import get_evaluator
     from ian.goals import BUILTIN_GOALS, GoalSpec
-    from ian.sequencer import build_block
+    from ian.sequencer import seal_block
     from ian.store import Store
 
     init = init_data_dir(data_dir)
@@ -678,14 +678,7 @@ def build_chain(data_dir: Path, *, blocks: int, per_block: int, tag: str = "preb
                 c.parsed = check(c.parameters, c.metadata)
                 batch.append(c)
                 n += 1
-            state.begin()
-            _, block, entries = build_block(state, init.identity, batch, store=store)
-            assert block is not None
-            store.append_block(block, entries)
-            state.height = block.height
-            state.head_hash = block.hash
-            state.head_timestamp_ms = block.header.timestamp_ms
-            state.begin()
+            assert seal_block(state, store, init.identity, batch).block is not None
     finally:
         store.close()
     return state.height
