@@ -346,9 +346,14 @@ class Store:
         return out
 
     def latest_roots(self) -> dict[str, dict[str, Any]]:
-        """Per goal, the roots recorded by the newest block that touched it."""
+        """Per goal, the roots recorded by the newest block that touched it. Reads back from the
+        head only until every goal with entries is found (start-up must not parse every
+        header of a long chain)."""
+        wanted = set(self.goal_ids())
         out: dict[str, dict[str, Any]] = {}
         for (header,) in self._r.execute("SELECT header FROM blocks ORDER BY height DESC"):
+            if wanted <= out.keys():
+                break
             for gid, roots in json.loads(header)["goals"].items():
                 out.setdefault(gid, roots)
         return out
