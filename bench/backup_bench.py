@@ -39,8 +39,8 @@ GOALS_ENV = json.dumps([{"id": GOAL, "evaluator": "trivial"}])
 
 
 def _chain(root: Path):  # type: ignore[no-untyped-def]
+    from ian.chain.goals import GoalSpec
     from ian.config import load_settings
-    from ian.goals import GoalSpec
     from ian.node import Node
 
     settings = load_settings(
@@ -51,8 +51,8 @@ def _chain(root: Path):  # type: ignore[no-untyped-def]
 
 def append_blocks(node: Any, first: int, count: int, per_block: int = BLOCK) -> int:
     """Append ``count`` trivial contributions starting at number ``first``; returns the next."""
-    from ian.contributions import make_contribution
-    from ian.sequencer import build_block
+    from ian.chain.contributions import make_contribution
+    from ian.ledger.sequencer import build_block
 
     st = node.state
     n = first

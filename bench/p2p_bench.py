@@ -31,12 +31,12 @@ import anyio
 
 from common import base_parser, emit, environment, percentile, render_table
 from ian.config import Settings
-from ian.datadir import init_data_dir
 from ian.metrics import NodeMetrics
 from ian.p2p.messages import Ping
+from ian.p2p.peer_book import PeerBook
 from ian.p2p.service import P2PService, P2PTuning, PeerDisconnected
 from ian.p2p.transport import TlsCredentials, connect_tcp, tls_handshake
-from ian.peer_book import PeerBook
+from ian.storage.datadir import init_data_dir
 
 NAME = "p2p"
 

@@ -40,13 +40,13 @@ from common import (
     render_table,
     trivial_parameters,
 )
-from ian.chain import ChainState
-from ian.contributions import decode_parameters, make_contribution
+from ian.chain.contributions import decode_parameters, make_contribution
+from ian.chain.goals import GoalSpec
+from ian.chain.state import ChainState
 from ian.evaluators import get_evaluator
-from ian.goals import GoalSpec
 from ian.identity import Identity
-from ian.sequencer import build_block
-from ian.store import Store
+from ian.ledger.sequencer import build_block
+from ian.storage.store import Store
 
 GOAL_ID = "BENCH"
 BATCH = 1000  # the sequencer's default block_max_entries

@@ -41,7 +41,7 @@ print(f'Kept {len(data[\"peers\"])} peers')
 PEER_BOOK_PRUNE = """
 import json, resource, sys, time
 from pathlib import Path
-from ian.peer_book import PeerBook
+from ian.p2p.peer_book import PeerBook
 
 path = Path(sys.argv[1])
 cpu = time.process_time

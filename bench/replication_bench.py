@@ -66,17 +66,17 @@ from common import (
     summarise_py_spy,
     trivial_parameters,
 )
-from ian.chain import ChainState
+from ian.chain.contributions import make_contribution
+from ian.chain.goals import BUILTIN_GOALS, DEMO_GOAL_ID, GoalSpec
+from ian.chain.state import ChainState
 from ian.config import Settings
-from ian.contributions import make_contribution
-from ian.datadir import init_data_dir
 from ian.evaluators import get_evaluator
-from ian.goals import BUILTIN_GOALS, DEMO_GOAL_ID, GoalSpec
+from ian.ledger.sequencer import build_block
 from ian.metrics import NodeMetrics
+from ian.p2p.peer_book import PeerBook
 from ian.p2p.service import P2PService, PeerStatus
-from ian.peer_book import PeerBook
-from ian.sequencer import build_block
-from ian.store import Store
+from ian.storage.datadir import init_data_dir
+from ian.storage.store import Store
 
 NAME = "replication"
 GOAL_ID = "BENCH_TRIVIAL"
@@ -486,7 +486,7 @@ def breakdown(work: Path, label: str, n: int, per_block: int, batch: int = 64) -
     per block (prototyped here by wrapping the store's transactions; not in src)."""
     import contextlib
 
-    from ian.block_apply import apply_block
+    from ian.ledger.block_apply import apply_block
     from ian.p2p import messages as msg
 
     src = build_source(work / f"c-{label}-source", GOAL_ID, n, per_block)

@@ -1,6 +1,6 @@
 """Fixtures shared by every test directory: the anyio backend and agent-pack builders.
 
-``packs`` builds contribution request bodies and :class:`~ian.contributions.Contribution`
+``packs`` builds contribution request bodies and :class:`~ian.chain.contributions.Contribution`
 objects. Demo packs are back-tested for real; the two parameter sets below were picked because
 the demo goal's thresholds accept the first and refuse the second (reward below min_reward).
 Distinct packs with the same parameters differ only in ``metadata`` (part of the pack hash, not
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from ian.chain import ChainState, Outcome
-from ian.contributions import Contribution, make_contribution
-from ian.goals import DEMO_GOAL as DEMO_SPEC
-from ian.goals import GoalSpec
+from ian.chain.contributions import Contribution, make_contribution
+from ian.chain.goals import DEMO_GOAL as DEMO_SPEC
+from ian.chain.goals import GoalSpec
+from ian.chain.state import ChainState, Outcome
 from ian.identity import Identity
-from ian.sequencer import build_block
-from ian.store import Store
+from ian.ledger.sequencer import build_block
+from ian.storage.store import Store
 
 DEMO_GOAL = "DEMO_TRADING_AGENT"
 TRIVIAL_GOAL = "TRIVIAL_GOAL"

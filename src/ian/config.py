@@ -37,9 +37,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ian.contributions import FRAME_OVERHEAD, wire_size_bound
+from ian.chain.contributions import FRAME_OVERHEAD, wire_size_bound
+from ian.chain.goals import BUILTIN_GOALS, GoalSpec
 from ian.errors import ConfigError
-from ian.goals import BUILTIN_GOALS, GoalSpec
 
 __all__ = [
     "ENV_PREFIX",

@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
-    from ian.blocks import Block
-    from ian.chain import Outcome
+    from ian.chain.blocks import Block
+    from ian.chain.state import Outcome
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",

@@ -24,31 +24,35 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ian import node_state as node_state_mod
-from ian.backup import maintenance_lock, read_last_backup
-from ian.blocks import Block, GoalRoots
-from ian.cert_rotation import recover_interrupted_rotation, renewal_due, rotate_certificate
 from ian.certs import CertInfo
-from ian.chain import ChainState, Outcome
+from ian.chain.blocks import Block, GoalRoots
+from ian.chain.contributions import FRAME_OVERHEAD, Contribution
+from ian.chain.goals import GoalSpec
+from ian.chain.leaderboard import LeaderboardEntry
+from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
-from ian.contributions import FRAME_OVERHEAD, Contribution
-from ian.datadir import DataDir, init_data_dir, read_api_token
 from ian.errors import DataDirError
 from ian.events import EventBus, PeerEvents, block_contributions, block_data, outcome_event
-from ian.goals import GoalSpec
 from ian.identity import Identity, load_identity
-from ian.intake import Intake
-from ian.leaderboard import LeaderboardEntry
-from ian.lock import NodeLock
+from ian.ledger.intake import Intake
+from ian.ledger.recovery import load_chain_state, open_chain_state
+from ian.ledger.replication import Replicator
+from ian.ledger.sequencer import BatchResult, Sequencer
 from ian.log_setup import set_level
+from ian.maintenance.backup import maintenance_lock, read_last_backup
+from ian.maintenance.cert_rotation import (
+    recover_interrupted_rotation,
+    renewal_due,
+    rotate_certificate,
+)
+from ian.maintenance.restore import pending_restore
 from ian.metrics import NodeMetrics, StateSnapshot
 from ian.p2p import P2PService, P2PTuning, PeerConnected
-from ian.peer_book import PeerBook
-from ian.recovery import load_chain_state, open_chain_state
-from ian.replication import Replicator
-from ian.restore import pending_restore
-from ian.sequencer import BatchResult, Sequencer
-from ian.store import Store
+from ian.p2p.peer_book import PeerBook
+from ian.storage import node_state as node_state_mod
+from ian.storage.datadir import DataDir, init_data_dir, read_api_token
+from ian.storage.lock import NodeLock
+from ian.storage.store import Store
 from ian.tau import TauBridge
 
 log = logging.getLogger("ian.node")

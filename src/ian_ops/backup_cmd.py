@@ -12,7 +12,7 @@ import typer
 from ian_ops import cli
 
 if TYPE_CHECKING:
-    from ian.backup import Progress
+    from ian.maintenance.backup import Progress
 
 app = typer.Typer(
     help="Back up the data directory while the node runs (no stop needed); `ian backup verify` "
@@ -97,8 +97,8 @@ def backup(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ian.backup import create_backup
-    from ian.datadir import DataDir
+    from ian.maintenance.backup import create_backup
+    from ian.storage.datadir import DataDir
 
     settings = cli.load_settings(data_dir)
     datadir = DataDir(settings.data_dir)
@@ -133,7 +133,7 @@ def verify(archive: ArchiveArg, json_out: cli.JsonOpt = False) -> None:
 
     Example: ian backup verify /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar
     """
-    from ian.backup import verify_archive
+    from ian.maintenance.backup import verify_archive
 
     with progress_reporter(not json_out) as report:
         block_report = None
@@ -165,7 +165,7 @@ def inspect(archive: ArchiveArg, json_out: cli.JsonOpt = False) -> None:
 
     Example: ian backup inspect backup.tar --json
     """
-    from ian.backup import list_members, read_manifest
+    from ian.maintenance.backup import list_members, read_manifest
 
     manifest = read_manifest(archive)
     members = list_members(archive)

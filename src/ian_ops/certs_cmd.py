@@ -19,8 +19,8 @@ def show(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None
     """
     from ian.api.certs_routes import cert_doc
     from ian.certs import load_certificate
-    from ian.datadir import DataDir
     from ian.identity import load_identity
+    from ian.storage.datadir import DataDir
 
     settings = cli.load_settings(data_dir)
     datadir = DataDir(settings.data_dir)
@@ -64,12 +64,12 @@ def rotate(
     import contextlib
 
     from ian.api.certs_routes import cert_doc
-    from ian.backup import maintenance_lock
-    from ian.cert_rotation import rotate_certificate
-    from ian.datadir import DataDir, read_api_token
     from ian.errors import IanError, NodeLockedError
     from ian.identity import load_identity
-    from ian.lock import NodeLock, holder_pid, is_locked
+    from ian.maintenance.backup import maintenance_lock
+    from ian.maintenance.cert_rotation import rotate_certificate
+    from ian.storage.datadir import DataDir, read_api_token
+    from ian.storage.lock import NodeLock, holder_pid, is_locked
 
     settings = cli.load_settings(data_dir)
     datadir = DataDir(settings.data_dir)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ian.config import PeerAddress, Settings
-    from ian.datadir import DataDir
+    from ian.storage.datadir import DataDir
 
 __all__ = ["FAIL", "GROUPS", "OK", "SKIP", "WARN", "Check", "NodeFacts", "exit_code", "overall"]
 
@@ -186,7 +186,7 @@ def check_data_dir(datadir: DataDir) -> Check:
 
 
 def check_permissions(datadir: DataDir) -> Check:
-    from ian.datadir import check_permissions as problems_of
+    from ian.storage.datadir import check_permissions as problems_of
 
     title = "owner and modes"
     if not datadir.root.is_dir():
@@ -609,8 +609,8 @@ def check_store(datadir: DataDir, settings: Settings, *, quick: bool) -> Check:
     """Quick: open read-only and compare the roots with the last block (what a start does).
     Full: replay every block from genesis (``ian node verify``)."""
     from ian.errors import IanError
-    from ian.recovery import load_chain_state, verify_store
-    from ian.store import Store
+    from ian.ledger.recovery import load_chain_state, verify_store
+    from ian.storage.store import Store
 
     title = "store roots" if quick else "store (full verify)"
     fix = (

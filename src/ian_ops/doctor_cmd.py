@@ -20,7 +20,7 @@ from ian_ops import cli
 
 if TYPE_CHECKING:
     from ian.config import Settings
-    from ian.datadir import DataDir
+    from ian.storage.datadir import DataDir
     from ian_ops.doctor_checks import Check, NodeFacts
 
 
@@ -83,7 +83,7 @@ def doctor(
         )
     checks.append(dc.check_disk(datadir))
     if datadir.root.is_dir():
-        from ian.backup import read_last_backup
+        from ian.maintenance.backup import read_last_backup
 
         checks.append(dc.backup_age(read_last_backup(datadir), now))
 
@@ -120,7 +120,7 @@ def _settings(data_dir: Path | None) -> tuple[Settings | None, str | None]:
 
 
 def _datadir(data_dir: Path | None, settings: Settings | None) -> DataDir:
-    from ian.datadir import DataDir
+    from ian.storage.datadir import DataDir
 
     if settings is not None:
         return DataDir(settings.data_dir)
@@ -130,7 +130,7 @@ def _datadir(data_dir: Path | None, settings: Settings | None) -> DataDir:
 def _node_facts(datadir: DataDir, url: str) -> NodeFacts:
     """Who holds node.lock, and what the API at ``url`` answers (short timeouts)."""
     from ian.errors import IanError
-    from ian.lock import holder_pid, is_locked
+    from ian.storage.lock import holder_pid, is_locked
     from ian_ops.client import NodeClient
     from ian_ops.doctor_checks import NodeFacts
 
@@ -160,7 +160,7 @@ def _node_facts(datadir: DataDir, url: str) -> NodeFacts:
 def _bans(datadir: DataDir, settings: Settings, node: NodeFacts) -> Check:
     """Bans as the running node sees them, else from peer_scores.json."""
     from ian.errors import IanError
-    from ian.peer_book import PeerBook
+    from ian.p2p.peer_book import PeerBook
     from ian_ops import doctor_checks as dc
 
     doc = node.peers

@@ -61,9 +61,9 @@ def events(
     """
     import asyncio
 
-    from ian.datadir import DataDir, read_api_token
     from ian.errors import DataDirError, InputError
     from ian.events import TOPICS
+    from ian.storage.datadir import DataDir, read_api_token
 
     wanted = [t.strip() for t in (topics or "").split(",") if t.strip()]
     unknown = sorted(set(wanted) - TOPICS)

@@ -53,8 +53,8 @@ def init(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None
 
     Example: ian node init --data-dir /data
     """
-    from ian.datadir import init_data_dir
-    from ian.lock import NodeLock
+    from ian.storage.datadir import init_data_dir
+    from ian.storage.lock import NodeLock
 
     settings = cli.load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -85,9 +85,9 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
 
     Example: ian node verify --data-dir /data
     """
-    from ian.datadir import DataDir
-    from ian.recovery import verify_store
-    from ian.store import Store
+    from ian.ledger.recovery import verify_store
+    from ian.storage.datadir import DataDir
+    from ian.storage.store import Store
 
     settings = cli.load_settings(data_dir)
     dd = DataDir(settings.data_dir)
@@ -140,8 +140,8 @@ def resync(
 
     Example: ian node resync --data-dir /data --yes
     """
-    from ian.lock import NodeLock
-    from ian.resync import set_store_aside
+    from ian.maintenance.resync import set_store_aside
+    from ian.storage.lock import NodeLock
     from ian_ops.target import admin_post, resolve_target
 
     target = resolve_target(data_dir, node_url)
@@ -155,7 +155,7 @@ def resync(
     else:
         from ian.errors import NodeRefusedError
         from ian.identity import load_identity
-        from ian.store import Store
+        from ian.storage.store import Store
 
         node_id = load_identity(target.datadir.identity_file).node_id
         if target.datadir.store_file.exists():

@@ -27,7 +27,7 @@ from ian_ops.durations import format_duration, parse_duration
 from ian_ops.target import Target, admin_post, resolve_target
 
 if TYPE_CHECKING:
-    from ian.peer_book import PeerBook
+    from ian.p2p.peer_book import PeerBook
     from ian_ops.client import NodeClient
 
 app = typer.Typer(
@@ -54,8 +54,8 @@ def _scores(place: Target) -> Path:
 
 def _offline_write(place: Target, change: Callable[[PeerBook], T]) -> T:
     """Run ``change`` on the book under node.lock and save it atomically."""
-    from ian.lock import NodeLock
-    from ian.peer_book import PeerBook
+    from ian.p2p.peer_book import PeerBook
+    from ian.storage.lock import NodeLock
 
     with NodeLock(place.datadir.lock_file):
         book = PeerBook.load(_scores(place), ban_seconds=place.settings.ban_seconds)
@@ -68,7 +68,7 @@ def _offline_write(place: Target, change: Callable[[PeerBook], T]) -> T:
 def _read(place: Target, online: Callable[[NodeClient], T], offline: Callable[[PeerBook], T]) -> T:
     """Online when the node answers, else from the file (written atomically: no lock needed)."""
     from ian.errors import NodeUnreachableError
-    from ian.peer_book import PeerBook
+    from ian.p2p.peer_book import PeerBook
 
     if place.online:
         try:
@@ -237,7 +237,7 @@ def show(
     if json_out:
         cli.print_json(doc)
         return
-    from ian.peer_book import COUNTERS
+    from ian.p2p.peer_book import COUNTERS
 
     now = time.time()
     out = cli.stdout()
@@ -280,7 +280,7 @@ def ban(
 
     Example: ian peers ban 10.0.0.0/8 --for 2w --reason "scanner"
     """
-    from ian.peer_book import parse_ban_target
+    from ian.p2p.peer_book import parse_ban_target
 
     _kind, canonical = parse_ban_target(target)
     place = resolve_target(data_dir, node_url)
@@ -323,7 +323,7 @@ def unban(
 
     Example: ian peers unban 10.0.0.0/8
     """
-    from ian.peer_book import parse_ban_target
+    from ian.p2p.peer_book import parse_ban_target
 
     _kind, canonical = parse_ban_target(target)
     place = resolve_target(data_dir, node_url)
@@ -385,7 +385,7 @@ def reset(
 
 def _reset_all(place: Target, *, yes: bool, json_out: bool) -> None:
     from ian.errors import NodeLockedError
-    from ian.lock import NodeLock
+    from ian.storage.lock import NodeLock
 
     if place.online:
         raise NodeLockedError(
@@ -470,7 +470,7 @@ def prune(
         )
     else:
         if dry_run:
-            from ian.peer_book import PeerBook
+            from ian.p2p.peer_book import PeerBook
 
             book = PeerBook.load(_scores(place), ban_seconds=place.settings.ban_seconds)
             result = book.prune(seconds, dry_run=True)

@@ -13,7 +13,7 @@ from ian_ops import cli
 
 if TYPE_CHECKING:
     from ian.config import Settings
-    from ian.datadir import DataDir
+    from ian.storage.datadir import DataDir
 
 
 def _human(n: int) -> str:
@@ -29,7 +29,7 @@ class _Peers:
     """Stale-peer pruning, through the node's admin API (online) or the file (offline)."""
 
     def __init__(self, settings: Settings, datadir: DataDir, node_url: str | None) -> None:
-        from ian.lock import is_locked
+        from ian.storage.lock import is_locked
 
         self.settings = settings
         self.datadir = datadir
@@ -37,7 +37,7 @@ class _Peers:
         self.url = cli.node_url(node_url, settings)
 
     def _client(self):  # type: ignore[no-untyped-def]
-        from ian.datadir import read_api_token
+        from ian.storage.datadir import read_api_token
         from ian_ops.client import NodeClient
 
         token = (
@@ -52,8 +52,8 @@ class _Peers:
         if self.online:
             with self._client() as client:
                 return client.post_json("/api/v1/admin/peers/prune", body)
-        from ian.lock import NodeLock
-        from ian.peer_book import PeerBook
+        from ian.p2p.peer_book import PeerBook
+        from ian.storage.lock import NodeLock
 
         path = self.datadir.peer_scores_file
         if dry_run:
@@ -91,10 +91,10 @@ def prune(
 
     Example: ian prune --dry-run
     """
-    from ian.backup import maintenance_lock
-    from ian.datadir import DataDir
     from ian.errors import DataDirError
-    from ian.retention import RetentionPolicy, plan, remove, scan
+    from ian.maintenance.backup import maintenance_lock
+    from ian.maintenance.retention import RetentionPolicy, plan, remove, scan
+    from ian.storage.datadir import DataDir
     from ian_ops.durations import format_duration, parse_duration
 
     settings = cli.load_settings(data_dir)
@@ -187,7 +187,7 @@ def _interrupted_restore(datadir: DataDir, *, json_out: bool) -> dict[str, Any] 
     """An interrupted in-place restore (whose directories prune leaves alone): said on stderr,
     returned for --json; None when there is none."""
     from ian.errors import DataDirError
-    from ian.restore import pending_restore
+    from ian.maintenance.restore import pending_restore
 
     try:
         pending = pending_restore(datadir.root)

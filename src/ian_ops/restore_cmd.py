@@ -1,7 +1,7 @@
 """`ian restore ARCHIVE`: verify, then replace the data directory, keeping the old one aside.
 
 Also ``ian restore --resume`` / ``--rollback``: settle an in-place restore whose process died
-mid-swap (see :mod:`ian.restore`).
+mid-swap (see :mod:`ian.maintenance.restore`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ian_ops import cli
 from ian_ops.backup_cmd import progress_reporter
 
 if TYPE_CHECKING:
-    from ian.restore import RestorePlan
+    from ian.maintenance.restore import RestorePlan
 
 
 def _describe(plan: RestorePlan) -> list[str]:
@@ -104,7 +104,7 @@ def restore(
             "interrupted restore",
         )
 
-    from ian.restore import restore_archive
+    from ian.maintenance.restore import restore_archive
 
     if not archive.is_file():
         from ian.errors import DataDirError
@@ -167,7 +167,7 @@ def restore(
 
 def _settle(data_dir: Path | None, action: str, *, json_out: bool) -> None:
     """--resume / --rollback of an interrupted in-place restore."""
-    from ian.restore import finish_interrupted
+    from ian.maintenance.restore import finish_interrupted
 
     target = cli.load_settings(data_dir).data_dir
     pending = finish_interrupted(target, "resume" if action == "resume" else "rollback")

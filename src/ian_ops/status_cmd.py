@@ -265,8 +265,8 @@ def _seconds(interval: float) -> str:
 
 def _event_feed(node_url: str, ws_url: str | None, data_dir: Path | None) -> _EventFeed:
     """The event stream of the node at ``node_url``, found the way ``ian events`` finds it."""
-    from ian.datadir import DataDir, read_api_token
     from ian.errors import IanError
+    from ian.storage.datadir import DataDir, read_api_token
     from ian_ops.events_cmd import stream_url
 
     try:

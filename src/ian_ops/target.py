@@ -16,7 +16,7 @@ from ian_ops import cli
 
 if TYPE_CHECKING:
     from ian.config import Settings
-    from ian.datadir import DataDir
+    from ian.storage.datadir import DataDir
     from ian_ops.client import NodeClient
 
 
@@ -36,8 +36,8 @@ class Target:
         cli.stderr().print(text, markup=False, soft_wrap=True)
 
     def client(self, *, admin: bool) -> NodeClient:
-        from ian.datadir import read_api_token
         from ian.errors import DataDirError
+        from ian.storage.datadir import read_api_token
         from ian_ops.client import NodeClient
 
         token = None
@@ -55,9 +55,9 @@ class Target:
 
 def resolve_target(data_dir: Path | None, node_url: str | None) -> Target:
     """Decide online/offline (see the module docstring); raises DataDirError without a dir."""
-    from ian.datadir import DataDir
     from ian.errors import DataDirError
-    from ian.lock import is_locked
+    from ian.storage.datadir import DataDir
+    from ian.storage.lock import is_locked
 
     settings = cli.load_settings(data_dir)
     datadir = DataDir(settings.data_dir)
@@ -76,7 +76,7 @@ def admin_post(place: Target, path: str, body: dict[str, Any]) -> Any:
     """POST an admin call to the node. When the node was chosen because node.lock is held but
     nothing answers, the holder is not a serving node (or not at that URL): refuse as locked."""
     from ian.errors import NodeLockedError, NodeUnreachableError
-    from ian.lock import holder_pid
+    from ian.storage.lock import holder_pid
 
     try:
         with place.client(admin=True) as client:

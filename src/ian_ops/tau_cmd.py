@@ -45,7 +45,7 @@ def reset(node_url: cli.NodeUrlOpt = None, data_dir: cli.DataDirOpt = None) -> N
 
     Example: ian tau reset --data-dir /data
     """
-    from ian.datadir import DataDir, read_api_token
+    from ian.storage.datadir import DataDir, read_api_token
     from ian_ops.client import NodeClient
 
     settings = cli.load_settings(data_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from ian.chain.goals import BUILTIN_GOALS, DEMO_GOAL_ID
 from ian.config import (
     PeerAddress,
     PeerAddressError,
@@ -19,7 +20,6 @@ from ian.config import (
     settings_as_dict,
 )
 from ian.errors import ConfigError
-from ian.goals import BUILTIN_GOALS, DEMO_GOAL_ID
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ian.store import Store
+from ian.storage.store import Store
 
 IAN = Path(sys.executable).with_name("ian")
 GOAL = "TRIVIAL_GOAL"

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ian.certs import load_certificate
-from ian.datadir import DataDir, init_data_dir
 from ian.errors import NodeUnreachableError
-from ian.lock import NodeLock
+from ian.storage.datadir import DataDir, init_data_dir
+from ian.storage.lock import NodeLock
 from ian_ops import client as client_mod
 from ian_ops.app import app
 

@@ -17,8 +17,8 @@ from tests.integration.conftest import NodeFactory, run_ian
 
 from ian.certs import generate_certificate, write_certificate
 from ian.config import parse_peer_address
-from ian.datadir import DataDir
 from ian.identity import load_identity
+from ian.storage.datadir import DataDir
 from ian_ops import doctor_checks as dc
 
 DEFAULT_PORTS = {"IAN_API_PORT": "0", "IAN_P2P_PORT": "0", "IAN_WS_PORT": "0"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ian.lock import NodeLock
+from ian.storage.lock import NodeLock
 from ian_ops.app import main
 
 

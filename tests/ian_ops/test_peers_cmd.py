@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from ian.datadir import DataDir
 from ian.errors import (
     CorruptFileError,
     DataDirError,
@@ -25,8 +24,9 @@ from ian.errors import (
     NodeUnreachableError,
     NotFoundError,
 )
-from ian.lock import NodeLock
-from ian.peer_book import PeerBook, PeerEvent
+from ian.p2p.peer_book import PeerBook, PeerEvent
+from ian.storage.datadir import DataDir
+from ian.storage.lock import NodeLock
 from ian_ops import cli, peers_cmd
 from ian_ops.durations import format_duration, parse_duration
 from ian_ops.peers_cmd import app
@@ -41,7 +41,7 @@ runner = CliRunner()
 
 LOCK_HOLDER = (
     "import sys\n"
-    "from ian.lock import NodeLock\n"
+    "from ian.storage.lock import NodeLock\n"
     "lock = NodeLock(sys.argv[1])\n"
     "lock.acquire()\n"
     "print('locked', flush=True)\n"

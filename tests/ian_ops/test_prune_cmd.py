@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ian.config import load_settings
-from ian.lock import NodeLock
 from ian.node import Node
+from ian.storage.lock import NodeLock
 from ian_ops import client as client_mod
 from ian_ops.app import app
 
@@ -143,10 +143,10 @@ def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path) -> N
     """Real leftovers: two offline resyncs, two in-place restores; the newest of each stays."""
     from datetime import UTC, datetime
 
-    from ian.backup import create_backup
-    from ian.datadir import DataDir
-    from ian.restore import restore_archive
-    from ian.resync import set_store_aside
+    from ian.maintenance.backup import create_backup
+    from ian.maintenance.restore import restore_archive
+    from ian.maintenance.resync import set_store_aside
+    from ian.storage.datadir import DataDir
 
     dd = DataDir(data)
     settings = load_settings(env={}, overrides={"data_dir": data})
@@ -178,10 +178,10 @@ def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path) -> N
 
 
 def test_an_interrupted_restore_is_pointed_out(data: Path, tmp_path: Path) -> None:
-    from tests.ian.test_restore import crash_restore
+    from tests.ian.maintenance.test_restore import crash_restore
 
-    from ian.backup import create_backup
-    from ian.datadir import DataDir
+    from ian.maintenance.backup import create_backup
+    from ian.storage.datadir import DataDir
 
     settings = load_settings(env={}, overrides={"data_dir": data})
     archive = create_backup(DataDir(data), settings.all_goals(), output=tmp_path / "b.tar").path

@@ -11,13 +11,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from tests.ian.test_restore import crash_restore
+from tests.ian.maintenance.test_restore import crash_restore
 
-from ian.backup import create_backup
 from ian.config import load_settings
-from ian.datadir import DataDir
-from ian.lock import NodeLock
+from ian.maintenance.backup import create_backup
 from ian.node import Node
+from ian.storage.datadir import DataDir
+from ian.storage.lock import NodeLock
 
 IAN = Path(sys.executable).with_name("ian")
 

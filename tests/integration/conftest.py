@@ -649,13 +649,13 @@ def build_chain(data_dir: Path, *, blocks: int, per_block: int, tag: str = "preb
     No ``node_state.json`` is written: the node verifies the whole store at start, as after a
     restore.
     """
-    from ian.chain import ChainState
-    from ian.contributions import make_contribution
-    from ian.datadir import init_data_dir
+    from ian.chain.contributions import make_contribution
+    from ian.chain.goals import BUILTIN_GOALS, GoalSpec
+    from ian.chain.state import ChainState
     from ian.evaluators import get_evaluator
-    from ian.goals import BUILTIN_GOALS, GoalSpec
-    from ian.sequencer import seal_block
-    from ian.store import Store
+    from ian.ledger.sequencer import seal_block
+    from ian.storage.datadir import init_data_dir
+    from ian.storage.store import Store
 
     init = init_data_dir(data_dir)
     specs = [*BUILTIN_GOALS, *(GoalSpec(**g) for g in json.loads(TRIVIAL_GOALS_JSON))]

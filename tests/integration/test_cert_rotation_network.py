@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ian.datadir import init_data_dir
 from ian.p2p.transport import TlsCredentials, connect_tcp, tls_handshake
+from ian.storage.datadir import init_data_dir
 
 from .conftest import NodeProcess, run_ian, wait_connected
 

@@ -23,7 +23,6 @@ import anyio
 import pytest
 
 from ian.config import Settings
-from ian.datadir import init_data_dir
 from ian.p2p.frames import encode_frame
 from ian.p2p.messages import PROTOCOL_VERSION, Hello, Ping
 from ian.p2p.session import (
@@ -35,6 +34,7 @@ from ian.p2p.session import (
     SessionConfig,
 )
 from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handshake
+from ian.storage.datadir import init_data_dir
 
 from .conftest import NodeProcess, wait_connected, wait_until
 

@@ -12,8 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from ian.lock import is_locked
-from ian.store import Store
+from ian.storage.lock import is_locked
+from ian.storage.store import Store
 
 pytestmark = pytest.mark.integration
 

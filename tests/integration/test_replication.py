@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ian.mmr import InclusionProof, verify_inclusion
+from ian.chain.mmr import InclusionProof, verify_inclusion
 
 from .conftest import (
     DEMO_GOAL,

@@ -262,7 +262,7 @@ def parse(args: tuple[str, ...]) -> Parsed:
 
 def check_values(parsed: Parsed) -> None:
     """The values `ian` validates itself at run time (before any I/O)."""
-    from ian.peer_book import parse_ban_target
+    from ian.p2p.peer_book import parse_ban_target
     from ian_ops.durations import parse_duration
 
     params = parsed.params

@@ -20,13 +20,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ian import mmr
 from ian.api import models as m
 from ian.api.auth import AdminGuard, check_token, client_address, require_admin
 from ian.api.certs_routes import router as certs_router
 from ian.api.node_routes import router as node_router
 from ian.api.peers_routes import router as peers_router
 from ian.api.tau_routes import router as tau_router
+from ian.chain import mmr
 from ian.errors import (
     AuthError,
     InputError,

@@ -1,7 +1,7 @@
 """Peer routes of the HTTP API: read the peer book, and the admin actions on peers and P2P limits.
 
 Include with ``app.include_router(router)``. Expects ``request.app.state.node`` to carry
-``peer_book`` (:class:`ian.peer_book.PeerBook`) and ``p2p`` (None when P2P is not running; else
+``peer_book`` (:class:`ian.p2p.peer_book.PeerBook`) and ``p2p`` (None when P2P is not running; else
 an object with ``peers()``, ``disconnect(node_id, reason)``, ``async connect(address)`` and
 ``configure(max_peers=None, rate=None, burst=None)``). Admin routes depend on
 :func:`ian.api.auth.require_admin`. Handlers are ``async`` so they run on the event loop, the
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ian.api.auth import require_admin
 from ian.config import PeerAddressError, parse_peer_address
 from ian.errors import InputError, NotFoundError, UnavailableError
-from ian.peer_book import PeerBook, parse_ban_target
+from ian.p2p.peer_book import PeerBook, parse_ban_target
 
 router = APIRouter()
 

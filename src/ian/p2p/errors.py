@@ -13,7 +13,7 @@
         ├── RequestTimeoutError     no reply to a request within its deadline
         └── RemoteError             the peer answered a request with an ``error`` message
 
-``score_event`` names the :class:`ian.peer_book.PeerEvent` member a failure charges to the peer
+``score_event`` names the :class:`ian.p2p.peer_book.PeerEvent` member a failure charges to the peer
 (``None`` = not the peer's fault). The P2P service maps it; this module does not import the peer
 book so the codec and the session stay free of it.
 """

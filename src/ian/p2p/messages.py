@@ -27,8 +27,9 @@ goodbye                reason
 
 Block doc: ``{"header": BlockHeader.to_doc(), "hash": hex, "signature": hex, "entries":
 [Contribution.to_wire(), ...]}``. Decoding checks its *shape* only; :func:`block_from_doc`
-converts it to :class:`ian.blocks.Block` (re-validating every contribution as the API would) but
-does not check the hash, the signature or the chain: that is the replication layer's job.
+converts it to :class:`~ian.chain.blocks.Block` (re-validating every contribution as the API
+would) but does not check the hash, the signature or the chain: that is the replication layer's
+job.
 
 Decoding failures: bytes that are not a JSON envelope of protocol version 1, or an unknown
 ``type``, raise :class:`ProtocolViolation`; a known type whose body does not validate raises
@@ -44,11 +45,11 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ian.blocks import Block, BlockHeader
+from ian.chain.blocks import Block, BlockHeader
+from ian.chain.contributions import MAX_SEED, Contribution, contribution_from_wire
+from ian.chain.goals import GOAL_ID_PATTERN
 from ian.config import parse_peer_address
-from ian.contributions import MAX_SEED, Contribution, contribution_from_wire
 from ian.errors import IanError
-from ian.goals import GOAL_ID_PATTERN
 from ian.p2p.errors import InvalidMessage, ProtocolViolation
 
 __all__ = [

@@ -57,7 +57,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ian.certs import CertInfo
 from ian.config import PeerAddress, Settings, parse_peer_address
-from ian.datadir import DataDir
 from ian.errors import IanError
 from ian.identity import Identity
 from ian.metrics import NodeMetrics
@@ -87,6 +86,7 @@ from ian.p2p.messages import (
     Pong,
     Status,
 )
+from ian.p2p.peer_book import PeerBook, PeerEvent, Verdict
 from ian.p2p.session import (
     Direction,
     GoodbyeReceived,
@@ -110,8 +110,8 @@ from ian.p2p.transport import (
     remote_ip,
     tls_handshake,
 )
-from ian.peer_book import PeerBook, PeerEvent, Verdict
 from ian.rate_limit import BucketTable
+from ian.storage.datadir import DataDir
 
 __all__ = [
     "Handler",

@@ -42,7 +42,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
-from ian.blocks import GoalRoots
+from ian.chain.blocks import GoalRoots
 from ian.config import PeerAddress, Settings, parse_peer_address
 from ian.events import Publish
 from ian.identity import Identity

@@ -9,7 +9,7 @@ The commit (ARCHITECTURE §9), all hashes lowercase hex::
 ``committer`` (node id) and ``committer_key`` (Ed25519 public key, hex) go beyond the fields
 ARCHITECTURE §9 lists: without them nobody reading Tau could check the signature.
 
-``commit_hash`` = sha256(canonical_json(commit without "signature")) (see :mod:`ian.hashing`);
+``commit_hash`` = sha256(canonical_json(commit without "signature")) (see :mod:`ian.chain.hashing`);
 ``signature`` = Ed25519 signature by the node identity of those 32 digest bytes;
 ``prev_commit_hash`` = the ``commit_hash`` of the goal's previous commit, 64 zeros for the
 first one. ``height`` is the chain height at which the roots were published; ``timestamp_ms``
@@ -41,9 +41,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ian.blocks import GoalRoots
+from ian.chain.blocks import GoalRoots
+from ian.chain.hashing import canonical_json
 from ian.errors import StoreError
-from ian.hashing import canonical_json
 from ian.identity import Identity, node_id_for, verify_signature
 
 __all__ = [

@@ -27,9 +27,9 @@ from typing import Any
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ian.chain.hashing import canonical_json
 from ian.config import PeerAddress
 from ian.errors import IanError
-from ian.hashing import canonical_json
 
 __all__ = [
     "MAX_REPLY_BYTES",
@@ -52,7 +52,7 @@ class TauError(IanError):
 def encode_sendtx(tx: Mapping[str, Any]) -> bytes:
     """The request line for ``tx``: ``sendtx `` + compact, key-sorted JSON + CRLF.
 
-    The JSON is the canonical encoding of :mod:`ian.hashing` (no whitespace, so it cannot
+    The JSON is the canonical encoding of :mod:`ian.chain.hashing` (no whitespace, so it cannot
     contain a line break). Raises ``ValueError``/``TypeError`` for values JSON cannot encode.
     """
     return b"sendtx " + canonical_json(dict(tx)) + b"\r\n"

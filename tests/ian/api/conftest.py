@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from ian.api.app import create_app
+from ian.chain.goals import GoalSpec
 from ian.config import load_settings
-from ian.goals import GoalSpec
 from ian.node import Node
 
 TRIVIAL_GOAL = "TRIVIAL_GOAL"

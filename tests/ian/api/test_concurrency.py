@@ -6,7 +6,7 @@ import anyio
 import httpx
 import pytest
 
-from ian.recovery import load_chain_state, verify_store
+from ian.ledger.recovery import load_chain_state, verify_store
 
 pytestmark = pytest.mark.anyio
 

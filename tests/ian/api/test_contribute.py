@@ -9,9 +9,9 @@ import json
 import httpx
 import pytest
 
-from ian import mmr
-from ian.hashing import canonical_json, pack_hash
-from ian.recovery import verify_store
+from ian.chain import mmr
+from ian.chain.hashing import canonical_json, pack_hash
+from ian.ledger.recovery import verify_store
 
 pytestmark = pytest.mark.anyio
 

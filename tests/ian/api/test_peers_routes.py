@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from ian.api.peers_routes import router
 from ian.errors import RequestError
-from ian.peer_book import PeerBook, PeerEvent
+from ian.p2p.peer_book import PeerBook, PeerEvent
 
 A = "a" * 40
 B = "b" * 40

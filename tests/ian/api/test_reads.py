@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ian.leaderboard import Leaderboard, LeaderboardEntry
+from ian.chain.leaderboard import Leaderboard, LeaderboardEntry
 
 pytestmark = pytest.mark.anyio
 
@@ -100,7 +100,7 @@ async def test_goals_lists_builtin_and_configured(api) -> None:
 
 
 async def test_leaderboard_is_ranked_by_score_then_log_index(start_api, packs) -> None:
-    from ian.goals import GoalSpec
+    from ian.chain.goals import GoalSpec
 
     small = GoalSpec(id="SMALL", evaluator="trivial", leaderboard_capacity=5)
     api = await start_api(goals=[small])

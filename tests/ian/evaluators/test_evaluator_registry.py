@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ian.chain.goals import GoalSpec
+from ian.chain.hashing import canonical_json_text
 from ian.evaluators import EVALUATOR_NAMES, Metrics, get_evaluator
-from ian.goals import GoalSpec
-from ian.hashing import canonical_json_text
 
 
 def test_to_dict_omits_missing_optional_metrics() -> None:

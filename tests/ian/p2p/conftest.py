@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 from ian.config import Settings
-from ian.datadir import InitResult, init_data_dir
 from ian.metrics import NodeMetrics
+from ian.p2p.peer_book import PeerBook
 from ian.p2p.service import P2PService, P2PTuning, PeerConnected, PeerDisconnected
-from ian.peer_book import PeerBook
+from ian.storage.datadir import InitResult, init_data_dir
 
 FAST = P2PTuning(
     handshake_timeout=2.0,

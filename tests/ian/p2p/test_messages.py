@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ian.blocks import Block, BlockHeader, GoalRoots
-from ian.contributions import make_contribution
+from ian.chain.blocks import Block, BlockHeader, GoalRoots
+from ian.chain.contributions import make_contribution
 from ian.p2p.errors import InvalidMessage, P2PError, ProtocolViolation
 from ian.p2p.messages import (
     MESSAGE_TYPES,

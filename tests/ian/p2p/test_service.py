@@ -12,7 +12,6 @@ from tests.ian.p2p.conftest import FAST, Cluster, Node
 from tests.ian.p2p.test_messages import make_block
 
 from ian.certs import generate_certificate, write_certificate
-from ian.datadir import InitResult, init_data_dir
 from ian.errors import IdentityError, NotFoundError
 from ian.p2p.errors import (
     HandshakeError,
@@ -43,6 +42,7 @@ from ian.p2p.session import (
     SessionEvent,
 )
 from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handshake
+from ian.storage.datadir import InitResult, init_data_dir
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from ian.blocks import GoalRoots
+from ian.chain.blocks import GoalRoots
 from ian.config import load_settings
 from ian.identity import Identity
 from ian.metrics import NodeMetrics

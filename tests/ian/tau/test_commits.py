@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ian.blocks import GoalRoots
+from ian.chain.blocks import GoalRoots
+from ian.chain.hashing import canonical_json
 from ian.errors import StoreError
-from ian.hashing import canonical_json
 from ian.identity import Identity, verify_signature
-from ian.store import Store
+from ian.storage.store import Store
 from ian.tau import GENESIS_COMMIT_HASH, IanLogCommit, TauCommitLog, build_commit
 
 ROOTS = GoalRoots(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ian.api.app import create_app
-from ian.blocks import GoalRoots
+from ian.chain.blocks import GoalRoots
 from ian.config import load_settings
 from ian.node import Node
 from ian.tau import MockTauServer, TauBridge, TickOutcome

@@ -1,0 +1,191 @@
+"""Contributions: the validated unit of work, its limits, and its hashes.
+
+``contribution_hash`` is the interoperable identity of a log entry and the MMR leaf data::
+
+    contribution_hash = sha256(canonical_json({
+        "contributor_id", "goal_id", "metrics", "pack_hash" (hex), "score", "seed"
+    }))
+    leaf = sha256(0x00 ‖ contribution_hash)
+
+so a third party holding a log entry can recompute its leaf and check an inclusion proof.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ian.chain.hashing import canonical_json_text, pack_hash_from_parts
+from ian.errors import InputError, PayloadTooLargeError
+
+MAX_VERSION_CHARS = 64
+MAX_PARAMETERS_BYTES = 10 * 1024 * 1024
+MAX_METADATA_KEYS = 100
+MAX_METADATA_BYTES = 64 * 1024
+MAX_CONTRIBUTOR_CHARS = 128
+MAX_SEED = 2**63 - 1
+
+
+# Bytes of a contribution in a P2P frame beyond its base64 parameters and metadata (its other
+# fields and their JSON punctuation, generously), and of a block and a message around them.
+ENTRY_OVERHEAD = 512
+FRAME_OVERHEAD = 64 * 1024
+
+
+def wire_size_bound(parameters_bytes: int, metadata_bytes: int = MAX_METADATA_BYTES) -> int:
+    """An upper bound of a contribution's size in a P2P frame (parameters are base64)."""
+    return 4 * ((parameters_bytes + 2) // 3) + metadata_bytes + ENTRY_OVERHEAD
+
+
+@dataclass(slots=True)
+class Contribution:
+    """A submitted agent pack that passed stateless validation.
+
+    ``parsed`` is the evaluator's parsed form of ``parameters`` (not part of consensus).
+    """
+
+    goal_id: str
+    version: str
+    parameters: bytes
+    metadata: dict[str, Any]
+    contributor_id: str
+    seed: int
+    pack_hash: bytes
+    metadata_json: str = field(default="{}", compare=False)  # canonical JSON of metadata
+    parsed: Any = field(default=None, compare=False)
+
+    def wire_size(self) -> int:
+        """An upper bound of this contribution's size in a P2P frame."""
+        return wire_size_bound(len(self.parameters), len(self.metadata_json.encode()))
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-safe form carried in blocks and forwards (parameters base64)."""
+        return {
+            "goal_id": self.goal_id,
+            "agent_pack": {
+                "version": self.version,
+                "parameters": base64.b64encode(self.parameters).decode("ascii"),
+                "metadata": self.metadata,
+            },
+            "contributor_id": self.contributor_id,
+            "seed": self.seed,
+        }
+
+
+def decode_parameters(text: str, *, max_bytes: int = MAX_PARAMETERS_BYTES) -> bytes:
+    """Strict standard base64 → bytes, 1..max_bytes long."""
+    # Cheap size guard before decoding: 4 base64 chars carry 3 bytes.
+    if len(text) // 4 * 3 > max_bytes + 3:
+        raise PayloadTooLargeError(
+            f"agent_pack.parameters is larger than {max_bytes} bytes",
+            field="agent_pack.parameters",
+        )
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(
+            "agent_pack.parameters is not valid base64", field="agent_pack.parameters"
+        ) from None
+    if not raw:
+        raise InputError("agent_pack.parameters is empty", field="agent_pack.parameters")
+    if len(raw) > max_bytes:
+        raise PayloadTooLargeError(
+            f"agent_pack.parameters is {len(raw)} bytes; the limit is {max_bytes}",
+            field="agent_pack.parameters",
+        )
+    return raw
+
+
+def check_metadata(metadata: dict[str, Any]) -> str:
+    """Check the limits; returns the canonical JSON text of ``metadata``."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InputError(
+            f"agent_pack.metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}",
+            field="agent_pack.metadata",
+        )
+    try:
+        text = canonical_json_text(metadata)
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"agent_pack.metadata is not plain JSON: {exc}", field="agent_pack.metadata"
+        ) from None
+    size = len(text.encode()) if not text.isascii() else len(text)
+    if size > MAX_METADATA_BYTES:
+        raise InputError(
+            f"agent_pack.metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
+            field="agent_pack.metadata",
+        )
+    return text
+
+
+def make_contribution(
+    *,
+    goal_id: str,
+    version: str,
+    parameters: bytes,
+    metadata: dict[str, Any],
+    contributor_id: str,
+    seed: int,
+) -> Contribution:
+    """Build a contribution from decoded fields, checking the limits (no evaluator check)."""
+    if not version or len(version) > MAX_VERSION_CHARS:
+        raise InputError(
+            f"agent_pack.version must be 1..{MAX_VERSION_CHARS} characters",
+            field="agent_pack.version",
+        )
+    if not contributor_id or len(contributor_id) > MAX_CONTRIBUTOR_CHARS:
+        raise InputError(
+            f"contributor_id must be 1..{MAX_CONTRIBUTOR_CHARS} characters",
+            field="contributor_id",
+        )
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer 0..{MAX_SEED}", field="seed")
+    metadata_json = check_metadata(metadata)
+    return Contribution(
+        goal_id=goal_id,
+        version=version,
+        parameters=parameters,
+        metadata=metadata,
+        contributor_id=contributor_id,
+        seed=seed,
+        pack_hash=pack_hash_from_parts(
+            version, base64.b64encode(parameters).decode("ascii"), metadata_json
+        ),
+        metadata_json=metadata_json,
+    )
+
+
+def contribution_from_wire(data: dict[str, Any]) -> Contribution:
+    """Inverse of :meth:`Contribution.to_wire`, with the same validation as the API."""
+    try:
+        pack = data["agent_pack"]
+        return make_contribution(
+            goal_id=str(data["goal_id"]),
+            version=pack["version"],
+            parameters=decode_parameters(pack["parameters"]),
+            metadata=dict(pack.get("metadata") or {}),
+            contributor_id=data["contributor_id"],
+            seed=int(data.get("seed", 0)),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"malformed contribution: {exc!r}") from None
+
+
+def contribution_hash(c: Contribution, score: float, metrics_json: str) -> bytes:
+    """See the module docstring for the exact encoding.
+
+    ``metrics_json`` is ``canonical_json_text(metrics)``; the document is assembled with its
+    keys already in canonical order, byte-identical to ``canonical_json(doc)`` (tested).
+    """
+    if not math.isfinite(score):
+        raise ValueError("score must be finite")
+    text = (
+        f'{{"contributor_id":{canonical_json_text(c.contributor_id)},'
+        f'"goal_id":{canonical_json_text(c.goal_id)},"metrics":{metrics_json},'
+        f'"pack_hash":"{c.pack_hash.hex()}","score":{float(score)!r},"seed":{int(c.seed)}}}'
+    )
+    return hashlib.sha256(text.encode()).digest()

@@ -1,0 +1,125 @@
+"""Applying a block received from the network: verify, re-execute, compare roots, write.
+
+A follower trusts nothing in a block but the sequencer's signature: it re-runs the deterministic
+pipeline on every entry and must reach exactly the roots in the header. Any difference makes
+the block invalid (:class:`~ian.chain.blocks.InvalidBlockError`), the in-memory state is rolled back
+and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ian.chain.blocks import (
+    Block,
+    InvalidBlockError,
+    ParentMismatchError,
+    check_block_signature,
+    entries_hash,
+)
+from ian.chain.state import ChainState, execute
+from ian.storage.store import NewEntry, Store
+
+
+def execute_block(
+    state: ChainState,
+    block: Block,
+    known_packs: Callable[[str, list[bytes]], set[bytes]],
+) -> list[NewEntry]:
+    """Re-execute ``block`` on ``state`` (mutating it; the caller rolls back on error)."""
+    h = block.header
+    if h.height != state.height + 1:
+        raise InvalidBlockError(f"block {h.height} does not follow local height {state.height}")
+    if h.parent_hash != state.head_hash:
+        raise ParentMismatchError(f"block {h.height}: parent is not the local head")
+    if h.timestamp_ms < state.head_timestamp_ms:
+        raise InvalidBlockError(f"block {h.height}: timestamp goes backwards")
+    if not block.entries:
+        raise InvalidBlockError(f"block {h.height} is empty")
+    by_goal: dict[str, list[bytes]] = {}
+    for c in block.entries:
+        if c.goal_id not in state.goals:
+            raise InvalidBlockError(f"block {h.height}: unknown goal {c.goal_id!r}")
+        by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
+    seen = {g: known_packs(g, hs) for g, hs in by_goal.items()}
+    entries: list[NewEntry] = []
+    for c in block.entries:
+        if c.pack_hash in seen[c.goal_id]:
+            raise InvalidBlockError(f"block {h.height}: duplicate pack in {c.goal_id}")
+        outcome = execute(state, c)
+        if not outcome.accepted:
+            raise InvalidBlockError(
+                f"block {h.height}: an entry of {c.goal_id} is rejected on re-execution "
+                f"({outcome.reason})"
+            )
+        seen[c.goal_id].add(c.pack_hash)
+        entries.append(NewEntry.accepted(c, outcome))
+    if entries_hash([e.contribution_hash for e in entries]) != h.entries_hash:
+        raise InvalidBlockError(f"block {h.height}: entries hash mismatch")
+    # The goals this block touched (every entry was accepted); not state.touched(), which
+    # covers the whole batch when several blocks are applied together.
+    touched = {e.contribution.goal_id for e in entries}
+    if touched != set(h.goals):
+        raise InvalidBlockError(f"block {h.height}: header lists goals {sorted(h.goals)}")
+    for gid in sorted(touched):
+        if state.goals[gid].roots() != h.goals[gid]:
+            raise InvalidBlockError(f"block {h.height}: roots of {gid} differ after re-execution")
+    return entries
+
+
+def apply_block(state: ChainState, store: Store, block: Block, *, sequencer: str | None) -> None:
+    """Verify and durably apply one block (worker thread); all or nothing."""
+    _, error = apply_blocks(state, store, [block], sequencer=sequencer)
+    if error is not None:
+        raise error
+
+
+def apply_blocks(
+    state: ChainState, store: Store, blocks: Sequence[Block], *, sequencer: str | None
+) -> tuple[int, InvalidBlockError | None]:
+    """Verify and apply consecutive blocks, writing the valid prefix in one transaction.
+
+    Returns how many were applied and the error that stopped the rest (None when all were).
+    A store failure raises (and nothing is applied). Worker thread.
+    """
+    start = (state.height, state.head_hash, state.head_timestamp_ms)
+    state.begin()
+    # Packs accepted by earlier blocks of this batch are not in the store yet.
+    batch_packs: dict[str, set[bytes]] = {}
+
+    def known_packs(goal_id: str, hashes: list[bytes]) -> set[bytes]:
+        seen = batch_packs.get(goal_id, set())
+        return store.has_packs(goal_id, hashes, writer=True) | {h for h in hashes if h in seen}
+
+    done: list[tuple[Block, list[NewEntry]]] = []
+    error: InvalidBlockError | None = None
+    for block in blocks:
+        try:
+            check_block_signature(block, sequencer)
+            entries = execute_block(state, block, known_packs)
+        except InvalidBlockError as exc:
+            error = exc
+            break
+        for e in entries:
+            batch_packs.setdefault(e.contribution.goal_id, set()).add(e.contribution.pack_hash)
+        done.append((block, entries))
+        state.height = block.height
+        state.head_hash = block.hash
+        state.head_timestamp_ms = block.header.timestamp_ms
+    if error is not None:
+        # The failing block mutated the state part-way: start over with the valid prefix only.
+        state.rollback()
+        state.height, state.head_hash, state.head_timestamp_ms = start
+        if not done:
+            state.begin()
+            return 0, error
+        applied, _ = apply_blocks(state, store, [b for b, _ in done], sequencer=sequencer)
+        return applied, error
+    try:
+        store.append_blocks(done)
+    except BaseException:
+        state.rollback()
+        state.height, state.head_hash, state.head_timestamp_ms = start
+        raise
+    state.begin()
+    return len(done), None

@@ -1,0 +1,245 @@
+"""The sequencer: orders accepted contributions into signed, durable blocks (group commit).
+
+Submissions queue up; one loop takes everything waiting (up to ``max_entries``), evaluates and
+applies it in a worker thread (off the event loop), writes one block in one transaction, and only
+then answers every submitter. Under light load a block holds one contribution and answers within
+one fsync; under heavy load blocks grow and the fsync cost is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+
+from ian.chain import blocks
+from ian.chain.blocks import Block, BlockHeader
+from ian.chain.contributions import Contribution
+from ian.chain.state import ChainState, Outcome, execute
+from ian.errors import IanError, UnavailableError
+from ian.identity import Identity
+from ian.storage.store import NewEntry, Store
+
+log = logging.getLogger("ian.ledger.sequencer")
+
+
+class _Pending:
+    __slots__ = ("contribution", "done", "error", "outcome", "size")
+
+    def __init__(self, contribution: Contribution) -> None:
+        self.contribution = contribution
+        self.size = contribution.wire_size()  # bytes it will take in a block on the wire
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outcomes: list[Outcome]
+    block: Block | None
+
+
+def build_block(
+    state: ChainState,
+    identity: Identity,
+    contributions: list[Contribution],
+    *,
+    store: Store | None = None,
+    now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+) -> tuple[list[Outcome], Block | None, list[NewEntry]]:
+    """Decide every contribution and, if any is accepted, make the signed block for them.
+
+    Mutates ``state`` (call ``state.begin()`` first so the caller can roll back).
+    Duplicates of already-accepted packs (in ``store`` or earlier in this batch) are refused.
+    """
+    outcomes: list[Outcome] = []
+    accepted: list[NewEntry] = []
+    known: dict[str, set[bytes]] = {}
+    if store is not None:
+        by_goal: dict[str, list[bytes]] = {}
+        for c in contributions:
+            by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
+        known = {g: store.has_packs(g, hs, writer=True) for g, hs in by_goal.items()}
+    for c in contributions:
+        seen = known.setdefault(c.goal_id, set())
+        if c.pack_hash in seen:
+            outcomes.append(
+                Outcome(
+                    accepted=False,
+                    goal_id=c.goal_id,
+                    reason=f"agent pack {c.pack_hash.hex()} was already accepted for {c.goal_id}",
+                    rejection_type="duplicate",
+                )
+            )
+            continue
+        outcome = execute(state, c)
+        outcomes.append(outcome)
+        if outcome.accepted:
+            seen.add(c.pack_hash)
+            accepted.append(NewEntry.accepted(c, outcome))
+    if not accepted:
+        return outcomes, None, []
+    header = BlockHeader(
+        height=state.height + 1,
+        parent_hash=state.head_hash,
+        timestamp_ms=max(now_ms(), state.head_timestamp_ms),
+        sequencer=identity.node_id,
+        sequencer_key=identity.public_key,
+        entries_hash=blocks.entries_hash([e.contribution_hash for e in accepted]),
+        goals={gid: state.goals[gid].roots() for gid in state.touched()},
+    )
+    block_hash = header.hash()
+    block = Block(
+        header=header,
+        hash=block_hash,
+        signature=identity.sign(block_hash),
+        entries=tuple(e.contribution for e in accepted),
+    )
+    return outcomes, block, accepted
+
+
+def seal_block(
+    state: ChainState,
+    store: Store,
+    identity: Identity,
+    contributions: list[Contribution],
+) -> BatchResult:
+    """Decide ``contributions``, write the block of the accepted ones durably and advance the
+    head: the sequencer's step (also how tools build a chain offline). All or nothing: on any
+    failure the in-memory state is rolled back and the error raised."""
+    state.begin()
+    try:
+        outcomes, block, entries = build_block(state, identity, contributions, store=store)
+        if block is not None:
+            store.append_block(block, entries)
+            state.height = block.height
+            state.head_hash = block.hash
+            state.head_timestamp_ms = block.header.timestamp_ms
+    except BaseException:
+        state.rollback()
+        raise
+    state.begin()
+    return BatchResult(outcomes=outcomes, block=block)
+
+
+class Sequencer:
+    """Owns the write path of the chain on the node that orders blocks."""
+
+    def __init__(
+        self,
+        state: ChainState,
+        store: Store,
+        identity: Identity,
+        *,
+        max_entries: int = 1000,
+        max_block_bytes: int = 16 * 1024 * 1024,
+        on_batch: Callable[[BatchResult, float], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.identity = identity
+        self.max_entries = max_entries
+        # A block must fit in one P2P frame to replicate: seal it before it outgrows one.
+        self.max_block_bytes = max_block_bytes
+        self._carry: _Pending | None = None
+        # Bound what waiting submissions hold in memory, not just how many there are.
+        self.max_queued_bytes = 4 * max_block_bytes
+        self._queued_bytes = 0
+        self._on_batch = on_batch
+        self._send, self._receive = anyio.create_memory_object_stream[_Pending](
+            max_buffer_size=100_000
+        )
+        self._closed = False
+
+    async def submit(self, contribution: Contribution) -> Outcome:
+        """Queue ``contribution``; returns once it is rejected or durably accepted."""
+        if self._closed:
+            raise UnavailableError("the node is shutting down")
+        pending = _Pending(contribution)
+        if self._queued_bytes + pending.size > self.max_queued_bytes:
+            raise UnavailableError("the sequencer queue is full", retry_after=1.0)
+        try:
+            self._send.send_nowait(pending)
+            self._queued_bytes += pending.size
+        except anyio.WouldBlock:
+            raise UnavailableError("the sequencer queue is full", retry_after=1.0) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise UnavailableError("the node is shutting down") from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcome is not None
+        return pending.outcome
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop taking submissions; already-queued ones are still processed by :meth:`run`."""
+        self._closed = True
+        self._send.close()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with self._receive:
+            while True:
+                if self._carry is not None:
+                    first, self._carry = self._carry, None
+                else:
+                    try:
+                        first = await self._receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                batch = [first]
+                size = first.size
+                while len(batch) < self.max_entries:
+                    try:
+                        nxt = self._receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    size += nxt.size
+                    if size > self.max_block_bytes:
+                        self._carry = nxt  # first of the next block
+                        break
+                    batch.append(nxt)
+                self._queued_bytes -= sum(p.size for p in batch)
+                # Shielded: a batch that started is finished and answered even during shutdown.
+                with anyio.CancelScope(shield=True):
+                    await self._process(batch)
+
+    async def _process(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            result = await anyio.to_thread.run_sync(
+                self._apply_batch, [p.contribution for p in batch]
+            )
+        except IanError as exc:
+            log.error("block commit failed: %s", exc)
+            error = UnavailableError(f"could not commit the block: {exc.message}")
+            for p in batch:
+                p.error = error
+                p.done.set()
+            return
+        except Exception as exc:
+            log.exception("block commit failed")
+            error = UnavailableError(f"could not commit the block: {exc}")
+            for p in batch:
+                p.error = error
+                p.done.set()
+            return
+        for p, outcome in zip(batch, result.outcomes, strict=True):
+            p.outcome = outcome
+            p.done.set()
+        if self._on_batch is not None:
+            self._on_batch(result, time.perf_counter() - started)
+
+    def _apply_batch(self, contributions: list[Contribution]) -> BatchResult:
+        """Worker thread: :func:`seal_block` on the node's state and store."""
+        return seal_block(self.state, self.store, self.identity, contributions)

@@ -1,0 +1,2 @@
+"""Operator maintenance of a data directory: backup, restore, retention, resync, certificate
+rotation."""

@@ -1,0 +1,959 @@
+"""Consistent backups of a data directory, taken while the node keeps running.
+
+Archive format (``ian-backup`` version 1): a plain, uncompressed POSIX tar file. Plain tar was
+measured against gzip level 1 and the runbook's ``tar -czvf`` (see ``bench/backup_bench.py``):
+the store is mostly hashes and signatures, which do not compress, so compression only costs CPU
+on both the backup and the restore path.
+
+Members, in order:
+
+``manifest.json`` (always first)
+    ``{"format", "format_version", "node_id", "height", "head_hash", "goals": {goal_id:
+    {log_size, log_root, leaderboard_size, leaderboard_root}}, "goal_specs": [...],
+    "schema_version", "tool_version", "created_at", "files": [{"name", "size", "sha256",
+    "mode"}]}``. Roots, height and head come from the *snapshot* database, never the live one.
+``identity.json``, ``certs/node_cert.pem``, ``certs/node_key.pem``, ``peer_scores.json``,
+``node_state.json``, ``config.toml`` (those that exist), then ``chain.sqlite``.
+
+How a snapshot stays consistent while the node writes: the source is opened read-only and a read
+transaction is opened on it *before* SQLite's online backup API copies the pages, so every step
+of the copy sees the same WAL snapshot and the node's writer is never blocked (WAL readers do not
+block writers). The copy is switched to rollback-journal mode so the archived database is one
+self-contained file. The small JSON/PEM files are read once into memory; each is replaced
+atomically by its writers, so each read sees one whole version (they are not a transaction with
+the store: ``node_state.json`` may describe a slightly different height, which is why restore
+does not use it).
+
+Digests are computed while the archive is written: small files from memory, the database while
+it is streamed into the tar. The manifest is written first with a placeholder for the database
+digest, which is patched in place at the end (a tar header checksum covers only the header, so
+changing member data of the same length keeps the archive valid).
+
+Durability: the archive is written to ``PATH.part``, fsynced, then renamed to ``PATH`` (never
+over an existing file) and the directory fsynced; ``backup_state.json`` is written atomically
+after that. A crash leaves at most a ``*.part`` file, which ``ian prune`` removes once it is
+older than its safety margin.
+
+Locking: a backup never needs ``node.lock``. It holds a *shared* ``flock`` on the data directory
+itself (:func:`maintenance_lock`); ``ian restore`` and ``ian certs rotate`` hold it exclusively,
+so a backup never runs while the directory is being swapped or the certificates replaced, while
+any number of backups (and ``ian prune``) may run together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import sqlite3
+import stat
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ian.atomic import _fsync_dir, atomic_write_json, read_json
+from ian.chain.goals import GoalSpec
+from ian.errors import CorruptFileError, DataDirError, IanError, SchemaError, StoreError
+from ian.storage.datadir import DataDir
+from ian.storage.store import SCHEMA_VERSION, Store
+
+__all__ = [
+    "ARCHIVE_SUFFIX",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "ArchiveError",
+    "BackupResult",
+    "FileEntry",
+    "Manifest",
+    "VerifyResult",
+    "create_backup",
+    "default_archive_path",
+    "list_members",
+    "maintenance_lock",
+    "read_archive",
+    "read_last_backup",
+    "read_manifest",
+    "snapshot_roots",
+    "verify_archive",
+]
+
+FORMAT = "ian-backup"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+STORE_NAME = "chain.sqlite"
+ARCHIVE_PREFIX = "ian-backup-"
+ARCHIVE_SUFFIX = ".tar"
+STATE_FILE = "backup_state.json"
+#: a manifest larger than this is refused (a real one is a few KiB)
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: files copied besides the store, relative to the data dir; secrets get mode 0600
+SMALL_FILES: tuple[str, ...] = (
+    "identity.json",
+    "certs/node_cert.pem",
+    "certs/node_key.pem",
+    "peer_scores.json",
+    "node_state.json",
+    "config.toml",
+)
+REQUIRED_FILES = frozenset({"identity.json", STORE_NAME})
+SECRET_FILES = frozenset({"identity.json", "certs/node_key.pem"})
+_CHUNK = 1 << 20
+_SNAPSHOT_PAGES = 4096
+_PLACEHOLDER = "p" * 64  # never valid hex, so it is unique inside the manifest text
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ARCHIVE_FIX = "use another backup (`ian backup inspect` lists what an archive holds)"
+
+#: ``progress(stage, done, total)``; stages are "snapshot" (pages), "archive" and "read" (bytes)
+Progress = Callable[[str, int, int], None]
+
+
+class ArchiveError(CorruptFileError):
+    """A backup archive is unreadable, truncated, inconsistent or unsafe to extract."""
+
+    code = "archive"
+
+
+def _archive_error(archive: Path, detail: str, fix: str = _ARCHIVE_FIX) -> ArchiveError:
+    return ArchiveError(f"archive {archive}: {detail}", fix=fix)
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def maintenance_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold a ``flock`` on the data directory ``root`` itself for the ``with`` block.
+
+    Shared for backups and prune, exclusive for restore and certificate rotation. Non-blocking:
+    raises :class:`DataDirError` at once when the other kind is held. The node does not use
+    this lock (it holds ``node.lock``), so it never delays the node.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise DataDirError(
+            f"data dir {root} does not exist", fix="check --data-dir / IAN_DATA_DIR"
+        ) from None
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot open data dir {root}: {exc.strerror or exc}",
+            fix=f"check owner/permissions of {root}",
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = "a backup or prune" if exclusive else "a restore or certificate rotation"
+            raise DataDirError(
+                f"{busy} is running on {root}",
+                fix="wait until it has finished, then run this command again",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def safe_member_name(name: str) -> bool:
+    """True for a relative POSIX path without ``..``, ``.``, empty parts, ``\\`` or NUL."""
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") for p in parts) and len(parts) <= 4
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One archived file: ``name`` relative to the data dir, ``size`` bytes, hex ``sha256``."""
+
+    name: str
+    size: int
+    sha256: str
+    mode: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The archive's table of contents and the chain position it captures."""
+
+    node_id: str
+    height: int
+    head_hash: str
+    goals: dict[str, dict[str, Any]]
+    goal_specs: list[dict[str, Any]]
+    schema_version: int
+    tool_version: str
+    created_at: str
+    files: list[FileEntry]
+    format_version: int = FORMAT_VERSION
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "node_id": self.node_id,
+            "height": self.height,
+            "head_hash": self.head_hash,
+            "goals": self.goals,
+            "goal_specs": self.goal_specs,
+            "schema_version": self.schema_version,
+            "tool_version": self.tool_version,
+            "created_at": self.created_at,
+            "files": [f.to_doc() for f in self.files],
+        }
+
+    def file(self, name: str) -> FileEntry | None:
+        return next((f for f in self.files if f.name == name), None)
+
+    def specs(self) -> list[GoalSpec]:
+        """The goal specs the backed-up node ran with (needed to rebuild leaderboards)."""
+        return [GoalSpec.model_validate(doc) for doc in self.goal_specs]
+
+    @classmethod
+    def from_doc(cls, doc: Any, *, archive: Path) -> Manifest:
+        """Validate a parsed manifest; :class:`ArchiveError` / :class:`SchemaError` say why."""
+
+        def bad(detail: str) -> ArchiveError:
+            return _archive_error(archive, f"manifest.json {detail}")
+
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise bad("is not an IAN backup manifest")
+        version = doc.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise bad("has no valid format_version")
+        if version > FORMAT_VERSION:
+            raise SchemaError(
+                f"archive {archive} has backup format {version}; this ian reads up to "
+                f"{FORMAT_VERSION}",
+                fix="restore it with a newer ian",
+            )
+        schema = doc.get("schema_version")
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise bad("has no valid schema_version")
+        if schema > SCHEMA_VERSION:
+            raise SchemaError(
+                f"archive {archive} holds a store of schema version {schema}; this ian "
+                f"understands up to {SCHEMA_VERSION}",
+                fix="restore it with a newer ian",
+            )
+        try:
+            files = []
+            for f in doc["files"]:
+                entry = FileEntry(str(f["name"]), int(f["size"]), str(f["sha256"]), int(f["mode"]))
+                if not safe_member_name(entry.name) or entry.name == MANIFEST_NAME:
+                    raise bad(f"lists an unsafe file name {entry.name!r}")
+                if entry.size < 0 or not _HEX64.match(entry.sha256):
+                    raise bad(f"has an invalid size or sha256 for {entry.name}")
+                files.append(entry)
+            names = [f.name for f in files]
+            if len(set(names)) != len(names):
+                raise bad("lists a file twice")
+            missing = sorted(REQUIRED_FILES - set(names))
+            if missing:
+                raise bad(f"does not list {', '.join(missing)}")
+            goals = doc["goals"]
+            specs = doc["goal_specs"]
+            if not isinstance(goals, dict) or not isinstance(specs, list):
+                raise bad("has malformed goals")
+            for gid, roots in goals.items():
+                if not isinstance(roots, dict) or not {
+                    "log_size",
+                    "log_root",
+                    "leaderboard_size",
+                    "leaderboard_root",
+                } <= set(roots):
+                    raise bad(f"has malformed roots for goal {gid}")
+            return cls(
+                node_id=str(doc["node_id"]),
+                height=int(doc["height"]),
+                head_hash=str(doc["head_hash"]),
+                goals=goals,
+                goal_specs=specs,
+                schema_version=schema,
+                tool_version=str(doc["tool_version"]),
+                created_at=str(doc["created_at"]),
+                files=files,
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, IanError):
+                raise
+            raise bad(f"is malformed ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ian-node")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _utc_stamp(when: datetime) -> str:
+    return when.strftime("%Y%m%dT%H%M%SZ")
+
+
+def default_archive_path(datadir: DataDir, node_id: str, now: datetime | None = None) -> Path:
+    """``<data_dir>/backups/ian-backup-<node_id[:12]>-<UTC yyyymmddTHHMMSSZ>.tar``."""
+    when = now or datetime.now(UTC)
+    name = f"{ARCHIVE_PREFIX}{node_id[:12]}-{_utc_stamp(when)}{ARCHIVE_SUFFIX}"
+    return datadir.backups_dir / name
+
+
+def _snapshot_store(source: Path, target: Path, progress: Progress | None) -> None:
+    """Copy ``source`` into the new file ``target`` as of one instant (see module docstring)."""
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {source}: {exc}") from exc
+    dst: sqlite3.Connection | None = None
+    try:
+        src.execute("PRAGMA busy_timeout = 5000")
+        # Pin one WAL snapshot for the whole copy: the backup steps below reuse this read
+        # transaction, so concurrent commits by the node neither block nor restart the copy.
+        src.execute("BEGIN")
+        src.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        dst = sqlite3.connect(target, isolation_level=None)
+
+        def step(_status: int, remaining: int, total: int) -> None:
+            if progress is not None:
+                progress("snapshot", total - remaining, total)
+
+        src.backup(dst, pages=_SNAPSHOT_PAGES, progress=step)
+        src.execute("COMMIT")
+        # One self-contained file that opens read-only anywhere (the node turns WAL back on).
+        dst.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "disk" in str(exc).lower():
+            raise DataDirError(
+                f"cannot write the snapshot {target}: {exc}",
+                fix=f"free space on the file system holding {target.parent}",
+            ) from exc
+        raise StoreError(f"snapshot of {source} failed: {exc}") from exc
+    finally:
+        if dst is not None:
+            dst.close()
+        src.close()
+
+
+def snapshot_roots(store_path: Path, specs: list[GoalSpec]) -> tuple[int, str, dict[str, Any]]:
+    """(height, head hash hex, per-goal roots) of the store at ``store_path``, opened read-only.
+
+    Uses the quick root check (:func:`ian.ledger.recovery.load_chain_state`): raises
+    :class:`StoreError` when the peaks/leaderboards disagree with the newest block, and
+    :class:`SchemaError` for a newer schema.
+    """
+    from ian.ledger.recovery import load_chain_state
+
+    store = Store(store_path, readonly=True)
+    try:
+        state = load_chain_state(store, specs)
+    finally:
+        store.close()
+    goals = {gid: g.roots().to_doc() for gid, g in sorted(state.goals.items()) if g.mmr.size}
+    return state.height, state.head_hash.hex(), goals
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _HashingReader(io.RawIOBase):
+    """Wraps a binary file: every byte read is hashed and counted."""
+
+    def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None = None) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self._on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if data:
+            self.digest.update(data)
+            self.count += len(data)
+            if self._on_read is not None:
+                self._on_read(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = int(mtime)
+    info.type = tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _read_small(datadir: DataDir, name: str) -> bytes | None:
+    path = datadir.root / name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot read {path}: {exc.strerror or exc}", fix=f"check owner/permissions of {path}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """A finished backup: durable at ``path`` when this exists."""
+
+    path: Path
+    size: int
+    manifest: Manifest
+    seconds: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "size": self.size,
+            "seconds": round(self.seconds, 3),
+            "node_id": self.manifest.node_id,
+            "height": self.manifest.height,
+            "head_hash": self.manifest.head_hash,
+            "goals": self.manifest.goals,
+            "files": [f.to_doc() for f in self.manifest.files],
+        }
+
+
+def _os_error(path: Path, exc: OSError) -> DataDirError:
+    fix = (
+        f"free space on the file system holding {path.parent}"
+        if exc.errno == errno.ENOSPC
+        else f"check owner/permissions of {path.parent}"
+    )
+    return DataDirError(f"cannot write {path}: {exc.strerror or exc}", fix=fix)
+
+
+def create_backup(
+    datadir: DataDir,
+    specs: list[GoalSpec],
+    *,
+    output: Path | None = None,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> BackupResult:
+    """Write a consistent archive of ``datadir`` and record it in ``backup_state.json``.
+
+    Works with or without a running node. ``output`` defaults to :func:`default_archive_path`;
+    an existing ``output`` is never replaced. Raises :class:`DataDirError` for a missing data
+    dir, identity or store and for write failures (disk full names the fix), :class:`StoreError`
+    when the snapshot's roots disagree with its newest block. Nothing but ``*.part``/``*.tmp``
+    files (removed on the way out whenever the process survives) is left behind on failure.
+    """
+    started = time.monotonic()
+    root = datadir.root
+    if not root.is_dir():
+        raise DataDirError(f"data dir {root} does not exist", fix="check --data-dir / IAN_DATA_DIR")
+    if not datadir.store_file.is_file():
+        raise DataDirError(
+            f"no store at {datadir.store_file}: nothing to back up",
+            fix="check --data-dir; the node creates the store on its first start",
+        )
+    with maintenance_lock(root, exclusive=False):
+        identity_raw = _read_small(datadir, "identity.json")
+        if identity_raw is None:
+            raise DataDirError(
+                f"{datadir.identity_file} is missing", fix="check --data-dir (no node lives here)"
+            )
+        identity_doc = read_json(datadir.identity_file, recovery="restore it from a backup")
+        node_id = str(identity_doc.get("node_id", "")) if isinstance(identity_doc, dict) else ""
+        when = now or datetime.now(UTC)
+        target = default_archive_path(datadir, node_id, when)
+        if output is not None:
+            # An existing directory gets the default file name (e.g. another volume).
+            target = Path(output) / target.name if Path(output).is_dir() else Path(output)
+        if target.exists():
+            raise DataDirError(
+                f"{target} already exists; not overwriting it", fix="choose another --output"
+            )
+        try:
+            if output is None:
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            elif not target.parent.is_dir():
+                raise DataDirError(
+                    f"directory {target.parent} does not exist", fix="create it or fix --output"
+                )
+        except OSError as exc:
+            raise _os_error(target, exc) from None
+        token = secrets.token_hex(6)
+        snapshot = target.parent / f".ian-snapshot-{token}.sqlite.tmp"
+        part = target.with_name(target.name + ".part")
+        try:
+            _snapshot_store(datadir.store_file, snapshot, progress)
+            height, head_hash, goals = snapshot_roots(snapshot, specs)
+            small: list[tuple[str, bytes]] = [("identity.json", identity_raw)]
+            for name in SMALL_FILES[1:]:
+                data = _read_small(datadir, name)
+                if data is not None:
+                    small.append((name, data))
+            manifest = _write_archive(
+                part,
+                snapshot,
+                small,
+                node_id=node_id,
+                height=height,
+                head_hash=head_hash,
+                goals=goals,
+                specs=specs,
+                created=when,
+                progress=progress,
+            )
+            try:
+                # link+unlink: never replaces a file that appeared meanwhile.
+                os.link(part, target)
+                part.unlink()
+                _fsync_dir(target.parent)
+            except FileExistsError:
+                raise DataDirError(
+                    f"{target} already exists; not overwriting it", fix="choose another --output"
+                ) from None
+            except OSError as exc:
+                raise _os_error(target, exc) from None
+        finally:
+            for leftover in (
+                snapshot,
+                snapshot.with_name(snapshot.name + "-journal"),
+                part,
+            ):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        size = target.stat().st_size
+        result = BackupResult(
+            path=target, size=size, manifest=manifest, seconds=time.monotonic() - started
+        )
+        record_backup(datadir, result)
+        return result
+
+
+def _write_archive(
+    part: Path,
+    snapshot: Path,
+    small: list[tuple[str, bytes]],
+    *,
+    node_id: str,
+    height: int,
+    head_hash: str,
+    goals: dict[str, Any],
+    specs: list[GoalSpec],
+    created: datetime,
+    progress: Progress | None,
+) -> Manifest:
+    """Write the tar to ``part`` (fsynced when this returns); returns the final manifest."""
+    db_size = snapshot.stat().st_size
+    mtime = created.timestamp()
+    entries = [
+        FileEntry(
+            name,
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+            0o600 if name in SECRET_FILES else 0o644,
+        )
+        for name, data in small
+    ]
+    entries.append(FileEntry(STORE_NAME, db_size, _PLACEHOLDER, 0o644))
+    manifest = Manifest(
+        node_id=node_id,
+        height=height,
+        head_hash=head_hash,
+        goals=goals,
+        goal_specs=[s.model_dump(mode="json") for s in specs],
+        schema_version=SCHEMA_VERSION,
+        tool_version=tool_version(),
+        created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        files=entries,
+    )
+    text = (json.dumps(manifest.to_doc(), indent=2) + "\n").encode("utf-8")
+    placeholder_at = text.index(_PLACEHOLDER.encode("ascii"))
+    total = len(text) + sum(e.size for e in entries)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress("archive", done, total)
+
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _os_error(part, exc) from None
+    try:
+        with os.fdopen(fd, "wb", buffering=_CHUNK) as fh:
+            tar = tarfile.open(  # noqa: SIM115 - closed explicitly before the digest patch
+                fileobj=fh, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_CHUNK
+            )
+            tar.addfile(_tarinfo(MANIFEST_NAME, len(text), 0o600, mtime), io.BytesIO(text))
+            manifest_data_at = tar.offset - _padded(len(text))
+            advance(len(text))
+            for (name, data), entry in zip(small, entries, strict=False):
+                tar.addfile(_tarinfo(name, len(data), entry.mode, mtime), io.BytesIO(data))
+                advance(len(data))
+            with snapshot.open("rb") as db:
+                reader = _HashingReader(db, advance)
+                tar.addfile(_tarinfo(STORE_NAME, db_size, 0o644, mtime), reader)  # type: ignore[arg-type]
+            if reader.count != db_size:
+                raise StoreError(f"snapshot {snapshot} changed size while being archived")
+            tar.close()
+            fh.flush()
+            digest = reader.digest.hexdigest()
+            os.pwrite(fh.fileno(), digest.encode("ascii"), manifest_data_at + placeholder_at)
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise _os_error(part, exc) from None
+    entries[-1] = FileEntry(STORE_NAME, db_size, digest, 0o644)
+    return Manifest(**{**manifest.__dict__, "files": entries})
+
+
+def _padded(size: int) -> int:
+    return (size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+
+
+# --------------------------------------------------------------------------- backup state
+
+
+def record_backup(datadir: DataDir, result: BackupResult) -> None:
+    """Atomically write ``backup_state.json`` = ``{"last_success_at", "path", "height"}``."""
+    atomic_write_json(
+        datadir.root / STATE_FILE,
+        {
+            "last_success_at": time.time(),
+            "path": str(result.path.absolute()),
+            "height": result.manifest.height,
+        },
+        mode=0o644,
+    )
+
+
+def read_last_backup(datadir: DataDir) -> float | None:
+    """Epoch seconds of the last successful backup, or None (no backup, or unreadable state).
+
+    Cheap and never raising, so the node can call it at every metrics scrape for
+    ``ian_backup_last_success_timestamp_seconds``.
+    """
+    try:
+        doc = json.loads((datadir.root / STATE_FILE).read_bytes())
+        value = doc["last_success_at"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_tar_stream(archive: Path) -> tuple[BinaryIO, tarfile.TarFile]:
+    try:
+        fh = archive.open("rb")
+    except FileNotFoundError:
+        raise ArchiveError(
+            f"archive {archive} does not exist", fix="check the path (see `ls <data-dir>/backups`)"
+        ) from None
+    except IsADirectoryError:
+        raise ArchiveError(f"archive {archive} is a directory", fix="give the .tar file") from None
+    except OSError as exc:
+        raise ArchiveError(
+            f"cannot read archive {archive}: {exc.strerror or exc}",
+            fix=f"check owner/permissions of {archive}",
+        ) from None
+    try:
+        # Seekable mode: member data is read straight from the file (the streaming mode copies
+        # every block through an extra buffer); truncation is still an error either way.
+        tar = tarfile.open(fileobj=fh, mode="r:*", copybufsize=_CHUNK)  # noqa: SIM115
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        fh.close()
+        raise _archive_error(archive, f"is not a tar archive ({exc})") from None
+    return fh, tar
+
+
+def _first_manifest(archive: Path, tar: tarfile.TarFile) -> Manifest:
+    first = tar.next()
+    if first is None:
+        raise _archive_error(archive, "is empty")
+    if first.name != MANIFEST_NAME or not first.isreg():
+        raise _archive_error(archive, f"first member is {first.name!r}, not {MANIFEST_NAME}")
+    if first.size > MAX_MANIFEST_BYTES:
+        raise _archive_error(archive, f"{MANIFEST_NAME} is implausibly large ({first.size} bytes)")
+    data = tar.extractfile(first)
+    assert data is not None
+    raw = data.read()
+    if len(raw) != first.size:
+        raise _archive_error(archive, "is truncated inside manifest.json")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise _archive_error(archive, f"manifest.json is not valid JSON ({exc})") from None
+    return Manifest.from_doc(doc, archive=archive)
+
+
+def _check_member(archive: Path, member: tarfile.TarInfo, manifest: Manifest) -> FileEntry:
+    name = member.name
+    if not safe_member_name(name):
+        raise _archive_error(archive, f"member {name!r} has an unsafe path; refusing to extract")
+    if member.issym() or member.islnk():
+        kind = "symbolic" if member.issym() else "hard"
+        raise _archive_error(archive, f"member {name!r} is a {kind} link; refusing to extract")
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise _archive_error(archive, f"member {name!r} is a device file or FIFO; refusing it")
+    if not member.isreg():
+        raise _archive_error(archive, f"member {name!r} is not a regular file; refusing it")
+    entry = manifest.file(name)
+    if entry is None:
+        raise _archive_error(archive, f"member {name!r} is not listed in the manifest")
+    if member.size != entry.size:
+        raise _archive_error(
+            archive, f"member {name!r} is {member.size} bytes, the manifest says {entry.size}"
+        )
+    return entry
+
+
+def read_archive(
+    archive: Path,
+    sink: Callable[[FileEntry], BinaryIO | None],
+    *,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Read ``archive`` once, front to back, checking everything before trusting anything.
+
+    ``sink(entry)`` returns a writable binary file for the member's data, or None to only
+    check it; the file is closed by the caller of ``sink`` (see :mod:`.restore`). Checks,
+    each an :class:`ArchiveError` naming the first problem: manifest first and valid (a newer
+    format or schema is :class:`SchemaError`), every member a regular file with a safe path
+    listed in the manifest exactly once with the listed size and SHA-256, no listed member
+    missing, no truncation. Data is handed to ``sink`` while being hashed, so a caller must
+    discard what it wrote when this raises.
+    """
+    archive = Path(archive)
+    total = archive.stat().st_size if archive.is_file() else 0
+    fh, tar = _open_tar_stream(archive)
+    done = 0
+    try:
+        try:
+            manifest = _first_manifest(archive, tar)
+            seen: set[str] = set()
+            # tar.next(), not iteration: iterating a TarFile starts again at the manifest.
+            while (member := tar.next()) is not None:
+                entry = _check_member(archive, member, manifest)
+                if entry.name in seen:
+                    raise _archive_error(archive, f"member {entry.name!r} appears twice")
+                seen.add(entry.name)
+                source = tar.extractfile(member)
+                assert source is not None
+                out = sink(entry)
+                digest = hashlib.sha256()
+                count = 0
+                try:
+                    while chunk := source.read(_CHUNK):
+                        digest.update(chunk)
+                        count += len(chunk)
+                        if out is not None:
+                            out.write(chunk)
+                        if progress is not None:
+                            done = fh.tell()
+                            progress("read", done, total)
+                finally:
+                    if out is not None:
+                        out.close()
+                if count != entry.size:
+                    raise _archive_error(archive, f"is truncated inside {entry.name!r}")
+                if digest.hexdigest() != entry.sha256:
+                    raise _archive_error(
+                        archive,
+                        f"member {entry.name!r} does not match its SHA-256 in the manifest",
+                    )
+            missing = [f.name for f in manifest.files if f.name not in seen]
+            if missing:
+                raise _archive_error(
+                    archive,
+                    f"is truncated or incomplete: {', '.join(missing)} missing",
+                )
+        except (tarfile.TarError, EOFError) as exc:
+            raise _archive_error(archive, f"is truncated or damaged ({exc})") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DataDirError(
+                    f"disk full while extracting {archive}: {exc.strerror}",
+                    fix="free space on the target file system",
+                ) from None
+            raise _archive_error(archive, f"cannot be read ({exc})") from None
+    finally:
+        tar.close()
+        fh.close()
+    if progress is not None:
+        progress("read", total, total)
+    return manifest
+
+
+def read_manifest(archive: Path) -> Manifest:
+    """The manifest alone (first member), without reading the rest of the archive."""
+    archive = Path(archive)
+    fh, tar = _open_tar_stream(archive)
+    try:
+        try:
+            return _first_manifest(archive, tar)
+        except (tarfile.TarError, EOFError) as exc:
+            raise _archive_error(archive, f"is truncated or damaged ({exc})") from None
+    finally:
+        tar.close()
+        fh.close()
+
+
+def list_members(archive: Path) -> list[dict[str, Any]]:
+    """Every member's header (name, type, size, mode) without extracting or hashing data."""
+    archive = Path(archive)
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            return [
+                {
+                    "name": m.name,
+                    "type": "file" if m.isreg() else "dir" if m.isdir() else "other",
+                    "size": m.size,
+                    "mode": stat.S_IMODE(m.mode),
+                }
+                for m in tar.getmembers()
+            ]
+    except FileNotFoundError:
+        raise ArchiveError(f"archive {archive} does not exist", fix="check the path") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _archive_error(archive, f"is truncated or damaged ({exc})") from None
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def compare_roots(
+    archive: Path, manifest: Manifest, height: int, head_hash: str, goals: dict[str, Any]
+) -> None:
+    """Raise :class:`ArchiveError` unless the store's position and roots equal the manifest's."""
+    if height != manifest.height or head_hash != manifest.head_hash:
+        raise _archive_error(
+            archive,
+            f"store head is height {height} ({head_hash[:16]}…), the manifest says "
+            f"{manifest.height} ({manifest.head_hash[:16]}…)",
+        )
+    for gid in sorted(set(goals) | set(manifest.goals)):
+        mine, theirs = goals.get(gid), manifest.goals.get(gid)
+        if (
+            mine is None
+            or theirs is None
+            or any(
+                mine[k] != theirs[k]
+                for k in ("log_size", "log_root", "leaderboard_size", "leaderboard_root")
+            )
+        ):
+            raise _archive_error(
+                archive, f"roots of goal {gid} in the store differ from the manifest"
+            )
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify_archive`; ``problem`` names the first failure."""
+
+    ok: bool
+    archive: Path
+    manifest: Manifest | None
+    problem: str | None = None
+    blocks: int = 0
+    contributions: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "archive": str(self.archive),
+            "problem": self.problem,
+            "node_id": self.manifest.node_id if self.manifest else None,
+            "height": self.manifest.height if self.manifest else None,
+            "blocks": self.blocks,
+            "contributions": self.contributions,
+            "goals": self.manifest.goals if self.manifest else None,
+        }
+
+
+def verify_archive(
+    archive: Path,
+    *,
+    work_dir: Path | None = None,
+    progress: Progress | None = None,
+    block_progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
+    """Full check of an archive: every checksum, the manifest's consistency, and a full replay
+    of the store inside (:func:`ian.ledger.recovery.verify_store`) whose roots must equal the
+    manifest's. Only ``chain.sqlite`` is extracted, into a temporary directory (under
+    ``work_dir`` if given) that is always removed. Never raises for a bad archive: the result
+    names the first problem.
+    """
+    import tempfile
+
+    from ian.ledger.recovery import verify_store
+
+    archive = Path(archive)
+    manifest: Manifest | None = None
+    with tempfile.TemporaryDirectory(prefix="ian-verify-", dir=work_dir) as tmp:
+        db_path = Path(tmp) / STORE_NAME
+        try:
+
+            def sink(entry: FileEntry) -> BinaryIO | None:
+                if entry.name == STORE_NAME:
+                    return db_path.open("xb")
+                return None
+
+            manifest = read_archive(archive, sink, progress=progress)
+            store = Store(db_path, readonly=True)
+            try:
+                report = verify_store(store, manifest.specs(), progress=block_progress)
+                height, head, _ts = store.head()
+            finally:
+                store.close()
+            if not report.ok:
+                raise _archive_error(
+                    archive,
+                    f"store fails verification at block {report.first_bad_height}: "
+                    f"{report.problem}",
+                )
+            goals = {gid: r for gid, r in report.roots.items() if r["log_size"]}
+            compare_roots(archive, manifest, height, head.hex(), goals)
+        except IanError as exc:
+            return VerifyResult(ok=False, archive=archive, manifest=manifest, problem=str(exc))
+    return VerifyResult(
+        ok=True,
+        archive=archive,
+        manifest=manifest,
+        blocks=report.blocks,
+        contributions=report.contributions,
+    )

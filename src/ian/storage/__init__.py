@@ -1,0 +1,1 @@
+"""What the node keeps on disk: the SQLite store, the data directory, its lock and state summary."""

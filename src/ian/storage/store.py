@@ -1,0 +1,499 @@
+"""The embedded store: blocks, contributions and MMR nodes in one SQLite database (WAL).
+
+Durability: a block and everything it adds (contributions, MMR nodes) are written in one
+transaction; :meth:`Store.append_block` returns only after the commit is on disk
+(``synchronous=FULL``), which is when the sequencer may answer "accepted".
+
+Schema versions are recorded in ``meta``; a database from a newer schema is refused, never
+rewritten. One writer connection (used by one thread at a time: the sequencer's worker) and a
+separate reader connection for the API, which sees only committed data.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ian.chain import mmr
+from ian.chain.blocks import Block, BlockHeader
+from ian.chain.contributions import Contribution, make_contribution, wire_size_bound
+from ian.chain.state import Outcome
+from ian.errors import SchemaError, StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    header TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    first_seq INTEGER NOT NULL,
+    entry_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contributions (
+    seq INTEGER PRIMARY KEY,
+    goal_id TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    contribution_hash BLOB NOT NULL,
+    pack_hash BLOB NOT NULL,
+    contributor_id TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    parameters BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    score REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    block_height INTEGER NOT NULL,
+    mmr_nodes BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS contributions_log ON contributions (goal_id, log_index);
+CREATE UNIQUE INDEX IF NOT EXISTS contributions_pack ON contributions (goal_id, pack_hash);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    goal_id: str
+    log_index: int
+    contribution_hash: bytes
+    pack_hash: bytes
+    contributor_id: str
+    seed: int
+    version: str
+    score: float
+    metrics: dict[str, float]
+    block_height: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "goal_id": self.goal_id,
+            "log_index": self.log_index,
+            "contribution_hash": self.contribution_hash.hex(),
+            "pack_hash": self.pack_hash.hex(),
+            "contributor_id": self.contributor_id,
+            "seed": self.seed,
+            "version": self.version,
+            "score": self.score,
+            "metrics": self.metrics,
+            "block_height": self.block_height,
+        }
+
+
+@dataclass(slots=True)
+class NewEntry:
+    """An accepted contribution as the sequencer hands it to :meth:`Store.append_block`."""
+
+    contribution: Contribution
+    log_index: int
+    contribution_hash: bytes
+    score: float
+    metrics_json: str
+    first_node_pos: int
+    mmr_nodes: tuple[bytes, ...]
+
+    @classmethod
+    def accepted(cls, c: Contribution, outcome: Outcome) -> NewEntry:
+        assert outcome.accepted and outcome.contribution_hash is not None
+        assert outcome.log_index is not None and outcome.score is not None
+        return cls(
+            contribution=c,
+            log_index=outcome.log_index,
+            contribution_hash=outcome.contribution_hash,
+            score=outcome.score,
+            metrics_json=outcome.metrics_json,
+            first_node_pos=outcome.first_node_pos,
+            mmr_nodes=outcome.mmr_nodes,
+        )
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class Store:
+    """SQLite store. Writes go through :meth:`append_block`/:meth:`truncate_above` only."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._write_lock = threading.Lock()
+        try:
+            if readonly:
+                self._w = None
+                self._r = _connect(path, readonly=True)
+                self._check_schema(self._r)
+            else:
+                self._w = _connect(path)
+                self._w.execute("PRAGMA journal_mode = WAL")
+                self._w.execute("PRAGMA synchronous = FULL")
+                self._w.execute("PRAGMA cache_size = -65536")
+                # Checkpoint the WAL every ~32 MiB rather than 4 MiB: fewer stalls under ingest.
+                self._w.execute("PRAGMA wal_autocheckpoint = 8192")
+                self._init_schema()
+                self._r = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"store {path} cannot be read: {exc}",
+                fix="run `ian node verify`, or restore a backup with `ian restore`",
+            ) from exc
+
+    # -- schema ---------------------------------------------------------------------------------
+    def _init_schema(self) -> None:
+        assert self._w is not None
+        found = self._check_schema(self._w)
+        if found is None:
+            with self._tx():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._w.execute(stmt)
+                self._w.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def _check_schema(self, conn: sqlite3.Connection) -> int | None:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            return None
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"store {self.path} has schema version {version}; this ian understands up to "
+                f"{SCHEMA_VERSION}",
+                fix="run a newer ian, or restore a backup made by this version",
+            )
+        return version
+
+    def _tx(self):
+        return _Transaction(self._w)
+
+    def close(self) -> None:
+        for conn in (self._w, self._r):
+            if conn is not None:
+                conn.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+    def append_block(self, block: Block, entries: Sequence[NewEntry]) -> None:
+        """Write a block and its entries atomically and durably."""
+        self.append_blocks([(block, entries)])
+
+    def append_blocks(self, items: Sequence[tuple[Block, Sequence[NewEntry]]]) -> None:
+        """Write consecutive blocks and their entries in ONE transaction (one fsync): all of
+        them, durably, or none (a follower catching up applies a fetched batch this way)."""
+        if self._w is None:
+            raise StoreError("store is open read-only")
+        if not items:
+            return
+        with self._write_lock:
+            seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM contributions").fetchone()[0]
+            block_rows = []
+            rows = []
+            for block, entries in items:
+                header_json = json.dumps(
+                    block.header.to_doc(), sort_keys=True, separators=(",", ":")
+                )
+                block_rows.append(
+                    (block.height, block.hash, header_json, block.signature, seq + 1, len(entries))
+                )
+                seq += len(entries)
+                for e in entries:
+                    c = e.contribution
+                    rows.append(
+                        (
+                            c.goal_id,
+                            e.log_index,
+                            e.contribution_hash,
+                            c.pack_hash,
+                            c.contributor_id,
+                            c.seed,
+                            c.version,
+                            c.parameters,
+                            c.metadata_json,
+                            e.score,
+                            e.metrics_json,
+                            block.height,
+                            b"".join(e.mmr_nodes),
+                        )
+                    )
+            try:
+                with self._tx():
+                    self._w.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)", block_rows)
+                    self._w.executemany(
+                        "INSERT INTO contributions (goal_id, log_index, contribution_hash, "
+                        "pack_hash, contributor_id, seed, version, parameters, metadata, score, "
+                        "metrics, block_height, mmr_nodes) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+            except sqlite3.Error as exc:
+                heights = f"{items[0][0].height}" + (
+                    f"..{items[-1][0].height}" if len(items) > 1 else ""
+                )
+                raise StoreError(f"writing block {heights} failed: {exc}") from exc
+
+    def truncate_above(self, height: int) -> int:
+        """Remove every block above ``height`` and what they added; returns blocks removed."""
+        if self._w is None:
+            raise StoreError("store is open read-only")
+        with self._write_lock, self._tx():
+            removed = self._w.execute(
+                "SELECT COUNT(*) FROM blocks WHERE height > ?", (height,)
+            ).fetchone()[0]
+            first = self._w.execute(
+                "SELECT MIN(first_seq) FROM blocks WHERE height > ?", (height,)
+            ).fetchone()[0]
+            if first is not None:  # contributions are in block order: cut by sequence number
+                self._w.execute("DELETE FROM contributions WHERE seq >= ?", (first,))
+            # Rows that belong to no kept block (a damaged store); a scan, but truncation is rare.
+            self._w.execute("DELETE FROM contributions WHERE block_height > ?", (height,))
+            self._w.execute("DELETE FROM blocks WHERE height > ?", (height,))
+        return removed
+
+    def copy_to(self, target: Path) -> Path:
+        """A consistent copy of the whole database (SQLite online backup) at ``target``."""
+        dest = sqlite3.connect(target)
+        try:
+            self._r.backup(dest)
+        finally:
+            dest.close()
+        return target
+
+    # -- reads ----------------------------------------------------------------------------------
+    def head(self) -> tuple[int, bytes, int]:
+        """(height, head hash, head timestamp_ms); (0, zeros, 0) when empty."""
+        row = self._r.execute(
+            "SELECT height, hash, header FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return 0, bytes(32), 0
+        return row[0], row[1], json.loads(row[2])["timestamp_ms"]
+
+    def block_header(self, height: int) -> tuple[BlockHeader, bytes, bytes] | None:
+        row = self._r.execute(
+            "SELECT header, hash, signature FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            return None
+        return BlockHeader.from_doc(json.loads(row[0])), row[1], row[2]
+
+    def block_hash(self, height: int) -> bytes | None:
+        row = self._r.execute("SELECT hash FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else row[0]
+
+    def blocks(self, start: int, max_blocks: int, *, max_bytes: int) -> list[Block]:
+        """Blocks ``start``.. in order, at most ``max_blocks`` whose entries' wire size
+        (:meth:`Contribution.wire_size`) stays within ``max_bytes`` — but at least one block —
+        with their entries as they were submitted."""
+        out: list[Block] = []
+        size = 0
+        conn = _connect(self.path, readonly=True)
+        try:
+            rows = conn.execute(
+                "SELECT hash, header, signature, first_seq, entry_count FROM blocks "
+                "WHERE height >= ? ORDER BY height LIMIT ?",
+                (start, max_blocks),
+            ).fetchall()
+            for bhash, header, signature, first_seq, count in rows:
+                entries = []
+                block_size = len(header)
+                for goal_id, version, params, metadata, contributor, seed in conn.execute(
+                    "SELECT goal_id, version, parameters, metadata, contributor_id, seed "
+                    "FROM contributions WHERE seq >= ? AND seq < ? ORDER BY seq",
+                    (first_seq, first_seq + count),
+                ):
+                    block_size += wire_size_bound(len(params), len(metadata))
+                    entries.append(
+                        make_contribution(
+                            goal_id=goal_id,
+                            version=version,
+                            parameters=params,
+                            metadata=json.loads(metadata),
+                            contributor_id=contributor,
+                            seed=seed,
+                        )
+                    )
+                if out and size + block_size > max_bytes:
+                    break
+                size += block_size
+                out.append(
+                    Block(
+                        header=BlockHeader.from_doc(json.loads(header)),
+                        hash=bhash,
+                        signature=signature,
+                        entries=tuple(entries),
+                    )
+                )
+        finally:
+            conn.close()
+        return out
+
+    def latest_roots(self) -> dict[str, dict[str, Any]]:
+        """Per goal, the roots recorded by the newest block that touched it. Reads back from the
+        head only until every goal with entries is found (start-up must not parse every
+        header of a long chain)."""
+        wanted = set(self.goal_ids())
+        out: dict[str, dict[str, Any]] = {}
+        for (header,) in self._r.execute("SELECT header FROM blocks ORDER BY height DESC"):
+            if wanted <= out.keys():
+                break
+            for gid, roots in json.loads(header)["goals"].items():
+                out.setdefault(gid, roots)
+        return out
+
+    def log_size(self, goal_id: str) -> int:
+        row = self._r.execute(
+            "SELECT MAX(log_index) FROM contributions WHERE goal_id = ?", (goal_id,)
+        ).fetchone()
+        return 0 if row[0] is None else row[0] + 1
+
+    def nodes(self, goal_id: str, positions: Sequence[int]) -> dict[int, bytes]:
+        """MMR node hashes by position. Each contribution row holds the nodes its append added
+        (its leaf, then the parents it completed), concatenated."""
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for pos in positions:
+            leaf, offset = mmr.appended_by(pos)
+            wanted.setdefault(leaf, []).append((pos, offset))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        out: dict[int, bytes] = {}
+        for log_index, blob in self._r.execute(
+            f"SELECT log_index, mmr_nodes FROM contributions "
+            f"WHERE goal_id = ? AND log_index IN ({marks})",
+            (goal_id, *wanted),
+        ):
+            for pos, offset in wanted[log_index]:
+                node = blob[offset * 32 : offset * 32 + 32]
+                if len(node) == 32:
+                    out[pos] = node
+        return out
+
+    def top_entries(self, goal_id: str, limit: int) -> list[tuple[int, float, bytes, str]]:
+        """(log_index, score, contribution_hash, contributor_id) of the best ``limit``."""
+        return self._r.execute(
+            "SELECT log_index, score, contribution_hash, contributor_id FROM contributions "
+            "WHERE goal_id = ? ORDER BY score DESC, log_index ASC LIMIT ?",
+            (goal_id, limit),
+        ).fetchall()
+
+    def has_packs(
+        self, goal_id: str, pack_hashes: Sequence[bytes], *, writer: bool = False
+    ) -> set[bytes]:
+        """The subset of ``pack_hashes`` already accepted for ``goal_id``.
+
+        ``writer=True`` is for the sequencer's worker thread (the only user of the writer
+        connection); the API's threads use the reader connection.
+        """
+        conn = self._w if writer and self._w is not None else self._r
+        found: set[bytes] = set()
+        for i in range(0, len(pack_hashes), 500):
+            chunk = pack_hashes[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                h
+                for (h,) in conn.execute(
+                    f"SELECT pack_hash FROM contributions WHERE goal_id = ? "
+                    f"AND pack_hash IN ({marks})",
+                    (goal_id, *chunk),
+                )
+            )
+        return found
+
+    def log_entries(self, goal_id: str, start: int, limit: int) -> list[LogEntry]:
+        rows = self._r.execute(
+            "SELECT goal_id, log_index, contribution_hash, pack_hash, contributor_id, seed, "
+            "version, score, metrics, block_height FROM contributions "
+            "WHERE goal_id = ? AND log_index >= ? ORDER BY log_index LIMIT ?",
+            (goal_id, start, limit),
+        ).fetchall()
+        return [_log_entry(r) for r in rows]
+
+    def log_entry(self, goal_id: str, log_index: int) -> LogEntry | None:
+        entries = self.log_entries(goal_id, log_index, 1)
+        return entries[0] if entries and entries[0].log_index == log_index else None
+
+    def pack(self, goal_id: str, log_index: int) -> tuple[str, bytes, dict[str, Any]] | None:
+        """(version, parameters, metadata) of an accepted contribution."""
+        row = self._r.execute(
+            "SELECT version, parameters, metadata FROM contributions "
+            "WHERE goal_id = ? AND log_index = ?",
+            (goal_id, log_index),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], json.loads(row[2]))
+
+    def iter_contribution_hashes(self, goal_id: str) -> Iterator[bytes]:
+        """Every accepted contribution hash of ``goal_id`` in log order (for verification)."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            yield from (
+                h
+                for (h,) in conn.execute(
+                    "SELECT contribution_hash FROM contributions WHERE goal_id = ? "
+                    "ORDER BY log_index",
+                    (goal_id,),
+                )
+            )
+        finally:
+            conn.close()
+
+    def goal_ids(self) -> list[str]:
+        return [g for (g,) in self._r.execute("SELECT DISTINCT goal_id FROM contributions")]
+
+    def count_contributions(self) -> int:
+        return self._r.execute("SELECT COUNT(*) FROM contributions").fetchone()[0]
+
+
+def _log_entry(r: tuple) -> LogEntry:
+    return LogEntry(
+        goal_id=r[0],
+        log_index=r[1],
+        contribution_hash=r[2],
+        pack_hash=r[3],
+        contributor_id=r[4],
+        seed=r[5],
+        version=r[6],
+        score=r[7],
+        metrics=json.loads(r[8]),
+        block_height=r[9],
+    )
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection | None) -> None:
+        assert conn is not None
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                # A failed COMMIT (disk full, I/O error) may leave the transaction open; the
+                # next BEGIN would then fail for good.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")

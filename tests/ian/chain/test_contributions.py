@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ian.chain.contributions import (
+    contribution_from_wire,
+    contribution_hash,
+    decode_parameters,
+    make_contribution,
+)
+from ian.chain.hashing import canonical_json, canonical_json_text, pack_hash
+from ian.errors import InputError, PayloadTooLargeError
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(
+    contributor=st.text(min_size=1, max_size=20),
+    seed=st.integers(0, 2**63 - 1),
+    score=finite,
+    metrics=st.dictionaries(st.sampled_from(["reward", "risk", "complexity"]), finite),
+    metadata=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)),
+)
+def test_fast_encodings_equal_the_canonical_documents(
+    contributor: str, seed: int, score: float, metrics: dict, metadata: dict
+) -> None:
+    c = make_contribution(
+        goal_id="G_1",
+        version="v1",
+        parameters=b"\x00params",
+        metadata=metadata,
+        contributor_id=contributor,
+        seed=seed,
+    )
+    assert c.pack_hash == pack_hash("v1", b"\x00params", metadata)
+    assert c.metadata_json == canonical_json(metadata).decode()
+    doc = {
+        "contributor_id": contributor,
+        "goal_id": "G_1",
+        "metrics": metrics,
+        "pack_hash": c.pack_hash.hex(),
+        "score": score,
+        "seed": seed,
+    }
+    expected = hashlib.sha256(canonical_json(doc)).digest()
+    assert contribution_hash(c, score, canonical_json_text(metrics)) == expected
+
+
+def test_wire_round_trip_keeps_the_pack_hash() -> None:
+    c = make_contribution(
+        goal_id="G",
+        version="1",
+        parameters=b"xyz",
+        metadata={"k": [1, 2]},
+        contributor_id="alice",
+        seed=3,
+    )
+    back = contribution_from_wire(c.to_wire())
+    assert back == c and back.pack_hash == c.pack_hash
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [("", InputError), ("***", InputError), ("QQ", InputError)],
+)
+def test_bad_parameters(text: str, error: type) -> None:
+    with pytest.raises(error) as info:
+        decode_parameters(text)
+    assert info.value.field == "agent_pack.parameters"
+
+
+def test_parameter_size_limit() -> None:
+    with pytest.raises(PayloadTooLargeError):
+        decode_parameters(base64.b64encode(b"x" * 101).decode(), max_bytes=100)
+    assert decode_parameters(base64.b64encode(b"x" * 100).decode(), max_bytes=100) == b"x" * 100
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"version": ""}, "agent_pack.version"),
+        ({"version": "v" * 65}, "agent_pack.version"),
+        ({"contributor_id": ""}, "contributor_id"),
+        ({"contributor_id": "c" * 129}, "contributor_id"),
+        ({"seed": -1}, "seed"),
+        ({"metadata": {str(i): i for i in range(101)}}, "agent_pack.metadata"),
+        ({"metadata": {"big": "x" * 70_000}}, "agent_pack.metadata"),
+        ({"metadata": {"nan": float("nan")}}, "agent_pack.metadata"),
+    ],
+)
+def test_limits_name_the_field(kwargs: dict, field: str) -> None:
+    args = {
+        "goal_id": "G",
+        "version": "1",
+        "parameters": b"p",
+        "metadata": {},
+        "contributor_id": "c",
+        "seed": 0,
+    } | kwargs
+    with pytest.raises(InputError) as info:
+        make_contribution(**args)
+    assert info.value.field == field

@@ -1,0 +1,268 @@
+"""The sequencer: block building, group commit, and rollback when the store write fails."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import anyio
+import pytest
+
+from ian.chain.blocks import GENESIS_HASH
+from ian.errors import UnavailableError
+from ian.identity import verify_signature
+from ian.ledger.recovery import load_chain_state, verify_store
+from ian.ledger.sequencer import BatchResult, Sequencer, build_block
+
+DEMO = "DEMO_TRADING_AGENT"
+TRIVIAL = "TRIVIAL_GOAL"
+
+FAIL_TRIGGER = (
+    "CREATE TRIGGER fail_blocks BEFORE INSERT ON blocks "
+    "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"
+)
+
+
+def execute_sql(path, *statements: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for s in statements:
+            conn.execute(s)
+    finally:
+        conn.close()
+
+
+def roots(state) -> dict:
+    return {gid: g.roots() for gid, g in state.goals.items()}
+
+
+# -- build_block ---------------------------------------------------------------------------------
+
+
+def test_build_block_signs_and_links_the_accepted_entries(chain, packs) -> None:
+    batch = [
+        packs.contribution(1),
+        packs.contribution(2, params=packs.rejected_params),
+        packs.contribution(3, goal_id=TRIVIAL),
+    ]
+    chain.state.begin()
+    outcomes, block, entries = build_block(
+        chain.state, chain.identity, batch, store=chain.store, now_ms=lambda: 1234
+    )
+    assert [o.accepted for o in outcomes] == [True, False, True]
+    assert outcomes[1].rejection_type == "threshold"
+    assert block is not None
+    h = block.header
+    assert h.height == 1 and h.parent_hash == GENESIS_HASH and h.timestamp_ms == 1234
+    assert h.sequencer == chain.identity.node_id
+    assert h.sequencer_key == chain.identity.public_key
+    assert block.hash == h.hash()
+    assert verify_signature(chain.identity.public_key, block.signature, block.hash)
+    assert block.entries == (batch[0], batch[2])
+    assert [e.contribution for e in entries] == [batch[0], batch[2]]
+    assert (
+        h.entries_hash
+        == hashlib.sha256(outcomes[0].contribution_hash + outcomes[2].contribution_hash).digest()
+    )
+    assert set(h.goals) == {DEMO, TRIVIAL}
+    assert h.goals[DEMO] == chain.state.goals[DEMO].roots()
+    assert h.goals[DEMO].log_size == 1
+    assert [o.log_index for o in outcomes] == [0, None, 0]
+
+
+def test_build_block_without_accepted_entries_makes_no_block(chain, packs) -> None:
+    before = roots(chain.state)
+    chain.state.begin()
+    outcomes, block, entries = build_block(
+        chain.state, chain.identity, [packs.contribution(1, params=packs.rejected_params)]
+    )
+    assert block is None and entries == []
+    assert outcomes[0].accepted is False
+    assert roots(chain.state) == before
+
+
+def test_build_block_refuses_duplicates_in_batch_and_store(chain, packs) -> None:
+    chain.commit([packs.contribution(1)])
+    chain.state.begin()
+    outcomes, block, _ = build_block(
+        chain.state,
+        chain.identity,
+        [
+            packs.contribution(1, contributor="late"),  # already in the store
+            packs.contribution(2),
+            packs.contribution(2, contributor="twin"),  # same pack earlier in this batch
+        ],
+        store=chain.store,
+    )
+    assert [o.accepted for o in outcomes] == [False, True, False]
+    assert outcomes[0].rejection_type == outcomes[2].rejection_type == "duplicate"
+    assert block is not None and len(block.entries) == 1
+    assert block.header.height == 2
+
+
+def test_build_block_timestamps_never_go_backwards(chain, packs) -> None:
+    chain.commit([packs.contribution(1)])
+    last = chain.state.head_timestamp_ms
+    chain.state.begin()
+    _, block, _ = build_block(
+        chain.state, chain.identity, [packs.contribution(2)], now_ms=lambda: 5
+    )
+    assert block is not None and block.header.timestamp_ms == last
+    assert block.header.parent_hash == chain.state.head_hash
+
+
+# -- the running sequencer -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def running(chain):
+    batches: list[BatchResult] = []
+    seq = Sequencer(
+        chain.state,
+        chain.store,
+        chain.identity,
+        on_batch=lambda result, seconds: batches.append(result),
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(seq.run)
+        yield seq, batches
+        seq.close()
+
+
+@pytest.mark.anyio
+async def test_store_failure_rolls_back_and_answers_unavailable(running, chain, packs) -> None:
+    seq, batches = running
+    first = await seq.submit(packs.contribution(1))
+    assert first.accepted and first.log_index == 0
+    before = roots(chain.state)
+    head = (chain.state.height, chain.state.head_hash)
+    execute_sql(chain.store.path, FAIL_TRIGGER)
+
+    with pytest.raises(UnavailableError) as info:
+        await seq.submit(packs.contribution(2))
+    assert info.value.http_status == 503
+    assert "simulated disk failure" in info.value.message
+    assert roots(chain.state) == before
+    assert (chain.state.height, chain.state.head_hash) == head
+    assert len(batches) == 1  # the failed batch was not published
+    assert chain.store.log_size(DEMO) == 1
+    assert chain.store.head()[0] == 1
+
+    execute_sql(chain.store.path, "DROP TRIGGER fail_blocks")
+    again = await seq.submit(packs.contribution(2))
+    assert again.accepted and again.log_index == 1  # the failed attempt left no trace
+    assert chain.state.height == 2
+    report = verify_store(chain.store, chain.specs)
+    assert report.ok, report.problem
+    assert report.roots[DEMO] == chain.state.goals[DEMO].roots().to_doc()
+
+
+@pytest.mark.anyio
+async def test_whole_batch_fails_together(running, chain, packs) -> None:
+    seq, _ = running
+    execute_sql(chain.store.path, FAIL_TRIGGER)
+    before = roots(chain.state)
+    errors: list[BaseException] = []
+
+    async def send(n: int) -> None:
+        try:
+            await seq.submit(packs.contribution(n, goal_id=TRIVIAL))
+        except UnavailableError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(send, n)
+    assert len(errors) == 20
+    assert roots(chain.state) == before
+    assert chain.state.height == 0
+
+
+@pytest.mark.anyio
+async def test_closed_store_answers_unavailable_and_keeps_state(running, chain, packs) -> None:
+    seq, _ = running
+    await seq.submit(packs.contribution(1))
+    before = roots(chain.state)
+    chain.store.close()
+    with pytest.raises(UnavailableError):
+        await seq.submit(packs.contribution(2))
+    assert roots(chain.state) == before
+    assert chain.state.height == 1
+
+
+@pytest.mark.anyio
+async def test_close_drains_queued_submissions(chain, packs) -> None:
+    seq = Sequencer(chain.state, chain.store, chain.identity)
+    results: dict[int, object] = {}
+
+    async def send(n: int) -> None:
+        results[n] = await seq.submit(packs.contribution(n, goal_id=TRIVIAL))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(30):
+            tg.start_soon(send, n)
+        await anyio.wait_all_tasks_blocked()  # all 30 queued, none processed yet
+        seq.close()
+        with pytest.raises(UnavailableError, match="shutting down"):
+            await seq.submit(packs.contribution(99, goal_id=TRIVIAL))
+        tg.start_soon(seq.run)
+    assert len(results) == 30
+    assert all(r.accepted for r in results.values())
+    assert chain.state.height == 1  # one batch: everything queued before close
+    assert load_chain_state(chain.store, chain.specs).goals[TRIVIAL].roots() == (
+        chain.state.goals[TRIVIAL].roots()
+    )
+
+
+@pytest.mark.anyio
+async def test_blocks_are_sealed_before_they_outgrow_a_frame(chain, packs) -> None:
+    """Submissions queued together still make several blocks when their wire size would not
+    fit one P2P frame, and nothing is lost or reordered between them."""
+    each = packs.contribution(0, goal_id=TRIVIAL).wire_size()
+    batches: list[BatchResult] = []
+    seq = Sequencer(
+        chain.state,
+        chain.store,
+        chain.identity,
+        max_block_bytes=3 * each,
+        on_batch=lambda result, seconds: batches.append(result),
+    )
+    results = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await seq.submit(packs.contribution(i, goal_id=TRIVIAL))
+
+    async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as submitters:
+            for i in range(8):  # all queued before the sequencer runs
+                submitters.start_soon(submit, i)
+            await tg.start(seq.run)
+        seq.close()
+    sizes = [len(b.block.entries) for b in batches if b.block is not None]
+    assert sum(sizes) == 8 and max(sizes) <= 3 and len(sizes) >= 3
+    assert sorted(r.log_index for r in results.values()) == list(range(8))
+
+
+@pytest.mark.anyio
+async def test_queue_is_bounded_in_bytes(chain, packs) -> None:
+    """Waiting submissions may hold at most 4 blocks' worth of bytes; beyond that: 503."""
+    one = packs.contribution(0, goal_id=TRIVIAL)
+    seq = Sequencer(chain.state, chain.store, chain.identity, max_block_bytes=one.wire_size())
+    results: list[object] = []
+
+    async def submit(i: int) -> None:
+        try:
+            results.append(await seq.submit(packs.contribution(i, goal_id=TRIVIAL)))
+        except UnavailableError as exc:
+            results.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as submitters:
+            for i in range(6):  # queued before the sequencer takes any
+                submitters.start_soon(submit, i)
+            await anyio.wait_all_tasks_blocked()
+            await tg.start(seq.run)
+        seq.close()
+    refused = [r for r in results if isinstance(r, UnavailableError)]
+    assert len(refused) == 2 and all(r.retry_after > 0 for r in refused)
+    assert sum(1 for r in results if not isinstance(r, UnavailableError)) == 4

@@ -1,0 +1,157 @@
+"""The SQLite store: schema versions, atomic block writes, reads, truncation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from ian.errors import SchemaError, StoreError
+from ian.ledger.recovery import load_chain_state, verify_store
+from ian.storage.store import SCHEMA_VERSION, Store
+
+DEMO = "DEMO_TRADING_AGENT"
+TRIVIAL = "TRIVIAL_GOAL"
+
+
+def sql(path, query: str, *args):
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        return conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_new_store_records_its_schema_and_uses_wal(tmp_path) -> None:
+    path = tmp_path / "chain.sqlite"
+    Store(path).close()
+    assert sql(path, "SELECT value FROM meta WHERE key='schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    assert sql(path, "PRAGMA journal_mode") == [("wal",)]
+    # Reopening (read-write and read-only) accepts its own schema.
+    Store(path).close()
+    ro = Store(path, readonly=True)
+    assert ro.head() == (0, bytes(32), 0)
+    ro.close()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_newer_schema_is_refused_and_left_alone(tmp_path, readonly) -> None:
+    path = tmp_path / "chain.sqlite"
+    Store(path).close()
+    sql(path, "UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(SchemaError) as info:
+        Store(path, readonly=readonly)
+    assert "99" in info.value.message and str(SCHEMA_VERSION) in info.value.message
+    assert str(path) in info.value.message
+    assert info.value.fix
+    assert sql(path, "SELECT value FROM meta WHERE key='schema_version'") == [("99",)]
+
+
+def test_garbage_file_is_a_store_error_with_a_fix(tmp_path) -> None:
+    path = tmp_path / "chain.sqlite"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError) as info:
+        Store(path)
+    assert str(path) in info.value.message
+    assert "ian node verify" in (info.value.fix or "") or "ian restore" in (info.value.fix or "")
+
+
+def test_read_only_store_refuses_writes(chain, packs) -> None:
+    chain.commit([packs.contribution(1)])
+    ro = Store(chain.store.path, readonly=True)
+    try:
+        assert ro.head()[0] == 1
+        with pytest.raises(StoreError):
+            ro.truncate_above(0)
+    finally:
+        ro.close()
+
+
+def test_reads_after_commits(chain, packs) -> None:
+    a, b, t = packs.contribution(1), packs.contribution(2), packs.contribution(3, goal_id=TRIVIAL)
+    chain.commit([a])
+    out = chain.commit([b, t])
+    store = chain.store
+    height, head_hash, ts = store.head()
+    assert height == 2 and head_hash == chain.state.head_hash
+    assert ts == chain.state.head_timestamp_ms
+    assert store.log_size(DEMO) == 2 and store.log_size(TRIVIAL) == 1
+    assert store.log_size("OTHER") == 0
+    assert sorted(store.goal_ids()) == [DEMO, TRIVIAL]
+    assert store.count_contributions() == 3
+    assert store.has_packs(DEMO, [a.pack_hash, b.pack_hash, t.pack_hash]) == {
+        a.pack_hash,
+        b.pack_hash,
+    }
+    e = store.log_entry(DEMO, 1)
+    assert e is not None
+    assert e.contribution_hash == out[0].contribution_hash
+    assert e.contributor_id == b.contributor_id and e.block_height == 2
+    assert e.metrics == out[0].metrics and e.score == out[0].score
+    assert store.log_entry(DEMO, 2) is None
+    assert store.pack(DEMO, 0) == (a.version, a.parameters, a.metadata)
+    assert [x.log_index for x in store.log_entries(DEMO, 0, 10)] == [0, 1]
+    assert [x.log_index for x in store.log_entries(DEMO, 1, 10)] == [1]
+    latest = store.latest_roots()
+    assert latest[DEMO] == chain.state.goals[DEMO].roots().to_doc()
+    assert latest[TRIVIAL] == chain.state.goals[TRIVIAL].roots().to_doc()
+    header, bhash, sig = store.block_header(2)
+    assert header.height == 2 and bhash == chain.state.head_hash and len(sig) == 64
+    assert store.block_header(3) is None
+    assert list(store.iter_contribution_hashes(DEMO)) == [
+        store.log_entry(DEMO, 0).contribution_hash,
+        out[0].contribution_hash,
+    ]
+
+
+def test_failed_block_write_leaves_nothing_behind(chain, packs) -> None:
+    chain.commit([packs.contribution(1)])
+    sql(
+        chain.store.path,
+        "CREATE TRIGGER fail_rows BEFORE INSERT ON contributions "
+        "BEGIN SELECT RAISE(ABORT, 'no space left'); END",
+    )
+    with pytest.raises(StoreError) as info:
+        chain.commit([packs.contribution(2), packs.contribution(3, goal_id=TRIVIAL)])
+    assert "block 2" in info.value.message and "no space left" in info.value.message
+    # Nothing of block 2 reached the database: not the block, not its contributions.
+    assert sql(chain.store.path, "SELECT COUNT(*) FROM blocks") == [(1,)]
+    assert sql(chain.store.path, "SELECT COUNT(*) FROM contributions") == [(1,)]
+    assert chain.store.head()[0] == 1
+
+
+def test_truncate_above_restores_an_earlier_chain(chain, packs) -> None:
+    chain.commit([packs.contribution(1)])
+    chain.commit([packs.contribution(2, goal_id=TRIVIAL)])
+    at_2 = {gid: g.roots() for gid, g in chain.state.goals.items()}
+    head_2 = chain.state.head_hash
+    chain.commit([packs.contribution(3), packs.contribution(4, goal_id=TRIVIAL)])
+    chain.commit([packs.contribution(5)])
+    assert chain.store.head()[0] == 4
+
+    assert chain.store.truncate_above(2) == 2
+    assert chain.store.head()[:2] == (2, head_2)
+    state = load_chain_state(chain.store, chain.specs)
+    assert {gid: g.roots() for gid, g in state.goals.items()} == at_2
+    report = verify_store(chain.store, chain.specs)
+    assert report.ok, report.problem
+    assert report.blocks == 2 and report.contributions == 2
+    # Nothing of the removed blocks stays behind (MMR nodes live in the contribution rows).
+    assert sql(chain.store.path, "SELECT COUNT(*) FROM contributions WHERE goal_id=?", DEMO) == [
+        (1,)
+    ]
+
+    assert chain.store.truncate_above(0) == 2
+    assert sql(chain.store.path, "SELECT COUNT(*) FROM contributions") == [(0,)]
+    assert load_chain_state(chain.store, chain.specs).height == 0
+
+
+def test_block_header_is_stored_as_canonical_json(chain, packs) -> None:
+    chain.commit([packs.contribution(1)])
+    (text,) = sql(chain.store.path, "SELECT header FROM blocks WHERE height=1")[0]
+    doc = json.loads(text)
+    assert text == json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    assert doc["height"] == 1 and doc["sequencer"] == chain.identity.node_id
