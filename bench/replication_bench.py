@@ -9,7 +9,7 @@ Every node is a real ``ian node run`` process on loopback (ports 0, read from it
 declaring the same extra goal ``BENCH_TRIVIAL`` (``trivial`` evaluator) through ``IAN_GOALS``.
 
 (a) **Propagation latency.** One sequencer and ``--followers`` followers seeded with it. This
-    process also joins the network as a passive P2P peer (a real :class:`ian.p2p.P2PService`
+    process also joins the network as a passive P2P peer (a real :class:`ian.p2p.service.P2PService`
     with a fresh identity, connected to every follower): a follower gossips its new height
     (``status``) and relays the block right *after* applying it, so the first message from a
     follower naming height ``h`` is the moment it applied block ``h``. Contributions go one at a

@@ -43,6 +43,7 @@ __all__ = [
     "IDENTITY_EXTENSION_OID",
     "KEY_FILENAME",
     "CertInfo",
+    "cert_doc",
     "generate_certificate",
     "load_certificate",
     "node_common_name",
@@ -323,3 +324,16 @@ def load_certificate(
     if _raw(key.public_key()) != info.tls_public_key:
         raise IdentityError(f"{key_path} does not match {cert_path}", fix=_ROTATE_FIX)
     return info
+
+
+def cert_doc(info: CertInfo) -> dict[str, object]:
+    """The JSON form of a certificate description (also what ``ian certs show --json`` prints)."""
+    return {
+        "node_id": info.node_id,
+        "subject": info.subject,
+        "san": info.san,
+        "fingerprint_sha256": info.fingerprint_sha256,
+        "not_before": info.not_before.isoformat(),
+        "not_after": info.not_after.isoformat(),
+        "days_left": round(info.days_left(), 2),
+    }

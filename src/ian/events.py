@@ -60,7 +60,6 @@ __all__ = [
     "TOPICS",
     "Event",
     "EventBus",
-    "PeerEvents",
     "Publish",
     "Subscription",
     "block_contributions",
@@ -335,47 +334,3 @@ def block_contributions(block: Block) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-class PeerEvents:
-    """A P2P listener (``P2PService.add_listener``) that publishes ``peer`` events.
-
-    Remembers connected peers' addresses so a disconnect can name it. A connection closed
-    because of a ban (the service closes with a reason starting ``banned``) is published as
-    ``disconnected`` and ``banned``; ``ban_reason(node_id)`` (e.g. ``PeerBook.ban_reason``)
-    supplies the recorded ban reason when there is one.
-    """
-
-    def __init__(
-        self, publish: Publish, ban_reason: Callable[[str], str | None] | None = None
-    ) -> None:
-        self._publish = publish
-        self._ban_reason = ban_reason
-        self._addresses: dict[str, str | None] = {}
-
-    def __call__(self, event: object) -> None:
-        from ian.p2p.service import PeerConnected, PeerDisconnected
-
-        if isinstance(event, PeerConnected):
-            p = event.peer
-            address = p.address or p.remote_ip
-            self._addresses[p.node_id] = address
-            self._publish(
-                "peer",
-                "connected",
-                {
-                    "node_id": p.node_id,
-                    "address": address,
-                    "direction": p.direction,
-                    "height": p.height,
-                    "sequencer": p.sequencer,
-                    "reason": None,
-                },
-            )
-        elif isinstance(event, PeerDisconnected):
-            address = self._addresses.pop(event.node_id, None)
-            data = {"node_id": event.node_id, "address": address, "reason": event.reason}
-            self._publish("peer", "disconnected", data)
-            if event.reason.startswith("banned"):
-                why = self._ban_reason(event.node_id) if self._ban_reason else None
-                self._publish("peer", "banned", {**data, "reason": why or event.reason})

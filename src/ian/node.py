@@ -32,14 +32,14 @@ from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
 from ian.errors import DataDirError
-from ian.events import EventBus, PeerEvents, block_contributions, block_data, outcome_event
+from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.intake import Intake
 from ian.ledger.recovery import load_chain_state, open_chain_state
 from ian.ledger.replication import Replicator
 from ian.ledger.sequencer import BatchResult, Sequencer
 from ian.log_setup import set_level
-from ian.maintenance.backup import maintenance_lock, read_last_backup
+from ian.maintenance.backup import read_last_backup
 from ian.maintenance.cert_rotation import (
     recover_interrupted_rotation,
     renewal_due,
@@ -47,11 +47,12 @@ from ian.maintenance.cert_rotation import (
 )
 from ian.maintenance.restore import pending_restore
 from ian.metrics import NodeMetrics, StateSnapshot
-from ian.p2p import P2PService, P2PTuning, PeerConnected
 from ian.p2p.peer_book import PeerBook
+from ian.p2p.peer_events import PeerEvents
+from ian.p2p.service import P2PService, P2PTuning, PeerConnected
 from ian.storage import node_state as node_state_mod
 from ian.storage.datadir import DataDir, init_data_dir, read_api_token
-from ian.storage.lock import NodeLock
+from ian.storage.lock import NodeLock, maintenance_lock
 from ian.storage.store import Store
 from ian.tau import TauBridge
 

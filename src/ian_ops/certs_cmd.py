@@ -17,8 +17,7 @@ def show(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None
 
     Example: ian certs show --json
     """
-    from ian.api.certs_routes import cert_doc
-    from ian.certs import load_certificate
+    from ian.certs import cert_doc, load_certificate
     from ian.identity import load_identity
     from ian.storage.datadir import DataDir
 
@@ -63,13 +62,12 @@ def rotate(
     """
     import contextlib
 
-    from ian.api.certs_routes import cert_doc
+    from ian.certs import cert_doc
     from ian.errors import IanError, NodeLockedError
     from ian.identity import load_identity
-    from ian.maintenance.backup import maintenance_lock
     from ian.maintenance.cert_rotation import rotate_certificate
     from ian.storage.datadir import DataDir, read_api_token
-    from ian.storage.lock import NodeLock, holder_pid, is_locked
+    from ian.storage.lock import NodeLock, holder_pid, is_locked, maintenance_lock
 
     settings = cli.load_settings(data_dir)
     datadir = DataDir(settings.data_dir)

@@ -92,9 +92,9 @@ def prune(
     Example: ian prune --dry-run
     """
     from ian.errors import DataDirError
-    from ian.maintenance.backup import maintenance_lock
     from ian.maintenance.retention import RetentionPolicy, plan, remove, scan
     from ian.storage.datadir import DataDir
+    from ian.storage.lock import maintenance_lock
     from ian_ops.durations import format_duration, parse_duration
 
     settings = cli.load_settings(data_dir)

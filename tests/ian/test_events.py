@@ -12,11 +12,12 @@ import pytest
 
 from ian.chain.blocks import GoalRoots
 from ian.config import load_settings
-from ian.events import TOPICS, EventBus, PeerEvents, block_contributions, block_data, outcome_event
+from ian.events import TOPICS, EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity
 from ian.ledger.recovery import load_chain_state
 from ian.ledger.replication import Replicator
 from ian.p2p import messages as msg
+from ian.p2p.peer_events import PeerEvents
 from ian.p2p.service import PeerConnected, PeerDisconnected, PeerInfo, PeerStatus
 from ian.tau import MockTauServer, TauBridge
 from ian.tau.bridge import TickOutcome

@@ -14,23 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from ian.api.auth import require_admin
-from ian.certs import CertInfo
+from ian.certs import cert_doc
 from ian.errors import IdentityError, RequestError, UnavailableError
 
 router = APIRouter()
-
-
-def cert_doc(info: CertInfo) -> dict[str, Any]:
-    """The JSON form of a certificate description (also what ``ian certs show --json`` prints)."""
-    return {
-        "node_id": info.node_id,
-        "subject": info.subject,
-        "san": info.san,
-        "fingerprint_sha256": info.fingerprint_sha256,
-        "not_before": info.not_before.isoformat(),
-        "not_after": info.not_after.isoformat(),
-        "days_left": round(info.days_left(), 2),
-    }
 
 
 @router.post(

@@ -35,16 +35,15 @@ after that. A crash leaves at most a ``*.part`` file, which ``ian prune`` remove
 older than its safety margin.
 
 Locking: a backup never needs ``node.lock``. It holds a *shared* ``flock`` on the data directory
-itself (:func:`maintenance_lock`); ``ian restore`` and ``ian certs rotate`` hold it exclusively,
-so a backup never runs while the directory is being swapped or the certificates replaced, while
-any number of backups (and ``ian prune``) may run together.
+itself (:func:`ian.storage.lock.maintenance_lock`); ``ian restore`` and ``ian certs rotate`` hold
+it exclusively, so a backup never runs while the directory is being swapped or the certificates
+replaced, while any number of backups (and ``ian prune``) may run together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -55,7 +54,7 @@ import sqlite3
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +64,7 @@ from ian.atomic import _fsync_dir, atomic_write_json, read_json
 from ian.chain.goals import GoalSpec
 from ian.errors import CorruptFileError, DataDirError, IanError, SchemaError, StoreError
 from ian.storage.datadir import DataDir
+from ian.storage.lock import maintenance_lock
 from ian.storage.store import SCHEMA_VERSION, Store
 
 __all__ = [
@@ -80,7 +80,6 @@ __all__ = [
     "create_backup",
     "default_archive_path",
     "list_members",
-    "maintenance_lock",
     "read_archive",
     "read_last_backup",
     "read_manifest",
@@ -126,42 +125,6 @@ class ArchiveError(CorruptFileError):
 
 def _archive_error(archive: Path, detail: str, fix: str = _ARCHIVE_FIX) -> ArchiveError:
     return ArchiveError(f"archive {archive}: {detail}", fix=fix)
-
-
-# --------------------------------------------------------------------------- locking
-
-
-@contextlib.contextmanager
-def maintenance_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold a ``flock`` on the data directory ``root`` itself for the ``with`` block.
-
-    Shared for backups and prune, exclusive for restore and certificate rotation. Non-blocking:
-    raises :class:`DataDirError` at once when the other kind is held. The node does not use
-    this lock (it holds ``node.lock``), so it never delays the node.
-    """
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise DataDirError(
-            f"data dir {root} does not exist", fix="check --data-dir / IAN_DATA_DIR"
-        ) from None
-    except OSError as exc:
-        raise DataDirError(
-            f"cannot open data dir {root}: {exc.strerror or exc}",
-            fix=f"check owner/permissions of {root}",
-        ) from None
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            busy = "a backup or prune" if exclusive else "a restore or certificate rotation"
-            raise DataDirError(
-                f"{busy} is running on {root}",
-                fix="wait until it has finished, then run this command again",
-            ) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- manifest

@@ -69,12 +69,11 @@ from ian.maintenance.backup import (
     Manifest,
     Progress,
     compare_roots,
-    maintenance_lock,
     read_archive,
     snapshot_roots,
 )
 from ian.maintenance.resync import RESYNC_PREFIX
-from ian.storage.lock import NodeLock
+from ian.storage.lock import NodeLock, maintenance_lock
 
 __all__ = [
     "JOURNAL_NAME",

@@ -8,48 +8,9 @@ Modules (only :mod:`ian.p2p.transport` touches sockets)::
     session    per-connection handshake state machine and admission rules (no I/O)
     transport  TCP + pyOpenSSL TLS over anyio streams, certificate reload
     service    P2PService: listener, dialler, peer exchange, rate limits, scores, bans
+    peer_book  peer_scores.json: scores, bans, addresses (also read offline by the CLI)
+    peer_events  the listener that publishes peer events on the event bus
 
-The node wires :class:`P2PService` (see its module docstring).
+The node wires :class:`ian.p2p.service.P2PService` (see its module docstring). Nothing is
+imported here, so the CLI can read the peer book without loading the TLS stack.
 """
-
-from __future__ import annotations
-
-from ian.p2p.errors import (
-    FrameTooLargeError,
-    HandshakeError,
-    InvalidMessage,
-    P2PError,
-    PeerNotConnectedError,
-    ProtocolViolation,
-    RemoteError,
-    RequestTimeoutError,
-)
-from ian.p2p.service import (
-    Handler,
-    P2PService,
-    P2PTuning,
-    PeerConnected,
-    PeerDisconnected,
-    PeerInfo,
-    PeerListener,
-    PeerStatus,
-)
-
-__all__ = [
-    "FrameTooLargeError",
-    "Handler",
-    "HandshakeError",
-    "InvalidMessage",
-    "P2PError",
-    "P2PService",
-    "P2PTuning",
-    "PeerConnected",
-    "PeerDisconnected",
-    "PeerInfo",
-    "PeerListener",
-    "PeerNotConnectedError",
-    "PeerStatus",
-    "ProtocolViolation",
-    "RemoteError",
-    "RequestTimeoutError",
-]

@@ -1,4 +1,4 @@
-"""``node.lock``: one writer per data directory.
+"""``node.lock``: one writer per data directory; and the maintenance lock on the directory itself.
 
 A running node holds an exclusive ``flock`` on ``node.lock`` for its whole life; offline commands
 that write take it too. ``flock`` locks belong to the open file description, so the lock is freed
@@ -15,12 +15,13 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from ian.errors import NodeLockedError
+from ian.errors import DataDirError, NodeLockedError
 
-__all__ = ["NodeLock", "holder_pid", "is_locked"]
+__all__ = ["NodeLock", "holder_pid", "is_locked", "maintenance_lock"]
 
 
 def _read_pid(fd: int) -> int | None:
@@ -122,3 +123,36 @@ def holder_pid(path: Path) -> int | None:
     yes/no answer, and take a :class:`NodeLock` before changing the data dir.
     """
     return _probe(Path(path))[1]
+
+
+@contextlib.contextmanager
+def maintenance_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold a ``flock`` on the data directory ``root`` itself for the ``with`` block.
+
+    Shared for backups and prune, exclusive for restore and certificate rotation. Non-blocking:
+    raises :class:`DataDirError` at once when the other kind is held. The node does not use
+    this lock (it holds ``node.lock``), so it never delays the node.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise DataDirError(
+            f"data dir {root} does not exist", fix="check --data-dir / IAN_DATA_DIR"
+        ) from None
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot open data dir {root}: {exc.strerror or exc}",
+            fix=f"check owner/permissions of {root}",
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = "a backup or prune" if exclusive else "a restore or certificate rotation"
+            raise DataDirError(
+                f"{busy} is running on {root}",
+                fix="wait until it has finished, then run this command again",
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -23,13 +23,13 @@ from ian.maintenance import backup as backup_mod
 from ian.maintenance.backup import (
     MANIFEST_NAME,
     create_backup,
-    maintenance_lock,
     read_last_backup,
     read_manifest,
     verify_archive,
 )
 from ian.node import Node
 from ian.storage.datadir import DataDir
+from ian.storage.lock import maintenance_lock
 from ian.storage.store import Store
 
 GOAL = "TRIVIAL_GOAL"
