@@ -60,3 +60,9 @@ completions: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+
+# The CLI reference, generated from the commands' --help (tests/ian_ops/test_cli_docs.py fails
+# when it is stale).
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python tools/gen_cli_docs.py docs/cli.md
