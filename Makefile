@@ -19,8 +19,8 @@ run: $(STAMP)
 	IAN_DATA_DIR=$${IAN_DATA_DIR:-./.ian-data} $(BIN)/ian node run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 # System tools the tests use: promtool (Debian package prometheus) and jq (the runbook's
 # queries). Installed when missing and we may (root); otherwise the tests that need them fail
@@ -44,8 +44,8 @@ test: lint tools
 	$(BIN)/python -m pytest
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench tools
+	$(BIN)/ruff format src tests bench tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_bench.py
