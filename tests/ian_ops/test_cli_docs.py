@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.integration.conftest import clean_env, run_ian
+from tests.support.nodes import clean_env, run_ian
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "cli.md"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import typer.main
-from tests.integration.conftest import run_ian
+from tests.support.nodes import run_ian
 from typer.testing import CliRunner
 
 from ian_ops import cli

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.integration.conftest import run_ian
+from tests.support.nodes import run_ian
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {"bash": "ian.bash", "zsh": "_ian", "fish": "ian.fish"}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.conftest import NodeFactory, run_ian
+from tests.support.nodes import NodeFactory, run_ian
 
 from ian.certs import generate_certificate, write_certificate
 from ian.config import parse_peer_address

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.conftest import (
+from tests.support.nodes import (
     DEMO_GOAL,
     IAN,
     NodeFactory,

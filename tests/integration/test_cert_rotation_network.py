@@ -14,11 +14,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.support.nodes import NodeProcess, run_ian, wait_connected
 
 from ian.p2p.transport import TlsCredentials, connect_tcp, tls_handshake
 from ian.storage.datadir import init_data_dir
-
-from .conftest import NodeProcess, run_ian, wait_connected
 
 pytestmark = pytest.mark.integration
 

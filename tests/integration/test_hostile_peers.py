@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.support.nodes import NodeProcess, wait_connected, wait_until
 
 from ian.config import Settings
 from ian.p2p.frames import encode_frame
@@ -35,8 +36,6 @@ from ian.p2p.session import (
 )
 from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handshake
 from ian.storage.datadir import init_data_dir
-
-from .conftest import NodeProcess, wait_connected, wait_until
 
 pytestmark = pytest.mark.integration
 

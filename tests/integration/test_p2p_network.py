@@ -10,8 +10,7 @@ import json
 import time
 
 import pytest
-
-from .conftest import NodeProcess, run_ian, wait_connected, wait_until
+from tests.support.nodes import NodeProcess, run_ian, wait_connected, wait_until
 
 pytestmark = pytest.mark.integration
 

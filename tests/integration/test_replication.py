@@ -19,10 +19,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from ian.chain.mmr import InclusionProof, verify_inclusion
-
-from .conftest import (
+from tests.support.nodes import (
     DEMO_GOAL,
     DEMO_REJECTED,
     NETWORK_ENV,
@@ -35,6 +32,8 @@ from .conftest import (
     wait_same_chain,
     wait_until,
 )
+
+from ian.chain.mmr import InclusionProof, verify_inclusion
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import typer.main
-from tests.integration.conftest import IAN, NodeFactory, NodeProcess, clean_env, run_ian
+from tests.support.nodes import IAN, NodeFactory, NodeProcess, clean_env, run_ian
 
 from ian_ops.app import app
 
