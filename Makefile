@@ -21,6 +21,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
+	$(BIN)/mypy
 
 # System tools the tests use: promtool (Debian package prometheus) and jq (the runbook's
 # queries). Installed when missing and we may (root); otherwise the tests that need them fail

@@ -83,7 +83,12 @@ class RequestError(IanError):
     code = "bad_request"
 
     def __init__(
-        self, message: str, *, field: str | None = None, code: str | None = None, fix=None
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        fix: str | None = None,
     ) -> None:
         super().__init__(message, fix=fix)
         self.field = field
@@ -100,8 +105,16 @@ class AuthError(RequestError):
     http_status = 401
     code = "unauthorized"
 
-    def __init__(self, message: str, *, forbidden: bool = False, **kw) -> None:
-        super().__init__(message, **kw)
+    def __init__(
+        self,
+        message: str,
+        *,
+        forbidden: bool = False,
+        field: str | None = None,
+        code: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message, field=field, code=code, fix=fix)
         if forbidden:
             self.http_status = 403
             self.code = "forbidden"
@@ -126,8 +139,16 @@ class RateLimitedError(RequestError):
     http_status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: float, **kw) -> None:
-        super().__init__(message, **kw)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        field: str | None = None,
+        code: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message, field=field, code=code, fix=fix)
         self.retry_after = retry_after
 
 
@@ -135,8 +156,16 @@ class UnavailableError(RequestError):
     http_status = 503
     code = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kw) -> None:
-        super().__init__(message, **kw)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float = 1.0,
+        field: str | None = None,
+        code: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message, field=field, code=code, fix=fix)
         self.retry_after = retry_after
 
 

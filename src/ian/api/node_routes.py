@@ -14,4 +14,5 @@ router = APIRouter()
 @router.post("/api/v1/admin/resync", dependencies=[Depends(require_admin)], tags=["admin"])
 async def resync(request: Request) -> dict[str, Any]:
     """Drop the local chain and fetch it again from peers (identity, certs, peers kept)."""
-    return await request.app.state.node.resync()
+    result: dict[str, Any] = await request.app.state.node.resync()
+    return result

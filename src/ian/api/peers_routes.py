@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Annotated, Any
+from collections.abc import Sequence
+from enum import Enum
+from typing import Annotated, Any, TypedDict
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, params
 from pydantic import BaseModel, ConfigDict, Field
 
 from ian.api.auth import require_admin
@@ -66,7 +68,8 @@ class LimitsRequest(BaseModel):
 
 
 def _book(request: Request) -> PeerBook:
-    return request.app.state.node.peer_book
+    book: PeerBook = request.app.state.node.peer_book
+    return book
 
 
 def _p2p(request: Request, *, required: bool = False) -> Any:
@@ -127,7 +130,14 @@ async def get_peer(request: Request, node_id: str) -> dict[str, Any]:
     return record.to_dict()
 
 
-_admin = {"dependencies": [Depends(require_admin)], "tags": ["admin"]}
+class _RouteOptions(TypedDict):
+    """Keyword arguments shared by the admin routes' decorators."""
+
+    dependencies: Sequence[params.Depends]
+    tags: list[str | Enum]
+
+
+_admin: _RouteOptions = {"dependencies": [Depends(require_admin)], "tags": ["admin"]}
 
 
 def _in_network(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

@@ -55,7 +55,7 @@ class TauResetResponse(BaseModel):
 
 
 def _bridge(request: Request) -> TauBridge:
-    bridge = getattr(request.app.state.node, "tau", None)
+    bridge: TauBridge | None = getattr(request.app.state.node, "tau", None)
     if bridge is None:
         raise UnavailableError("this node runs no Tau bridge")
     return bridge

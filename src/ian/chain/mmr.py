@@ -197,7 +197,10 @@ def verify_inclusion(
     """
     if not (_is_hash(root) and _is_hash(leaf_hash) and isinstance(proof, InclusionProof)):
         return False
-    index, path, peaks = proof.leaf_index, proof.path, proof.peaks
+    # Typed as object: a proof decoded from the wire may hold anything, checked below.
+    index = proof.leaf_index
+    path: object = proof.path
+    peaks: object = proof.peaks
     if type(index) is not int or type(proof.size) is not int:
         return False
     if size is not None and proof.size != size:

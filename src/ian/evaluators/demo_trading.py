@@ -50,13 +50,13 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate, repeat
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from ian.errors import InputError
 from ian.evaluators import Metrics
 
 Strategy = Literal["momentum", "mean_reversion", "breakout"]
-STRATEGIES: tuple[str, ...] = ("momentum", "mean_reversion", "breakout")
+STRATEGIES: tuple[Strategy, ...] = ("momentum", "mean_reversion", "breakout")
 
 MIN_LOOKBACK = 2
 MAX_LOOKBACK = 200
@@ -256,7 +256,7 @@ def parse_params(parameters: bytes) -> DemoParams:
             raise InputError(f"{key} is required", field=f"{_FIELD}.{key}")
 
     strategy = doc["strategy"]
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+    if not _is_strategy(strategy):
         raise InputError(
             f"strategy must be one of {', '.join(STRATEGIES)}, got {_show(strategy)}",
             field=f"{_FIELD}.strategy",
@@ -287,6 +287,11 @@ def parse_params(parameters: bytes) -> DemoParams:
             field=f"{_FIELD}.position_size",
         )
     return DemoParams(strategy=strategy, lookback=lookback, threshold=threshold, position_size=size)
+
+
+def _is_strategy(value: object) -> TypeGuard[Strategy]:
+    """True when ``value`` is one of :data:`STRATEGIES` (a str, never any other equal object)."""
+    return isinstance(value, str) and value in STRATEGIES
 
 
 def _finite_float(value: object) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ian.chain.contributions import Contribution, decode_parameters, make_contribution
 from ian.chain.state import GoalState, Outcome
@@ -94,7 +95,7 @@ class Intake:
         goal_id: str,
         version: str,
         parameters: str,
-        metadata: dict,
+        metadata: dict[str, Any],
         contributor_id: str,
         seed: int,
     ) -> Contribution:

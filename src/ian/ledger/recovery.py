@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ian.chain import mmr
 from ian.chain.blocks import GENESIS_HASH, BlockHeader
@@ -118,7 +119,7 @@ def open_chain_state(
     return load_chain_state(store, specs)
 
 
-def _check_roots(goal: GoalState, recorded: dict | None) -> None:
+def _check_roots(goal: GoalState, recorded: dict[str, Any] | None) -> None:
     if recorded is None:
         if goal.mmr.size:
             raise StoreError(f"goal {goal.spec.id} has entries but no block records its roots")
@@ -145,9 +146,9 @@ class VerifyReport:
     contributions: int = 0
     first_bad_height: int | None = None
     problem: str | None = None
-    roots: dict[str, dict] = field(default_factory=dict)
+    roots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def to_doc(self) -> dict:
+    def to_doc(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "blocks": self.blocks,

@@ -56,7 +56,7 @@ class Replicator:
         on_rolled_back: Callable[[], None],
         reload_state: Callable[[], ChainState],  # a fresh state loaded from the store
         handle_forward: Callable[[Contribution], Awaitable[Outcome]],
-        record: Callable[[str, PeerEvent], None],
+        record: Callable[[str, PeerEvent], object],
         max_frame_bytes: int = 16 * 1024 * 1024,
         publish: Publish | None = None,  # ``sync`` events (ian.events)
     ) -> None:

@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ian.atomic import _fsync_dir, atomic_write_json, read_json
 from ian.chain.goals import GoalSpec
@@ -576,7 +576,8 @@ def _write_archive(
         raise _os_error(part, exc) from None
     try:
         with os.fdopen(fd, "wb", buffering=_CHUNK) as fh:
-            tar = tarfile.open(  # noqa: SIM115 - closed explicitly before the digest patch
+            # typeshed's tarfile.open overloads omit copybufsize (passed on to TarFile).
+            tar = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - closed explicitly before the digest patch
                 fileobj=fh, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_CHUNK
             )
             tar.addfile(_tarinfo(MANIFEST_NAME, len(text), 0o600, mtime), io.BytesIO(text))
@@ -587,7 +588,7 @@ def _write_archive(
                 advance(len(data))
             with snapshot.open("rb") as db:
                 reader = _HashingReader(db, advance)
-                tar.addfile(_tarinfo(STORE_NAME, db_size, 0o644, mtime), reader)  # type: ignore[arg-type]
+                tar.addfile(_tarinfo(STORE_NAME, db_size, 0o644, mtime), reader)
             if reader.count != db_size:
                 raise StoreError(f"snapshot {snapshot} changed size while being archived")
             tar.close()
@@ -657,7 +658,8 @@ def _open_tar_stream(archive: Path) -> tuple[BinaryIO, tarfile.TarFile]:
     try:
         # Seekable mode: member data is read straight from the file (the streaming mode copies
         # every block through an extra buffer); truncation is still an error either way.
-        tar = tarfile.open(fileobj=fh, mode="r:*", copybufsize=_CHUNK)  # noqa: SIM115
+        # typeshed's tarfile.open overloads omit copybufsize (passed on to TarFile).
+        tar = tarfile.open(fileobj=fh, mode="r:*", copybufsize=_CHUNK)  # type: ignore[call-overload]  # noqa: SIM115
     except (tarfile.TarError, EOFError, OSError) as exc:
         fh.close()
         raise _archive_error(archive, f"is not a tar archive ({exc})") from None
@@ -705,9 +707,17 @@ def _check_member(archive: Path, member: tarfile.TarInfo, manifest: Manifest) ->
     return entry
 
 
+class MemberWriter(Protocol):
+    """Where :func:`read_archive` writes one member's data: a writable binary file."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
 def read_archive(
     archive: Path,
-    sink: Callable[[FileEntry], BinaryIO | None],
+    sink: Callable[[FileEntry], MemberWriter | None],
     *,
     progress: Progress | None = None,
 ) -> Manifest:
@@ -891,7 +901,7 @@ def verify_archive(
         db_path = Path(tmp) / STORE_NAME
         try:
 
-            def sink(entry: FileEntry) -> BinaryIO | None:
+            def sink(entry: FileEntry) -> MemberWriter | None:
                 if entry.name == STORE_NAME:
                     return db_path.open("xb")
                 return None

@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from ian.atomic import _fsync_dir
 from ian.errors import CorruptFileError, DataDirError, IdentityError, StoreError
@@ -67,6 +67,7 @@ from ian.maintenance.backup import (
     ArchiveError,
     FileEntry,
     Manifest,
+    MemberWriter,
     Progress,
     compare_roots,
     read_archive,
@@ -210,7 +211,7 @@ class _Stager:
         self.root = root
         self.dirs: set[Path] = {root}
 
-    def open(self, entry: FileEntry) -> BinaryIO | None:
+    def open(self, entry: FileEntry) -> MemberWriter | None:
         if entry.name in SKIPPED_ON_RESTORE or _reserved_member(entry.name):
             return None
         path = self.root / entry.name
@@ -658,7 +659,7 @@ class PendingRestore:
 
     @property
     def staging(self) -> Path:
-        return self.target / self.doc["staging"]
+        return self.target / str(self.doc["staging"])
 
     @property
     def aside(self) -> Path | None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeGuard
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -279,9 +279,8 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _is_int(value: Any, *, nullable: bool = False) -> bool:
-    if value is None:
-        return nullable
+def _is_int(value: object) -> TypeGuard[int]:
+    """True for an int (not a bool) in ``[0, 2**63)``: a valid envelope id or version."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U63
 
 
@@ -307,7 +306,7 @@ def decode_envelope(payload: bytes) -> Envelope:
     cls = MESSAGE_TYPES.get(mtype)
     if cls is None:
         raise ProtocolViolation(f"unknown message type {mtype[:64]!r}")
-    if not _is_int(mid) or not _is_int(re, nullable=True) or not isinstance(body, dict):
+    if not _is_int(mid) or not (re is None or _is_int(re)) or not isinstance(body, dict):
         raise ProtocolViolation(f"malformed {mtype} envelope (id, re or body)")
     try:
         message = cls.model_validate(body)

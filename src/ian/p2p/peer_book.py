@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ian.atomic import atomic_write_bytes, read_json
 from ian.errors import CorruptFileError, InputError, NotFoundError, SchemaError
@@ -289,7 +289,8 @@ def _gc_paused() -> Any:
             gc.enable()
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """True for an int or float that is not a bool (JSON numbers)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -367,7 +368,8 @@ class PeerBook:
         if not isinstance(peers, dict):
             raise self._corrupt('"peers" is missing or not an object')
         full = len(_RECORD_KEYS)
-        fallback = data.get("saved_at") if _is_number(data.get("saved_at")) else self._clock()
+        saved_at = data.get("saved_at")
+        fallback = saved_at if _is_number(saved_at) else self._clock()
         banned: set[str] = set()
         for node_id, rec in peers.items():
             if not isinstance(rec, dict):
@@ -661,12 +663,14 @@ class PeerBook:
             elif sort == "violations":
 
                 def metric(rec: dict[str, Any]) -> float:
-                    return sum(rec[name] for name in VIOLATION_COUNTERS)
+                    total: float = sum(rec[name] for name in VIOLATION_COUNTERS)
+                    return total
 
             else:
 
                 def metric(rec: dict[str, Any]) -> float:
-                    return rec["last_seen"]
+                    last_seen: float = rec["last_seen"]
+                    return last_seen
 
             # Sort the raw records and snapshot only what is returned: `--top 10` of a
             # million-peer book must not build a million snapshots.

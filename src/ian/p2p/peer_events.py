@@ -48,8 +48,8 @@ class PeerEvents:
                 },
             )
         elif isinstance(event, PeerDisconnected):
-            address = self._addresses.pop(event.node_id, None)
-            data = {"node_id": event.node_id, "address": address, "reason": event.reason}
+            gone: str | None = self._addresses.pop(event.node_id, None)
+            data = {"node_id": event.node_id, "address": gone, "reason": event.reason}
             self._publish("peer", "disconnected", data)
             if event.reason.startswith("banned"):
                 why = self._ban_reason(event.node_id) if self._ban_reason else None

@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -203,6 +203,7 @@ class PeerStatus:
 
 PeerListener = Callable[[PeerConnected | PeerDisconnected | PeerStatus], None]
 Handler = Callable[[PeerInfo, Message], Awaitable[Message | None]]
+_M = TypeVar("_M", bound=Message)
 
 
 class _Pending:
@@ -320,7 +321,7 @@ class _Connection:
 
 def _backoff(failures: int, tuning: P2PTuning) -> float:
     """Jittered exponential backoff: uniform in [d/2, d], d = min(cap, base * 2**(n-1))."""
-    delay = min(tuning.reconnect_cap, tuning.reconnect_base * 2 ** max(0, failures - 1))
+    delay: float = min(tuning.reconnect_cap, tuning.reconnect_base * 2 ** max(0, failures - 1))
     return delay * random.uniform(0.5, 1.0)
 
 
@@ -381,8 +382,13 @@ class P2PService:
 
     # ------------------------------------------------------------------ registration
 
-    def on(self, msg_type: str, handler: Handler) -> None:
+    def on(
+        self, msg_type: str, handler: Callable[[PeerInfo, _M], Awaitable[Message | None]]
+    ) -> None:
         """Handle incoming ``msg_type`` messages (requests and notifications, not replies).
+
+        ``handler`` takes the message class registered for ``msg_type`` (``_M``): only such
+        messages are dispatched to it.
 
         The handler's return value, if not None, is sent back as the reply. One handler per
         type; registering again replaces it. Reserved types: hello, goodbye, ping, pong,
@@ -392,7 +398,9 @@ class P2PService:
             raise ValueError(f"unknown message type {msg_type!r}")
         if msg_type in RESERVED_TYPES:
             raise ValueError(f"{msg_type!r} is handled by the P2P service itself")
-        self._handlers[msg_type] = handler
+        # Dispatch is by type name and decoding builds that type's class, so the handler only
+        # ever gets an _M; the table holds handlers of every message type side by side.
+        self._handlers[msg_type] = cast(Handler, handler)
 
     def add_listener(self, listener: PeerListener) -> None:
         """Call ``listener(event)`` for PeerConnected / PeerDisconnected / PeerStatus."""
@@ -655,9 +663,10 @@ class P2PService:
             handshake_timeout=timeout,
         )
         try:
-            return await tg.start(
+            connected: str = await tg.start(
                 partial(self._run_connection, stream, Direction.OUTBOUND, ip, str(addr))
             )
+            return connected
         except HandshakeError as exc:
             assert stream.peer is not None
             if exc.reason == "duplicate" and stream.peer.node_id in self._peers:

@@ -175,6 +175,11 @@ class Session:
 
     # -- incoming
 
+    def _closed(self) -> bool:
+        """Whether the session is CLOSED now (a call, so a type checker does not keep a state
+        narrowed before ``_receive_frame`` changed it)."""
+        return self.state is SessionState.CLOSED
+
     def receive_data(self, data: bytes, now: float) -> list[SessionEvent]:
         """Feed received bytes; events in order. Nothing is produced once CLOSED."""
         if self.state is SessionState.CLOSED:
@@ -189,7 +194,7 @@ class Session:
         for payload in payloads:
             event = self._receive_frame(payload)
             events.append(event)
-            if self.state is SessionState.CLOSED:
+            if self._closed():
                 break  # nothing after a goodbye or a failure counts
         return events
 

@@ -302,7 +302,7 @@ def listener_address(listener: anyio.abc.Listener[Any]) -> tuple[str, int]:
     return str(addr[0]), int(addr[1])
 
 
-def remote_ip(stream: anyio.abc.TypedAttributeProvider) -> str:
+def remote_ip(stream: anyio.TypedAttributeProvider) -> str:
     """The peer's IP address in canonical form (IPv4-mapped IPv6 shown as IPv4)."""
     addr = stream.extra(SocketAttribute.remote_address)
     ip = ipaddress.ip_address(addr[0] if isinstance(addr, tuple) else str(addr))

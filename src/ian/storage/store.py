@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from ian.chain import mmr
@@ -182,7 +183,7 @@ class Store:
             )
         return version
 
-    def _tx(self):
+    def _tx(self) -> _Transaction:
         return _Transaction(self._w)
 
     def close(self) -> None:
@@ -254,7 +255,7 @@ class Store:
         if self._w is None:
             raise StoreError("store is open read-only")
         with self._write_lock, self._tx():
-            removed = self._w.execute(
+            removed: int = self._w.execute(
                 "SELECT COUNT(*) FROM blocks WHERE height > ?", (height,)
             ).fetchone()[0]
             first = self._w.execute(
@@ -458,10 +459,11 @@ class Store:
         return [g for (g,) in self._r.execute("SELECT DISTINCT goal_id FROM contributions")]
 
     def count_contributions(self) -> int:
-        return self._r.execute("SELECT COUNT(*) FROM contributions").fetchone()[0]
+        count: int = self._r.execute("SELECT COUNT(*) FROM contributions").fetchone()[0]
+        return count
 
 
-def _log_entry(r: tuple) -> LogEntry:
+def _log_entry(r: tuple[Any, ...]) -> LogEntry:
     return LogEntry(
         goal_id=r[0],
         log_index=r[1],
@@ -485,7 +487,12 @@ class _Transaction:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")
