@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as _dist_version
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -84,6 +85,16 @@ class BoundAddresses:
     api: tuple[str, int] | None = None
     p2p: tuple[str, int] | None = None
     ws: tuple[str, int] | None = None
+
+
+def _refuse_half_restored(root: Path) -> None:
+    """Raise while an interrupted ``ian restore`` of ``root`` waits for --resume/--rollback."""
+    if pending_restore(root) is not None:
+        raise DataDirError(
+            f"an interrupted `ian restore` left {root} half restored",
+            fix=f"finish it with `ian restore --resume --data-dir {root}` or undo it "
+            f"with `ian restore --rollback --data-dir {root}`",
+        )
 
 
 class Node:
@@ -190,17 +201,15 @@ class Node:
     def open(cls, settings: Settings) -> Node:
         """Lock the data dir and load everything; raises IanError with a fix on any problem."""
         root = settings.data_dir
+        # Before anything is created: a swap-mode restore may have stopped between its two
+        # renames, and an empty data dir made here would become a new identity.
+        _refuse_half_restored(root)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         datadir = DataDir(root)
         lock = NodeLock(datadir.lock_file)
         lock.acquire()
         try:
-            if pending_restore(root) is not None:
-                raise DataDirError(
-                    f"an interrupted `ian restore` left {root} half restored",
-                    fix=f"finish it with `ian restore --resume --data-dir {root}` or undo it "
-                    f"with `ian restore --rollback --data-dir {root}`",
-                )
+            _refuse_half_restored(root)
             if datadir.identity_file.exists():
                 # Finish or undo a `certs rotate` that a crash interrupted, before init
                 # would mistake a missing certs/ for a first start.

@@ -31,9 +31,14 @@ Sequence (each step either completes or leaves the original data dir untouched):
    ``backups/`` stays too (the archives are not part of the node's state).
 5. Every staged file and directory is fsynced, then the swap:
 
-   - swap mode: the data dir is renamed aside (never deleted: ``ian prune`` ages these out) and
-     staging renamed into place; the parent directory is fsynced. If the second rename fails,
-     the first is undone. ``backups/`` is then moved into the new directory.
+   - swap mode: the journal ``<data-dir>.restore-journal.json`` is written atomically next to
+     the data dir (the staging and aside names), the data dir is renamed aside (never deleted:
+     ``ian prune`` ages these out), staging renamed into place, ``backups/`` moved into the new
+     directory, the parent directory fsynced and the journal removed. A failed rename undoes
+     the renames already made. If the process dies mid-way the journal stays, and the node and
+     every later ``ian restore`` refuse exactly as for an in-place restore (below): a crash
+     leaves the previous or the restored data dir reachable, never an empty one, and a node
+     never starts (and so never makes a new identity) next to a pending restore.
    - in-place mode: the journal ``<data-dir>/.restore-journal.json`` is written atomically
      (phase ``aside``, the names to move out and in), the current entries are moved into the
      aside directory, the journal is rewritten (phase ``in``), the staged entries are moved up,
@@ -88,6 +93,7 @@ __all__ = [
     "pending_restore",
     "restore_archive",
     "staging_dir",
+    "swap_journal",
 ]
 
 #: archived files that are checked but not put back (see the module docstring)
@@ -98,6 +104,8 @@ _SECRET = frozenset({"identity.json", "certs/node_key.pem", "api_token"})
 
 #: the in-place journal, inside the data dir
 JOURNAL_NAME = ".restore-journal.json"
+#: the swap journal, next to the data dir: ``<data-dir><suffix>``
+SWAP_JOURNAL_SUFFIX = ".restore-journal.json"
 #: in-place staging and aside directories, inside the data dir: ``<prefix><UTC stamp>``
 STAGING_PREFIX = ".restore-staging-"
 ASIDE_PREFIX = ".pre-restore-"
@@ -114,6 +122,11 @@ def _stamp(when: datetime) -> str:
 
 def staging_dir(target: Path) -> Path:
     return target.with_name(target.name + ".restore-tmp")
+
+
+def swap_journal(target: Path) -> Path:
+    """Where a swap-mode restore of ``target`` keeps its journal (next to the data dir)."""
+    return target.with_name(target.name + SWAP_JOURNAL_SUFFIX)
 
 
 def aside_dir(target: Path, now: datetime) -> Path:
@@ -310,7 +323,7 @@ def restore_archive(
         if existing:
             stack.enter_context(NodeLock(target / "node.lock"))
             stack.enter_context(maintenance_lock(target, exclusive=True))
-            _refuse_if_interrupted(target)
+        _refuse_if_interrupted(target)
         if use_in_place:
             return _restore_in_place(
                 archive, target, force, dry_run, confirm, progress, when, reason
@@ -336,24 +349,14 @@ def restore_archive(
             _fsync_tree(staging)
             if dry_run or (confirm is not None and not confirm(plan)):
                 return plan
-            if plan.aside is not None:
-                target.rename(plan.aside)
+            doc = _swap_journal_doc(plan, staging, when)
+            _write_swap_journal(target, doc)
+            moved = True  # from here on the journal owns staging: recovery needs it
             try:
-                staging.rename(target)
-            except OSError as exc:
-                if plan.aside is not None:
-                    plan.aside.rename(target)
-                raise DataDirError(
-                    f"cannot move the restored data into {target}: {exc.strerror or exc}",
-                    fix="if the data dir is a mount point, pass --in-place",
-                ) from None
-            moved = True
-            _fsync_dir(parent)
-            if plan.aside is not None and (plan.aside / "backups").is_dir():
-                with contextlib.suppress(OSError):
-                    (plan.aside / "backups").rename(target / "backups")
-                    _fsync_dir(target)
-                    _fsync_dir(plan.aside)
+                _swap_forward(target, doc)
+            except BaseException as exc:
+                _undo_swap_after_failure(target, doc, exc)
+                raise
             plan.done = True
             return plan
         finally:
@@ -445,6 +448,118 @@ def _remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- swap
+
+
+def _swap_journal_doc(plan: RestorePlan, staging: Path, when: datetime) -> dict[str, Any]:
+    return {
+        "format": "ian-restore-journal",
+        "version": _JOURNAL_VERSION,
+        "mode": "swap",
+        "phase": "swap",
+        "archive": str(plan.archive),
+        "node_id": plan.manifest.node_id,
+        "height": plan.manifest.height,
+        "started_at": when.isoformat(),
+        "staging": staging.name,
+        "aside": plan.aside.name if plan.aside is not None else None,
+    }
+
+
+def _write_swap_journal(target: Path, doc: dict[str, Any]) -> None:
+    from ian.atomic import atomic_write_json
+
+    atomic_write_json(swap_journal(target), doc, mode=0o600)
+
+
+def _swap_paths(target: Path, doc: dict[str, Any]) -> tuple[Path, Path | None]:
+    aside = target.with_name(doc["aside"]) if doc["aside"] else None
+    return target.with_name(doc["staging"]), aside
+
+
+def _swap_forward(target: Path, doc: dict[str, Any]) -> None:
+    """Complete the swap that ``doc`` describes, from wherever it stopped: the data dir goes
+    aside, staging takes its place, ``backups/`` follows, the journal goes (the commit point).
+
+    Idempotent: a rename already made is recognised by which directories exist."""
+    staging, aside = _swap_paths(target, doc)
+    if _present(staging):
+        if _present(target):
+            if aside is None or _present(aside):
+                raise DataDirError(
+                    f"{target}, {staging} and the previous data dir all exist: cannot tell "
+                    "which to keep",
+                    fix=f"compare them, keep the right one as {target}, then delete "
+                    f"{swap_journal(target)}",
+                )
+            _rename(target, aside)
+        _rename(staging, target)
+    elif not _present(target):
+        raise DataDirError(
+            f"neither {staging} nor {target} exists: the staged restore is gone",
+            fix=f"undo the restore instead: ian restore --rollback --data-dir {target}",
+        )
+    _fsync_dir(target.parent)
+    if aside is not None and (aside / "backups").is_dir() and not _present(target / "backups"):
+        with contextlib.suppress(OSError):
+            _rename(aside / "backups", target / "backups")
+            _fsync_dir(target)
+            _fsync_dir(aside)
+    _finish_swap(target)
+
+
+def _swap_backward(target: Path, doc: dict[str, Any]) -> None:
+    """Undo the swap that ``doc`` describes: the previous data dir (if any) is ``target``
+    again, the staged or swapped-in one is discarded. Idempotent like :func:`_swap_forward`."""
+    staging, aside = _swap_paths(target, doc)
+    restored_in_place = _present(target) and not _present(staging)
+    previous_aside = aside is not None and _present(aside)
+    if restored_in_place and (previous_aside or aside is None):
+        # The restored data dir took the place: it goes back to staging (then away).
+        if previous_aside and aside is not None:
+            backups = target / "backups"
+            if backups.is_dir() and not _present(aside / "backups"):
+                _rename(backups, aside / "backups")
+        _rename(target, staging)
+    if aside is not None and _present(aside):
+        if _present(target):
+            raise DataDirError(
+                f"both {target} and the previous data dir {aside} exist: cannot tell which to keep",
+                fix=f"compare them, keep the right one as {target}, then delete "
+                f"{swap_journal(target)}",
+            )
+        _rename(aside, target)
+    _fsync_dir(target.parent)
+    _finish_swap(target)
+    with contextlib.suppress(OSError):
+        _remove_tree(staging)
+
+
+def _finish_swap(target: Path) -> None:
+    """The swap is settled: drop its journal (the commit point) and make that durable."""
+    swap_journal(target).unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def _undo_swap_after_failure(target: Path, doc: dict[str, Any], exc: BaseException) -> None:
+    """A rename of the swap failed in this process: put the previous data dir back. Raises a
+    :class:`DataDirError` with the recovery when even that fails (the journal stays)."""
+    try:
+        _swap_backward(target, doc)
+    except BaseException as undo_exc:  # the journal keeps the way back
+        what = undo_exc.message if isinstance(undo_exc, DataDirError) else str(undo_exc)
+        raise DataDirError(
+            f"the restore into {target} failed ({_describe_exc(exc)}) and could not be undone "
+            f"({what}); {swap_journal(target)} records where it stopped",
+            fix=_recovery_fix(target),
+        ) from exc
+    if isinstance(exc, OSError):
+        raise DataDirError(
+            f"cannot move the restored data into {target}: {_describe_exc(exc)}",
+            fix="if the data dir is a mount point, pass --in-place",
+        ) from None
 
 
 # --------------------------------------------------------------------------- in place
@@ -644,33 +759,43 @@ def _describe_exc(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class PendingRestore:
-    """An in-place restore whose process died mid-swap, as its journal describes it."""
+    """A restore whose process died mid-swap, as its journal describes it: ``mode`` is
+    ``in-place`` (journal inside the data dir) or ``swap`` (journal next to it)."""
 
     target: Path
     doc: dict[str, Any] = field(repr=False)
 
     @property
+    def mode(self) -> str:
+        return "swap" if self.doc.get("mode") == "swap" else "in-place"
+
+    @property
     def journal(self) -> Path:
-        return self.target / JOURNAL_NAME
+        return swap_journal(self.target) if self.mode == "swap" else self.target / JOURNAL_NAME
 
     @property
     def phase(self) -> str:
         return str(self.doc["phase"])
 
     @property
+    def _base(self) -> Path:
+        return self.target.parent if self.mode == "swap" else self.target
+
+    @property
     def staging(self) -> Path:
-        return self.target / str(self.doc["staging"])
+        return self._base / str(self.doc["staging"])
 
     @property
     def aside(self) -> Path | None:
-        return self.target / self.doc["aside"] if self.doc["aside"] else None
+        return self._base / self.doc["aside"] if self.doc["aside"] else None
 
     def describe(self) -> str:
-        step = (
-            "moving the previous files aside"
-            if self.phase == "aside"
-            else "moving the restored files in"
-        )
+        if self.mode == "swap":
+            step = "swapping the data dir"
+        elif self.phase == "aside":
+            step = "moving the previous files aside"
+        else:
+            step = "moving the restored files in"
         return (
             f"an interrupted restore of {self.doc.get('archive')} (node "
             f"{self.doc.get('node_id')}, height {self.doc.get('height')}, started "
@@ -680,6 +805,7 @@ class PendingRestore:
     def to_doc(self) -> dict[str, Any]:
         return {
             "data_dir": str(self.target),
+            "mode": self.mode,
             "journal": str(self.journal),
             "phase": self.phase,
             "archive": self.doc.get("archive"),
@@ -717,25 +843,53 @@ def _valid_journal(doc: object) -> bool:
     )
 
 
+def _valid_swap_journal(doc: object, target: Path) -> bool:
+    """A swap journal names only ``target``'s own staging and aside siblings."""
+    if not isinstance(doc, dict) or doc.get("version") != _JOURNAL_VERSION:
+        return False
+    if doc.get("mode") != "swap" or doc.get("phase") != "swap":
+        return False
+    aside = doc.get("aside")
+    aside_ok = aside is None or (
+        _plain(aside) and str(aside).startswith(f"{target.name}.pre-restore-")
+    )
+    return doc.get("staging") == staging_dir(target).name and aside_ok
+
+
+def _manual_fix(target: Path, swap: bool) -> str:
+    if swap:
+        return (
+            f"recover by hand: the previous data dir is {target} or "
+            f"{target.name}.pre-restore-* next to it, the restored one {staging_dir(target)}; "
+            f"keep the right one as {target}, then delete {swap_journal(target)}"
+        )
+    return (
+        f"recover by hand: the previous files are in {target}/{ASIDE_PREFIX}*, the restored "
+        f"ones in {target}/{STAGING_PREFIX}*; put back what belongs in {target}, then delete "
+        f"{target / JOURNAL_NAME}"
+    )
+
+
 def pending_restore(target: Path) -> PendingRestore | None:
-    """The interrupted in-place restore of ``target``, or None. Raises
+    """The interrupted restore of ``target`` (in-place or swap mode), or None. Works whether
+    or not ``target`` exists (a swap can stop between its renames). Raises
     :class:`CorruptFileError` when the journal cannot be trusted (then nothing is automatic)."""
     from ian.atomic import read_json
 
     target = Path(target).absolute()
-    path = target / JOURNAL_NAME
-    manual = (
-        f"recover by hand: the previous files are in {target}/{ASIDE_PREFIX}*, the restored "
-        f"ones in {target}/{STAGING_PREFIX}*; put back what belongs in {target}, then delete "
-        f"{path}"
-    )
-    try:
-        doc = read_json(path, recovery=manual)
-    except FileNotFoundError:
-        return None
-    if not _valid_journal(doc):
-        raise CorruptFileError(f"{path} is not a restore journal this ian understands", fix=manual)
-    return PendingRestore(target, doc)
+    for path, swap in ((target / JOURNAL_NAME, False), (swap_journal(target), True)):
+        try:
+            doc = read_json(path, recovery=_manual_fix(target, swap))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        valid = _valid_swap_journal(doc, target) if swap else _valid_journal(doc)
+        if not valid:
+            raise CorruptFileError(
+                f"{path} is not a restore journal this ian understands",
+                fix=_manual_fix(target, swap),
+            )
+        return PendingRestore(target, doc)
+    return None
 
 
 def _refuse_if_interrupted(target: Path) -> None:
@@ -748,13 +902,16 @@ def _refuse_if_interrupted(target: Path) -> None:
 
 
 def finish_interrupted(target: Path, action: Literal["resume", "rollback"]) -> PendingRestore:
-    """Complete (``resume``) or undo (``rollback``) the interrupted in-place restore of
-    ``target`` under its locks; returns what it was. Raises :class:`DataDirError` when there
-    is none, :class:`NodeLockedError` while a node runs."""
+    """Complete (``resume``) or undo (``rollback``) the interrupted restore of ``target``
+    under its locks; returns what it was. Raises :class:`DataDirError` when there is none,
+    :class:`NodeLockedError` while a node runs."""
     target = Path(target).absolute()
-    if not target.is_dir():
+    if not target.is_dir() and not swap_journal(target).exists():
         raise DataDirError(f"data dir {target} does not exist", fix="check --data-dir")
-    with NodeLock(target / "node.lock"), maintenance_lock(target, exclusive=True):
+    with contextlib.ExitStack() as stack:
+        if target.is_dir():
+            stack.enter_context(NodeLock(target / "node.lock"))
+            stack.enter_context(maintenance_lock(target, exclusive=True))
         pending = pending_restore(target)
         if pending is None:
             raise DataDirError(
@@ -762,6 +919,16 @@ def finish_interrupted(target: Path, action: Literal["resume", "rollback"]) -> P
                 fix="nothing to resume or roll back",
             )
         doc = dict(pending.doc)
+        if pending.mode == "swap":
+            # The other halves of the swap hold the lock files a node would take.
+            for half in (pending.staging, pending.aside):
+                if half is not None and half.is_dir():
+                    stack.enter_context(NodeLock(half / "node.lock"))
+            if action == "resume":
+                _swap_forward(target, doc)
+            else:
+                _swap_backward(target, doc)
+            return pending
         if action == "resume":
             if not pending.staging.is_dir() and pending.phase == "aside":
                 raise DataDirError(

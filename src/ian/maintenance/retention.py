@@ -21,10 +21,10 @@ Rules (ARCHITECTURE §11, runbook "Cleaning Up Old Data"):
   only when older than ``leftover_min_age_s`` (default 1 h), so a backup, restore or atomic
   write in progress is never removed.
 
-The aside and staging directories of an interrupted in-place restore (named in its journal,
-see :mod:`.restore`) are never listed: they are the way back (``ian restore --rollback``)
-and forward (``--resume``). When that journal cannot be read, no in-place restore directory is
-listed at all.
+The aside and staging directories of an interrupted restore (named in its journal, inside the
+data dir for in-place mode and next to it for swap mode, see :mod:`.restore`) are never
+listed: they are the way back (``ian restore --rollback``) and forward (``--resume``). When
+that journal cannot be read, no restore directory of that data dir is listed at all.
 
 Stale peers are the peer book's business (:meth:`ian.p2p.peer_book.PeerBook.prune`).
 """
@@ -227,19 +227,19 @@ def scan(datadir: DataDir) -> Inventory:
     inside = _children(root)
     protected = _interrupted_restore_dirs(root)
 
-    def dirs(paths: Iterable[Path], start: str, keep: frozenset[str] = frozenset()) -> list[Entry]:
+    def dirs(paths: Iterable[Path], start: str) -> list[Entry]:
         return [
             e
             for p in paths
             if p.name.startswith(start)
-            and p.name not in keep
+            and p.absolute() not in protected
             and (e := _entry(p)) is not None
             and e.is_dir
         ]
 
-    pre_restore = dirs(siblings, prefix) + dirs(inside, PRE_RESTORE_MARK, protected)
+    pre_restore = dirs(siblings, prefix) + dirs(inside, PRE_RESTORE_MARK)
     resync = dirs(inside, RESYNC_PREFIX)
-    leftovers: list[Entry] = dirs(inside, STAGING_PREFIX, protected)
+    leftovers: list[Entry] = dirs(inside, STAGING_PREFIX)
     for directory in (root, datadir.certs_dir, datadir.backups_dir):
         for p in _children(directory):
             if p.name.endswith(LEFTOVER_SUFFIXES):
@@ -248,27 +248,38 @@ def scan(datadir: DataDir) -> Inventory:
                     leftovers.append(e)
     staging = root.with_name(root.name + ".restore-tmp")
     e = _entry(staging)
-    if e is not None and e.is_dir:
+    if e is not None and e.is_dir and staging.absolute() not in protected:
         leftovers.append(e)
     return Inventory(backups, cert_pairs, pre_restore, leftovers, resync)
 
 
-def _interrupted_restore_dirs(root: Path) -> frozenset[str]:
-    """Names of the directories in ``root`` that an interrupted in-place restore still needs
-    (see the module docstring)."""
+def _interrupted_restore_dirs(root: Path) -> frozenset[Path]:
+    """The directories (inside ``root`` or next to it) that an interrupted restore still
+    needs (see the module docstring)."""
     from ian.errors import DataDirError
-    from ian.maintenance.restore import JOURNAL_NAME, pending_restore
+    from ian.maintenance.restore import JOURNAL_NAME, pending_restore, swap_journal
 
-    if not (root / JOURNAL_NAME).exists():
+    in_place, swap = (root / JOURNAL_NAME).exists(), swap_journal(root).exists()
+    if not in_place and not swap:
         return frozenset()
     try:
         pending = pending_restore(root)
-    except DataDirError:  # unreadable or untrusted journal: protect every candidate
+    except DataDirError:  # unreadable or untrusted journal: protect every candidate of its kind
         marks = (PRE_RESTORE_MARK, STAGING_PREFIX)
-        return frozenset(p.name for p in _children(root) if p.name.startswith(marks))
+        inside = [p for p in _children(root) if in_place and p.name.startswith(marks)]
+        beside = [
+            p
+            for p in _children(root.parent)
+            if swap
+            and (
+                p.name.startswith(root.name + PRE_RESTORE_MARK)
+                or p.name == root.name + ".restore-tmp"
+            )
+        ]
+        return frozenset(p.absolute() for p in inside + beside)
     if pending is None:
         return frozenset()
-    return frozenset(p.name for p in (pending.staging, pending.aside) if p is not None)
+    return frozenset(p for p in (pending.staging, pending.aside) if p is not None)
 
 
 def remove(items: Iterable[PruneItem]) -> list[tuple[PruneItem, str | None]]:

@@ -32,6 +32,8 @@ from ian.maintenance.restore import (
     finish_interrupted,
     pending_restore,
     restore_archive,
+    staging_dir,
+    swap_journal,
 )
 from ian.node import Node
 from ian.storage.datadir import DataDir
@@ -690,7 +692,7 @@ from ian.maintenance import restore
 
 archive, target, at = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 done = 0
-real_rename, real_finish = restore._rename, restore._finish
+real_rename, real_finish, real_finish_swap = restore._rename, restore._finish, restore._finish_swap
 
 def rename(src, dst):
     global done
@@ -704,17 +706,22 @@ def finish(target, staging):
         os._exit(9)
     real_finish(target, staging)
 
-restore._rename, restore._finish = rename, finish
-restore.restore_archive(archive, target, in_place=True)
+def finish_swap(target):
+    if at == "finish":
+        os._exit(9)
+    real_finish_swap(target)
+
+restore._rename, restore._finish, restore._finish_swap = rename, finish, finish_swap
+restore.restore_archive(archive, target, in_place=sys.argv[4] == "in-place")
 """
 
 
-def crash_restore(archive: Path, target: Path, at: int | str) -> None:
-    """Run an in-place restore in a child process that dies before move ``at`` (0-based), or
-    after the last move but before the journal is removed (``"finish"``)."""
+def crash_restore(archive: Path, target: Path, at: int | str, mode: str = "in-place") -> None:
+    """Run a restore (``mode``: in-place or swap) in a child process that dies before move
+    ``at`` (0-based), or after the last move but before the journal is removed (``"finish"``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
     r = subprocess.run(
-        [sys.executable, "-c", CRASH, str(archive), str(target), str(at)],
+        [sys.executable, "-c", CRASH, str(archive), str(target), str(at), mode],
         env=env,
         capture_output=True,
         text=True,
@@ -795,6 +802,80 @@ def test_a_journal_that_cannot_be_trusted_is_refused(
         "old": [],
         "new": ["../../etc"],
     }
+    for text in ("{torn", json.dumps(forged)):
+        journal.write_text(text)
+        with pytest.raises(CorruptFileError, match=str(journal)) as info:
+            restore_archive(archive, target)
+        assert "recover by hand" in (info.value.fix or "")
+        with pytest.raises(CorruptFileError):
+            finish_interrupted(target, "resume")
+    assert (target / "marker").read_text() == "old"
+
+
+@pytest.mark.parametrize("action", ["resume", "rollback"])
+@pytest.mark.parametrize("crash", ["before any move", "between the renames", "before commit"])
+def test_crash_mid_swap_mode_is_refused_then_recovered(
+    source: tuple[Path, Path], tmp_path: Path, crash: str, action: str
+) -> None:
+    """Swap mode is journaled too: a crash between its renames leaves no empty data dir
+    behind, a node refuses to start (and so never makes a new identity), and --resume or
+    --rollback settle it."""
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    twin = tmp_path / "twin" / "data"
+    shutil.copytree(target, twin, symlinks=True)
+    before = tree(target)
+    at: int | str = {"before any move": 0, "between the renames": 1, "before commit": "finish"}[
+        crash
+    ]
+
+    crash_restore(archive, target, at, mode="swap")
+
+    pending = pending_restore(target)
+    assert pending is not None and pending.mode == "swap"
+    assert pending.journal == swap_journal(target) and pending.journal.is_file()
+    assert target.is_dir() == (crash != "between the renames")
+    for dry_run in (False, True):
+        with pytest.raises(DataDirError, match="interrupted restore") as info:
+            restore_archive(archive, target, dry_run=dry_run)
+        assert f"ian restore --resume --data-dir {target}" in (info.value.fix or "")
+    settings = load_settings(env={}, overrides={"data_dir": target, "api_port": 0})
+    with pytest.raises(DataDirError, match="half restored"):
+        Node.open(settings)
+    # The node made nothing: no empty data dir, so no new identity either.
+    assert target.is_dir() == (crash != "between the renames")
+    # prune leaves both halves of the swap alone.
+    if target.is_dir():
+        from ian.maintenance.retention import scan
+
+        inventory = scan(DataDir(target))
+        listed = {e.path.absolute() for e in inventory.pre_restore + inventory.leftovers}
+        assert pending.staging not in listed and pending.aside not in listed
+
+    finish_interrupted(target, action)  # type: ignore[arg-type]
+
+    assert pending_restore(target) is None and not swap_journal(target).exists()
+    assert not staging_dir(target).exists()
+    asides = sorted(p.name for p in tmp_path.iterdir() if ".pre-restore-" in p.name)
+    if action == "rollback":
+        assert tree(target) == before and asides == []
+    else:
+        done = restore_archive(archive, twin)
+        assert done.aside is not None and pending.aside is not None
+        assert asides == [pending.aside.name]
+        assert tree(target) == tree(twin)
+        assert tree(pending.aside) == tree(done.aside)
+    with pytest.raises(DataDirError, match="no interrupted restore"):
+        finish_interrupted(target, action)  # type: ignore[arg-type]
+
+
+def test_a_swap_journal_that_cannot_be_trusted_is_refused(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _root, archive = source
+    target = lived_in(archive, tmp_path / "data")
+    journal = swap_journal(target)
+    forged = {"version": 1, "mode": "swap", "phase": "swap", "staging": "../x", "aside": None}
     for text in ("{torn", json.dumps(forged)):
         journal.write_text(text)
         with pytest.raises(CorruptFileError, match=str(journal)) as info:
