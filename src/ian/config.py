@@ -226,6 +226,17 @@ class Settings(BaseSettings):
         "Block sequencer: '' = self without seeds, else learned; 'self'; or a 40-hex node id.",
         "'', 'self' or a 40-hex node id",
     )
+    genesis: Path | None = _f(
+        None,
+        "Genesis document to pin on first start (`ian network init` writes one).",
+        "a file path",
+    )
+    chain_id: str | None = _f(
+        None,
+        "Chain id this node must be on (64 hex; `ian network show` prints it).",
+        "64 hex digits",
+        pattern=r"^[0-9a-f]{64}$",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _f(
         "INFO", "Log level.", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)"
     )
@@ -415,7 +426,14 @@ class Settings(BaseSettings):
             return value.upper() if info.field_name == "log_level" else value.lower()
         return value
 
-    @field_validator("log_file", "tau_endpoint", "api_token", mode="before")
+    @field_validator("chain_id", mode="before")
+    @classmethod
+    def _v_chain_id(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
+    @field_validator("log_file", "tau_endpoint", "api_token", "genesis", mode="before")
     @classmethod
     def _v_blank(cls, value: Any) -> Any:
         return _blank_to_none(value)
@@ -746,6 +764,8 @@ _OPTIONAL_EXAMPLES = {
     "log_file": "/data/logs/ian.log",
     "tau_endpoint": "tcp://tau-node:12345",
     "api_token": "change-me",
+    "genesis": "/config/genesis.json",
+    "chain_id": "0" * 64,
 }
 
 _GOAL_EXAMPLE = """\

@@ -8,6 +8,7 @@ maps ``http_status``/``code`` to a JSON error; the CLI maps the class to an exit
 
     IanError
     ├── ConfigError             a setting or config.toml value is invalid
+    │   └── GenesisError        a genesis document is invalid or not this chain's
     ├── DataDirError            the data directory cannot be used as it is
     │   ├── CorruptFileError    a state file is torn or not what it should be
     │   ├── IdentityError       identity/certificate missing, mismatched or unsafe
@@ -50,6 +51,10 @@ class IanError(Exception):
 
 class ConfigError(IanError):
     code = "config_invalid"
+
+
+class GenesisError(ConfigError):
+    code = "genesis"
 
 
 class DataDirError(IanError):

@@ -28,11 +28,12 @@ from anyio.abc import TaskStatus
 from ian.certs import CertInfo
 from ian.chain.blocks import Block, GoalRoots
 from ian.chain.contributions import FRAME_OVERHEAD, Contribution
+from ian.chain.genesis import Genesis, resolve_genesis
 from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
-from ian.errors import DataDirError
+from ian.errors import DataDirError, GenesisError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.intake import Intake
@@ -110,8 +111,12 @@ class Node:
         store: Store,
         state: ChainState,
         peer_book: PeerBook,
+        genesis: Genesis | None = None,
     ) -> None:
         self.settings = settings
+        #: the pinned genesis (None: a follower that has not learned its chain yet)
+        self.genesis = genesis
+        self.goals = goals_for(settings, genesis)
         self.datadir = datadir
         self.lock = lock
         self.identity = identity
@@ -121,7 +126,7 @@ class Node:
         self.peer_book = peer_book
         self.version = package_version()
         self.started_at = time.time()
-        self.role, self._sequencer_id = role_for(settings, identity.node_id)
+        self.role, self._sequencer_id = role_for(settings, identity.node_id, genesis)
         self.views: dict[str, GoalView] = {}
         self.head: tuple[int, bytes] = (state.height, state.head_hash)
         self.metrics = NodeMetrics(self.snapshot)
@@ -167,7 +172,7 @@ class Node:
             sequencer_id=lambda: self.sequencer_id,
             on_applied=self._on_block_applied,
             on_rolled_back=self._publish_all,
-            reload_state=lambda: load_chain_state(store, settings.all_goals()),
+            reload_state=lambda: load_chain_state(store, self.goals),
             handle_forward=self._handle_forward,
             record=self.p2p.report,
             publish=self.events.publish,
@@ -219,8 +224,10 @@ class Node:
             init = init_data_dir(root, cert_valid_days=settings.cert_valid_days)
             for item in init.created:
                 log.info("created %s", item)
+            genesis = settle_genesis(settings, datadir, init.identity)
+            role = role_for(settings, init.identity.node_id, genesis)[0]
             store = Store(datadir.store_file)
-            specs = settings.all_goals()
+            specs = goals_for(settings, genesis)
             saved = node_state_mod.read_node_state(datadir.node_state_file)
             if saved is not None and not saved.clean_shutdown:
                 log.warning("the previous run did not shut down cleanly; checking roots")
@@ -228,14 +235,16 @@ class Node:
                 store,
                 specs,
                 full=saved is None and store.head()[0] > 0,
-                repair=role_for(settings, init.identity.node_id)[0] != "sequencer",
+                repair=role != "sequencer",
                 keep_copy=lambda: store.copy_to(
                     datadir.root
                     / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
                 ),
             )
             peer_book = PeerBook.load(datadir.peer_scores_file, ban_seconds=settings.ban_seconds)
-            node = cls(settings, datadir, lock, init.identity, init.cert, store, state, peer_book)
+            node = cls(
+                settings, datadir, lock, init.identity, init.cert, store, state, peer_book, genesis
+            )
             node.checkpoint(clean=False)
             return node
         except BaseException:
@@ -523,13 +532,87 @@ class Node:
         self.lock.release()
 
 
-def role_for(settings: Settings, node_id: str) -> tuple[str, str | None]:
-    """("sequencer" | "follower", the configured sequencer id for a follower or None).
+def role_for(
+    settings: Settings, node_id: str, genesis: Genesis | None = None
+) -> tuple[str, str | None]:
+    """("sequencer" | "follower", the sequencer id a follower follows, or None to learn it).
 
-    ``sequencer`` = "self" or this node's id → sequencer; "" → sequencer without seeds,
-    else a follower that learns the sequencer from its peers; another id → follower of it.
+    With a genesis, its one authority is the sequencer (a follower never learns it from a
+    claim). Without: ``sequencer`` = "self" or this node's id → sequencer; "" → sequencer
+    without seeds, else a follower that learns the sequencer from its peers; another id →
+    follower of it.
     """
+    if genesis is not None:
+        leader = genesis.authority_ids[0]
+        return ("sequencer", None) if leader == node_id else ("follower", leader)
     configured = settings.sequencer
     if configured in ("self", node_id) or (not configured and not settings.seed_nodes):
         return "sequencer", None
     return "follower", configured or None
+
+
+def goals_for(settings: Settings, genesis: Genesis | None) -> list[GoalSpec]:
+    """The goals this node runs: the genesis's when it has one, else the configured ones."""
+    return list(genesis.goals) if genesis is not None else settings.all_goals()
+
+
+def settle_genesis(settings: Settings, datadir: DataDir, identity: Identity) -> Genesis | None:
+    """Start-up: decide the genesis (:func:`ian.chain.genesis.resolve_genesis`), pin it in
+    the data dir when new, and check the settings agree with it. Raises
+    :class:`GenesisError` (one line, exit 3) on any disagreement."""
+    from ian.atomic import atomic_write_bytes
+
+    path = datadir.genesis_file
+    stored = Genesis.read(path) if path.exists() else None
+    given = Genesis.read(settings.genesis) if settings.genesis is not None else None
+    configured = settings.sequencer
+    decision = resolve_genesis(
+        stored=stored,
+        given=given,
+        given_path=str(settings.genesis) if settings.genesis is not None else None,
+        chain_id=settings.chain_id,
+        has_seeds=bool(settings.seed_nodes),
+        leads_alone=role_for(settings, identity.node_id)[0] == "sequencer",
+        make_own=lambda: Genesis.one_authority(
+            identity.node_id,
+            identity.public_key,
+            settings.all_goals(),
+            network=settings.network_id,
+        ),
+    )
+    genesis = decision.genesis
+    if genesis is None:
+        log.info("%s", decision.how)
+        return None
+    chain = genesis.chain_id()
+    if len(genesis.authorities) != 1:
+        raise GenesisError(
+            f"genesis {chain[:16]}… names {len(genesis.authorities)} authorities; this version "
+            "runs one-authority chains only",
+            fix="use a one-authority genesis until quorum replication lands",
+        )
+    if genesis.network != settings.network_id:
+        raise GenesisError(
+            f"genesis is network {genesis.network!r}, but network_id is {settings.network_id!r}",
+            fix=f"set IAN_NETWORK_ID={genesis.network}",
+        )
+    leader = genesis.authority_ids[0]
+    wanted = identity.node_id if configured == "self" else configured
+    if wanted and wanted != leader:
+        raise GenesisError(
+            f"sequencer is set to {wanted}, but the genesis names {leader} as its authority",
+            fix="unset IAN_SEQUENCER: the genesis decides who sequences",
+        )
+    if settings.goals and [g.model_dump() for g in settings.all_goals()] != [
+        g.model_dump() for g in genesis.goals
+    ]:
+        mine = ", ".join(g.id for g in settings.all_goals())
+        theirs = ", ".join(g.id for g in genesis.goals)
+        raise GenesisError(
+            f"configured goals ({mine}) differ from the genesis goals ({theirs})",
+            fix="remove the [[goals]] tables: goals come from the genesis",
+        )
+    if decision.pin:
+        atomic_write_bytes(path, genesis.to_json().encode(), mode=0o644)
+    log.info("chain %s: %s", chain, decision.how)
+    return genesis

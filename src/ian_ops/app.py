@@ -22,6 +22,7 @@ from ian_ops import (
     config_cmd,
     doctor_cmd,
     events_cmd,
+    network_cmd,
     node_cmd,
     peers_cmd,
     prune_cmd,
@@ -92,6 +93,7 @@ app.add_typer(backup_cmd.app, name="backup")
 app.command("restore")(restore_cmd.restore)
 app.command("prune")(prune_cmd.prune)
 app.add_typer(tau_cmd.app, name="tau")
+app.add_typer(network_cmd.app, name="network")
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
 app.command("events")(events_cmd.events)

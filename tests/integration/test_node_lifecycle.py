@@ -280,7 +280,9 @@ def test_corrupt_store_on_a_follower_is_repaired(ian_nodes, ian) -> None:
     _corrupt_block_3(node.data_dir)
 
     # A follower (its sequencer is another node) drops blocks from the bad one on and starts;
-    # its peers would provide them again.
+    # its peers would provide them again. (The data dir becomes a follower's: without the
+    # one-authority genesis this node pinned when it ran alone.)
+    (node.data_dir / "genesis.json").unlink()
     follower_env = {"IAN_SEQUENCER": "ab" * 20}
     again = ian_nodes.start(data_dir=node.data_dir, env=follower_env)
     damaged = again.wait_for_msg("store damaged at block 3")

@@ -12,8 +12,9 @@ Members, in order:
     {log_size, log_root, leaderboard_size, leaderboard_root}}, "goal_specs": [...],
     "schema_version", "tool_version", "created_at", "files": [{"name", "size", "sha256",
     "mode"}]}``. Roots, height and head come from the *snapshot* database, never the live one.
-``identity.json``, ``certs/node_cert.pem``, ``certs/node_key.pem``, ``peer_scores.json``,
-``node_state.json``, ``config.toml`` (those that exist), then ``chain.sqlite``.
+``identity.json``, ``genesis.json``, ``certs/node_cert.pem``, ``certs/node_key.pem``,
+``peer_scores.json``, ``node_state.json``, ``config.toml`` (those that exist), then
+``chain.sqlite``.
 
 How a snapshot stays consistent while the node writes: the source is opened read-only and a read
 transaction is opened on it *before* SQLite's online backup API copies the pages, so every step
@@ -99,6 +100,7 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: files copied besides the store, relative to the data dir; secrets get mode 0600
 SMALL_FILES: tuple[str, ...] = (
     "identity.json",
+    "genesis.json",
     "certs/node_cert.pem",
     "certs/node_key.pem",
     "peer_scores.json",

@@ -68,6 +68,10 @@ class DataDir:
         return self.root / "node_state.json"
 
     @property
+    def genesis_file(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
     def peer_scores_file(self) -> Path:
         return self.root / "peer_scores.json"
 
