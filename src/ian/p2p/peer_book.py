@@ -314,6 +314,9 @@ class PeerBook:
         self._clock = clock
         self._ban_seconds = float(ban_seconds)
         self._lock = threading.RLock()
+        # Held from snapshot to rename: files reach the disk in the order they were taken, so a
+        # slow save can never write an older book over a newer one.
+        self._save_lock = threading.Lock()
         self._peers: dict[str, dict[str, Any]] = {}
         self._ip_bans: dict[str, dict[str, Any]] = {}
         self._ip_nets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
@@ -423,15 +426,16 @@ class PeerBook:
 
     def save(self) -> None:
         """Write the whole book atomically now (compact JSON); durable when this returns."""
-        started = time.monotonic()
-        data = self._serialize()
-        try:
-            atomic_write_bytes(self.path, data, mode=0o644)
-        except BaseException:
-            self._dirty = True
-            raise
-        self._last_write = self._clock()
-        self._last_write_duration = time.monotonic() - started
+        with self._save_lock:
+            started = time.monotonic()
+            data = self._serialize()
+            try:
+                atomic_write_bytes(self.path, data, mode=0o644)
+            except BaseException:
+                self._dirty = True
+                raise
+            self._last_write = self._clock()
+            self._last_write_duration = time.monotonic() - started
 
     def flush_if_due(self) -> None:
         """Save when dirty and at least ``max(2 s, 20 x last write duration)`` since the last

@@ -636,3 +636,39 @@ def test_hand_edited_ban_from_the_runbook_is_enforced(path: Path, clock: Clock) 
     again = PeerBook.load(path, clock=clock)
     assert "no reason given" in (again.ban_reason(node_id=A) or "")
     assert again.banned_count() == 1
+
+
+def test_a_slow_save_never_writes_an_older_book_over_a_newer_one(
+    book: PeerBook, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two saves racing (the flush timer and a ban's immediate save): the file ends with the
+    newer book, whatever order the writes would have finished in."""
+    import threading
+
+    import ian.p2p.peer_book as peer_book_mod
+
+    real_write = peer_book_mod.atomic_write_bytes
+    first_started, release_first = threading.Event(), threading.Event()
+    calls = [0]
+
+    def write(target: Path, data: bytes, *, mode: int = 0o644) -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # the older snapshot: stalls on a slow disk
+            first_started.set()
+            assert release_first.wait(10)
+        real_write(target, data, mode=mode)
+
+    monkeypatch.setattr(peer_book_mod, "atomic_write_bytes", write)
+    slow = threading.Thread(target=book.save)
+    slow.start()
+    assert first_started.wait(10)
+    book.ban("ab" * 20, seconds=3600, reason="flooding")
+    fast = threading.Thread(target=book.save)
+    fast.start()
+    fast.join(0.2)  # it must wait for the slow one (a bounded look, not a sleep-for-an-event)
+    release_first.set()
+    slow.join(10)
+    fast.join(10)
+    assert not slow.is_alive() and not fast.is_alive()
+    saved = json.loads(path.read_text())
+    assert saved["peers"]["ab" * 20]["ban_reason"] == "flooding"
