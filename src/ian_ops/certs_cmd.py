@@ -66,11 +66,11 @@ def rotate(
     from ian.errors import IanError, NodeLockedError
     from ian.identity import load_identity
     from ian.maintenance.cert_rotation import rotate_certificate
-    from ian.storage.datadir import DataDir, read_api_token
     from ian.storage.lock import NodeLock, holder_pid, is_locked, maintenance_lock
+    from ian_ops.target import locate
 
-    settings = cli.load_settings(data_dir)
-    datadir = DataDir(settings.data_dir)
+    target = locate(data_dir, node_url)
+    settings, datadir = target.settings, target.datadir
     identity = load_identity(datadir.identity_file)
     days = valid_days if valid_days is not None else settings.cert_valid_days
     with maintenance_lock(datadir.root, exclusive=True), contextlib.ExitStack() as stack:
@@ -85,16 +85,8 @@ def rotate(
     doc = {**cert_doc(info), "old_pair": str(old[-1]) if old else None}
     status = "offline: the node will use it on next start"
     if online:
-        token = (
-            settings.api_token.get_secret_value()
-            if settings.api_token is not None
-            else read_api_token(datadir)
-        )
-        from ian_ops.client import NodeClient
-
-        url = cli.node_url(node_url, settings)
         try:
-            with NodeClient(url, token=token) as client:
+            with target.client(admin=False) as client:
                 reloaded = client.post_json("/api/v1/admin/certs/reload", {})
             if reloaded.get("fingerprint_sha256") != info.fingerprint_sha256:
                 raise IanError("the node reloaded a different certificate than the one written")

@@ -133,23 +133,6 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     return _load(overrides=given)
 
 
-def node_url(explicit: str | None, settings: Settings | None = None) -> str:
-    """The API URL to talk to: --node-url/IAN_NODE_URL, else the configured API port on loopback."""
-    if explicit:
-        if not explicit.startswith(("http://", "https://")):
-            from ian.errors import InputError
-
-            raise InputError(
-                f"--node-url must be an http:// or https:// URL, not {explicit!r}",
-                field="--node-url",
-                fix="e.g. --node-url http://127.0.0.1:8000",
-            )
-        return explicit.rstrip("/")
-    if settings is not None and settings.api_port:
-        return f"http://127.0.0.1:{settings.api_port}"
-    return DEFAULT_NODE_URL
-
-
 def ian_error_in(exc: BaseException) -> Any:
     """The IanError behind ``exc``: itself, or the first one inside (nested) exception groups,
     which is how a failure inside the node's task groups arrives."""
@@ -163,19 +146,6 @@ def ian_error_in(exc: BaseException) -> Any:
             if found is not None:
                 return found
     return None
-
-
-def find_node_url(explicit: str | None, data_dir: Path | None = None) -> str:
-    """:func:`node_url` for read commands: the configured API port (IAN_API_PORT, config.toml)
-    when it can be read, else the default; a broken config does not stop a read."""
-    if explicit:
-        return node_url(explicit)
-    from ian.errors import IanError
-
-    try:
-        return node_url(None, load_settings(data_dir))
-    except IanError:
-        return node_url(None)
 
 
 def run(app: typer.Typer) -> NoReturn:
