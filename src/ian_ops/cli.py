@@ -133,6 +133,15 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     return _load(overrides=given)
 
 
+def error_text(exc: Any) -> str:
+    """How the error boundary reports an :class:`ian.errors.IanError`: ``error: MESSAGE`` and,
+    when it has one, a second line ``  fix: FIX``."""
+    text = f"error: {exc.message}"
+    if exc.fix:
+        text += f"\n  fix: {exc.fix}"
+    return text
+
+
 def ian_error_in(exc: BaseException) -> Any:
     """The IanError behind ``exc``: itself, or the first one inside (nested) exception groups,
     which is how a failure inside the node's task groups arrives."""
@@ -156,12 +165,8 @@ def run(app: typer.Typer) -> NoReturn:
         exc = ian_error_in(raised)
         if exc is None or state.debug or os.environ.get("IAN_DEBUG"):
             raise
-        code = exit_code_for(exc)
-        text = f"error: {exc.message}"
-        if exc.fix:
-            text += f"\n  fix: {exc.fix}"
-        sys.stderr.write(text + "\n")
-        sys.exit(code)
+        sys.stderr.write(error_text(exc) + "\n")
+        sys.exit(exit_code_for(exc))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
