@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
+from tests.support.nodes import NodeFactory
 from typer.testing import CliRunner
 
 from ian_ops import cli
@@ -109,3 +110,14 @@ def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def ian(monkeypatch: pytest.MonkeyPatch) -> Invoker:
     """``ian(*args, env=None, input=None) -> Ran``; see the module docstring."""
     return Invoker(monkeypatch)
+
+
+@pytest.fixture
+def ian_nodes(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Real `ian node run` processes (:class:`tests.support.nodes.NodeFactory`), all killed at
+    teardown."""
+    factory = NodeFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()

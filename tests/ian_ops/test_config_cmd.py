@@ -1,4 +1,4 @@
-"""`ian config init/show` through Typer's CliRunner (real files, real environment mapping)."""
+"""`ian config init/show` in process (the `ian` fixture; real files, real environment mapping)."""
 
 from __future__ import annotations
 

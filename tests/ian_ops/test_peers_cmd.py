@@ -1,4 +1,4 @@
-"""`ian peers ...` through Typer's CliRunner on a real data dir, offline and against a live API."""
+"""`ian peers ...` in process (the `ian` fixture) on a real data dir, offline and online."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ running ``python -m ian_ops`` as a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -120,18 +119,12 @@ def test_status_of_a_node_without_tau(live_node: LiveNode, tmp_path: Path, ian) 
     assert not (tmp_path / "off.sqlite").exists()
 
 
-def test_status_of_a_dead_node_exits_6(tmp_path: Path) -> None:
+def test_status_of_a_dead_node_exits_6(tmp_path: Path, ian) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ian_ops", "tau", "status", "--node-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("IAN_")},
-    )
-    assert proc.returncode == EXIT_UNREACHABLE == 6, proc.stderr
-    assert proc.stderr.startswith(f"error: cannot reach the node at {url}")
-    assert "Traceback" not in proc.stderr
+    result = ian("tau", "status", "--node-url", url)
+    assert result.exit_code == EXIT_UNREACHABLE == 6, result.stderr
+    assert result.stderr.startswith(f"error: cannot reach the node at {url}")
+    assert "Traceback" not in result.stderr
 
 
 # -- reset ----------------------------------------------------------------------------------------
