@@ -179,3 +179,69 @@ def test_an_interrupted_restore_is_pointed_out(data: Path, tmp_path: Path, ian) 
     assert journal["phase"] == "aside" and journal["archive"] == str(archive)
     listed = {i["path"] for i in doc["items"]}
     assert journal["staging"] not in listed and journal["aside"] not in listed
+
+
+# --------------------------------------------------------------------------- plan, confirm, apply
+
+
+def test_the_plan_lists_without_changing_anything(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ian_ops.prune_cmd import plan_prune
+    from ian_ops.target import local_target
+
+    monkeypatch.setenv("IAN_BACKUP_RETENTION", "2")
+    before = (
+        names(data, "backups"),
+        names(data, "certs-old"),
+        (data / "peer_scores.json").read_bytes(),
+    )
+    plan = plan_prune(local_target(data, None), 30 * DAY, time.time())
+    assert plan.mode == "offline" and plan.older_than_s == 30 * DAY
+    assert sorted(i.kind for i in plan.items) == ["backup"] * 2 + ["cert_pair"] * 2 + ["leftover"]
+    assert plan.bytes == 500 and not plan.empty
+    assert (plan.peers["removed"], plan.peers["kept"]) == (1, 1)
+    assert plan.peers["removed_ids"] == ["a" * 40]
+    assert plan.interrupted_restore is None
+    doc = plan.to_doc()
+    assert (doc["dry_run"], doc["applied"], doc["failed"]) == (True, False, [])
+    assert doc["peers"]["older_than_s"] == 30 * DAY
+    after = (
+        names(data, "backups"),
+        names(data, "certs-old"),
+        (data / "peer_scores.json").read_bytes(),
+    )
+    assert after == before
+
+
+def test_confirm_rules(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ian_ops.prune_cmd import PrunePlan, confirm, plan_prune
+    from ian_ops.target import local_target
+
+    plan = plan_prune(local_target(data, None), 30 * DAY, time.time())
+    assert confirm(plan, dry_run=False, yes=True, json_out=False) is True
+    assert confirm(plan, dry_run=True, yes=True, json_out=False) is False
+    nothing = PrunePlan("offline", DAY, [], {"kept": 2, "removed": 0, "removed_ids": []})
+    assert nothing.empty and confirm(nothing, dry_run=False, yes=True, json_out=False) is False
+    capsys.readouterr()
+    # no terminal (pytest's stdin): a dry run, said on stderr unless --json
+    assert confirm(plan, dry_run=False, yes=False, json_out=True) is False
+    assert capsys.readouterr().err == ""
+    assert confirm(plan, dry_run=False, yes=False, json_out=False) is False
+    assert "dry run only" in capsys.readouterr().err
+
+
+def test_apply_removes_what_the_plan_listed(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ian_ops.prune_cmd import apply, plan_prune
+    from ian_ops.target import local_target
+
+    monkeypatch.setenv("IAN_BACKUP_RETENTION", "2")
+    target = local_target(data, None)
+    plan = plan_prune(target, 30 * DAY, time.time())
+    result = apply(plan, target)
+    assert result.freed == 500 and result.failed == [] and len(result.removed) == 5
+    assert not any(i.path.exists() for i in plan.items)
+    assert result.peers["removed"] == 1 and result.peers["dry_run"] is False
+    assert list(json.loads((data / "peer_scores.json").read_text())["peers"]) == ["b" * 40]
+    doc = result.to_doc()
+    assert (doc["applied"], doc["dry_run"], doc["bytes"]) == (True, False, 500)

@@ -169,3 +169,31 @@ def test_a_missing_archive_is_named_before_anything_else(setup: tuple[Path, Path
     assert done.exit_code == 4
     assert "nope.tar does not exist" in done.stderr and "Traceback" not in done.stderr
     assert listing(root) == before
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_plan_restore_says_what_it_replaces_and_when_to_ask(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from ian.errors import DataDirError
+    from ian_ops.restore_cmd import plan_restore
+
+    src, archive = setup
+    before = listing(src.parent)
+    fresh = plan_restore(archive, tmp_path / "new")
+    assert fresh.target == tmp_path / "new" and fresh.archive == archive
+    assert not fresh.replaces and not fresh.needs_confirmation and not fresh.needs_terminal
+
+    replacing = plan_restore(archive, src)
+    assert replacing.replaces and replacing.needs_confirmation and replacing.needs_terminal
+    assert not plan_restore(archive, src, yes=True).needs_confirmation
+    assert not plan_restore(archive, src, dry_run=True).needs_terminal
+    on_a_terminal = plan_restore(archive, src, interactive=True)
+    assert on_a_terminal.needs_confirmation and not on_a_terminal.needs_terminal
+    assert listing(src.parent) == before  # planning changes nothing
+
+    with pytest.raises(DataDirError) as info:
+        plan_restore(tmp_path / "nope.tar", src)
+    assert "nope.tar does not exist" in info.value.message
