@@ -17,6 +17,7 @@ Every :class:`~ian_ops.client.NodeClient` a command uses is built here (:meth:`T
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,28 @@ class Target:
         text = f"online via {self.url}" if self.online else f"offline on {where}"
         cli.stderr().print(text, markup=False, soft_wrap=True)
 
+    def node_running(self) -> bool:
+        """Whether a node holds ``node.lock`` right now (looked at again: :attr:`online` is
+        what was decided when the target was resolved)."""
+        from ian.storage.lock import is_locked
+
+        return self.datadir.root.is_dir() and is_locked(self.datadir.lock_file)
+
+    def lock_unless_running(self, stack: contextlib.ExitStack) -> bool:
+        """Decide again, right before acting: take ``node.lock`` (held until ``stack`` closes)
+        and go offline, or go online when a node holds it, including one that took it just
+        now. Sets and returns :attr:`online`."""
+        from ian.errors import NodeLockedError
+        from ian.storage.lock import NodeLock
+
+        self.online = self.node_running()
+        if not self.online:
+            try:
+                stack.enter_context(NodeLock(self.datadir.lock_file))
+            except NodeLockedError:
+                self.online = True
+        return self.online
+
     def token(self) -> str | None:
         """The admin token (see :func:`find_token`), None when there is none."""
         return find_token(self.settings, self.datadir)
@@ -121,13 +144,11 @@ def locate(data_dir: Path | None, explicit_url: str | None) -> Target:
     """The settings, data dir and URL, with ``online`` true when a node holds ``node.lock``
     here; no other checks (the caller decides what a missing data dir means)."""
     from ian.storage.datadir import DataDir
-    from ian.storage.lock import is_locked
 
     settings = cli.load_settings(data_dir)
-    datadir = DataDir(settings.data_dir)
-    url = node_url(explicit_url, settings)
-    online = datadir.root.is_dir() and is_locked(datadir.lock_file)
-    return Target(settings, datadir, url, online=online)
+    target = Target(settings, DataDir(settings.data_dir), node_url(explicit_url, settings), False)
+    target.online = target.node_running()
+    return target
 
 
 def resolve_target(data_dir: Path | None, explicit_url: str | None) -> Target:

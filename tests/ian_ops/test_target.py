@@ -141,3 +141,20 @@ def test_without_a_data_dir_an_unreachable_node_is_unreachable(
     target = resolve_target(tmp_path / "nope", refused_url())
     with pytest.raises(NodeUnreachableError):
         admin_post(target, "/api/v1/admin/peers/prune", {"x": 1})
+
+
+def test_deciding_again_right_before_acting_takes_the_lock_or_goes_online(
+    data: DataDir,
+) -> None:
+    import contextlib
+
+    target = locate(data.root, None)
+    with contextlib.ExitStack() as stack:
+        assert target.lock_unless_running(stack) is False and not target.online
+        with pytest.raises(NodeLockedError):  # held for the change until the stack closes
+            NodeLock(data.lock_file).acquire()
+    with NodeLock(data.lock_file):  # a node started in between
+        assert target.node_running()
+        with contextlib.ExitStack() as stack:
+            assert target.lock_unless_running(stack) is True and target.online
+    assert not target.node_running()
