@@ -63,44 +63,32 @@ def rotate(
     import contextlib
 
     from ian.certs import cert_doc
-    from ian.errors import IanError, NodeLockedError
+    from ian.errors import IanError
     from ian.identity import load_identity
     from ian.maintenance.cert_rotation import rotate_certificate
-    from ian.storage.datadir import DataDir, read_api_token
-    from ian.storage.lock import NodeLock, holder_pid, is_locked, maintenance_lock
+    from ian.storage.lock import holder_pid, maintenance_lock
+    from ian_ops.target import locate
 
-    settings = cli.load_settings(data_dir)
-    datadir = DataDir(settings.data_dir)
+    target = locate(data_dir, node_url)
+    settings, datadir = target.settings, target.datadir
     identity = load_identity(datadir.identity_file)
     days = valid_days if valid_days is not None else settings.cert_valid_days
     with maintenance_lock(datadir.root, exclusive=True), contextlib.ExitStack() as stack:
-        online = is_locked(datadir.lock_file)
-        if not online:
-            try:
-                stack.enter_context(NodeLock(datadir.lock_file))
-            except NodeLockedError:
-                online = True  # a node started just now: it reads certs/ once we tell it
+        # A node that started just now reads certs/ once we tell it to reload.
+        online = target.lock_unless_running(stack)
         info = rotate_certificate(datadir, identity, days)
     old = sorted(p for p in datadir.certs_old_dir.iterdir() if p.is_dir())
     doc = {**cert_doc(info), "old_pair": str(old[-1]) if old else None}
     status = "offline: the node will use it on next start"
     if online:
-        token = (
-            settings.api_token.get_secret_value()
-            if settings.api_token is not None
-            else read_api_token(datadir)
-        )
-        from ian_ops.client import NodeClient
-
-        url = cli.node_url(node_url, settings)
         try:
-            with NodeClient(url, token=token) as client:
+            with target.client(admin=False) as client:
                 reloaded = client.post_json("/api/v1/admin/certs/reload", {})
             if reloaded.get("fingerprint_sha256") != info.fingerprint_sha256:
                 raise IanError("the node reloaded a different certificate than the one written")
             status = "online: node reloaded"
         except IanError as exc:
-            if not is_locked(datadir.lock_file):
+            if not target.node_running():
                 status = "offline: the node stopped; it will use it on next start"
             else:
                 pid = holder_pid(datadir.lock_file)

@@ -133,21 +133,13 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     return _load(overrides=given)
 
 
-def node_url(explicit: str | None, settings: Settings | None = None) -> str:
-    """The API URL to talk to: --node-url/IAN_NODE_URL, else the configured API port on loopback."""
-    if explicit:
-        if not explicit.startswith(("http://", "https://")):
-            from ian.errors import InputError
-
-            raise InputError(
-                f"--node-url must be an http:// or https:// URL, not {explicit!r}",
-                field="--node-url",
-                fix="e.g. --node-url http://127.0.0.1:8000",
-            )
-        return explicit.rstrip("/")
-    if settings is not None and settings.api_port:
-        return f"http://127.0.0.1:{settings.api_port}"
-    return DEFAULT_NODE_URL
+def error_text(exc: Any) -> str:
+    """How the error boundary reports an :class:`ian.errors.IanError`: ``error: MESSAGE`` and,
+    when it has one, a second line ``  fix: FIX``."""
+    text = f"error: {exc.message}"
+    if exc.fix:
+        text += f"\n  fix: {exc.fix}"
+    return text
 
 
 def ian_error_in(exc: BaseException) -> Any:
@@ -165,19 +157,6 @@ def ian_error_in(exc: BaseException) -> Any:
     return None
 
 
-def find_node_url(explicit: str | None, data_dir: Path | None = None) -> str:
-    """:func:`node_url` for read commands: the configured API port (IAN_API_PORT, config.toml)
-    when it can be read, else the default; a broken config does not stop a read."""
-    if explicit:
-        return node_url(explicit)
-    from ian.errors import IanError
-
-    try:
-        return node_url(None, load_settings(data_dir))
-    except IanError:
-        return node_url(None)
-
-
 def run(app: typer.Typer) -> NoReturn:
     """Run the Typer app behind the one error boundary."""
     try:
@@ -186,12 +165,8 @@ def run(app: typer.Typer) -> NoReturn:
         exc = ian_error_in(raised)
         if exc is None or state.debug or os.environ.get("IAN_DEBUG"):
             raise
-        code = exit_code_for(exc)
-        text = f"error: {exc.message}"
-        if exc.fix:
-            text += f"\n  fix: {exc.fix}"
-        sys.stderr.write(text + "\n")
-        sys.exit(code)
+        sys.stderr.write(error_text(exc) + "\n")
+        sys.exit(exit_code_for(exc))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

@@ -47,11 +47,12 @@ def doctor(
     Example: ian doctor --quick --data-dir /data
     """
     from ian_ops import doctor_checks as dc
+    from ian_ops.target import node_url as api_url
 
     now = time.time()
     settings, config_error = _settings(data_dir)
     datadir = _datadir(data_dir, settings)
-    url = cli.node_url(node_url, settings)
+    url = api_url(node_url, settings)
     node = _node_facts(datadir, url)
 
     checks: list[Check] = [dc.check_config(settings, config_error), dc.check_node(node)]
@@ -131,13 +132,13 @@ def _node_facts(datadir: DataDir, url: str) -> NodeFacts:
     """Who holds node.lock, and what the API at ``url`` answers (short timeouts)."""
     from ian.errors import IanError
     from ian.storage.lock import holder_pid, is_locked
-    from ian_ops.client import NodeClient
     from ian_ops.doctor_checks import NodeFacts
+    from ian_ops.target import read_client
 
     lock_held = datadir.root.is_dir() and is_locked(datadir.lock_file)
     pid = holder_pid(datadir.lock_file) if lock_held else None
     facts: dict[str, Any] = {"url": url, "lock_held": lock_held, "pid": pid}
-    with NodeClient(url, timeout=2.0) as client:
+    with read_client(url, timeout=2.0) as client:
         try:
             health = client.request("GET", "/health").text.strip()
         except IanError as exc:

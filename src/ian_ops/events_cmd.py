@@ -63,7 +63,7 @@ def events(
 
     from ian.errors import DataDirError, InputError
     from ian.events import TOPICS
-    from ian.storage.datadir import DataDir, read_api_token
+    from ian_ops.target import locate
 
     wanted = [t.strip() for t in (topics or "").split(",") if t.strip()]
     unknown = sorted(set(wanted) - TOPICS)
@@ -72,18 +72,15 @@ def events(
             f"unknown topic(s) {', '.join(unknown)}",
             fix=f"choose from {', '.join(sorted(TOPICS))}",
         )
-    settings = cli.load_settings(data_dir)
-    url = ws_url or stream_url(cli.node_url(node_url, settings), settings)
-    if settings.api_token is not None:
-        token = settings.api_token.get_secret_value()
-    else:
-        datadir = DataDir(settings.data_dir)
-        token = read_api_token(datadir) if datadir.root.is_dir() else None
-        if token is None:
-            raise DataDirError(
-                "no API token for the event stream",
-                fix=f"set IAN_API_TOKEN, or pass --data-dir of the node ({datadir.api_token_file})",
-            )
+    target = locate(data_dir, node_url)
+    url = ws_url or stream_url(target.url, target.settings)
+    token = target.token()
+    if token is None:
+        raise DataDirError(
+            "no API token for the event stream",
+            fix=f"set IAN_API_TOKEN, or pass --data-dir of the node "
+            f"({target.datadir.api_token_file})",
+        )
     try:
         asyncio.run(_tail(url, token, wanted, json_out=json_out))
     except KeyboardInterrupt:

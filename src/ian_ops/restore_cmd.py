@@ -1,5 +1,11 @@
 """`ian restore ARCHIVE`: verify, then replace the data directory, keeping the old one aside.
 
+It reads as plan → render → confirm → apply: :func:`plan_restore` (what was asked, whether it
+replaces data), :func:`apply` (the core verifies the archive, asks :func:`confirm` with its
+:class:`~ian.maintenance.restore.RestorePlan`, then swaps), :func:`render_outcome`. The plan's
+details exist only once the archive is verified, so confirmation happens inside the core's
+locks, between verifying and moving.
+
 Also ``ian restore --resume`` / ``--rollback``: settle an in-place restore whose process died
 mid-swap (see :mod:`ian.maintenance.restore`).
 """
@@ -7,6 +13,7 @@ mid-swap (see :mod:`ian.maintenance.restore`).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,7 +26,8 @@ if TYPE_CHECKING:
     from ian.maintenance.restore import RestorePlan
 
 
-def _describe(plan: RestorePlan) -> list[str]:
+def describe(plan: RestorePlan) -> list[str]:
+    """The restore plan as aligned lines: archive, target, mode, where the old data goes."""
     m = plan.manifest
     lines = [
         f"archive:  {plan.archive} (node {m.node_id}, height {m.height}, created {m.created_at})",
@@ -104,8 +112,74 @@ def restore(
             "interrupted restore",
         )
 
-    from ian.maintenance.restore import restore_archive
+    request = plan_restore(
+        archive,
+        data_dir,
+        dry_run=dry_run,
+        force=force,
+        in_place=in_place,
+        yes=yes,
+        interactive=sys.stdin.isatty(),
+    )
+    if request.needs_terminal:
+        cli.exit_with_error(
+            f"restoring replaces {request.target} and stdin is not a terminal to confirm",
+            code=cli.EXIT_USAGE,
+            fix="pass --yes (the current data dir is kept aside), or --dry-run to only check",
+        )
+    plan = apply(request, show_progress=not json_out)
+    if json_out:
+        cli.print_json(plan.to_doc())
+        return
+    render_outcome(request, plan)
+    if not (request.dry_run or plan.done):
+        raise typer.Exit(cli.EXIT_FAILURE)
 
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What ``ian restore ARCHIVE`` was asked to do, before anything is read or changed.
+
+    ``replaces``: the data dir ``target`` exists and is not empty, so restoring replaces it
+    (it is kept aside, never deleted). What the restore then does in detail (mode, where the
+    old data goes, the archive's node and height) is the core's
+    :class:`~ian.maintenance.restore.RestorePlan`, known once the archive is verified.
+    """
+
+    archive: Path
+    target: Path
+    replaces: bool
+    dry_run: bool = False
+    force: bool = False
+    in_place: bool | None = None
+    yes: bool = False
+    interactive: bool = False
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Whether to ask before anything moves: only when it replaces data and no --yes."""
+        return self.replaces and not self.yes
+
+    @property
+    def needs_terminal(self) -> bool:
+        """It must ask, but cannot: no --yes, no --dry-run and stdin is not a terminal."""
+        return self.needs_confirmation and not (self.dry_run or self.interactive)
+
+
+def plan_restore(
+    archive: Path,
+    data_dir: Path | None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    in_place: bool | None = None,
+    yes: bool = False,
+    interactive: bool = False,
+) -> RestoreRequest:
+    """The request for restoring ``archive`` into the data dir (``data_dir``, else the
+    configured one); reads the config and whether both exist, changes nothing. Raises
+    :class:`~ian.errors.DataDirError` when ``archive`` is not a file (checked first), and
+    :class:`~ian.errors.ConfigError` for a bad config."""
     if not archive.is_file():
         from ian.errors import DataDirError
 
@@ -113,48 +187,64 @@ def restore(
             f"archive {archive} does not exist or is not a file",
             fix="check the path; `ian backup` prints where it wrote the archive",
         )
-    settings = cli.load_settings(data_dir)
-    target = settings.data_dir
+    target = cli.load_settings(data_dir).data_dir
     replaces = target.is_dir() and any(target.iterdir())
-    interactive = sys.stdin.isatty()
-    if replaces and not (yes or dry_run or interactive):
-        cli.exit_with_error(
-            f"restoring replaces {target} and stdin is not a terminal to confirm",
-            code=cli.EXIT_USAGE,
-            fix="pass --yes (the current data dir is kept aside), or --dry-run to only check",
-        )
+    return RestoreRequest(
+        archive,
+        target,
+        replaces,
+        dry_run=dry_run,
+        force=force,
+        in_place=in_place,
+        yes=yes,
+        interactive=interactive,
+    )
 
-    def confirm(plan: RestorePlan) -> bool:
-        if yes or not replaces:
-            return True
-        for line in _describe(plan):
-            cli.stderr().print(line, markup=False, soft_wrap=True)
-        return typer.confirm("restore now?", default=False, err=True)
 
-    with progress_reporter(not json_out) as report:
-        plan = restore_archive(
-            archive,
-            target,
-            dry_run=dry_run,
-            force=force,
-            confirm=confirm,
+def confirm(request: RestoreRequest, plan: RestorePlan) -> bool:
+    """Asked by the core once the archive is verified, before anything moves: yes without a
+    question unless :attr:`RestoreRequest.needs_confirmation`; else the plan on stderr and a
+    question on the terminal."""
+    if not request.needs_confirmation:
+        return True
+    for line in describe(plan):
+        cli.stderr().print(line, markup=False, soft_wrap=True)
+    return typer.confirm("restore now?", default=False, err=True)
+
+
+def apply(request: RestoreRequest, *, show_progress: bool) -> RestorePlan:
+    """Verify the archive and (unless a dry run, or :func:`confirm` says no) restore it; the
+    returned plan says what was done (``done``). Raises what
+    :func:`ian.maintenance.restore.restore_archive` raises."""
+    from ian.maintenance.restore import restore_archive
+
+    with progress_reporter(show_progress) as report:
+        return restore_archive(
+            request.archive,
+            request.target,
+            dry_run=request.dry_run,
+            force=request.force,
+            confirm=lambda plan: confirm(request, plan),
             progress=report,
-            in_place=in_place,
+            in_place=request.in_place,
         )
-    if json_out:
-        cli.print_json(plan.to_doc())
-        return
+
+
+def render_outcome(request: RestoreRequest, plan: RestorePlan) -> None:
+    """What the dry run found, what was restored and where the old data is, or that the
+    operator said no (stderr)."""
     out = cli.stdout()
-    if dry_run:
+    if request.dry_run:
         out.print("dry run: the archive is sound; nothing was changed", markup=False)
-        for line in _describe(plan):
+        for line in describe(plan):
             out.print(line, markup=False, soft_wrap=True)
         return
     if not plan.done:
         cli.stderr().print("aborted: nothing was changed", markup=False)
-        raise typer.Exit(cli.EXIT_FAILURE)
+        return
     out.print(
-        f"restored node {plan.manifest.node_id} at height {plan.manifest.height} into {target}",
+        f"restored node {plan.manifest.node_id} at height {plan.manifest.height} into "
+        f"{request.target}",
         markup=False,
         soft_wrap=True,
     )

@@ -27,9 +27,9 @@ def status(
 
     Example: ian tau status --node-url http://127.0.0.1:8000 --json
     """
-    from ian_ops.client import NodeClient
+    from ian_ops.target import read_client, read_node_url
 
-    with NodeClient(cli.find_node_url(node_url, data_dir)) as client:
+    with read_client(read_node_url(node_url, data_dir)) as client:
         doc = client.get_json("/api/v1/tau")
     if json_out:
         cli.print_json(doc)
@@ -45,28 +45,22 @@ def reset(node_url: cli.NodeUrlOpt = None, data_dir: cli.DataDirOpt = None) -> N
 
     Example: ian tau reset --data-dir /data
     """
-    from ian.storage.datadir import DataDir, read_api_token
-    from ian_ops.client import NodeClient
+    from ian_ops.target import locate
 
-    settings = cli.load_settings(data_dir)
-    token = (
-        settings.api_token.get_secret_value()
-        if settings.api_token is not None
-        else read_api_token(DataDir(settings.data_dir))
-    )
-    if not token:
+    # The breaker lives only in a running node: always online, whoever holds node.lock.
+    target = locate(data_dir, node_url)
+    if not target.token():
         cli.exit_with_error(
-            f"no admin token: IAN_API_TOKEN is not set and {settings.data_dir}/api_token "
+            f"no admin token: IAN_API_TOKEN is not set and {target.settings.data_dir}/api_token "
             "is missing or empty",
             code=cli.EXIT_CONFIG,
             fix="set IAN_API_TOKEN, or pass the node's --data-dir",
         )
-    url = cli.node_url(node_url, settings)
-    with NodeClient(url, token=token) as client:
+    with target.client(admin=True) as client:
         doc = client.post_json("/api/v1/admin/tau/reset", {})
     cli.stdout().print(
         f"circuit breaker {doc['previous_state']} -> {doc['breaker_state']} "
-        f"(online, via {url}); pending commits are retried now",
+        f"(online, via {target.url}); pending commits are retried now",
         markup=False,
         soft_wrap=True,
     )

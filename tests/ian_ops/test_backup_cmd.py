@@ -1,122 +1,33 @@
-"""`ian backup`, `backup verify`, `backup inspect` as real processes, including a backup taken
-from a running node under sustained ingest and restored into a fresh data dir."""
+"""`ian backup`, `backup verify`, `backup inspect` against real `ian node run` processes,
+including a backup taken from a running node under sustained ingest and restored into a fresh
+data dir."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import re
-import subprocess
-import sys
 import tarfile
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.nodes import NETWORK_ENV, TRIVIAL_GOAL, NodeFactory, NodeProcess, contribution
 
 from ian.storage.store import Store
 
-IAN = Path(sys.executable).with_name("ian")
-GOAL = "TRIVIAL_GOAL"
-GOALS_ENV = json.dumps([{"id": GOAL, "evaluator": "trivial"}])
-SERVING = re.compile(r"serving the API on (http://\S+:\d+)")
+GOAL = TRIVIAL_GOAL
 
 
-def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
-    env.update(
-        NO_COLOR="1",
-        COLUMNS="200",
-        IAN_DATA_DIR=str(data_dir),
-        IAN_GOALS=GOALS_ENV,
-        IAN_API_HOST="127.0.0.1",
-        IAN_API_PORT="0",
-        IAN_P2P_HOST="127.0.0.1",
-        IAN_P2P_PORT="0",
-        IAN_WS_PORT="0",
-        IAN_LOG_FORMAT="json",
-        IAN_CLIENT_RATE="100000",
-        IAN_CLIENT_BURST="100000",
-    )
-    env.update(extra)
-    return env
-
-
-def ian(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(IAN), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-class RunningNode:
-    """`ian node run` on ``data_dir``; ``url`` once it logged the API address."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.proc = subprocess.Popen(
-            [str(IAN), "node", "run"],
-            env=env_for(data_dir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.url: str | None = None
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            m = SERVING.search(line)
-            if m and self.url is None:
-                self.url = m.group(1)
-                self._ready.set()
-        self._ready.set()  # EOF: the waiter sees url None
-
-    def wait_ready(self) -> str:
-        assert self._ready.wait(30), "node did not start in 30 s"
-        assert self.url is not None, "".join(self.lines)
-        return self.url
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(20)
+def env_for(data_dir: Path) -> dict[str, str]:
+    """What `ian` needs to act on ``data_dir``: the dir and the node's goals."""
+    return {"IAN_DATA_DIR": str(data_dir), "IAN_GOALS": NETWORK_ENV["IAN_GOALS"]}
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[RunningNode]:
-    running = RunningNode(tmp_path / "live")
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def contribution(n: int) -> dict:
-    return {
-        "goal_id": GOAL,
-        "agent_pack": {
-            "version": "1.0",
-            "parameters": base64.b64encode(f"trivial pack {n}".encode()).decode(),
-            "metadata": {"n": n},
-        },
-        "contributor_id": f"contributor-{n}",
-        "seed": n,
-    }
+def node(ian_nodes: NodeFactory, tmp_path: Path) -> NodeProcess:
+    """`ian node run` on ``tmp_path / "live"`` (the trivial goal, no rate limits in the way)."""
+    return ian_nodes.start(tmp_path / "live", NETWORK_ENV)
 
 
 def live_log(url: str) -> list[str]:
@@ -131,8 +42,10 @@ def live_log(url: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_backup_during_sustained_ingest_then_restore(node: RunningNode, tmp_path: Path) -> None:
-    url = node.wait_ready()
+def test_backup_during_sustained_ingest_then_restore(
+    node: NodeProcess, tmp_path: Path, ian
+) -> None:
+    url = node.api_url
     accepted = 0
     lock = threading.Lock()
     enough_before = threading.Event()
@@ -165,7 +78,7 @@ def test_backup_during_sustained_ingest_then_restore(node: RunningNode, tmp_path
             result = ian("backup", "--json", env=env_for(tmp_path / "live"))
             with lock:
                 after_backup_from.append(accepted)
-            assert result.returncode == 0, result.stderr
+            assert result.exit_code == 0, result.stderr
             # Ingest keeps going after (and during) the backup.
             assert more_after.wait(60), failures
         finally:
@@ -183,15 +96,15 @@ def test_backup_during_sustained_ingest_then_restore(node: RunningNode, tmp_path
     assert state["path"] == str(archive) and state["height"] == doc["height"]
 
     verified = ian("backup", "verify", str(archive), "--json", env=env_for(tmp_path / "live"))
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout)["ok"] is True
 
     fresh = tmp_path / "fresh"
     restored = ian("restore", str(archive), "--yes", "--json", env=env_for(fresh))
-    assert restored.returncode == 0, restored.stderr
+    assert restored.exit_code == 0, restored.stderr
     assert json.loads(restored.stdout)["restored"] is True
     check = ian("node", "verify", "--json", env=env_for(fresh))
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.exit_code == 0, check.stdout + check.stderr
     report = json.loads(check.stdout)
     assert report["ok"] and report["blocks"] == doc["height"]
     assert report["roots"][GOAL] == doc["goals"][GOAL]
@@ -208,26 +121,26 @@ def test_backup_during_sustained_ingest_then_restore(node: RunningNode, tmp_path
 
 
 @pytest.fixture
-def stopped_dir(node: RunningNode, tmp_path: Path) -> Path:
+def stopped_dir(node: NodeProcess, tmp_path: Path) -> Path:
     """A data dir with a few blocks, its node stopped cleanly."""
-    url = node.wait_ready()
+    url = node.api_url
     with httpx.Client(base_url=url, timeout=20) as c:
         for n in range(5):
             assert c.post("/api/v1/contribute", json=contribution(n)).json()["accepted"]
-    node.stop()
+    node.terminate()
     return tmp_path / "live"
 
 
 @pytest.mark.integration
-def test_inspect_verify_and_errors(stopped_dir: Path, tmp_path: Path) -> None:
+def test_inspect_verify_and_errors(stopped_dir: Path, tmp_path: Path, ian) -> None:
     env = env_for(stopped_dir)
     out = tmp_path / "b.tar"
     made = ian("backup", "--output", str(out), env=env)
-    assert made.returncode == 0, made.stderr
+    assert made.exit_code == 0, made.stderr
     assert f"backup written: {out}" in made.stdout
 
     inspected = ian("backup", "inspect", str(out), "--json", env=env)
-    assert inspected.returncode == 0, inspected.stderr
+    assert inspected.exit_code == 0, inspected.stderr
     doc = json.loads(inspected.stdout)
     assert doc["members"][0]["name"] == "manifest.json"
     assert doc["manifest"]["goals"][GOAL]["log_size"] == 5
@@ -235,20 +148,20 @@ def test_inspect_verify_and_errors(stopped_dir: Path, tmp_path: Path) -> None:
     assert "chain.sqlite" in human.stdout and "node id:" in human.stdout
 
     ok = ian("backup", "verify", str(out), env=env)
-    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stderr
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok:"), ok.stderr
 
     broken = tmp_path / "broken.tar"
     broken.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
     bad = ian("backup", "verify", str(broken), env=env)
-    assert bad.returncode == 1
+    assert bad.exit_code == 1
     assert "truncated" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
     # the same output twice: refused, exit 4 (data dir), one line + fix
     again = ian("backup", "--output", str(out), env=env)
-    assert again.returncode == 4
+    assert again.exit_code == 4
     assert "already exists" in again.stderr and "fix:" in again.stderr
     missing = ian("backup", env=env_for(tmp_path / "nowhere"))
-    assert missing.returncode == 4 and "does not exist" in missing.stderr
+    assert missing.exit_code == 4 and "does not exist" in missing.stderr
     gone = ian("backup", "inspect", str(tmp_path / "nope.tar"), env=env)
-    assert gone.returncode == 4 and "does not exist" in gone.stderr
+    assert gone.exit_code == 4 and "does not exist" in gone.stderr
     assert "Traceback" not in again.stderr + missing.stderr + gone.stderr

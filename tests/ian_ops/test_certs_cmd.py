@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from ian.certs import load_certificate
 from ian.errors import NodeUnreachableError
 from ian.storage.datadir import DataDir, init_data_dir
 from ian.storage.lock import NodeLock
 from ian_ops import client as client_mod
-from ian_ops.app import app
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("IAN_")]:
-        monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -30,28 +19,26 @@ def data(tmp_path: Path) -> Path:
     return init_data_dir(tmp_path / "data").datadir.root
 
 
-def test_show(data: Path) -> None:
-    r = runner.invoke(app, ["certs", "show", "--data-dir", str(data), "--json"])
+def test_show(data: Path, ian) -> None:
+    r = ian("certs", "show", "--data-dir", str(data), "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["san"].endswith(".ian.local") and 364 < doc["days_left"] <= 365
     assert len(doc["fingerprint_sha256"]) == 64
-    human = runner.invoke(app, ["certs", "show", "--data-dir", str(data)])
+    human = ian("certs", "show", "--data-dir", str(data))
     assert "fingerprint_sha256:" in human.output and "days left:" in human.output
 
 
-def test_rotate_offline(data: Path) -> None:
-    r = runner.invoke(app, ["certs", "rotate", "--data-dir", str(data), "--valid-days", "10"])
+def test_rotate_offline(data: Path, ian) -> None:
+    r = ian("certs", "rotate", "--data-dir", str(data), "--valid-days", "10")
     assert r.exit_code == 0, r.output
     assert "offline: the node will use it on next start" in r.output
     assert len(list((data / "certs-old").iterdir())) == 1
-    shown = json.loads(
-        runner.invoke(app, ["certs", "show", "--data-dir", str(data), "--json"]).stdout
-    )
+    shown = json.loads(ian("certs", "show", "--data-dir", str(data), "--json").stdout)
     assert 9 < shown["days_left"] <= 10
 
 
-def test_rotate_online_reloads(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotate_online_reloads(data: Path, monkeypatch: pytest.MonkeyPatch, ian) -> None:
     from ian.identity import load_identity
 
     dd = DataDir(data)
@@ -64,24 +51,22 @@ def test_rotate_online_reloads(data: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(client_mod.NodeClient, "post_json", post_json)
     with NodeLock(dd.lock_file):
-        r = runner.invoke(app, ["certs", "rotate", "--data-dir", str(data), "--json"])
+        r = ian("certs", "rotate", "--data-dir", str(data), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["status"] == "online: node reloaded"
     assert calls == ["/api/v1/admin/certs/reload"]
 
 
-def test_rotate_online_unreachable_names_the_fix(data: Path) -> None:
+def test_rotate_online_unreachable_names_the_fix(data: Path, ian) -> None:
     with NodeLock(DataDir(data).lock_file):
-        r = runner.invoke(
-            app, ["certs", "rotate", "--data-dir", str(data), "--node-url", "http://127.0.0.1:1"]
-        )
+        r = ian("certs", "rotate", "--data-dir", str(data), "--node-url", "http://127.0.0.1:1")
     assert r.exit_code == 6
     assert "did not reload" in r.output and "SIGHUP" in r.output
     assert len(list((data / "certs-old").iterdir())) == 1  # the rotation itself happened
 
 
 def test_node_stopping_mid_command_means_offline(
-    data: Path, monkeypatch: pytest.MonkeyPatch
+    data: Path, monkeypatch: pytest.MonkeyPatch, ian
 ) -> None:
     lock = NodeLock(DataDir(data).lock_file)
 
@@ -92,13 +77,13 @@ def test_node_stopping_mid_command_means_offline(
     monkeypatch.setattr(client_mod.NodeClient, "post_json", post_json)
     lock.acquire()
     try:
-        r = runner.invoke(app, ["certs", "rotate", "--data-dir", str(data)])
+        r = ian("certs", "rotate", "--data-dir", str(data))
     finally:
         lock.release()
     assert r.exit_code == 0, r.output
     assert "offline: the node stopped" in r.output
 
 
-def test_missing_identity_is_a_clear_error(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["certs", "show", "--data-dir", str(tmp_path)])
+def test_missing_identity_is_a_clear_error(tmp_path: Path, ian) -> None:
+    r = ian("certs", "show", "--data-dir", str(tmp_path))
     assert r.exception is not None and "identity.json" in str(r.exception)

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import typer.main
 from tests.support.nodes import run_ian
-from typer.testing import CliRunner
 
 from ian_ops import cli
 from ian_ops.app import app
@@ -50,8 +49,8 @@ ALL = dict(commands())
 
 
 @pytest.mark.parametrize("path", sorted(ALL))
-def test_every_command_has_help_with_an_example(path: str) -> None:
-    result = CliRunner().invoke(app, [*path.split(), "--help"], env={"NO_COLOR": "1"})
+def test_every_command_has_help_with_an_example(path: str, ian) -> None:
+    result = ian(*path.split(), "--help")
     assert result.exit_code == 0, result.output
     assert "Example:" in result.output or "Example: " in (ALL[path].help or ""), path
     assert "\x1b[" not in result.output

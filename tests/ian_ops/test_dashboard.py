@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from ian_ops.dashboard import CRIT, WARN, alerts, render
@@ -246,7 +247,8 @@ def test_unreachable_before_any_data() -> None:
     assert "node health" not in out
 
 
-def test_styles_mark_alerts_in_colour() -> None:
+def test_styles_mark_alerts_in_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR")  # set for every CLI test (conftest); colour is the point here
     buffer = io.StringIO()
     console = Console(width=120, file=buffer, color_system="standard", force_terminal=True)
     diverged_and_lagging = snap(status=status_doc(consensus_state="DIVERGED", sync_lag=12))
@@ -289,9 +291,10 @@ def test_baseline_spans_a_poll_interval_however_often_events_poll() -> None:
 
 
 def test_watch_header_says_live_or_polling() -> None:
-    from ian_ops.status_cmd import _EventFeed, _frame, _History
+    from ian_ops.status_cmd import _frame, _History
+    from ian_ops.watch import EventFeed
 
-    feed = _EventFeed(None, None, "no API token for the event stream")
+    feed = EventFeed(None, None, "no API token for the event stream")
     history = _History(30.0)
     current = snap()
     history.add(current)

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -204,22 +203,13 @@ def test_missing_data_dir_warns(tmp_path: Path) -> None:
     assert code == 1
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
-    factory = NodeFactory(tmp_path)
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
-
-
-def test_running_node_holds_its_ports_and_answers(nodes: NodeFactory, tmp_path: Path) -> None:
+def test_running_node_holds_its_ports_and_answers(ian_nodes: NodeFactory, tmp_path: Path) -> None:
     ports = {
         "IAN_API_PORT": str(free_port()),
         "IAN_P2P_PORT": str(free_port()),
         "IAN_WS_PORT": str(free_port()),
     }
-    node = nodes.start(env=ports)
+    node = ian_nodes.start(env=ports)
     (node.data_dir / "backup_state.json").write_text(
         json.dumps({"last_success_at": datetime.now(UTC).timestamp(), "path": "x", "height": 0})
     )

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,30 +14,12 @@ import anyio
 import httpx
 import pytest
 from anyio.abc import ByteReceiveStream, Process
+from tests.support.nodes import IAN, clean_env
 
 from ian.config import load_settings
 from ian.node import Node
-from ian_ops.app import main
 from ian_ops.cli import EXIT_DATA_DIR, EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
 from ian_ops.events_cmd import format_event, stream_url
-
-IAN = Path(sys.executable).with_name("ian")
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("IAN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.chdir(tmp_path)
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["ian", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    return info.value.code if isinstance(info.value.code, int) else 1
 
 
 def free_port() -> int:
@@ -102,24 +82,25 @@ def test_one_line_per_event() -> None:
     assert "peer/banned" in peer and "tcp://h:1 (spam)" in peer
 
 
-def test_unreachable_stream_exits_6(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_unreachable_stream_exits_6(monkeypatch: pytest.MonkeyPatch, ian) -> None:
     monkeypatch.setenv("IAN_API_TOKEN", "t")
     url = f"ws://127.0.0.1:{free_port()}/events"
-    assert run_main(monkeypatch, "events", "--ws-url", url) == EXIT_UNREACHABLE
-    err = capsys.readouterr().err
+    code, _out, err = ian("events", "--ws-url", url)
+    assert code == EXIT_UNREACHABLE
     assert "cannot reach the event stream" in err and "Traceback" not in err
 
 
 def test_unknown_topic_and_missing_token_are_refused_before_connecting(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ian
 ) -> None:
     monkeypatch.setenv("IAN_API_TOKEN", "t")
-    assert run_main(monkeypatch, "events", "--topics", "block,weather") == EXIT_USAGE
-    assert "weather" in capsys.readouterr().err
+    code, _out, err = ian("events", "--topics", "block,weather")
+    assert code == EXIT_USAGE
+    assert "weather" in err
     monkeypatch.delenv("IAN_API_TOKEN")
-    code = run_main(monkeypatch, "events", "--data-dir", str(tmp_path / "none"))
+    code, _out, err = ian("events", "--data-dir", str(tmp_path / "none"))
     assert code == EXIT_DATA_DIR
-    assert "no API token" in capsys.readouterr().err
+    assert "no API token" in err
 
 
 # -- against a live node -------------------------------------------------------------------------
@@ -164,17 +145,15 @@ class Lines:
 
 
 def events_env(node: Node, node_url: str, ws_port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
-    env.update(
+    """The environment of a real `ian events` process following ``node``."""
+    return clean_env(
         {
             "IAN_DATA_DIR": str(node.settings.data_dir),  # the token comes from api_token
             "IAN_NODE_URL": node_url,
             "IAN_WS_PORT": str(ws_port),  # the URL is derived from these two
-            "PYTHONUNBUFFERED": "1",
             **extra,
         }
     )
-    return env
 
 
 @pytest.mark.anyio

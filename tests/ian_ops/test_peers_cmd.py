@@ -1,9 +1,8 @@
-"""`ian peers ...` through Typer's CliRunner on a real data dir, offline and against a live API."""
+"""`ian peers ...` in process (the `ian` fixture) on a real data dir, offline and online."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
 from ian.errors import (
     CorruptFileError,
@@ -27,9 +25,8 @@ from ian.errors import (
 from ian.p2p.peer_book import PeerBook, PeerEvent
 from ian.storage.datadir import DataDir
 from ian.storage.lock import NodeLock
-from ian_ops import cli, peers_cmd
+from ian_ops import peers_cmd
 from ian_ops.durations import format_duration, parse_duration
-from ian_ops.peers_cmd import app
 from ian_ops.target import Target
 
 A = "a" * 40
@@ -37,7 +34,6 @@ B = "b" * 40
 C = "c" * 40
 TOKEN = "tok-123"
 
-runner = CliRunner()
 
 LOCK_HOLDER = (
     "import sys\n"
@@ -47,18 +43,6 @@ LOCK_HOLDER = (
     "print('locked', flush=True)\n"
     "sys.stdin.read()\n"
 )
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("IAN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    # a wide, fresh console so tables do not wrap 40-character node ids
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(cli, "_out", None)
-    monkeypatch.setattr(cli, "_err", None)
 
 
 @pytest.fixture
@@ -81,10 +65,6 @@ def seeded(data: DataDir) -> DataDir:
         book.record(B, PeerEvent.RATE_LIMIT_VIOLATION)
     book.save()
     return data
-
-
-def invoke(*args: str) -> object:
-    return runner.invoke(app, list(args))
 
 
 def free_port() -> int:
@@ -140,56 +120,60 @@ def test_parse_duration() -> None:
 # --------------------------------------------------------------------------- offline reads
 
 
-def test_list_offline_json(seeded: DataDir) -> None:
-    result = invoke("list", "--data-dir", str(seeded.root), "--json")
+def test_list_offline_json(seeded: DataDir, ian) -> None:
+    result = ian("peers", "list", "--data-dir", str(seeded.root), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert [p["node_id"] for p in doc["peers"]] == [A, C, B]
     assert (doc["known"], doc["banned"], doc["connected"]) == (3, 0, [])
     assert f"offline on {seeded.peer_scores_file}" in result.stderr
     by_violations = json.loads(
-        invoke("list", "--data-dir", str(seeded.root), "--json", "--sort", "violations").stdout
+        ian(
+            "peers", "list", "--data-dir", str(seeded.root), "--json", "--sort", "violations"
+        ).stdout
     )
     assert by_violations["peers"][0]["node_id"] == B
     assert by_violations["peers"][0]["violations"] == 3
-    top = json.loads(invoke("list", "--data-dir", str(seeded.root), "--json", "--top", "1").stdout)
+    top = json.loads(
+        ian("peers", "list", "--data-dir", str(seeded.root), "--json", "--top", "1").stdout
+    )
     assert [p["node_id"] for p in top["peers"]] == [A]
 
 
-def test_list_offline_table_and_banned_filter(seeded: DataDir) -> None:
-    result = invoke("list", "--data-dir", str(seeded.root))
+def test_list_offline_table_and_banned_filter(seeded: DataDir, ian) -> None:
+    result = ian("peers", "list", "--data-dir", str(seeded.root))
     assert result.exit_code == 0, result.output
     assert "3 known, 0 connected, 0 banned" in result.stdout
     assert A in result.stdout and "tcp://10.0.0.1:9000" in result.stdout
-    result = invoke("list", "--data-dir", str(seeded.root), "--banned", "--json")
+    result = ian("peers", "list", "--data-dir", str(seeded.root), "--banned", "--json")
     assert json.loads(result.stdout)["peers"] == []
-    result = invoke("list", "--data-dir", str(seeded.root), "--sort", "age")
+    result = ian("peers", "list", "--data-dir", str(seeded.root), "--sort", "age")
     assert isinstance(result.exception, InputError)
 
 
-def test_show_offline(seeded: DataDir) -> None:
-    result = invoke("show", B.upper(), "--data-dir", str(seeded.root), "--json")
+def test_show_offline(seeded: DataDir, ian) -> None:
+    result = ian("peers", "show", B.upper(), "--data-dir", str(seeded.root), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["rate_limit_violations"] == 3 and doc["score"] == pytest.approx(70, abs=0.01)
-    text = invoke("show", B, "--data-dir", str(seeded.root)).stdout
+    text = ian("peers", "show", B, "--data-dir", str(seeded.root)).stdout
     assert "rate_limit_violations" in text and "score 70.0" in text
     assert isinstance(
-        invoke("show", "c0ffee", "--data-dir", str(seeded.root)).exception, InputError
+        ian("peers", "show", "c0ffee", "--data-dir", str(seeded.root)).exception, InputError
     )
-    missing = invoke("show", "d" * 40, "--data-dir", str(seeded.root))
+    missing = ian("peers", "show", "d" * 40, "--data-dir", str(seeded.root))
     assert isinstance(missing.exception, NotFoundError)
 
 
-def test_missing_data_dir_is_one_clear_error(tmp_path: Path) -> None:
-    result = invoke("list", "--data-dir", str(tmp_path / "nope"))
+def test_missing_data_dir_is_one_clear_error(tmp_path: Path, ian) -> None:
+    result = ian("peers", "list", "--data-dir", str(tmp_path / "nope"))
     assert isinstance(result.exception, DataDirError)
     assert "does not exist" in result.exception.message
     assert "--data-dir" in (result.exception.fix or "")
 
 
-def test_empty_data_dir_lists_nothing(data: DataDir) -> None:
-    result = invoke("list", "--data-dir", str(data.root), "--json")
+def test_empty_data_dir_lists_nothing(data: DataDir, ian) -> None:
+    result = ian("peers", "list", "--data-dir", str(data.root), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["known"] == 0
 
@@ -201,79 +185,87 @@ def load(data: DataDir) -> dict:
     return json.loads(data.peer_scores_file.read_text())
 
 
-def test_ban_unban_offline_by_id_and_cidr(seeded: DataDir) -> None:
+def test_ban_unban_offline_by_id_and_cidr(seeded: DataDir, ian) -> None:
     before = time.time()
-    result = invoke("ban", A, "--for", "2h", "--reason", "spam", "--data-dir", str(seeded.root))
+    result = ian(
+        "peers", "ban", A, "--for", "2h", "--reason", "spam", "--data-dir", str(seeded.root)
+    )
     assert result.exit_code == 0, result.output
     assert f"offline on {seeded.peer_scores_file}" in result.stderr
     assert f"banned {A}" in result.stdout and "(2h): spam" in result.stdout
     peer = load(seeded)["peers"][A]
     assert peer["ban_reason"] == "spam"
     assert before + 7200 <= peer["banned_until"] <= time.time() + 7200
-    result = invoke("ban", "10.0.0.0/8", "--reason", "lab", "--data-dir", str(seeded.root))
+    result = ian("peers", "ban", "10.0.0.0/8", "--reason", "lab", "--data-dir", str(seeded.root))
     assert result.exit_code == 0, result.output
     ip_ban = load(seeded)["ip_bans"]["10.0.0.0/8"]
     assert ip_ban["banned_until"] - ip_ban["created_at"] == 86400  # default ban_seconds
-    listed = json.loads(invoke("list", "--banned", "--json", "--data-dir", str(seeded.root)).stdout)
+    listed = json.loads(
+        ian("peers", "list", "--banned", "--json", "--data-dir", str(seeded.root)).stdout
+    )
     assert [p["node_id"] for p in listed["peers"]] == [A] and listed["banned"] == 1
-    assert invoke("unban", A, "--data-dir", str(seeded.root)).stdout.strip() == f"unbanned {A}"
+    assert (
+        ian("peers", "unban", A, "--data-dir", str(seeded.root)).stdout.strip() == f"unbanned {A}"
+    )
     assert load(seeded)["peers"][A]["banned_until"] is None
-    again = invoke("unban", A, "--data-dir", str(seeded.root))
+    again = ian("peers", "unban", A, "--data-dir", str(seeded.root))
     assert again.exit_code == 0 and "was not banned" in again.stdout
 
 
-def test_bad_ban_target_and_duration(seeded: DataDir) -> None:
+def test_bad_ban_target_and_duration(seeded: DataDir, ian) -> None:
     before = seeded.peer_scores_file.read_bytes()
-    bad = invoke("ban", "10.0.0.1/8", "--reason", "x", "--data-dir", str(seeded.root))
+    bad = ian("peers", "ban", "10.0.0.1/8", "--reason", "x", "--data-dir", str(seeded.root))
     assert isinstance(bad.exception, InputError) and "10.0.0.0/8" in (bad.exception.fix or "")
-    bad = invoke("ban", "peer-7", "--reason", "x", "--data-dir", str(seeded.root))
+    bad = ian("peers", "ban", "peer-7", "--reason", "x", "--data-dir", str(seeded.root))
     assert isinstance(bad.exception, InputError) and "CIDR" in (bad.exception.fix or "")
-    bad = invoke("ban", A, "--for", "24", "--reason", "x", "--data-dir", str(seeded.root))
+    bad = ian("peers", "ban", A, "--for", "24", "--reason", "x", "--data-dir", str(seeded.root))
     assert isinstance(bad.exception, InputError) and "24d" in (bad.exception.fix or "")
     assert seeded.peer_scores_file.read_bytes() == before
 
 
-def test_reset_offline(seeded: DataDir) -> None:
-    result = invoke("reset", B, "--data-dir", str(seeded.root))
+def test_reset_offline(seeded: DataDir, ian) -> None:
+    result = ian("peers", "reset", B, "--data-dir", str(seeded.root))
     assert result.exit_code == 0, result.output
     peer = load(seeded)["peers"][B]
     assert peer["score"] == 100 and peer["rate_limit_violations"] == 3
-    assert isinstance(invoke("reset", "--data-dir", str(seeded.root)).exception, InputError)
-    unknown = invoke("reset", "d" * 40, "--data-dir", str(seeded.root))
+    assert isinstance(ian("peers", "reset", "--data-dir", str(seeded.root)).exception, InputError)
+    unknown = ian("peers", "reset", "d" * 40, "--data-dir", str(seeded.root))
     assert isinstance(unknown.exception, NotFoundError)
 
 
-def test_prune_offline_dry_run_then_real(seeded: DataDir) -> None:
+def test_prune_offline_dry_run_then_real(seeded: DataDir, ian) -> None:
     before = seeded.peer_scores_file.read_bytes()
-    result = invoke("prune", "--older-than", "30d", "--dry-run", "--data-dir", str(seeded.root))
+    result = ian(
+        "peers", "prune", "--older-than", "30d", "--dry-run", "--data-dir", str(seeded.root)
+    )
     assert result.exit_code == 0, result.output
     assert "kept 2, would remove 1" in result.stdout and "dry run" in result.stdout
     assert seeded.peer_scores_file.read_bytes() == before
-    result = invoke("prune", "--older-than", "30d", "--json", "--data-dir", str(seeded.root))
+    result = ian("peers", "prune", "--older-than", "30d", "--json", "--data-dir", str(seeded.root))
     doc = json.loads(result.stdout)
     assert (doc["kept"], doc["removed"], doc["removed_ids"]) == (2, 1, [C])
     assert set(load(seeded)["peers"]) == {A, B}
     # the default comes from peer_prune_days (30): nothing else is old enough
-    result = invoke("prune", "--json", "--data-dir", str(seeded.root))
+    result = ian("peers", "prune", "--json", "--data-dir", str(seeded.root))
     assert json.loads(result.stdout)["removed"] == 0
-    result = invoke("prune", "--older-than", "soon", "--data-dir", str(seeded.root))
+    result = ian("peers", "prune", "--older-than", "soon", "--data-dir", str(seeded.root))
     assert isinstance(result.exception, InputError)
 
 
-def test_corrupt_file_and_reset_all(seeded: DataDir) -> None:
+def test_corrupt_file_and_reset_all(seeded: DataDir, ian) -> None:
     seeded.peer_scores_file.write_text('{"version": 1, "peers": {"x":')
-    result = invoke("list", "--data-dir", str(seeded.root))
+    result = ian("peers", "list", "--data-dir", str(seeded.root))
     assert isinstance(result.exception, CorruptFileError)
     assert str(seeded.peer_scores_file) in result.exception.message
     assert "ian peers reset --all" in (result.exception.fix or "")
-    result = invoke("reset", "--all", "--yes", "--data-dir", str(seeded.root))
+    result = ian("peers", "reset", "--all", "--yes", "--data-dir", str(seeded.root))
     assert result.exit_code == 0, result.output
     moved = [p for p in seeded.root.iterdir() if p.name.startswith("peer_scores.json.")]
     assert len(moved) == 1 and moved[0].read_text().startswith('{"version": 1')
     assert not seeded.peer_scores_file.exists()
-    result = invoke("list", "--json", "--data-dir", str(seeded.root))
+    result = ian("peers", "list", "--json", "--data-dir", str(seeded.root))
     assert json.loads(result.stdout)["known"] == 0
-    declined = runner.invoke(app, ["reset", "--all", "--data-dir", str(seeded.root)], input="n\n")
+    declined = ian("peers", "reset", "--all", "--data-dir", str(seeded.root), input="n\n")
     assert declined.exit_code != 0
 
 
@@ -281,7 +273,7 @@ def test_corrupt_file_and_reset_all(seeded: DataDir) -> None:
 
 
 def test_offline_write_refused_while_another_process_holds_the_lock(
-    seeded: DataDir, foreign_lock: subprocess.Popen[str]
+    seeded: DataDir, foreign_lock: subprocess.Popen[str], ian
 ) -> None:
     (seeded.root / "api_token").write_text(TOKEN + "\n")
     before = seeded.peer_scores_file.read_bytes()
@@ -292,10 +284,10 @@ def test_offline_write_refused_while_another_process_holds_the_lock(
         ("reset", B),
         ("prune", "--older-than", "1d"),
     ):
-        result = invoke(*args, "--data-dir", str(seeded.root), "--node-url", url)
+        result = ian("peers", *args, "--data-dir", str(seeded.root), "--node-url", url)
         assert isinstance(result.exception, NodeLockedError), (args, result.output)
         assert f"pid {foreign_lock.pid}" in result.exception.message
-    reset_all = invoke("reset", "--all", "--yes", "--data-dir", str(seeded.root))
+    reset_all = ian("peers", "reset", "--all", "--yes", "--data-dir", str(seeded.root))
     assert isinstance(reset_all.exception, NodeLockedError)
     # the race path: the lock was taken between the check and the write
     place = Target(
@@ -308,24 +300,24 @@ def test_offline_write_refused_while_another_process_holds_the_lock(
         peers_cmd._offline_write(place, lambda b: b.ban(A, seconds=5, reason="x"))
     assert seeded.peer_scores_file.read_bytes() == before
     # reads fall back to the file when the lock holder does not answer
-    result = invoke("list", "--json", "--data-dir", str(seeded.root), "--node-url", url)
+    result = ian("peers", "list", "--json", "--data-dir", str(seeded.root), "--node-url", url)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["known"] == 3
     assert "does not answer" in result.stderr
 
 
-def test_online_only_commands_need_a_node(seeded: DataDir) -> None:
-    result = invoke("connect", "tcp://10.0.0.9:9000", "--data-dir", str(seeded.root))
+def test_online_only_commands_need_a_node(seeded: DataDir, ian) -> None:
+    result = ian("peers", "connect", "tcp://10.0.0.9:9000", "--data-dir", str(seeded.root))
     assert isinstance(result.exception, NodeUnreachableError)
     assert "ian node run" in (result.exception.fix or "")
-    result = invoke("limits", "--max-peers", "5", "--data-dir", str(seeded.root))
+    result = ian("peers", "limits", "--max-peers", "5", "--data-dir", str(seeded.root))
     assert isinstance(result.exception, NodeUnreachableError)
     # Reading the limits needs the node too; a rate of 0 is refused before anything is asked.
     assert isinstance(
-        invoke("limits", "--data-dir", str(seeded.root)).exception, NodeUnreachableError
+        ian("peers", "limits", "--data-dir", str(seeded.root)).exception, NodeUnreachableError
     )
-    assert isinstance(invoke("limits", "--rate", "0").exception, InputError)
-    bad = invoke("connect", "http://x:1", "--data-dir", str(seeded.root))
+    assert isinstance(ian("peers", "limits", "--rate", "0").exception, InputError)
+    bad = ian("peers", "connect", "http://x:1", "--data-dir", str(seeded.root))
     assert isinstance(bad.exception, InputError)
 
 
@@ -399,17 +391,17 @@ def live_node(seeded: DataDir) -> Iterator[tuple[str, PeerBook, _P2P]]:
 
 
 def test_online_commands_go_through_the_admin_api(
-    seeded: DataDir, live_node: tuple[str, PeerBook, _P2P]
+    seeded: DataDir, live_node: tuple[str, PeerBook, _P2P], ian
 ) -> None:
     url, book, p2p = live_node
     before = seeded.peer_scores_file.read_bytes()
     common = ("--data-dir", str(seeded.root), "--node-url", url)
-    result = invoke("list", "--json", *common)
+    result = ian("peers", "list", "--json", *common)
     assert result.exit_code == 0, result.output
     assert f"online via {url}" in result.stderr
     assert json.loads(result.stdout)["connected"][0]["node_id"] == A
 
-    result = invoke("ban", A, "--for", "1h", "--reason", "online ban", *common)
+    result = ian("peers", "ban", A, "--for", "1h", "--reason", "online ban", *common)
     assert result.exit_code == 0, result.output
     assert f"online via {url}" in result.stderr and f"disconnected {A}" in result.stdout
     assert p2p.disconnected == [A] and book.ban_reason(node_id=A) is not None
@@ -418,27 +410,37 @@ def test_online_commands_go_through_the_admin_api(
     )
     assert seeded.peer_scores_file.read_bytes() != before
 
-    assert "unbanned" in invoke("unban", A, *common).stdout
-    assert invoke("reset", B, *common).exit_code == 0 and book.get(B).score == 100  # type: ignore[union-attr]
-    doc = json.loads(invoke("prune", "--older-than", "30d", "--json", *common).stdout)
+    assert "unbanned" in ian("peers", "unban", A, *common).stdout
+    reset = ian("peers", "reset", B, *common)
+    assert reset.exit_code == 0 and book.get(B).score == 100  # type: ignore[union-attr]
+    doc = json.loads(ian("peers", "prune", "--older-than", "30d", "--json", *common).stdout)
     assert (doc["kept"], doc["removed"]) == (2, 1) and C not in book
-    assert C in invoke("connect", "tcp://10.0.0.9:9000", *common).stdout
-    assert invoke("limits", "--rate", "5", *common).exit_code == 0
+    assert C in ian("peers", "connect", "tcp://10.0.0.9:9000", *common).stdout
+    assert ian("peers", "limits", "--rate", "5", *common).exit_code == 0
     assert p2p.configured == [{"rate": 5.0}]
-    show = json.loads(invoke("show", A, "--json", *common).stdout)
+    show = json.loads(ian("peers", "show", A, "--json", *common).stdout)
     assert show["node_id"] == A and show["banned"] is False
 
 
-def test_online_needs_the_admin_token(seeded: DataDir, live_node: tuple) -> None:
+def test_online_needs_the_admin_token(seeded: DataDir, live_node: tuple, ian) -> None:
     url = live_node[0]
     (seeded.root / "api_token").unlink()
-    result = invoke("ban", A, "--reason", "x", "--data-dir", str(seeded.root), "--node-url", url)
+    result = ian(
+        "peers", "ban", A, "--reason", "x", "--data-dir", str(seeded.root), "--node-url", url
+    )
     assert isinstance(result.exception, DataDirError) and "IAN_API_TOKEN" in (
         result.exception.fix or ""
     )
-    result = runner.invoke(
-        app,
-        ["ban", A, "--reason", "x", "--data-dir", str(seeded.root), "--node-url", url],
+    result = ian(
+        "peers",
+        "ban",
+        A,
+        "--reason",
+        "x",
+        "--data-dir",
+        str(seeded.root),
+        "--node-url",
+        url,
         env={"IAN_API_TOKEN": "wrong"},
     )
     assert result.exception is not None and "403" in str(result.exception)

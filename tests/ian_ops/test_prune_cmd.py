@@ -4,36 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from ian.config import load_settings
 from ian.node import Node
 from ian.storage.lock import NodeLock
 from ian_ops import client as client_mod
-from ian_ops.app import app
 
-IAN = Path(sys.executable).with_name("ian")
 DAY = 86400.0
 
 
-def ian(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
-    env.update(NO_COLOR="1", COLUMNS="250", IAN_DATA_DIR=str(data_dir), IAN_BACKUP_RETENTION="2")
-    return subprocess.run(
-        [str(IAN), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+def env_for(data_dir: Path) -> dict[str, str]:
+    """The data dir, and two backups kept (so the fixture's four make two to prune)."""
+    return {"IAN_DATA_DIR": str(data_dir), "IAN_BACKUP_RETENTION": "2"}
 
 
 def aged(path: Path, age_s: float, data: bytes = b"x" * 100) -> None:
@@ -68,19 +54,19 @@ def names(root: Path, sub: str) -> list[str]:
     return sorted(p.name for p in (root / sub).iterdir())
 
 
-def test_no_terminal_means_dry_run_only(data: Path) -> None:
+def test_no_terminal_means_dry_run_only(data: Path, ian) -> None:
     before = names(data, "backups"), names(data, "certs-old")
-    r = ian("prune", data_dir=data)
-    assert r.returncode == 0, r.stderr
+    r = ian("prune", env=env_for(data))
+    assert r.exit_code == 0, r.stderr
     assert "dry run only" in r.stderr and "--yes" in r.stderr
     assert "peers (offline): 1 not seen" in r.stdout
     assert "total: 5 items" in r.stdout
     assert (names(data, "backups"), names(data, "certs-old")) == before
 
 
-def test_dry_run_json_then_yes(data: Path) -> None:
-    dry = ian("prune", "--dry-run", "--json", data_dir=data)
-    assert dry.returncode == 0, dry.stderr
+def test_dry_run_json_then_yes(data: Path, ian) -> None:
+    dry = ian("prune", "--dry-run", "--json", env=env_for(data))
+    assert dry.exit_code == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert plan["dry_run"] is True and plan["applied"] is False
     assert sorted(i["kind"] for i in plan["items"]) == ["backup"] * 2 + ["cert_pair"] * 2 + [
@@ -88,8 +74,8 @@ def test_dry_run_json_then_yes(data: Path) -> None:
     ]
     assert plan["bytes"] == 5 * 100 and plan["peers"]["removed"] == 1
 
-    done = ian("prune", "--yes", "--json", data_dir=data)
-    assert done.returncode == 0, done.stderr
+    done = ian("prune", "--yes", "--json", env=env_for(data))
+    assert done.exit_code == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["applied"] is True and doc["bytes"] == 500 and doc["mode"] == "offline"
     assert names(data, "backups") == [
@@ -101,21 +87,21 @@ def test_dry_run_json_then_yes(data: Path) -> None:
     peers = json.loads((data / "peer_scores.json").read_text())["peers"]
     assert list(peers) == ["b" * 40]
 
-    again = ian("prune", "--yes", data_dir=data)
-    assert again.returncode == 0 and "total: 0 items" in again.stdout
+    again = ian("prune", "--yes", env=env_for(data))
+    assert again.exit_code == 0 and "total: 0 items" in again.stdout
 
 
-def test_bad_input(data: Path, tmp_path: Path) -> None:
-    r = ian("prune", "--older-than", "30", data_dir=data)
-    assert r.returncode != 0 and "add a unit" in r.stderr and "Traceback" not in r.stderr
-    r = ian("prune", data_dir=tmp_path / "missing")
-    assert r.returncode == 4 and "does not exist" in r.stderr
+def test_bad_input(data: Path, tmp_path: Path, ian) -> None:
+    r = ian("prune", "--older-than", "30", env=env_for(data))
+    assert r.exit_code != 0 and "add a unit" in r.stderr and "Traceback" not in r.stderr
+    r = ian("prune", env=env_for(tmp_path / "missing"))
+    assert r.exit_code == 4 and "does not exist" in r.stderr
     (data / "peer_scores.json").write_text("{torn")
-    r = ian("prune", data_dir=data)
-    assert r.returncode == 4 and "peer_scores.json" in r.stderr and "fix:" in r.stderr
+    r = ian("prune", env=env_for(data))
+    assert r.exit_code == 4 and "peer_scores.json" in r.stderr and "fix:" in r.stderr
 
 
-def test_online_uses_the_admin_api(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_online_uses_the_admin_api(data: Path, monkeypatch: pytest.MonkeyPatch, ian) -> None:
     calls: list[tuple[str, dict]] = []
 
     def post_json(self: client_mod.NodeClient, path: str, body: dict) -> dict:
@@ -126,9 +112,7 @@ def test_online_uses_the_admin_api(data: Path, monkeypatch: pytest.MonkeyPatch) 
     for name in [n for n in os.environ if n.startswith("IAN_")]:
         monkeypatch.delenv(name)
     with NodeLock(data / "node.lock"):  # "the node is running"
-        result = CliRunner().invoke(
-            app, ["prune", "--data-dir", str(data), "--yes", "--older-than", "7d"]
-        )
+        result = ian("prune", "--data-dir", str(data), "--yes", "--older-than", "7d")
     assert result.exit_code == 0, result.output
     assert "peers (online)" in result.output and "dropped 1 peers (online)" in result.output
     assert calls == [
@@ -139,7 +123,7 @@ def test_online_uses_the_admin_api(data: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(json.loads((data / "peer_scores.json").read_text())["peers"]) == 2
 
 
-def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path) -> None:
+def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path, ian) -> None:
     """Real leftovers: two offline resyncs, two in-place restores; the newest of each stays."""
     from datetime import UTC, datetime
 
@@ -161,8 +145,8 @@ def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path) -> N
     ]
     assert asides[0] is not None and asides[1] is not None
 
-    dry = ian("prune", "--dry-run", "--json", data_dir=data)
-    assert dry.returncode == 0, dry.stderr
+    dry = ian("prune", "--dry-run", "--json", env=env_for(data))
+    assert dry.exit_code == 0, dry.stderr
     doc = json.loads(dry.stdout)
     found = sorted(
         (i["kind"], i["path"]) for i in doc["items"] if i["kind"] in ("resync", "pre_restore")
@@ -170,14 +154,14 @@ def test_old_resync_and_in_place_restore_copies(data: Path, tmp_path: Path) -> N
     assert found == [("pre_restore", str(asides[0])), ("resync", str(first))]
     assert doc["interrupted_restore"] is None
 
-    done = ian("prune", "--yes", data_dir=data)
-    assert done.returncode == 0, done.stderr
+    done = ian("prune", "--yes", env=env_for(data))
+    assert done.exit_code == 0, done.stderr
     assert "resync" in done.stdout and "pre_restore" in done.stdout
     assert not first.exists() and not asides[0].exists()
     assert second.is_dir() and asides[1].is_dir()
 
 
-def test_an_interrupted_restore_is_pointed_out(data: Path, tmp_path: Path) -> None:
+def test_an_interrupted_restore_is_pointed_out(data: Path, tmp_path: Path, ian) -> None:
     from tests.ian.maintenance.test_restore import crash_restore
 
     from ian.maintenance.backup import create_backup
@@ -186,12 +170,78 @@ def test_an_interrupted_restore_is_pointed_out(data: Path, tmp_path: Path) -> No
     settings = load_settings(env={}, overrides={"data_dir": data})
     archive = create_backup(DataDir(data), settings.all_goals(), output=tmp_path / "b.tar").path
     crash_restore(archive, data, 1)
-    r = ian("prune", "--dry-run", data_dir=data)
-    assert r.returncode == 0, r.stderr
+    r = ian("prune", "--dry-run", env=env_for(data))
+    assert r.exit_code == 0, r.stderr
     assert "note: an interrupted restore" in r.stderr
     assert f"ian restore --resume --data-dir {data}" in r.stderr
-    doc = json.loads(ian("prune", "--dry-run", "--json", data_dir=data).stdout)
+    doc = json.loads(ian("prune", "--dry-run", "--json", env=env_for(data)).stdout)
     journal = doc["interrupted_restore"]
     assert journal["phase"] == "aside" and journal["archive"] == str(archive)
     listed = {i["path"] for i in doc["items"]}
     assert journal["staging"] not in listed and journal["aside"] not in listed
+
+
+# --------------------------------------------------------------------------- plan, confirm, apply
+
+
+def test_the_plan_lists_without_changing_anything(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ian_ops.prune_cmd import plan_prune
+    from ian_ops.target import local_target
+
+    monkeypatch.setenv("IAN_BACKUP_RETENTION", "2")
+    before = (
+        names(data, "backups"),
+        names(data, "certs-old"),
+        (data / "peer_scores.json").read_bytes(),
+    )
+    plan = plan_prune(local_target(data, None), 30 * DAY, time.time())
+    assert plan.mode == "offline" and plan.older_than_s == 30 * DAY
+    assert sorted(i.kind for i in plan.items) == ["backup"] * 2 + ["cert_pair"] * 2 + ["leftover"]
+    assert plan.bytes == 500 and not plan.empty
+    assert (plan.peers["removed"], plan.peers["kept"]) == (1, 1)
+    assert plan.peers["removed_ids"] == ["a" * 40]
+    assert plan.interrupted_restore is None
+    doc = plan.to_doc()
+    assert (doc["dry_run"], doc["applied"], doc["failed"]) == (True, False, [])
+    assert doc["peers"]["older_than_s"] == 30 * DAY
+    after = (
+        names(data, "backups"),
+        names(data, "certs-old"),
+        (data / "peer_scores.json").read_bytes(),
+    )
+    assert after == before
+
+
+def test_confirm_rules(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ian_ops.prune_cmd import PrunePlan, confirm, plan_prune
+    from ian_ops.target import local_target
+
+    plan = plan_prune(local_target(data, None), 30 * DAY, time.time())
+    assert confirm(plan, dry_run=False, yes=True, json_out=False) is True
+    assert confirm(plan, dry_run=True, yes=True, json_out=False) is False
+    nothing = PrunePlan("offline", DAY, [], {"kept": 2, "removed": 0, "removed_ids": []})
+    assert nothing.empty and confirm(nothing, dry_run=False, yes=True, json_out=False) is False
+    capsys.readouterr()
+    # no terminal (pytest's stdin): a dry run, said on stderr unless --json
+    assert confirm(plan, dry_run=False, yes=False, json_out=True) is False
+    assert capsys.readouterr().err == ""
+    assert confirm(plan, dry_run=False, yes=False, json_out=False) is False
+    assert "dry run only" in capsys.readouterr().err
+
+
+def test_apply_removes_what_the_plan_listed(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ian_ops.prune_cmd import apply, plan_prune
+    from ian_ops.target import local_target
+
+    monkeypatch.setenv("IAN_BACKUP_RETENTION", "2")
+    target = local_target(data, None)
+    plan = plan_prune(target, 30 * DAY, time.time())
+    result = apply(plan, target)
+    assert result.freed == 500 and result.failed == [] and len(result.removed) == 5
+    assert not any(i.path.exists() for i in plan.items)
+    assert result.peers["removed"] == 1 and result.peers["dry_run"] is False
+    assert list(json.loads((data / "peer_scores.json").read_text())["peers"]) == ["b" * 40]
+    doc = result.to_doc()
+    assert (doc["applied"], doc["dry_run"], doc["bytes"]) == (True, False, 500)

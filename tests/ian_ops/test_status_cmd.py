@@ -7,9 +7,7 @@ invocation runs in a worker thread through main(), the CLI's real error boundary
 from __future__ import annotations
 
 import json
-import os
 import socket
-import sys
 from pathlib import Path
 
 import anyio
@@ -19,42 +17,10 @@ import pytest
 
 from ian.config import load_settings
 from ian.node import Node
-from ian_ops.app import main
 
 pytestmark = pytest.mark.anyio
 
 DEMO = "DEMO_TRADING_AGENT"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("IAN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def ian(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """`await ian(ARGS...)` → (exit code, stdout, stderr), run off the event loop."""
-
-    def run_sync(args: tuple[str, ...]) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["ian", *args])
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code
-        else:  # pragma: no cover - main() always exits
-            code = 0
-        out, err = capsys.readouterr()
-        return (code if isinstance(code, int) else 1), out, err
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        return await anyio.to_thread.run_sync(run_sync, args)
-
-    return run
 
 
 @pytest.fixture
@@ -95,7 +61,7 @@ def one_error_line(err: str) -> str:
 
 async def test_status_json(live_node, ian) -> None:
     node, url = live_node
-    code, out, err = await ian("status", "--json", "--node-url", url)
+    code, out, err = await ian.off_loop("status", "--json", "--node-url", url)
     assert code == 0, err
     doc = json.loads(out)
     assert doc["node_id"] == node.identity.node_id
@@ -108,7 +74,7 @@ async def test_status_json(live_node, ian) -> None:
 async def test_status_goal_json_via_env_url(live_node, ian, monkeypatch) -> None:
     _node, url = live_node
     monkeypatch.setenv("IAN_NODE_URL", url + "/")
-    code, out, err = await ian("status", DEMO, "--json")
+    code, out, err = await ian.off_loop("status", DEMO, "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["goal_id"] == DEMO and doc["log_size"] == 2
@@ -117,14 +83,14 @@ async def test_status_goal_json_via_env_url(live_node, ian, monkeypatch) -> None
 
 async def test_status_text(live_node, ian) -> None:
     node, url = live_node
-    code, out, err = await ian("status", "--node-url", url)
+    code, out, err = await ian.off_loop("status", "--node-url", url)
     assert code == 0, err
     assert node.identity.node_id in out
     assert "height 2" in out
     assert "contributions: 3 received, 2 accepted, 1 rejected" in out
     assert DEMO in out
 
-    code, out, err = await ian("status", DEMO, "--node-url", url)
+    code, out, err = await ian.off_loop("status", DEMO, "--node-url", url)
     assert code == 0, err
     assert f"log size 2  root {node.state.goals[DEMO].mmr.root().hex()}" in out
     assert "leader: #0" in out
@@ -132,7 +98,7 @@ async def test_status_text(live_node, ian) -> None:
 
 async def test_status_unknown_goal_is_exit_7(live_node, ian) -> None:
     _, url = live_node
-    code, out, err = await ian("status", "NO_SUCH_GOAL", "--node-url", url)
+    code, out, err = await ian.off_loop("status", "NO_SUCH_GOAL", "--node-url", url)
     assert code == 7
     assert out == ""
     line = one_error_line(err)
@@ -143,7 +109,7 @@ async def test_status_against_a_dead_url_is_exit_6(ian) -> None:
     with socket.socket() as s:  # bound but not listening: connection refused
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-        code, out, err = await ian("status", "--node-url", url)
+        code, out, err = await ian.off_loop("status", "--node-url", url)
     assert code == 6
     assert out == ""
     line = one_error_line(err)

@@ -25,13 +25,11 @@ import struct
 import termios
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests.support.nodes import (
     DEMO_GOAL,
     IAN,
-    NodeFactory,
     NodeProcess,
     clean_env,
     contribution,
@@ -119,15 +117,6 @@ class Terminal:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
-    factory = NodeFactory(tmp_path)
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
-
-
-@pytest.fixture
 def terminals() -> Iterator[list[Terminal]]:
     opened: list[Terminal] = []
     try:
@@ -159,9 +148,9 @@ def watch(
     return t
 
 
-def test_watch_survives_a_node_restart_and_quits_on_q(nodes, terminals) -> None:
+def test_watch_survives_a_node_restart_and_quits_on_q(ian_nodes, terminals) -> None:
     port = free_port()
-    node = nodes.start(env={"IAN_API_PORT": str(port)})
+    node = ian_nodes.start(env={"IAN_API_PORT": str(port)})
     url = f"http://127.0.0.1:{port}"
     term = watch(terminals, url, then_stty=True)
 
@@ -179,7 +168,7 @@ def test_watch_survives_a_node_restart_and_quits_on_q(nodes, terminals) -> None:
     assert b"retrying" in down
     assert b"last data from" in down  # the last known state stays on screen
 
-    nodes.start(data_dir=node.data_dir, env={"IAN_API_PORT": str(port)})
+    ian_nodes.start(data_dir=node.data_dir, env={"IAN_API_PORT": str(port)})
     mark = len(term.output)
     term.wait_for(
         lambda f: b"node health" in f and b"unreachable" not in f and b"updated" in f,
@@ -197,8 +186,8 @@ def test_watch_survives_a_node_restart_and_quits_on_q(nodes, terminals) -> None:
     assert "icanon" in words and "echo" in words  # not "-icanon" / "-echo": cbreak undone
 
 
-def test_ctrl_c_quits_cleanly(nodes, terminals) -> None:
-    node = nodes.start()
+def test_ctrl_c_quits_cleanly(ian_nodes, terminals) -> None:
+    node = ian_nodes.start()
     term = watch(terminals, node.api_url, then_stty=True)
     term.wait_for(lambda f: b"node health" in f)
     term.send(b"\x03")  # the terminal turns it into SIGINT (cbreak keeps ISIG)
@@ -219,11 +208,11 @@ def test_watch_starts_against_a_node_that_is_down(terminals) -> None:
     assert term.wait_exit() == 0
 
 
-def test_watch_json_without_a_terminal_prints_one_object_per_poll(nodes) -> None:
+def test_watch_json_without_a_terminal_prints_one_object_per_poll(ian_nodes) -> None:
     import json
     import subprocess
 
-    node = nodes.start()
+    node = ian_nodes.start()
     proc = subprocess.Popen(
         [str(IAN), "status", "--watch", "--json", "--interval", "0.2s", "--node-url", node.api_url],
         env=clean_env(),
@@ -265,8 +254,8 @@ def submit(node: NodeProcess, n: int) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_events_update_the_screen_long_before_the_interval(nodes, terminals) -> None:
-    node = nodes.start()
+def test_events_update_the_screen_long_before_the_interval(ian_nodes, terminals) -> None:
+    node = ian_nodes.start()
     stream = {"IAN_WS_PORT": str(ws_port(node)), "IAN_DATA_DIR": str(node.data_dir)}
     term = watch(terminals, node.api_url, interval="30s", env=stream)
     # Subscribed (the token came from the node's data dir): the header says so.
@@ -286,8 +275,8 @@ def test_events_update_the_screen_long_before_the_interval(nodes, terminals) -> 
     assert b"Traceback" not in term.output
 
 
-def test_without_the_stream_it_polls(nodes, terminals) -> None:
-    node = nodes.start()
+def test_without_the_stream_it_polls(ian_nodes, terminals) -> None:
+    node = ian_nodes.start()
     nowhere = {"IAN_WS_PORT": str(free_port()), "IAN_DATA_DIR": str(node.data_dir)}
     term = watch(terminals, node.api_url, interval="0.5s", env=nowhere)
     term.wait_for(lambda f: height_shown(f, 0) and b"polling every 0.5s" in f)

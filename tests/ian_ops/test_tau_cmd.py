@@ -8,7 +8,6 @@ running ``python -m ian_ops`` as a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from typer.testing import CliRunner
 
 from ian.api.app import create_app
 from ian.api.tau_routes import router
@@ -29,17 +27,6 @@ from ian.errors import NodeRefusedError
 from ian.node import Node
 from ian.tau import TauBridge
 from ian_ops.cli import EXIT_CONFIG, EXIT_REJECTED, EXIT_UNREACHABLE, exit_code_for
-from ian_ops.tau_cmd import app
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("IAN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 def free_port() -> int:
@@ -102,8 +89,8 @@ def open_breaker(bridge: TauBridge) -> None:
 # -- status ---------------------------------------------------------------------------------------
 
 
-def test_status_json(live_node: LiveNode) -> None:
-    result = runner.invoke(app, ["status", "--node-url", live_node.url, "--json"])
+def test_status_json(live_node: LiveNode, ian) -> None:
+    result = ian("tau", "status", "--node-url", live_node.url, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["enabled"] is True
@@ -111,67 +98,59 @@ def test_status_json(live_node: LiveNode) -> None:
     assert doc["endpoint"] == live_node.bridge.status()["endpoint"]
 
 
-def test_status_for_humans_explains_an_open_breaker(live_node: LiveNode) -> None:
+def test_status_for_humans_explains_an_open_breaker(live_node: LiveNode, ian) -> None:
     open_breaker(live_node.bridge)
-    result = runner.invoke(app, ["status", "--node-url", live_node.url], env={"COLUMNS": "200"})
+    result = ian("tau", "status", "--node-url", live_node.url, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "breaker OPEN" in result.stdout
     assert "last commit: none yet" in result.stdout
     assert "`ian tau reset` closes it now" in result.stdout
 
 
-def test_status_of_a_node_without_tau(live_node: LiveNode, tmp_path: Path) -> None:
+def test_status_of_a_node_without_tau(live_node: LiveNode, tmp_path: Path, ian) -> None:
     settings = load_settings(env={}, overrides={"data_dir": tmp_path / "off"})
     live_node.node.tau = TauBridge(  # type: ignore[attr-defined]
         settings, live_node.node.identity, tmp_path / "off.sqlite", roots=dict
     )
-    result = runner.invoke(app, ["status", "--node-url", live_node.url])
+    result = ian("tau", "status", "--node-url", live_node.url)
     assert result.exit_code == 0, result.output
     assert "Tau bridge: off" in result.stdout
     assert "IAN_TAU_ENDPOINT" in result.stdout
     assert not (tmp_path / "off.sqlite").exists()
 
 
-def test_status_of_a_dead_node_exits_6(tmp_path: Path) -> None:
+def test_status_of_a_dead_node_exits_6(tmp_path: Path, ian) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ian_ops", "tau", "status", "--node-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("IAN_")},
-    )
-    assert proc.returncode == EXIT_UNREACHABLE == 6, proc.stderr
-    assert proc.stderr.startswith(f"error: cannot reach the node at {url}")
-    assert "Traceback" not in proc.stderr
+    result = ian("tau", "status", "--node-url", url)
+    assert result.exit_code == EXIT_UNREACHABLE == 6, result.stderr
+    assert result.stderr.startswith(f"error: cannot reach the node at {url}")
+    assert "Traceback" not in result.stderr
 
 
 # -- reset ----------------------------------------------------------------------------------------
 
 
-def test_reset_with_the_data_dir_token(live_node: LiveNode) -> None:
+def test_reset_with_the_data_dir_token(live_node: LiveNode, ian) -> None:
     open_breaker(live_node.bridge)
-    result = runner.invoke(
-        app, ["reset", "--node-url", live_node.url, "--data-dir", str(live_node.data_dir)]
-    )
+    result = ian("tau", "reset", "--node-url", live_node.url, "--data-dir", str(live_node.data_dir))
     assert result.exit_code == 0, result.output
     assert "circuit breaker OPEN -> CLOSED (online" in result.stdout
     assert live_node.bridge.breaker_state == "CLOSED"
 
 
-def test_reset_with_a_wrong_env_token_is_rejected(live_node: LiveNode) -> None:
-    result = runner.invoke(
-        app, ["reset", "--node-url", live_node.url], env={"IAN_API_TOKEN": "not-the-token"}
+def test_reset_with_a_wrong_env_token_is_rejected(live_node: LiveNode, ian) -> None:
+    result = ian(
+        "tau", "reset", "--node-url", live_node.url, env={"IAN_API_TOKEN": "not-the-token"}
     )
     assert isinstance(result.exception, NodeRefusedError)
     assert exit_code_for(result.exception) == EXIT_REJECTED
     assert "403" in result.exception.message
 
 
-def test_reset_without_any_token(tmp_path: Path) -> None:
+def test_reset_without_any_token(tmp_path: Path, ian) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = runner.invoke(app, ["reset", "--data-dir", str(empty)])
+    result = ian("tau", "reset", "--data-dir", str(empty))
     assert result.exit_code == EXIT_CONFIG
     assert "no admin token" in result.output
 
@@ -208,17 +187,17 @@ def test_serve_mock_answers_a_line_and_stops_on_ctrl_c() -> None:
     assert "stopped" in out
 
 
-def test_serve_mock_refuses_a_busy_port() -> None:
+def test_serve_mock_refuses_a_busy_port(ian) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        result = runner.invoke(app, ["serve-mock", "--port", str(port)])
+        result = ian("tau", "serve-mock", "--port", str(port))
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
 
 
-def test_serve_mock_refuses_an_unknown_mode() -> None:
-    result = runner.invoke(app, ["serve-mock", "--mode", "sometimes"])
+def test_serve_mock_refuses_an_unknown_mode(ian) -> None:
+    result = ian("tau", "serve-mock", "--mode", "sometimes")
     assert result.exit_code == 2
     assert "unknown mode 'sometimes'" in result.output
