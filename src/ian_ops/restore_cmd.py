@@ -6,8 +6,8 @@ replaces data), :func:`apply` (the core verifies the archive, asks :func:`confir
 details exist only once the archive is verified, so confirmation happens inside the core's
 locks, between verifying and moving.
 
-Also ``ian restore --resume`` / ``--rollback``: settle an in-place restore whose process died
-mid-swap (see :mod:`ian.maintenance.restore`).
+Also ``ian restore --resume`` / ``--rollback``: settle a restore (either mode) whose process
+died mid-swap (see :mod:`ian.maintenance.restore`).
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ def restore(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Finish an in-place restore that was interrupted."),
+        typer.Option("--resume", help="Finish a restore that was interrupted."),
     ] = False,
     rollback: Annotated[
         bool,
-        typer.Option("--rollback", help="Undo an in-place restore that was interrupted."),
+        typer.Option("--rollback", help="Undo a restore that was interrupted."),
     ] = False,
     yes: cli.YesOpt = False,
     json_out: cli.JsonOpt = False,
@@ -88,8 +88,8 @@ def restore(
     renamed (a mount point such as /data in a container, or a read-only parent) the restore
     happens inside it and the current files move to DATA_DIR/.pre-restore-STAMP/.
     Nothing is deleted. node_state.json is not restored, so the node re-verifies the whole
-    store on its next start. An in-place restore that was interrupted (killed, power cut)
-    blocks further restores until --resume or --rollback settles it.
+    store on its next start. A restore that was interrupted (killed, power cut) blocks
+    further restores, and the node's start, until --resume or --rollback settles it.
 
     Example: ian restore /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar --dry-run
     """
@@ -256,7 +256,7 @@ def render_outcome(request: RestoreRequest, plan: RestorePlan) -> None:
 
 
 def _settle(data_dir: Path | None, action: str, *, json_out: bool) -> None:
-    """--resume / --rollback of an interrupted in-place restore."""
+    """--resume / --rollback of an interrupted restore (in-place or swap mode)."""
     from ian.maintenance.restore import finish_interrupted
 
     target = cli.load_settings(data_dir).data_dir
