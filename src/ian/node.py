@@ -28,7 +28,7 @@ from anyio.abc import TaskStatus
 from ian.certs import CertInfo
 from ian.chain.blocks import Block, GoalRoots
 from ian.chain.contributions import FRAME_OVERHEAD, Contribution
-from ian.chain.genesis import Genesis, resolve_genesis
+from ian.chain.genesis import Genesis, goals_of, resolve_genesis
 from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
@@ -53,7 +53,7 @@ from ian.p2p.peer_book import PeerBook
 from ian.p2p.peer_events import PeerEvents
 from ian.p2p.service import P2PService, P2PTuning, PeerConnected
 from ian.storage import node_state as node_state_mod
-from ian.storage.datadir import DataDir, init_data_dir, read_api_token
+from ian.storage.datadir import DataDir, init_data_dir, read_api_token, read_genesis
 from ian.storage.lock import NodeLock, maintenance_lock
 from ian.storage.store import Store
 from ian.tau import TauBridge
@@ -116,7 +116,7 @@ class Node:
         self.settings = settings
         #: the pinned genesis (None: a follower that has not learned its chain yet)
         self.genesis = genesis
-        self.goals = goals_for(settings, genesis)
+        self.goals = goals_of(genesis, settings.all_goals())
         self.datadir = datadir
         self.lock = lock
         self.identity = identity
@@ -227,7 +227,7 @@ class Node:
             genesis = settle_genesis(settings, datadir, init.identity)
             role = role_for(settings, init.identity.node_id, genesis)[0]
             store = Store(datadir.store_file)
-            specs = goals_for(settings, genesis)
+            specs = goals_of(genesis, settings.all_goals())
             saved = node_state_mod.read_node_state(datadir.node_state_file)
             if saved is not None and not saved.clean_shutdown:
                 log.warning("the previous run did not shut down cleanly; checking roots")
@@ -551,11 +551,6 @@ def role_for(
     return "follower", configured or None
 
 
-def goals_for(settings: Settings, genesis: Genesis | None) -> list[GoalSpec]:
-    """The goals this node runs: the genesis's when it has one, else the configured ones."""
-    return list(genesis.goals) if genesis is not None else settings.all_goals()
-
-
 def settle_genesis(settings: Settings, datadir: DataDir, identity: Identity) -> Genesis | None:
     """Start-up: decide the genesis (:func:`ian.chain.genesis.resolve_genesis`), pin it in
     the data dir when new, and check the settings agree with it. Raises
@@ -563,7 +558,7 @@ def settle_genesis(settings: Settings, datadir: DataDir, identity: Identity) -> 
     from ian.atomic import atomic_write_bytes
 
     path = datadir.genesis_file
-    stored = Genesis.read(path) if path.exists() else None
+    stored = read_genesis(datadir)
     given = Genesis.read(settings.genesis) if settings.genesis is not None else None
     configured = settings.sequencer
     decision = resolve_genesis(

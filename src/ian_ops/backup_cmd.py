@@ -97,13 +97,15 @@ def backup(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ian.chain.genesis import goals_of
     from ian.maintenance.backup import create_backup
-    from ian.storage.datadir import DataDir
+    from ian.storage.datadir import DataDir, read_genesis
 
     settings = cli.load_settings(data_dir)
     datadir = DataDir(settings.data_dir)
+    specs = goals_of(read_genesis(datadir), settings.all_goals())
     with progress_reporter(not json_out) as report:
-        result = create_backup(datadir, settings.all_goals(), output=output, progress=report)
+        result = create_backup(datadir, specs, output=output, progress=report)
     if json_out:
         cli.print_json(result.to_doc())
         return

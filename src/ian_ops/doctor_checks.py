@@ -608,8 +608,10 @@ def check_breaker(node: NodeFacts) -> Check:
 def check_store(datadir: DataDir, settings: Settings, *, quick: bool) -> Check:
     """Quick: open read-only and compare the roots with the last block (what a start does).
     Full: replay every block from genesis (``ian node verify``)."""
+    from ian.chain.genesis import goals_of
     from ian.errors import IanError
     from ian.ledger.recovery import load_chain_state, verify_store
+    from ian.storage.datadir import read_genesis
     from ian.storage.store import Store
 
     title = "store roots" if quick else "store (full verify)"
@@ -627,7 +629,7 @@ def check_store(datadir: DataDir, settings: Settings, *, quick: bool) -> Check:
     except Exception as exc:  # sqlite3 errors: a file that is not a database, torn pages
         return Check(CORRUPTION, "store", title, FAIL, f"cannot open the store: {exc}", fix)
     try:
-        specs = settings.all_goals()
+        specs = goals_of(read_genesis(datadir), settings.all_goals())
         if quick:
             state = load_chain_state(store, specs)
             found = f"height {state.height}; roots of {len(specs)} goals match the last block"

@@ -85,8 +85,9 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
 
     Example: ian node verify --data-dir /data
     """
+    from ian.chain.genesis import goals_of, sole_authority
     from ian.ledger.recovery import verify_store
-    from ian.storage.datadir import DataDir
+    from ian.storage.datadir import DataDir, read_genesis
     from ian.storage.store import Store
 
     settings = cli.load_settings(data_dir)
@@ -95,10 +96,13 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
         cli.exit_with_error(
             f"no store at {dd.store_file}", code=cli.EXIT_DATA_DIR, fix="check --data-dir"
         )
+    genesis = read_genesis(dd)
+    specs = goals_of(genesis, settings.all_goals())
+    signer = sole_authority(genesis)
     store = Store(dd.store_file, readonly=True)
     try:
         if json_out:
-            report = verify_store(store, settings.all_goals())
+            report = verify_store(store, specs, sequencer=signer)
         else:
             from rich.progress import Progress
 
@@ -106,7 +110,8 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
                 task = progress.add_task("verifying blocks", total=None)
                 report = verify_store(
                     store,
-                    settings.all_goals(),
+                    specs,
+                    sequencer=signer,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
     finally:

@@ -73,6 +73,32 @@ def test_verify_reports_the_first_bad_block(demo_chain, ian) -> None:
     assert "hash mismatch" in report["problem"]
 
 
+def test_verify_checks_every_signer_against_the_pinned_genesis(demo_chain, ian) -> None:
+    """On a one-authority chain every block must be signed by that authority."""
+    from datetime import UTC, datetime
+
+    from ian.chain.genesis import Genesis
+    from ian.chain.goals import DEMO_GOAL
+    from ian.identity import Identity
+
+    data_dir = demo_chain.store.path.parent
+    me = demo_chain.identity
+    mine = Genesis.one_authority(me.node_id, me.public_key, [DEMO_GOAL], now=datetime.now(UTC))
+    (data_dir / "genesis.json").write_text(mine.to_json())
+    code, out, err = ian("node", "verify", "--json", "--data-dir", str(data_dir))
+    assert code == 0 and json.loads(out)["ok"] is True, err
+
+    other = Identity.generate()
+    theirs = Genesis.one_authority(
+        other.node_id, other.public_key, [DEMO_GOAL], now=mine.created_at
+    )
+    (data_dir / "genesis.json").write_text(theirs.to_json())
+    code, out, _ = ian("node", "verify", "--json", "--data-dir", str(data_dir))
+    report = json.loads(out)
+    assert code == 1 and report["first_bad_height"] == 1
+    assert f"signed by {me.node_id}, not the sequencer" in report["problem"]
+
+
 def test_verify_without_a_store_is_exit_4(tmp_path, ian) -> None:
     code, out, err = ian("node", "verify", "--data-dir", str(tmp_path / "empty"))
     assert code == 4

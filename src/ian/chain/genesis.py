@@ -34,9 +34,11 @@ __all__ = [
     "ConsensusParams",
     "Genesis",
     "GenesisDecision",
+    "goals_of",
     "parse_authority_spec",
     "parse_chain_id",
     "resolve_genesis",
+    "sole_authority",
 ]
 
 #: the protocol this genesis format belongs to
@@ -216,6 +218,18 @@ class Genesis(BaseModel):
             goals=goals,
             authorities=[Authority(node_id=node_id, public_key=public_key.hex())],
         )
+
+
+def goals_of(genesis: Genesis | None, configured: list[GoalSpec]) -> list[GoalSpec]:
+    """The goals a node runs: its genesis's when it has pinned one, else ``configured``."""
+    return list(genesis.goals) if genesis is not None else list(configured)
+
+
+def sole_authority(genesis: Genesis | None) -> str | None:
+    """The node id every block must be signed by on a one-authority chain, else None."""
+    if genesis is not None and len(genesis.authorities) == 1:
+        return genesis.authorities[0].node_id
+    return None
 
 
 def parse_chain_id(text: str) -> str:

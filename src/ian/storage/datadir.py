@@ -12,6 +12,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ian.atomic import atomic_write_bytes
 from ian.certs import (
@@ -24,6 +25,9 @@ from ian.certs import (
 )
 from ian.errors import DataDirError, IdentityError
 from ian.identity import Identity, load_identity, save_identity
+
+if TYPE_CHECKING:
+    from ian.chain.genesis import Genesis
 
 __all__ = [
     "DataDir",
@@ -174,6 +178,17 @@ def init_data_dir(root: Path, *, cert_valid_days: int = 365) -> InitResult:
         created.append("api_token")
 
     return InitResult(datadir=datadir, identity=identity, cert=cert, created=created)
+
+
+def read_genesis(datadir: DataDir) -> Genesis | None:
+    """The genesis this data dir has pinned, or None before its node first started. Raises
+    :class:`ian.errors.GenesisError` when the file is there but unreadable or invalid."""
+    from ian.chain.genesis import Genesis
+
+    path = datadir.genesis_file
+    if not path.exists():
+        return None
+    return Genesis.read(path)
 
 
 def read_api_token(datadir: DataDir) -> str | None:
