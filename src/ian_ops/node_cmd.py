@@ -81,7 +81,8 @@ def init(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None
 def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None:
     """Recompute every root from the store and compare (the data corruption drill).
 
-    Works while the node runs (read-only). Exit code 0 when everything matches, 1 otherwise.
+    Also checks every block's signature, and that the chain's authority (from the pinned
+    genesis.json) signed it. Works while the node runs (read-only). Exit code 0 when everything matches, 1 otherwise.
 
     Example: ian node verify --data-dir /data
     """
