@@ -144,7 +144,8 @@ RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "error"})
 
 @dataclass(frozen=True, slots=True)
 class P2PTuning:
-    """Knobs that are not operator settings (tests shorten the timers). Seconds throughout."""
+    """Knobs that are not operator settings (tests shorten the timers). Seconds throughout.
+    The switch, its connections and peer exchange (:mod:`ian.p2p.pex`) read them."""
 
     handshake_timeout: float = 5.0  # TCP connect, TLS, and the hello exchange, each
     ping_interval: float = 30.0  # ping a peer that has been silent this long
@@ -153,10 +154,10 @@ class P2PTuning:
     send_timeout: float = 10.0  # one frame to a stuck peer; then the connection is dropped
     rate: float = 200.0  # messages per second per peer
     burst: float = 400.0
-    reconnect_base: float = 1.0  # seed/peer redial backoff: base * 2**(failures-1), jittered
+    reconnect_base: float = 1.0  # pex: seed/peer redial backoff, base * 2**(failures-1), jittered
     reconnect_cap: float = 60.0
-    exchange_interval: float = 30.0  # ask peers for peers
-    maintenance_interval: float = 2.0  # enforce bans, flush the peer book, redial
+    exchange_interval: float = 30.0  # pex: ask peers for peers
+    maintenance_interval: float = 2.0  # switch: enforce bans; pex: flush the peer book, redial
     max_inflight_per_peer: int = 32  # concurrent handler tasks per peer (backpressure beyond)
     send_queue_frames: int = 1024  # queued frames per peer; a broadcast to a full queue drops it
     max_pending_handshakes: int = 64  # inbound connections not yet past hello

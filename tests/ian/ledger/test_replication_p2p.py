@@ -48,6 +48,25 @@ def make_switch(network: MemoryNetwork, init: InitResult, chain: Any) -> P2PServ
     )
 
 
+class Applied:
+    """The heights a node applied, in order; ``until(h)`` waits for height ``h``."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.heights: list[int] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, block: Block) -> None:
+        self.heights.append(block.height)
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def until(self, height: int) -> None:
+        with anyio.fail_after(10):
+            while self.node.state.height < height:
+                await self._changed.wait()
+
+
 @dataclass
 class Pair:
     """A sequencer and a follower, each a switch + a Replicator over the same memory network."""
@@ -58,21 +77,8 @@ class Pair:
     fol_switch: P2PService
     seq_rep: Replicator
     fol_rep: Replicator
-    applied: list[int] = field(default_factory=list)
+    applied: Applied
     forwarded: list[Contribution] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._changed = anyio.Event()
-
-    def on_follower_applied(self, block: Block) -> None:
-        self.applied.append(block.height)
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
-
-    async def follower_at(self, height: int) -> None:
-        with anyio.fail_after(10):
-            while self.follower.state.height < height:
-                await self._changed.wait()
 
 
 @pytest.fixture
@@ -108,10 +114,17 @@ async def pair(chain: Any, tmp_path: Path) -> AsyncIterator[Pair]:
             **(defaults | kw),
         )
 
-    p = Pair(chain, follower, seq_switch, fol_switch, None, None)  # type: ignore[arg-type]
-    p.forwarded = forwarded
-    p.seq_rep = replicator(chain, seq_switch, sequencer=True)
-    p.fol_rep = replicator(follower, fol_switch, sequencer=False, on_applied=p.on_follower_applied)
+    applied = Applied(follower)
+    p = Pair(
+        chain,
+        follower,
+        seq_switch,
+        fol_switch,
+        replicator(chain, seq_switch, sequencer=True),
+        replicator(follower, fol_switch, sequencer=False, on_applied=applied),
+        applied,
+        forwarded,
+    )
 
     def wake_on_connect(event: object) -> None:  # what the node does
         if isinstance(event, PeerConnected):
@@ -136,8 +149,8 @@ async def test_a_follower_catches_up_then_follows_announces(pair: Pair, packs: A
     host, port = pair.seq_switch.bound_address  # type: ignore[misc]
     await pair.fol_switch.connect(f"tcp://{host}:{port}")
 
-    await pair.follower_at(2)  # fetched with get_blocks
-    assert pair.applied == [1, 2]
+    await pair.applied.until(2)  # fetched with get_blocks
+    assert pair.applied.heights == [1, 2]
     assert pair.follower.store.block_hash(2) == seq.store.block_hash(2)
     record = pair.fol_switch.peer_book.get(pair.seq_switch.node_id)
     assert record is not None and record.successful_syncs >= 1
@@ -145,8 +158,8 @@ async def test_a_follower_catches_up_then_follows_announces(pair: Pair, packs: A
     seq.commit([packs.contribution(3, goal_id=packs.trivial_goal)])
     [block] = seq.store.blocks(3, 1, max_bytes=1 << 30)
     await pair.seq_rep.announce(block)
-    await pair.follower_at(3)  # applied from the announce itself
-    assert pair.applied == [1, 2, 3]
+    await pair.applied.until(3)  # applied from the announce itself
+    assert pair.applied.heights == [1, 2, 3]
     assert pair.follower.state.head_hash == seq.state.head_hash
     assert pair.fol_rep.consensus_state == "SYNCED"
 
