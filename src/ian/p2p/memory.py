@@ -39,7 +39,8 @@ class MemoryByteStream(anyio.abc.ByteStream):
     """One end of an in-memory byte pipe. ``receive`` returns at most ``max_bytes`` (the rest is
     kept for the next call); ``EndOfStream`` once the other end closed and everything was read.
     ``send`` waits while :data:`CHUNKS_IN_FLIGHT` chunks are unread; after the other end closed
-    it discards the data (as TCP buffers it), ``ClosedResourceError`` after this end closed."""
+    it discards the data (as TCP buffers it). After this end closed, ``receive`` raises
+    ``BrokenResourceError`` and ``send`` ``ClosedResourceError``, as ``TlsStream`` does."""
 
     def __init__(
         self,
@@ -54,7 +55,10 @@ class MemoryByteStream(anyio.abc.ByteStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if not self._buffer:
-            self._buffer = await self._receive.receive()
+            try:
+                self._buffer = await self._receive.receive()
+            except anyio.ClosedResourceError as exc:  # as TlsStream reports a closed transport
+                raise anyio.BrokenResourceError("stream closed") from exc
         data, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]
         return data
 
@@ -224,7 +228,8 @@ class MemoryNetwork:
             del self._listeners[address]
 
     def connect(self, host: str, port: int, dialler: MemoryTransport) -> _MemoryConnection:
-        listener = self._listeners.get((host, port))
+        # A listener bound to the unspecified address takes connections to any host.
+        listener = self._listeners.get((host, port)) or self._listeners.get(("0.0.0.0", port))
         if listener is None:
             raise HandshakeError(
                 f"cannot connect to {host}:{port}: connection refused", reason="connect"

@@ -148,3 +148,28 @@ async def test_ports_are_deterministic_and_exclusive(
         await a.listen("127.0.0.1", FIRST_PORT)
     await first.aclose()
     assert (await a.listen("127.0.0.1", FIRST_PORT)).address == ("127.0.0.1", FIRST_PORT)
+    # A listener on the unspecified address is reached through any host.
+    anywhere = await a.listen("0.0.0.0", 0)
+    raw = await a.dial("10.9.8.7", anywhere.address[1], connect_timeout=5)
+    assert raw.remote_ip == "127.0.0.1"  # the listening transport's own address
+    await raw.aclose()
+
+
+async def test_a_closed_end_reports_like_tls(network: MemoryNetwork, tmp_path: Path) -> None:
+    server = transport(network, tmp_path, "server", "127.0.0.1")
+    client = transport(network, tmp_path, "client", "127.0.0.1")
+    listener = await server.listen("127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+
+        async def handle(raw: RawConnection) -> None:
+            await raw.authenticate(server=True, expected_node_id=None, handshake_timeout=5)
+
+        tg.start_soon(listener.serve, handle, tg)
+        raw = await client.dial(*listener.address, connect_timeout=5)
+        channel = await raw.authenticate(server=False, expected_node_id=None, handshake_timeout=5)
+        await channel.stream.aclose()
+        with pytest.raises(anyio.BrokenResourceError):
+            await channel.stream.receive()
+        with pytest.raises(anyio.ClosedResourceError):
+            await channel.stream.send(b"x")
+        tg.cancel_scope.cancel()
