@@ -307,7 +307,7 @@ class Replicator:
     def _best_peer(self) -> tuple[str, int] | None:
         best: tuple[str, int] | None = None
         for p in self.p2p.peers():
-            h = getattr(p, "height", 0) or 0
+            h = p.height
             if best is None or h > best[1]:
                 best = (p.node_id, h)
         return best

@@ -46,6 +46,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 
 from ian.certs import CertInfo, load_certificate, verify_node_certificate
@@ -69,6 +70,14 @@ __all__ = [
 ]
 
 _READ_CHUNK = 65536
+#: Private keys OpenSSL can sign TLS handshakes with (what ``Context.use_privatekey`` takes).
+_TLS_KEY_TYPES = (
+    dsa.DSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    rsa.RSAPrivateKey,
+)
 
 
 def _accept_any_certificate(*_args: Any) -> bool:
@@ -103,12 +112,14 @@ class TlsCredentials:
             )
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, _TLS_KEY_TYPES):
+            raise IdentityError(f"{self.certs_dir}: {type(key).__name__} cannot sign for TLS")
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
         ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
         try:
             ctx.use_certificate(cert)
-            ctx.use_privatekey(key)  # type: ignore[arg-type]
+            ctx.use_privatekey(key)
             ctx.check_privatekey()
         except SSL.Error as exc:
             raise IdentityError(f"{self.certs_dir}: certificate and key do not match") from exc
