@@ -11,7 +11,7 @@ Wiring (what ``node.py`` does)::
 
     p2p = P2PService(settings, identity, datadir, peer_book, metrics,
                      height_provider=chain.head, is_sequencer=lambda: role == "sequencer")
-    PeerExchange(p2p, settings.seed_nodes)                      # get_peers/peers, seeds, redial
+    PeerExchange(p2p)                                           # seeds, get_peers/peers, redial
     p2p.on("block_announce", replication.on_block_announce)     # before run()
     p2p.add_listener(node.on_peer_event)                        # PeerConnected/Disconnected/Status
     host, port = await tg.start(p2p.run)                        # listening once this returns
