@@ -34,7 +34,8 @@ from ian.config import Settings
 from ian.metrics import NodeMetrics
 from ian.p2p.messages import Ping
 from ian.p2p.peer_book import PeerBook
-from ian.p2p.service import P2PService, P2PTuning, PeerDisconnected
+from ian.p2p.pex import PeerExchange
+from ian.p2p.switch import P2PService, P2PTuning, PeerDisconnected
 from ian.p2p.transport import TlsCredentials, connect_tcp, tls_handshake
 from ian.storage.datadir import init_data_dir
 
@@ -53,7 +54,7 @@ def make_service(root: Path, **overrides: Any) -> P2PService:
     values.update(overrides)
     settings = Settings(**values)
     book = PeerBook.load(init.datadir.peer_scores_file)
-    return P2PService(
+    service = P2PService(
         settings,
         init.identity,
         init.datadir,
@@ -61,6 +62,8 @@ def make_service(root: Path, **overrides: Any) -> P2PService:
         NodeMetrics(),
         tuning=P2PTuning(rate=1e9, burst=1e9, max_pending_handshakes=1000),
     )
+    PeerExchange(service)  # as the node wires it
+    return service
 
 
 def rss_kib(pid: int) -> int:

@@ -9,7 +9,7 @@ Every node is a real ``ian node run`` process on loopback (ports 0, read from it
 declaring the same extra goal ``BENCH_TRIVIAL`` (``trivial`` evaluator) through ``IAN_GOALS``.
 
 (a) **Propagation latency.** One sequencer and ``--followers`` followers seeded with it. This
-    process also joins the network as a passive P2P peer (a real :class:`ian.p2p.service.P2PService`
+    process also joins the network as a passive P2P peer (a real :class:`ian.p2p.switch.P2PService`
     with a fresh identity, connected to every follower): a follower gossips its new height
     (``status``) and relays the block right *after* applying it, so the first message from a
     follower naming height ``h`` is the moment it applied block ``h``. Contributions go one at a
@@ -74,7 +74,8 @@ from ian.evaluators import get_evaluator
 from ian.ledger.sequencer import build_block
 from ian.metrics import NodeMetrics
 from ian.p2p.peer_book import PeerBook
-from ian.p2p.service import P2PService, PeerStatus
+from ian.p2p.pex import PeerExchange
+from ian.p2p.switch import P2PService, PeerStatus
 from ian.storage.datadir import init_data_dir
 from ian.storage.store import Store
 
@@ -244,6 +245,7 @@ class Observer:
             PeerBook.load(init.datadir.peer_scores_file),
             NodeMetrics(),
         )
+        PeerExchange(self.service)  # as the node wires it
         self.seen: dict[tuple[str, int], float] = {}
         self.heights: dict[str, int] = {}
         self.changed = anyio.Event()

@@ -51,7 +51,8 @@ from ian.maintenance.restore import pending_restore
 from ian.metrics import NodeMetrics, StateSnapshot
 from ian.p2p.peer_book import PeerBook
 from ian.p2p.peer_events import PeerEvents
-from ian.p2p.service import P2PService, P2PTuning, PeerConnected
+from ian.p2p.pex import PeerExchange
+from ian.p2p.switch import P2PService, P2PTuning, PeerConnected
 from ian.storage import node_state as node_state_mod
 from ian.storage.datadir import DataDir, init_data_dir, read_api_token, read_genesis
 from ian.storage.lock import NodeLock, maintenance_lock
@@ -160,6 +161,7 @@ class Node:
             is_sequencer=lambda: self.role == "sequencer",
             tuning=P2PTuning(rate=settings.peer_rate, burst=settings.peer_burst),
         )
+        self.peer_exchange = PeerExchange(self.p2p)
         self.p2p.add_listener(self._on_peer_event)
         self.p2p.add_listener(
             PeerEvents(self.events.publish, lambda nid: peer_book.ban_reason(node_id=nid))

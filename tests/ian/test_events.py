@@ -17,8 +17,9 @@ from ian.identity import Identity
 from ian.ledger.recovery import load_chain_state
 from ian.ledger.replication import Replicator
 from ian.p2p import messages as msg
+from ian.p2p.connection import PeerInfo
 from ian.p2p.peer_events import PeerEvents
-from ian.p2p.service import PeerConnected, PeerDisconnected, PeerInfo, PeerStatus
+from ian.p2p.switch import PeerConnected, PeerDisconnected, PeerStatus
 from ian.tau import MockTauServer, TauBridge
 from ian.tau.bridge import TickOutcome
 

@@ -28,12 +28,13 @@ from ian.errors import IanError, RequestError, UnavailableError
 from ian.events import Publish
 from ian.ledger.block_apply import apply_blocks
 from ian.p2p import messages as msg
+from ian.p2p.connection import PeerInfo
 from ian.p2p.errors import P2PError, RemoteError
 from ian.p2p.peer_book import PeerEvent
 from ian.storage.store import Store
 
 if TYPE_CHECKING:
-    from ian.p2p.service import P2PService
+    from ian.p2p.switch import P2PService
 
 log = logging.getLogger("ian.sync")
 
@@ -105,14 +106,14 @@ class Replicator:
         """Gossip a block this node just committed (sequencer) or applied (relay)."""
         await self.p2p.broadcast(msg.BlockAnnounce(block=msg.block_to_doc(block)))
 
-    async def _on_get_blocks(self, peer: Any, m: msg.GetBlocks) -> msg.Message:
+    async def _on_get_blocks(self, peer: PeerInfo, m: msg.GetBlocks) -> msg.Message:
         budget = self.max_frame_bytes - FRAME_OVERHEAD
         blocks = await anyio.to_thread.run_sync(
             lambda: self.store.blocks(m.from_height, m.max_blocks, max_bytes=budget)
         )
         return msg.Blocks(blocks=[msg.block_to_doc(b) for b in blocks])
 
-    async def _on_forward(self, peer: Any, m: msg.ContributionForward) -> msg.Message:
+    async def _on_forward(self, peer: PeerInfo, m: msg.ContributionForward) -> msg.Message:
         if not self.is_sequencer():
             return msg.Error(code="not_sequencer", message="this node is not the sequencer")
         try:
@@ -159,12 +160,12 @@ class Replicator:
         )
 
     # -- follower side: blocks ------------------------------------------------------------------
-    async def _on_status(self, peer: Any, m: msg.Status) -> None:
+    async def _on_status(self, peer: PeerInfo, m: msg.Status) -> None:
         if m.height > self.state.height:
             self._wake.set()
         return None
 
-    async def _on_announce(self, peer: Any, m: msg.BlockAnnounce) -> None:
+    async def _on_announce(self, peer: PeerInfo, m: msg.BlockAnnounce) -> None:
         if self.is_sequencer():
             return None
         try:
@@ -306,7 +307,7 @@ class Replicator:
     def _best_peer(self) -> tuple[str, int] | None:
         best: tuple[str, int] | None = None
         for p in self.p2p.peers():
-            h = getattr(p, "height", 0) or 0
+            h = p.height
             if best is None or h > best[1]:
                 best = (p.node_id, h)
         return best

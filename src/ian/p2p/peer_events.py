@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ian.events import Publish
-from ian.p2p.service import PeerConnected, PeerDisconnected
+from ian.p2p.switch import PeerConnected, PeerDisconnected
 
 __all__ = ["PeerEvents"]
 

@@ -1,4 +1,17 @@
-"""The one module of the P2P layer that touches sockets: TCP listen/dial and mutual TLS 1.3.
+"""The transport interface of the P2P layer, and its real implementation: TCP + mutual TLS 1.3.
+
+The switch (:mod:`ian.p2p.switch`) reaches peers only through a :class:`Transport`. Connecting is
+two steps, so that bans and per-IP limits are enforced before the expensive handshake:
+
+- ``listen(host, port)`` / ``dial(host, port)`` give a :class:`RawConnection`: the remote IP is
+  known, nobody is authenticated yet;
+- ``RawConnection.authenticate(...)`` gives a :class:`SecureChannel`: a byte stream plus the
+  peer's verified certificate (its node id and fingerprint).
+
+:class:`TlsTransport` is the real one (this module is the only one that touches sockets);
+:class:`ian.p2p.memory.MemoryTransport` is its in-process twin for tests.
+
+The rest of this docstring is about TLS.
 
 Why pyOpenSSL: the stdlib ``ssl`` module cannot request a client certificate without a CA to
 verify it against, and IAN has no CA. pyOpenSSL lets both sides demand a certificate
@@ -23,15 +36,17 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 
 from ian.certs import CertInfo, load_certificate, verify_node_certificate
@@ -40,8 +55,13 @@ from ian.identity import Identity
 from ian.p2p.errors import HandshakeError
 
 __all__ = [
+    "RawConnection",
+    "SecureChannel",
     "TlsCredentials",
     "TlsStream",
+    "TlsTransport",
+    "Transport",
+    "TransportListener",
     "connect_tcp",
     "listener_address",
     "open_listener",
@@ -50,6 +70,14 @@ __all__ = [
 ]
 
 _READ_CHUNK = 65536
+#: Private keys OpenSSL can sign TLS handshakes with (what ``Context.use_privatekey`` takes).
+_TLS_KEY_TYPES = (
+    dsa.DSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    rsa.RSAPrivateKey,
+)
 
 
 def _accept_any_certificate(*_args: Any) -> bool:
@@ -84,12 +112,14 @@ class TlsCredentials:
             )
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, _TLS_KEY_TYPES):
+            raise IdentityError(f"{self.certs_dir}: {type(key).__name__} cannot sign for TLS")
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
         ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
         try:
             ctx.use_certificate(cert)
-            ctx.use_privatekey(key)  # type: ignore[arg-type]
+            ctx.use_privatekey(key)
             ctx.check_privatekey()
         except SSL.Error as exc:
             raise IdentityError(f"{self.certs_dir}: certificate and key do not match") from exc
@@ -309,3 +339,156 @@ def remote_ip(stream: anyio.TypedAttributeProvider) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return str(ip)
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SecureChannel:
+    """An authenticated connection: ``stream`` carries bytes (``send`` from any task, ``receive``
+    from one; ``anyio.EndOfStream`` when the peer closed, ``anyio.BrokenResourceError`` when it was
+    lost); ``peer`` is the peer's verified certificate, which proves its node id."""
+
+    stream: anyio.abc.ByteStream
+    peer: CertInfo
+
+
+class RawConnection(Protocol):
+    """A connection before authentication. Exactly one of ``authenticate`` / ``aclose`` is
+    called; ``authenticate`` closes the connection itself when it fails."""
+
+    @property
+    def remote_ip(self) -> str:
+        """The peer's IP in canonical form (IPv4-mapped IPv6 shown as IPv4)."""
+        ...
+
+    async def authenticate(
+        self, *, server: bool, expected_node_id: str | None, handshake_timeout: float
+    ) -> SecureChannel:
+        """Prove identities both ways within ``handshake_timeout`` s. Raises :class:`HandshakeError`
+        (``reason``: ``tls``, ``timeout`` or ``identity``, the latter when the peer is not
+        ``expected_node_id``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drop the connection unauthenticated."""
+        ...
+
+
+class TransportListener(Protocol):
+    """A bound listener; ``serve`` runs ``handler`` in ``task_group`` for each new connection
+    until cancelled."""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` the listener is bound to."""
+        ...
+
+    async def serve(
+        self,
+        handler: Callable[[RawConnection], Awaitable[None]],
+        task_group: anyio.abc.TaskGroup,
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Transport(Protocol):
+    """How the switch reaches peers. ``cert_info`` is what new connections present; ``reload``
+    re-reads it (raises :class:`IdentityError`, keeping the old one, when it is unusable)."""
+
+    @property
+    def cert_info(self) -> CertInfo: ...
+
+    def reload(self) -> CertInfo: ...
+
+    async def listen(self, host: str, port: int) -> TransportListener:
+        """Bind (port 0 = any free port); a port that cannot be bound is a ConfigError."""
+        ...
+
+    async def dial(self, host: str, port: int, *, connect_timeout: float) -> RawConnection:
+        """Connect within ``connect_timeout`` s; :class:`HandshakeError` (``connect``) if not."""
+        ...
+
+
+# --------------------------------------------------------------------------- TCP + TLS
+
+
+class _TcpConnection:
+    """A TCP connection awaiting the TLS handshake."""
+
+    def __init__(self, sock: anyio.abc.SocketStream, credentials: TlsCredentials) -> None:
+        self._sock = sock
+        self._credentials = credentials
+        self.remote_ip = remote_ip(sock)
+
+    async def authenticate(
+        self, *, server: bool, expected_node_id: str | None, handshake_timeout: float
+    ) -> SecureChannel:
+        stream = await tls_handshake(
+            self._sock,
+            self._credentials,
+            server=server,
+            expected_node_id=expected_node_id,
+            handshake_timeout=handshake_timeout,
+        )
+        assert stream.peer is not None  # tls_handshake verified it
+        return SecureChannel(stream, stream.peer)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._sock.aclose()
+
+
+class _TcpListener:
+    def __init__(
+        self, listener: anyio.abc.Listener[anyio.abc.SocketStream], credentials: TlsCredentials
+    ) -> None:
+        self._listener = listener
+        self._credentials = credentials
+        self.address = listener_address(listener)
+
+    async def serve(
+        self,
+        handler: Callable[[RawConnection], Awaitable[None]],
+        task_group: anyio.abc.TaskGroup,
+    ) -> None:
+        async def accept(sock: anyio.abc.SocketStream) -> None:
+            try:
+                conn = _TcpConnection(sock, self._credentials)
+            except (OSError, ValueError):  # no usable remote address
+                await sock.aclose()
+                return
+            await handler(conn)
+
+        await self._listener.serve(accept, task_group=task_group)
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+class TlsTransport:
+    """The real :class:`Transport`: TCP sockets and mutual TLS 1.3 with ``credentials``."""
+
+    def __init__(self, credentials: TlsCredentials) -> None:
+        self.credentials = credentials
+
+    @property
+    def cert_info(self) -> CertInfo:
+        return self.credentials.cert_info
+
+    def reload(self) -> CertInfo:
+        return self.credentials.reload()
+
+    async def listen(self, host: str, port: int) -> TransportListener:
+        return _TcpListener(await open_listener(host, port), self.credentials)
+
+    async def dial(self, host: str, port: int, *, connect_timeout: float) -> RawConnection:
+        sock = await connect_tcp(host, port, connect_timeout=connect_timeout)
+        try:
+            return _TcpConnection(sock, self.credentials)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await sock.aclose()
+            raise

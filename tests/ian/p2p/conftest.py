@@ -1,4 +1,8 @@
-"""Helpers that make real P2P services (loopback TLS, real data dirs, a real PeerBook)."""
+"""Helpers that make real P2P services (real data dirs, a real PeerBook, peer exchange).
+
+``cluster`` runs them on the in-memory transport (:mod:`ian.p2p.memory`: no sockets, the same
+certificate identities); ``tls_cluster`` on loopback TCP + TLS, for the end-to-end checks.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ import pytest
 
 from ian.config import Settings
 from ian.metrics import NodeMetrics
+from ian.p2p.memory import MemoryNetwork
 from ian.p2p.peer_book import PeerBook
-from ian.p2p.service import P2PService, P2PTuning, PeerConnected, PeerDisconnected
+from ian.p2p.pex import PeerExchange
+from ian.p2p.switch import P2PService, P2PTuning, PeerConnected, PeerDisconnected
+from ian.p2p.transport import TlsCredentials, TlsTransport, Transport
 from ian.storage.datadir import InitResult, init_data_dir
 
 FAST = P2PTuning(
@@ -85,12 +92,22 @@ class Node:
 
 
 class Cluster:
-    """Starts services in one task group; each can be stopped on its own."""
+    """Starts services in one task group; each can be stopped on its own. On ``network`` (the
+    in-memory transport) when given, else on loopback TLS."""
 
-    def __init__(self, tmp_path: Path, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, tmp_path: Path, tg: anyio.abc.TaskGroup, network: MemoryNetwork | None = None
+    ) -> None:
         self.tmp_path = tmp_path
         self.tg = tg
+        self.network = network
         self.count = 0
+
+    def transport_for(self, init: InitResult) -> Transport:
+        """The transport a node made from ``init`` uses on this cluster's network."""
+        if self.network is not None:
+            return self.network.transport(init.datadir.certs_dir, init.identity)
+        return TlsTransport(TlsCredentials(init.datadir.certs_dir, init.identity))
 
     def make(self, name: str | None = None, **overrides: Any) -> tuple[InitResult, Settings]:
         self.count += 1
@@ -112,8 +129,10 @@ class Cluster:
         *,
         tuning: P2PTuning = FAST,
         init: InitResult | None = None,
+        pex: bool = True,
         **overrides: Any,
     ) -> Node:
+        """A running service; with ``pex`` (as the node wires it) also peer exchange."""
         if init is None:
             init, settings = self.make(name, **overrides)
         else:
@@ -130,7 +149,10 @@ class Cluster:
             metrics,
             height_provider=lambda: (7, b"\x11" * 32),
             tuning=tuning,
+            transport=self.transport_for(init),
         )
+        if pex:
+            PeerExchange(service)
         node = Node(init=init, service=service, book=book, metrics=metrics)
         scope = anyio.CancelScope()
         node.scope = scope
@@ -145,6 +167,23 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Services on one in-memory network."""
+    async with anyio.create_task_group() as tg:
+        yield Cluster(tmp_path, tg, MemoryNetwork())
+        tg.cancel_scope.cancel()
+
+
+@pytest.fixture(params=["memory", "tls"])
+async def each_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Both: for the checks that must hold on the twin and end to end over TLS alike."""
+    async with anyio.create_task_group() as tg:
+        yield Cluster(tmp_path, tg, MemoryNetwork() if request.param == "memory" else None)
+        tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def tls_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Services on loopback TCP + TLS."""
     async with anyio.create_task_group() as tg:
         yield Cluster(tmp_path, tg)
         tg.cancel_scope.cancel()

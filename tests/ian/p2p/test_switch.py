@@ -1,4 +1,5 @@
-"""P2P services over real loopback TLS, several in one event loop."""
+"""The switch: several services in one event loop, on the in-memory transport (``cluster``);
+the checks that are about TLS itself run on loopback TLS (``tls_cluster``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.ian.p2p.test_messages import make_block
 
 from ian.certs import generate_certificate, write_certificate
 from ian.errors import IdentityError, NotFoundError
+from ian.p2p.connection import PeerInfo
 from ian.p2p.errors import (
     HandshakeError,
     InvalidMessage,
@@ -32,7 +34,6 @@ from ian.p2p.messages import (
     Status,
     block_to_doc,
 )
-from ian.p2p.service import PeerDisconnected, PeerInfo
 from ian.p2p.session import (
     Direction,
     GoodbyeReceived,
@@ -41,7 +42,7 @@ from ian.p2p.session import (
     SessionConfig,
     SessionEvent,
 )
-from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handshake
+from ian.p2p.switch import PeerDisconnected
 from ian.storage.datadir import InitResult, init_data_dir
 
 pytestmark = pytest.mark.anyio
@@ -52,10 +53,11 @@ pytestmark = pytest.mark.anyio
 
 @dataclass
 class RawPeer:
-    """A peer driven by the test: real TLS and a real Session, but no service behind it."""
+    """A peer driven by the test: the cluster's transport and a real Session, but no service
+    behind it."""
 
     init: InitResult
-    stream: TlsStream
+    stream: anyio.abc.ByteStream
     session: Session
 
     @property
@@ -84,14 +86,23 @@ def hello_from(init: InitResult) -> Hello:
     )
 
 
-async def raw_peer(
-    tmp_path: Path, target: Node, name: str = "raw", *, max_frame_bytes: int = 4 << 20
-) -> RawPeer:
-    init = init_data_dir(tmp_path / name)
-    creds = TlsCredentials(init.datadir.certs_dir, init.identity)
+async def authenticated_stream(
+    cluster: Cluster, init: InitResult, target: Node, expected_node_id: str | None
+) -> anyio.abc.ByteStream:
+    """An authenticated connection from ``init``'s identity to ``target`` (no hello yet)."""
     host, port = target.service.bound_address  # type: ignore[misc]
-    sock = await connect_tcp(host, port)
-    stream = await tls_handshake(sock, creds, server=False, expected_node_id=target.node_id)
+    raw = await cluster.transport_for(init).dial(host, port, connect_timeout=5)
+    channel = await raw.authenticate(
+        server=False, expected_node_id=expected_node_id, handshake_timeout=5
+    )
+    return channel.stream
+
+
+async def raw_peer(
+    cluster: Cluster, target: Node, name: str = "raw", *, max_frame_bytes: int = 4 << 20
+) -> RawPeer:
+    init = init_data_dir(cluster.tmp_path / name)
+    stream = await authenticated_stream(cluster, init, target, target.node_id)
     session = Session(
         SessionConfig(init.identity.node_id, "ian-test", max_frame_bytes),
         direction=Direction.OUTBOUND,
@@ -115,9 +126,9 @@ def goodbye_reason(events: list[SessionEvent]) -> str:
 # --------------------------------------------------------------------------- handshake
 
 
-async def test_handshake_both_sides_know_each_other(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+async def test_handshake_both_sides_know_each_other(each_cluster: Cluster) -> None:
+    a = await each_cluster.start("a")
+    b = await each_cluster.start("b")
     assert await b.service.connect(a.address) == a.node_id
     await a.wait_for(lambda: a.connected(b))
 
@@ -138,9 +149,9 @@ async def test_handshake_both_sides_know_each_other(cluster: Cluster) -> None:
     assert await b.service.connect(a.address, node_id=a.node_id) == a.node_id
 
 
-async def test_dialled_identity_must_match_the_certificate(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+async def test_dialled_identity_must_match_the_certificate(each_cluster: Cluster) -> None:
+    a = await each_cluster.start("a")
+    b = await each_cluster.start("b")
     with pytest.raises(HandshakeError) as info:
         await b.service.connect(a.address, node_id="0" * 40)
     assert info.value.reason == "identity"
@@ -180,22 +191,22 @@ async def _assert_cut_off(node: Node, payload: bytes, within: float) -> None:
     ],
     ids=["http", "garbage", "plaintext-frame"],
 )
-async def test_plaintext_and_garbage_are_cut_off(cluster: Cluster, payload: bytes) -> None:
-    a = await cluster.start("a")
+async def test_plaintext_and_garbage_are_cut_off(tls_cluster: Cluster, payload: bytes) -> None:
+    a = await tls_cluster.start("a")
     await _assert_cut_off(a, payload, within=2.0)
-    b = await cluster.start("b")
+    b = await tls_cluster.start("b")
     assert await b.service.connect(a.address) == a.node_id
 
 
-async def test_silent_client_is_cut_off_after_the_handshake_timeout(cluster: Cluster) -> None:
-    a = await cluster.start("a", tuning=replace(FAST, handshake_timeout=0.3))
+async def test_silent_client_is_cut_off_after_the_handshake_timeout(tls_cluster: Cluster) -> None:
+    a = await tls_cluster.start("a", tuning=replace(FAST, handshake_timeout=0.3))
     await _assert_cut_off(a, b"", within=2.0)
 
 
-async def test_tls_client_without_certificate_gets_no_session(cluster: Cluster) -> None:
+async def test_tls_client_without_certificate_gets_no_session(tls_cluster: Cluster) -> None:
     import ssl
 
-    a = await cluster.start("a")
+    a = await tls_cluster.start("a")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -224,9 +235,9 @@ async def test_connection_to_ourselves_is_refused(cluster: Cluster) -> None:
     assert a.service.peer_count == 0
 
 
-async def test_simultaneous_dials_leave_exactly_one_connection(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+async def test_simultaneous_dials_leave_exactly_one_connection(each_cluster: Cluster) -> None:
+    a = await each_cluster.start("a")
+    b = await each_cluster.start("b")
     results: list[str] = []
 
     async def dial(src: Node, dst: Node) -> None:
@@ -264,11 +275,11 @@ async def test_max_peers_is_enforced(cluster: Cluster) -> None:
 # --------------------------------------------------------------------------- misbehaviour
 
 
-async def test_oversized_frame_is_scored_and_disconnected(cluster: Cluster, tmp_path: Path) -> None:
-    a = await cluster.start(
+async def test_oversized_frame_is_scored_and_disconnected(each_cluster: Cluster) -> None:
+    a = await each_cluster.start(
         "a", max_frame_bytes=256 * 1024, max_parameters_bytes=1024, max_request_bytes=1024
     )
-    peer = await raw_peer(tmp_path, a)
+    peer = await raw_peer(each_cluster, a)
     await a.wait_for(lambda: a.service.peer_count == 1)
     await peer.stream.send((300 * 1024).to_bytes(4, "big"))  # the header alone is enough
     events = await peer.events_until_closed()
@@ -279,11 +290,9 @@ async def test_oversized_frame_is_scored_and_disconnected(cluster: Cluster, tmp_
     assert a.metrics.invalid_messages._value.get() == 1
 
 
-async def test_unknown_message_type_is_scored_and_disconnected(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+async def test_unknown_message_type_is_scored_and_disconnected(cluster: Cluster) -> None:
     a = await cluster.start("a")
-    peer = await raw_peer(tmp_path, a)
+    peer = await raw_peer(cluster, a)
     await peer.stream.send(
         encode_frame(b'{"v":1,"type":"teleport","id":9,"re":null,"body":{}}', 99)
     )
@@ -296,9 +305,7 @@ async def test_unknown_message_type_is_scored_and_disconnected(
 async def test_message_before_hello_is_a_violation(cluster: Cluster, tmp_path: Path) -> None:
     a = await cluster.start("a")
     init = init_data_dir(tmp_path / "early")
-    creds = TlsCredentials(init.datadir.certs_dir, init.identity)
-    host, port = a.service.bound_address  # type: ignore[misc]
-    stream = await tls_handshake(await connect_tcp(host, port), creds, server=False)
+    stream = await authenticated_stream(cluster, init, a, None)
     session = Session(
         SessionConfig(init.identity.node_id, "ian-test", 1 << 20),
         direction=Direction.OUTBOUND,
@@ -314,9 +321,9 @@ async def test_message_before_hello_is_a_violation(cluster: Cluster, tmp_path: P
     assert a.book.get(init.identity.node_id).protocol_violations == 1  # type: ignore[union-attr]
 
 
-async def test_invalid_body_is_scored_but_the_peer_stays(cluster: Cluster, tmp_path: Path) -> None:
+async def test_invalid_body_is_scored_but_the_peer_stays(cluster: Cluster) -> None:
     a = await cluster.start("a")
-    peer = await raw_peer(tmp_path, a)
+    peer = await raw_peer(cluster, a)
     await a.wait_for(lambda: a.service.peer_count == 1)
     await peer.stream.send(encode_frame(b'{"v":1,"type":"ping","id":50,"re":null,"body":{}}', 99))
     # A request with a bad body is answered with an error, not silence.
@@ -470,16 +477,6 @@ async def test_broadcast_and_status(cluster: Cluster) -> None:
 # --------------------------------------------------------------------------- discovery, bans
 
 
-async def test_peer_exchange_finds_a_through_b(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b", seed_nodes=[a.address])
-    await a.wait_for(lambda: a.connected(b))
-    c = await cluster.start("c", seed_nodes=[b.address])
-    await c.wait_for(lambda: c.connected(a) and c.connected(b), within=10)
-    await a.wait_for(lambda: a.connected(c))
-    assert c.book.get(a.node_id).addresses[0] == a.address  # type: ignore[union-attr]
-
-
 async def test_banned_node_id_is_refused_both_ways(cluster: Cluster) -> None:
     a = await cluster.start("a")
     b = await cluster.start("b")
@@ -496,9 +493,9 @@ async def test_banned_node_id_is_refused_both_ways(cluster: Cluster) -> None:
     assert a.service.peer_count == b.service.peer_count == 0
 
 
-async def test_banned_ip_is_refused_both_ways(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+async def test_banned_ip_is_refused_both_ways(each_cluster: Cluster) -> None:
+    a = await each_cluster.start("a")
+    b = await each_cluster.start("b")
     a.book.ban("127.0.0.0/8", seconds=3600, reason="test ban")
     with pytest.raises(HandshakeError) as info:
         await b.service.connect(a.address)  # A closes the socket before TLS
@@ -509,9 +506,9 @@ async def test_banned_ip_is_refused_both_ways(cluster: Cluster) -> None:
     assert a.service.peer_count == b.service.peer_count == 0
 
 
-async def test_ban_while_connected_drops_the_peer(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+async def test_ban_while_connected_drops_the_peer(each_cluster: Cluster) -> None:
+    a = await each_cluster.start("a")
+    b = await each_cluster.start("b")
     await b.service.connect(a.address)
     await a.wait_for(lambda: a.connected(b))
     a.book.ban(b.node_id, seconds=3600, reason="operator")
@@ -519,28 +516,12 @@ async def test_ban_while_connected_drops_the_peer(cluster: Cluster) -> None:
     assert b.disconnects()[0].reason == "peer said goodbye: banned"
 
 
-async def test_reconnects_after_the_remote_restarts(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    port = a.service.bound_address[1]  # type: ignore[index]
-    b = await cluster.start("b", seed_nodes=[a.address])
-    await b.wait_for(lambda: b.connected(a))
-    assert a.scope is not None
-    a.scope.cancel()  # stop A: B gets A's goodbye
-    await b.wait_for(lambda: not b.connected(a))
-    assert b.disconnects()[0].reason == "peer said goodbye: shutdown"
-    a2 = await cluster.start(init=a.init, p2p_port=port)
-    await b.wait_for(lambda: b.connected(a2), within=10)
-    await a2.wait_for(lambda: a2.connected(b))
-
-
-async def test_idle_peer_is_dropped_and_pings_keep_peers_alive(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+async def test_idle_peer_is_dropped_and_pings_keep_peers_alive(cluster: Cluster) -> None:
     quick = replace(FAST, ping_interval=0.1, idle_timeout=0.4)
     a = await cluster.start("a", tuning=quick)
     b = await cluster.start("b", tuning=quick)
     await b.service.connect(a.address)
-    peer = await raw_peer(tmp_path, a)  # answers nothing, not even pings
+    peer = await raw_peer(cluster, a)  # answers nothing, not even pings
     events = await peer.events_until_closed(within=3)
     assert goodbye_reason(events) == "idle timeout"
     # Meanwhile A and B, which answer pings, stayed connected (time passing is the point here).
@@ -550,9 +531,9 @@ async def test_idle_peer_is_dropped_and_pings_keep_peers_alive(
     assert a.metrics.messages_received.labels("ping")._value.get() > 0
 
 
-async def test_certificate_rotation(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+async def test_certificate_rotation(tls_cluster: Cluster) -> None:
+    a = await tls_cluster.start("a")
+    b = await tls_cluster.start("b")
     await b.service.connect(a.address)
     old = a.service.cert_info.fingerprint_sha256
     cert_pem, key_pem = generate_certificate(a.init.identity)
@@ -563,7 +544,7 @@ async def test_certificate_rotation(cluster: Cluster) -> None:
     assert await b.service.request(a.node_id, Ping(nonce=2)) == Pong(nonce=2)
     assert b.service.peers()[0].cert_fingerprint == old
     # A new connection sees the new certificate.
-    c = await cluster.start("c")
+    c = await tls_cluster.start("c")
     await c.service.connect(a.address, node_id=a.node_id)
     assert c.service.peers()[0].cert_fingerprint == new
 
@@ -582,8 +563,10 @@ async def test_shutdown_is_clean_and_saves_the_book(cluster: Cluster) -> None:
     assert b.service.bound_address is not None
 
 
-async def test_unusable_new_certificate_keeps_the_old_one(cluster: Cluster, tmp_path: Path) -> None:
-    a = await cluster.start("a")
+async def test_unusable_new_certificate_keeps_the_old_one(
+    tls_cluster: Cluster, tmp_path: Path
+) -> None:
+    a = await tls_cluster.start("a")
     old = a.service.cert_info.fingerprint_sha256
     stranger = init_data_dir(tmp_path / "stranger")
     # A pair issued by another identity must not be picked up.
@@ -592,6 +575,6 @@ async def test_unusable_new_certificate_keeps_the_old_one(cluster: Cluster, tmp_
     with pytest.raises(IdentityError):
         a.service.reload_tls()
     assert a.service.cert_info.fingerprint_sha256 == old
-    b = await cluster.start("b")
+    b = await tls_cluster.start("b")
     await b.service.connect(a.address, node_id=a.node_id)
     assert b.service.peers()[0].cert_fingerprint == old

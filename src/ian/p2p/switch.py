@@ -1,18 +1,26 @@
-"""The P2P service: listener, dialler, connections, policy (limits, rate limits, scores, bans).
+"""The switch: the node's P2P endpoint. Admission, the registry of connected peers, request/reply
+correlation, limits, scores, bans, and dispatch of incoming messages to plug-in services.
+
+The switch itself speaks only hello, goodbye, ping/pong and error (and tracks the heights peers
+announce in hello, status and block announces). Everything else is a service registered through
+:meth:`P2PService.on`, the same way for all of them: peer exchange (:mod:`ian.p2p.pex`),
+replication (:mod:`ian.ledger.replication`). Peers are reached through a
+:class:`~ian.p2p.transport.Transport` (TLS by default; :mod:`ian.p2p.memory` in tests).
 
 Wiring (what ``node.py`` does)::
 
     p2p = P2PService(settings, identity, datadir, peer_book, metrics,
                      height_provider=chain.head, is_sequencer=lambda: role == "sequencer")
+    PeerExchange(p2p)                                           # seeds, get_peers/peers, redial
     p2p.on("block_announce", replication.on_block_announce)     # before run()
     p2p.add_listener(node.on_peer_event)                        # PeerConnected/Disconnected/Status
     host, port = await tg.start(p2p.run)                        # listening once this returns
 
-Each connection runs in its own task inside the service's task group::
+Each connection runs in its own task inside the switch's task group::
 
-    TCP accept/dial -> IP ban + per-IP/pending limits -> TLS 1.3 (certificate -> node id)
+    accept/dial -> IP ban + per-IP/pending limits -> authentication (certificate -> node id)
       -> admission (self, banned id, duplicate, capacity) -> hello exchange (Session)
-      -> registered: reader + writer + pinger tasks, handler tasks (bounded per peer)
+      -> registered: Connection (reader + writer + pinger tasks), handler tasks (bounded per peer)
 
 Contracts:
 
@@ -24,13 +32,16 @@ Contracts:
   large, unknown type, broken envelope, wrong order) also count there, charge
   ``PROTOCOL_VIOLATION`` and always close the connection. A verdict of DISCONNECT or BAN from
   the peer book closes the connection with a goodbye.
-- Bans are enforced both ways: an inbound socket from a banned IP is closed before TLS; a banned
-  node id is refused right after TLS (its certificate proves the id) and never dialled; bans
-  set while connected (e.g. ``ian peers ban``) drop the connection within
+- Bans are enforced both ways: an inbound connection from a banned IP is closed before TLS; a
+  banned node id is refused right after TLS (its certificate proves the id) and never dialled;
+  bans set while connected (e.g. ``ian peers ban``) drop the connection within
   ``P2PTuning.maintenance_interval``.
 - Handlers (:meth:`P2PService.on`) run as separate tasks, so a slow handler never blocks reading
   replies. A handler returns the reply body or None; raising :class:`InvalidMessage` charges the
-  peer, any :class:`~ian.errors.IanError` becomes an ``error`` reply with its code.
+  peer, any :class:`~ian.errors.IanError` becomes an ``error`` reply with its code. A request
+  without a handler is answered ``error unsupported``.
+- Background tasks of services (:meth:`P2PService.add_task`) run inside :meth:`P2PService.run`
+  once the listener is bound, and are cancelled with it.
 - Listener callbacks (:meth:`P2PService.add_listener`) are called synchronously on the event loop
   and must not block; replacing a connection by a duplicate emits nothing.
 """
@@ -41,25 +52,22 @@ import contextlib
 import importlib.metadata
 import ipaddress
 import logging
-import math
-import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
-import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ian.certs import CertInfo
 from ian.config import PeerAddress, Settings, parse_peer_address
 from ian.errors import IanError
 from ian.identity import Identity
 from ian.metrics import NodeMetrics
+from ian.p2p.connection import Connection, PeerInfo, PendingRequest
 from ian.p2p.errors import (
     HandshakeError,
     InvalidMessage,
@@ -70,18 +78,14 @@ from ian.p2p.errors import (
     RequestTimeoutError,
 )
 from ian.p2p.messages import (
-    MAX_PEERS_PER_MESSAGE,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     BlockAnnounce,
     Envelope,
     Error,
-    GetPeers,
     Hello,
     Message,
-    PeerEntry,
-    Peers,
     Ping,
     Pong,
     Status,
@@ -97,29 +101,27 @@ from ian.p2p.session import (
     SessionConfig,
     SessionEvent,
     SessionFailed,
-    SessionState,
     admission_refusal,
     keep_new_connection,
 )
 from ian.p2p.transport import (
+    RawConnection,
+    SecureChannel,
     TlsCredentials,
-    TlsStream,
-    connect_tcp,
-    listener_address,
-    open_listener,
-    remote_ip,
-    tls_handshake,
+    TlsTransport,
+    Transport,
+    TransportListener,
 )
 from ian.rate_limit import BucketTable
 from ian.storage.datadir import DataDir
 
 __all__ = [
+    "RESERVED_TYPES",
     "Handler",
     "P2PService",
     "P2PTuning",
     "PeerConnected",
     "PeerDisconnected",
-    "PeerInfo",
     "PeerListener",
     "PeerStatus",
 ]
@@ -134,15 +136,16 @@ def _agent() -> str:
         return "ian/dev"
 
 
-#: Message types the service answers itself; :meth:`P2PService.on` refuses them.
 STATUS_MIN_INTERVAL_S = 0.1  # height gossip: at most ten a second
 
-RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "get_peers", "error"})
+#: Message types the switch answers itself; :meth:`P2PService.on` refuses them.
+RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "error"})
 
 
 @dataclass(frozen=True, slots=True)
 class P2PTuning:
-    """Knobs that are not operator settings (tests shorten the timers). Seconds throughout."""
+    """Knobs that are not operator settings (tests shorten the timers). Seconds throughout.
+    The switch, its connections and peer exchange (:mod:`ian.p2p.pex`) read them."""
 
     handshake_timeout: float = 5.0  # TCP connect, TLS, and the hello exchange, each
     ping_interval: float = 30.0  # ping a peer that has been silent this long
@@ -151,34 +154,15 @@ class P2PTuning:
     send_timeout: float = 10.0  # one frame to a stuck peer; then the connection is dropped
     rate: float = 200.0  # messages per second per peer
     burst: float = 400.0
-    reconnect_base: float = 1.0  # seed/peer redial backoff: base * 2**(failures-1), jittered
+    reconnect_base: float = 1.0  # pex: seed/peer redial backoff, base * 2**(failures-1), jittered
     reconnect_cap: float = 60.0
-    exchange_interval: float = 30.0  # ask peers for peers
-    maintenance_interval: float = 2.0  # enforce bans, flush the peer book, redial
+    exchange_interval: float = 30.0  # pex: ask peers for peers
+    maintenance_interval: float = 2.0  # switch: enforce bans; pex: flush the peer book, redial
     max_inflight_per_peer: int = 32  # concurrent handler tasks per peer (backpressure beyond)
     send_queue_frames: int = 1024  # queued frames per peer; a broadcast to a full queue drops it
     max_pending_handshakes: int = 64  # inbound connections not yet past hello
     close_grace: float = 1.0  # time to flush queued frames and the goodbye when closing
     agent: str = field(default_factory=_agent)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """Snapshot of one connected peer. Times are epoch seconds; ``address`` is the peer's
-    dialable ``tcp://host:port`` when known (dialled, or advertised in its hello)."""
-
-    node_id: str
-    address: str | None
-    remote_ip: str
-    direction: str
-    connected_since: float
-    last_seen: float
-    height: int
-    head_hash: str
-    agent: str
-    sequencer: bool
-    protocol_version: int
-    cert_fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,125 +190,6 @@ Handler = Callable[[PeerInfo, Message], Awaitable[Message | None]]
 _M = TypeVar("_M", bound=Message)
 
 
-class _Pending:
-    __slots__ = ("error", "event", "reply")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.reply: Envelope | None = None
-        self.error: P2PError | None = None
-
-
-class _Connection:
-    """One connection's I/O state; owned by :meth:`P2PService._run_connection`."""
-
-    def __init__(
-        self,
-        stream: TlsStream,
-        session: Session,
-        *,
-        ip: str,
-        address: str | None,
-        tuning: P2PTuning,
-    ) -> None:
-        assert stream.peer is not None
-        self.stream = stream
-        self.session = session
-        self.node_id = session.peer_node_id
-        self.ip = ip
-        self.address = address
-        self.fingerprint = stream.peer.fingerprint_sha256
-        self.tuning = tuning
-        self.connected_since = time.time()
-        self.last_seen = self.connected_since
-        self.height = 0
-        self.head_hash = "00" * 32
-        self.agent = ""
-        self.sequencer = False
-        self.pending: dict[int, _Pending] = {}
-        self.out_send: MemoryObjectSendStream[bytes]
-        self.out_recv: MemoryObjectReceiveStream[bytes]
-        self.out_send, self.out_recv = anyio.create_memory_object_stream[bytes](
-            tuning.send_queue_frames
-        )
-        self.scope: anyio.CancelScope | None = None
-        self.closed = anyio.Event()
-        self.close_reason: str | None = None
-        self.goodbye: bytes | None = None
-        self.handler_slots = anyio.Semaphore(tuning.max_inflight_per_peer)
-        self.last_ping = -math.inf
-        self.last_rate_charge = -math.inf
-
-    def info(self) -> PeerInfo:
-        return PeerInfo(
-            node_id=self.node_id,
-            address=self.address,
-            remote_ip=self.ip,
-            direction=self.session.direction.value,
-            connected_since=self.connected_since,
-            last_seen=self.last_seen,
-            height=self.height,
-            head_hash=self.head_hash,
-            agent=self.agent,
-            sequencer=self.sequencer,
-            protocol_version=(
-                self.session.peer_hello.protocol_version if self.session.peer_hello else 0
-            ),
-            cert_fingerprint=self.fingerprint,
-        )
-
-    @property
-    def open(self) -> bool:
-        return self.close_reason is None
-
-    def frame(self, message: Message, re: int | None = None) -> tuple[int, bytes]:
-        if not self.open or self.session.state is not SessionState.OPEN:
-            raise PeerNotConnectedError(f"connection to {self.node_id} is closing")
-        try:
-            return self.session.send(message, re=re)
-        except ValueError as exc:  # larger than max_frame_bytes
-            raise P2PError(f"cannot send {message.TYPE}: {exc}") from None
-
-    def enqueue_nowait(self, frame: bytes) -> None:
-        """Queue without waiting; a full queue means the peer cannot keep up: drop it."""
-        try:
-            self.out_send.send_nowait(frame)
-        except anyio.WouldBlock:
-            self.close("send queue full")
-            raise PeerNotConnectedError(f"peer {self.node_id} is not keeping up") from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
-
-    async def enqueue(self, frame: bytes) -> None:
-        try:
-            await self.out_send.send(frame)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
-
-    def close(self, reason: str, *, goodbye: bool = True) -> None:
-        """Start closing (idempotent): queued frames and a goodbye are flushed within
-        ``close_grace`` seconds, then the connection's tasks are cancelled."""
-        if self.close_reason is not None:
-            return
-        self.close_reason = reason
-        frame = self.session.close(reason)
-        self.goodbye = frame if goodbye else None
-        self.out_send.close()
-        for pending in self.pending.values():
-            pending.error = PeerNotConnectedError(f"peer {self.node_id} disconnected: {reason}")
-            pending.event.set()
-        if self.scope is not None:
-            self.scope.deadline = min(
-                self.scope.deadline, anyio.current_time() + self.tuning.close_grace
-            )
-
-
-def _backoff(failures: int, tuning: P2PTuning) -> float:
-    """Jittered exponential backoff: uniform in [d/2, d], d = min(cap, base * 2**(n-1))."""
-    delay: float = min(tuning.reconnect_cap, tuning.reconnect_base * 2 ** max(0, failures - 1))
-    return delay * random.uniform(0.5, 1.0)
-
-
 def _ip_literal(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host))
@@ -336,7 +201,9 @@ class P2PService:
     """The node's P2P endpoint. See the module docstring for wiring and contracts.
 
     ``height_provider`` returns ``(height, head_hash_bytes)`` of the local chain (for hello and
-    status); ``is_sequencer`` says whether this node orders blocks (in hello).
+    status); ``is_sequencer`` says whether this node orders blocks (in hello). ``transport``
+    reaches peers; by default TCP + TLS with the certificate in ``datadir.certs_dir`` (raises
+    :class:`~ian.errors.IdentityError` if that pair is unusable).
     """
 
     def __init__(
@@ -350,6 +217,7 @@ class P2PService:
         height_provider: Callable[[], tuple[int, bytes]] = lambda: (0, bytes(32)),
         is_sequencer: Callable[[], bool] = lambda: False,
         tuning: P2PTuning | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -360,7 +228,9 @@ class P2PService:
         self.tuning = tuning or P2PTuning()
         self._height_provider = height_provider
         self._is_sequencer = is_sequencer
-        self._credentials = TlsCredentials(datadir.certs_dir, identity)
+        self.transport: Transport = transport or TlsTransport(
+            TlsCredentials(datadir.certs_dir, identity)
+        )
         self._session_config = SessionConfig(
             node_id=self.node_id,
             network_id=settings.network_id,
@@ -370,11 +240,10 @@ class P2PService:
         self._buckets = BucketTable(self.tuning.rate, self.tuning.burst, max_keys=10_000)
         self._handlers: dict[str, Handler] = {}
         self._listeners: list[PeerListener] = []
-        self._peers: dict[str, _Connection] = {}
+        self._peers: dict[str, Connection] = {}
         self._inbound_per_ip: Counter[str] = Counter()
         self._pending_handshakes = 0
-        self._dialing: set[str] = set()  # node ids and addresses being dialled
-        self._redial_at: dict[str, tuple[int, float]] = {}  # node id -> (failures, not before)
+        self._tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._bound: tuple[str, int] | None = None
         self._last_status: tuple[int, bytes] | None = None
@@ -391,16 +260,21 @@ class P2PService:
         messages are dispatched to it.
 
         The handler's return value, if not None, is sent back as the reply. One handler per
-        type; registering again replaces it. Reserved types: hello, goodbye, ping, pong,
-        get_peers, error.
+        type; registering again replaces it. Reserved types (:data:`RESERVED_TYPES`): hello,
+        goodbye, ping, pong, error.
         """
         if msg_type not in MESSAGE_TYPES:
             raise ValueError(f"unknown message type {msg_type!r}")
         if msg_type in RESERVED_TYPES:
-            raise ValueError(f"{msg_type!r} is handled by the P2P service itself")
+            raise ValueError(f"{msg_type!r} is handled by the switch itself")
         # Dispatch is by type name and decoding builds that type's class, so the handler only
         # ever gets an _M; the table holds handlers of every message type side by side.
         self._handlers[msg_type] = cast(Handler, handler)
+
+    def add_task(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``task()`` in the background while :meth:`run` runs (started once the listener is
+        bound, cancelled when the switch stops). Register before :meth:`run`."""
+        self._tasks.append(task)
 
     def add_listener(self, listener: PeerListener) -> None:
         """Call ``listener(event)`` for PeerConnected / PeerDisconnected / PeerStatus."""
@@ -431,11 +305,20 @@ class P2PService:
     @property
     def cert_info(self) -> CertInfo:
         """The certificate new connections present."""
-        return self._credentials.cert_info
+        return self.transport.cert_info
 
     def peers(self) -> list[PeerInfo]:
         """Connected peers (handshake complete), oldest connection first."""
         return sorted((c.info() for c in self._peers.values()), key=lambda p: p.connected_since)
+
+    def is_connected(self, node_id: str) -> bool:
+        """Whether a connection to ``node_id`` is registered (it may be closing)."""
+        return node_id in self._peers
+
+    async def wait_disconnected(self, node_id: str) -> None:
+        """Return once no connection to ``node_id`` is registered (at once if none is)."""
+        while (conn := self._peers.get(node_id)) is not None:
+            await conn.closed.wait()
 
     def best_height(self) -> int:
         """Highest chain height any connected peer announced; 0 without peers."""
@@ -489,7 +372,7 @@ class P2PService:
     def reload_tls(self) -> CertInfo:
         """Re-read ``certs/``: new connections present the new certificate, established ones
         stay up. Raises :class:`~ian.errors.IdentityError` (old pair kept) if it is unusable."""
-        info = self._credentials.reload()
+        info = self.transport.reload()
         log.info("P2P certificate reloaded: fingerprint %s", info.fingerprint_sha256)
         return info
 
@@ -512,7 +395,7 @@ class P2PService:
 
     # ------------------------------------------------------------------ messaging
 
-    def _connection(self, node_id: str) -> _Connection:
+    def _connection(self, node_id: str) -> Connection:
         conn = self._peers.get(node_id)
         if conn is None or not conn.open:
             raise PeerNotConnectedError(f"not connected to {node_id}")
@@ -544,7 +427,7 @@ class P2PService:
         conn = self._connection(node_id)
         timeout = self.tuning.request_timeout if timeout is None else timeout
         request_id, frame = conn.frame(message)
-        pending = _Pending()
+        pending = PendingRequest()
         conn.pending[request_id] = pending
         try:
             with anyio.fail_after(timeout):
@@ -603,31 +486,34 @@ class P2PService:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen, keep seeds connected, exchange peers, ping; until cancelled.
+        """Listen, serve connections, enforce bans, run the services' tasks; until cancelled.
 
         ``task_status.started((host, port))`` once the listener is bound. On cancellation every
-        peer gets a goodbye (best effort, bounded), sockets close and the peer book is saved.
+        peer gets a goodbye (best effort, bounded), connections close and the peer book is saved.
         """
-        listener = await open_listener(self.settings.p2p_host, self.settings.p2p_port)
-        self._bound = listener_address(listener)
+        listener = await self.transport.listen(self.settings.p2p_host, self.settings.p2p_port)
+        self._bound = listener.address
         log.info("P2P listening on %s:%d as node %s", *self._bound, self.node_id)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(partial(listener.serve, self._accept, task_group=tg))
-                for seed in self.settings.seed_nodes:
-                    tg.start_soon(self._seed_task, seed)
+                tg.start_soon(listener.serve, self._accept, tg)
                 tg.start_soon(self._maintenance)
+                for task in self._tasks:
+                    tg.start_soon(task)
                 task_status.started(self._bound)
         finally:
             self._tg = None
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await listener.aclose()
-                try:
-                    self.peer_book.save()
-                except Exception:
-                    log.exception("could not save the peer book")
+            await self._close_listener(listener)
+
+    async def _close_listener(self, listener: TransportListener) -> None:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await listener.aclose()
+            try:
+                self.peer_book.save()
+            except Exception:
+                log.exception("could not save the peer book")
 
     async def connect(self, address: PeerAddress | str, *, node_id: str | None = None) -> str:
         """Dial ``address`` and complete the handshake; returns the peer's node id.
@@ -635,7 +521,7 @@ class P2PService:
         ``node_id``: the id we expect (the peer's certificate must prove it). Returns at once if
         that node is connected. Raises :class:`HandshakeError` (``reason`` says why: banned,
         self, full, duplicate, identity, tls, timeout, connect, network, ...) or
-        :class:`P2PError` when the service is not running.
+        :class:`P2PError` when the switch is not running.
         """
         tg = self._tg
         if tg is None:
@@ -649,62 +535,51 @@ class P2PService:
         if literal and (why := self.peer_book.ban_reason(ip=literal)):
             raise HandshakeError(f"not dialling {addr}: {why}", reason="banned")
         timeout = self.tuning.handshake_timeout
-        sock = await connect_tcp(addr.host, addr.port, connect_timeout=timeout)
-        ip = remote_ip(sock)
+        raw = await self.transport.dial(addr.host, addr.port, connect_timeout=timeout)
+        ip = raw.remote_ip
         if why := self.peer_book.ban_reason(ip=ip):
-            with anyio.CancelScope(shield=True):
-                await sock.aclose()
+            await raw.aclose()
             raise HandshakeError(f"not dialling {addr}: {why}", reason="banned")
-        stream = await tls_handshake(
-            sock,
-            self._credentials,
-            server=False,
-            expected_node_id=node_id,
-            handshake_timeout=timeout,
+        channel = await raw.authenticate(
+            server=False, expected_node_id=node_id, handshake_timeout=timeout
         )
         try:
             connected: str = await tg.start(
-                partial(self._run_connection, stream, Direction.OUTBOUND, ip, str(addr))
+                partial(self._run_connection, channel, Direction.OUTBOUND, ip, str(addr))
             )
             return connected
         except HandshakeError as exc:
-            assert stream.peer is not None
-            if exc.reason == "duplicate" and stream.peer.node_id in self._peers:
-                return stream.peer.node_id  # the other connection to that node won
+            if exc.reason == "duplicate" and channel.peer.node_id in self._peers:
+                return channel.peer.node_id  # the other connection to that node won
             raise
 
     # ------------------------------------------------------------------ accepting
 
-    async def _accept(self, sock: anyio.abc.SocketStream) -> None:
-        try:
-            ip = remote_ip(sock)
-        except (OSError, ValueError):
-            await sock.aclose()
-            return
+    async def _accept(self, raw: RawConnection) -> None:
+        ip = raw.remote_ip
         if why := self.peer_book.ban_reason(ip=ip):
             log.debug("refused connection from %s: %s", ip, why)
-            await sock.aclose()
+            await raw.aclose()
             return
         if (
             self._inbound_per_ip[ip] >= self.settings.max_peers_per_ip
             or self._pending_handshakes >= self.tuning.max_pending_handshakes
         ):
             log.debug("refused connection from %s: per-IP or handshake limit", ip)
-            await sock.aclose()
+            await raw.aclose()
             return
         self._inbound_per_ip[ip] += 1
         try:
             self._pending_handshakes += 1
             try:
-                stream = await tls_handshake(
-                    sock,
-                    self._credentials,
+                channel = await raw.authenticate(
                     server=True,
+                    expected_node_id=None,
                     handshake_timeout=self.tuning.handshake_timeout,
                 )
             finally:
                 self._pending_handshakes -= 1
-            await self._run_connection(stream, Direction.INBOUND, ip, None)
+            await self._run_connection(channel, Direction.INBOUND, ip, None)
         except HandshakeError as exc:
             log.debug("inbound connection from %s failed: %s", ip, exc)
         except Exception:
@@ -729,16 +604,9 @@ class P2PService:
             sequencer=bool(self._is_sequencer()),
         )
 
-    async def _send_direct(self, stream: TlsStream, frame: bytes | None) -> None:
-        """Send before the writer task exists (hello, refusal goodbye); bounded."""
-        if frame is None:
-            return
-        with anyio.move_on_after(self.tuning.handshake_timeout):
-            await stream.send(frame)
-
     async def _run_connection(
         self,
-        stream: TlsStream,
+        channel: SecureChannel,
         direction: Direction,
         ip: str,
         dialled: str | None,
@@ -747,15 +615,15 @@ class P2PService:
     ) -> None:
         """Handshake, register, serve until closed. Reports the node id through
         ``task_status`` once registered; raises :class:`HandshakeError` before that."""
-        assert stream.peer is not None
-        peer_id = stream.peer.node_id
+        peer_id = channel.peer.node_id
         session = Session(
             self._session_config,
             direction=direction,
             peer_node_id=peer_id,
             now=anyio.current_time(),
         )
-        conn = _Connection(stream, session, ip=ip, address=dialled, tuning=self.tuning)
+        conn = Connection(channel, session, ip=ip, address=dialled, tuning=self.tuning)
+        handshake_timeout = self.tuning.handshake_timeout
         registered = False
         farewell: str | None = None
         try:
@@ -770,20 +638,20 @@ class P2PService:
                 max_peers=self._max_peers,
             )
             if refusal is not None:
-                await self._send_direct(stream, session.close(refusal))
+                await conn.send_direct(session.close(refusal), handshake_timeout)
                 raise HandshakeError(f"refused {peer_id}: {refusal}", reason=refusal)
-            await self._send_direct(stream, session.start(self._hello()))
+            await conn.send_direct(session.start(self._hello()), handshake_timeout)
             hello, leftover = await self._await_hello(conn)
             self._apply_hello(conn, hello)
             try:
                 registered = self._register(conn)
             except HandshakeError as exc:
-                await self._send_direct(stream, session.close(exc.reason))
+                await conn.send_direct(session.close(exc.reason), handshake_timeout)
                 raise
             task_status.started(peer_id)
-            await self._serve(conn, leftover)
+            await conn.serve(partial(self._on_event, conn), leftover)
         except anyio.get_cancelled_exc_class():
-            farewell = "shutdown"  # only the service's own cancellation reaches here
+            farewell = "shutdown"  # only the switch's own cancellation reaches here
             raise
         except HandshakeError as exc:
             farewell = exc.reason
@@ -797,7 +665,7 @@ class P2PService:
             with anyio.CancelScope(shield=True):
                 await self._cleanup(conn, registered, farewell)
 
-    async def _await_hello(self, conn: _Connection) -> tuple[Hello, list[SessionEvent]]:
+    async def _await_hello(self, conn: Connection) -> tuple[Hello, list[SessionEvent]]:
         """Read until the peer's hello; events that arrived after it are returned."""
         try:
             with anyio.fail_after(self.tuning.handshake_timeout):
@@ -816,8 +684,9 @@ class P2PService:
                             )
                         if isinstance(event, SessionFailed):
                             self._charge_failure(conn, event.error)
-                            await self._send_direct(
-                                conn.stream, conn.session.close(self._goodbye_reason(event.error))
+                            await conn.send_direct(
+                                conn.session.close(self._goodbye_reason(event.error)),
+                                self.tuning.handshake_timeout,
                             )
                             raise HandshakeError(
                                 f"handshake with {conn.node_id} failed: {event.error}",
@@ -838,7 +707,7 @@ class P2PService:
         reason = error.reason if isinstance(error, HandshakeError) else "protocol violation"
         return f"{reason}: {error.message}"[:256]
 
-    def _apply_hello(self, conn: _Connection, hello: Hello) -> None:
+    def _apply_hello(self, conn: Connection, hello: Hello) -> None:
         conn.height = hello.height
         conn.head_hash = hello.head_hash
         conn.agent = hello.agent
@@ -853,7 +722,7 @@ class P2PService:
                 host = conn.ip
             conn.address = str(replace(listen, host=host))
 
-    def _register(self, conn: _Connection) -> bool:
+    def _register(self, conn: Connection) -> bool:
         existing = self._peers.get(conn.node_id)
         if existing is not None:
             if not keep_new_connection(
@@ -867,7 +736,6 @@ class P2PService:
         elif len(self._peers) >= self._max_peers:
             raise HandshakeError(f"peer limit {self._max_peers} reached", reason="full")
         self._peers[conn.node_id] = conn
-        self._redial_at.pop(conn.node_id, None)
         self.peer_book.on_connected(conn.node_id, conn.address or "")
         log.info(
             "peer %s connected (%s, %s)",
@@ -877,110 +745,41 @@ class P2PService:
         )
         if existing is None:
             self._emit(PeerConnected(conn.info()))
-            if self._tg is not None:
-                self._tg.start_soon(self._exchange_with, conn.node_id)
         return True
 
-    async def _serve(self, conn: _Connection, leftover: list[SessionEvent]) -> None:
-        async with anyio.create_task_group() as tg:
-            conn.scope = tg.cancel_scope
-            if conn.close_reason is not None:  # closed while registering
-                conn.scope.deadline = anyio.current_time() + self.tuning.close_grace
-            tg.start_soon(self._writer, conn)
-            tg.start_soon(self._pinger, conn)
-            tg.start_soon(self._reader, conn, leftover, tg)
-
-    async def _cleanup(self, conn: _Connection, registered: bool, farewell: str | None) -> None:
-        if farewell is not None and conn.close_reason is None:
-            # Shutdown or a failed handshake: say goodbye unless one was exchanged already.
-            goodbye = conn.session.close(farewell)
-            conn.close(farewell, goodbye=False)
-            if goodbye is not None:
-                with anyio.move_on_after(self.tuning.close_grace), contextlib.suppress(Exception):
-                    await conn.stream.send(goodbye)
-        conn.close("closed", goodbye=False)
+    async def _cleanup(self, conn: Connection, registered: bool, farewell: str | None) -> None:
+        await conn.finish(farewell)
         if registered and self._peers.get(conn.node_id) is conn:
             del self._peers[conn.node_id]
             self.peer_book.on_disconnected(conn.node_id)
             log.info("peer %s disconnected: %s", conn.node_id, conn.close_reason)
             self._emit(PeerDisconnected(conn.node_id, conn.close_reason or "closed"))
-        with contextlib.suppress(Exception):
-            await conn.stream.aclose()
-        conn.closed.set()
-
-    async def _writer(self, conn: _Connection) -> None:
-        try:
-            async with conn.out_recv:
-                async for frame in conn.out_recv:
-                    with anyio.fail_after(self.tuning.send_timeout):
-                        await conn.stream.send(frame)
-            if conn.goodbye is not None:
-                with anyio.move_on_after(self.tuning.close_grace):
-                    await conn.stream.send(conn.goodbye)
-        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
-            conn.close(f"send failed: {type(e).__name__}", goodbye=False)
-        finally:
-            # The writer ends only after close(): the connection is over.
-            assert conn.scope is not None
-            conn.scope.cancel()
-
-    async def _reader(
-        self, conn: _Connection, leftover: list[SessionEvent], tg: anyio.abc.TaskGroup
-    ) -> None:
-        try:
-            for event in leftover:
-                await self._on_event(conn, event, tg)
-            while conn.open:
-                data = await conn.stream.receive()
-                for event in conn.session.receive_data(data, anyio.current_time()):
-                    await self._on_event(conn, event, tg)
-        except anyio.EndOfStream:
-            conn.close("connection closed by peer", goodbye=False)
-        except anyio.BrokenResourceError as exc:
-            conn.close(f"connection lost: {exc}", goodbye=False)
-
-    async def _pinger(self, conn: _Connection) -> None:
-        t = self.tuning
-        while conn.open:
-            now = anyio.current_time()
-            last = conn.session.last_received
-            state = conn.session.liveness(
-                now, ping_interval=t.ping_interval, idle_timeout=t.idle_timeout
-            )
-            if state == "dead":
-                conn.close("idle timeout")
-                return
-            if state == "ping" and conn.last_ping < last:  # one ping per silence
-                conn.last_ping = now
-                with contextlib.suppress(P2PError):
-                    conn.enqueue_nowait(conn.frame(Ping(nonce=random.getrandbits(63)))[1])
-            wake = last + (t.idle_timeout if conn.last_ping >= last else t.ping_interval)
-            await anyio.sleep(max(0.01, wake - now))
+        await conn.release()
 
     # ------------------------------------------------------------------ incoming messages
 
     def _count(self, msg_type: str) -> None:
         self.metrics.messages_received.labels(msg_type).inc()
 
-    def _charge_failure(self, conn: _Connection, error: P2PError) -> None:
+    def _charge_failure(self, conn: Connection, error: P2PError) -> None:
         if isinstance(error, ProtocolViolation):
             self.metrics.invalid_messages.inc()
         if error.score_event is not None:
             self.peer_book.record(conn.node_id, PeerEvent[error.score_event])
         log.info("peer %s: %s", conn.node_id, error)
 
-    def _apply_verdict(self, conn: _Connection, verdict: Verdict) -> None:
+    def _apply_verdict(self, conn: Connection, verdict: Verdict) -> None:
         if verdict is Verdict.BAN:
             conn.close("banned")
         elif verdict is Verdict.DISCONNECT:
             conn.close("score too low")
 
-    def _reply(self, conn: _Connection, request_id: int, message: Message) -> None:
+    def _reply(self, conn: Connection, request_id: int, message: Message) -> None:
         with contextlib.suppress(P2PError):
             conn.enqueue_nowait(conn.frame(message, re=request_id)[1])
 
     async def _on_event(
-        self, conn: _Connection, event: SessionEvent, tg: anyio.abc.TaskGroup
+        self, conn: Connection, event: SessionEvent, tg: anyio.abc.TaskGroup
     ) -> None:
         if isinstance(event, MessageReceived):
             await self._on_message(conn, event.envelope, tg)
@@ -1006,7 +805,7 @@ class P2PService:
         elif isinstance(event, HelloReceived):  # pragma: no cover - the session forbids it
             raise AssertionError("hello after the handshake")
 
-    def _over_rate(self, conn: _Connection, envelope: Envelope) -> bool:
+    def _over_rate(self, conn: Connection, envelope: Envelope) -> bool:
         now = anyio.current_time()
         if self._buckets.take(conn.node_id, now) == 0.0:
             return False
@@ -1020,7 +819,7 @@ class P2PService:
         return True
 
     async def _on_message(
-        self, conn: _Connection, envelope: Envelope, tg: anyio.abc.TaskGroup
+        self, conn: Connection, envelope: Envelope, tg: anyio.abc.TaskGroup
     ) -> None:
         message = envelope.message
         self._count(envelope.type)
@@ -1045,12 +844,6 @@ class P2PService:
             header = message.block.header
             if header.height > conn.height:
                 self._peer_height(conn, header.height, message.block.hash)
-        elif isinstance(message, GetPeers):
-            self._reply(conn, envelope.id, self._peer_list(exclude=conn.node_id))
-            return
-        elif isinstance(message, Peers):
-            self._learn_peers(message)
-            return
         handler = self._handlers.get(envelope.type)
         if handler is None:
             if envelope.type in REQUEST_TYPES:
@@ -1062,7 +855,7 @@ class P2PService:
         await conn.handler_slots.acquire()
         tg.start_soon(self._run_handler, conn, envelope, handler)
 
-    async def _run_handler(self, conn: _Connection, envelope: Envelope, handler: Handler) -> None:
+    async def _run_handler(self, conn: Connection, envelope: Envelope, handler: Handler) -> None:
         try:
             try:
                 reply = await handler(conn.info(), envelope.message)
@@ -1087,122 +880,20 @@ class P2PService:
             except P2PError as exc:
                 log.debug("reply to %s not sent: %s", conn.node_id, exc)
 
-    def _peer_height(self, conn: _Connection, height: int, head_hash: str) -> None:
+    def _peer_height(self, conn: Connection, height: int, head_hash: str) -> None:
         conn.height = height
         conn.head_hash = head_hash
         self._emit(PeerStatus(conn.node_id, height, head_hash))
 
-    # ------------------------------------------------------------------ peer exchange
-
-    def _peer_list(self, *, exclude: str) -> Peers:
-        entries = [
-            PeerEntry(node_id=c.node_id, address=c.address)
-            for c in self._peers.values()
-            if c.node_id != exclude and c.address is not None
-        ]
-        random.shuffle(entries)
-        return Peers(peers=entries[:MAX_PEERS_PER_MESSAGE])
-
-    def _learn_peers(self, message: Peers) -> None:
-        for entry in message.peers:
-            if entry.node_id != self.node_id and entry.node_id not in self._peers:
-                self.peer_book.note_address(entry.node_id, entry.address)
-
-    async def _exchange_with(self, node_id: str) -> None:
-        """Ask one peer for its peers, then dial new ones while below max_peers."""
-        try:
-            reply = await self.request(node_id, GetPeers())
-        except P2PError as exc:
-            log.debug("peer exchange with %s failed: %s", node_id, exc)
-            return
-        if isinstance(reply, Peers):
-            self._learn_peers(reply)
-        self._dial_more()
-
-    def _dial_more(self) -> None:
-        tg = self._tg
-        if tg is None:
-            return
-        want = self._max_peers - len(self._peers) - len(self._dialing)
-        if want <= 0:
-            return
-        now = anyio.current_time()
-        for node_id, address in self.peer_book.dial_candidates(want * 2):
-            if want <= 0:
-                break
-            if node_id == self.node_id or node_id in self._peers or node_id in self._dialing:
-                continue
-            if address in self._dialing:
-                continue
-            _, not_before = self._redial_at.get(node_id, (0, 0.0))
-            if not_before > now:
-                continue
-            want -= 1
-            tg.start_soon(self._dial_candidate, node_id, address)
-
-    async def _dial_candidate(self, node_id: str, address: str) -> None:
-        self._dialing.add(node_id)
-        try:
-            await self.connect(address, node_id=node_id)
-        except (P2PError, ValueError) as exc:
-            failures = self._redial_at.get(node_id, (0, 0.0))[0] + 1
-            delay = _backoff(failures, self.tuning)
-            self._redial_at[node_id] = (failures, anyio.current_time() + delay)
-            log.debug("dial %s at %s failed (%s); retry in %.1f s", node_id, address, exc, delay)
-        finally:
-            self._dialing.discard(node_id)
-
-    async def _seed_task(self, seed: PeerAddress) -> None:
-        """Keep one connection to ``seed``: dial, wait for it to close, redial with backoff."""
-        address = str(seed)
-        failures = 0
-        node_id: str | None = None
-        while True:
-            conn = self._peers.get(node_id) if node_id else None
-            if conn is not None:
-                await conn.closed.wait()
-                continue
-            self._dialing.add(address)
-            try:
-                node_id = await self.connect(seed)
-                failures = 0
-                continue
-            except HandshakeError as exc:
-                if exc.reason == "self":
-                    log.info("seed %s is this node; not dialling it", address)
-                    return
-                error: Exception = exc
-            except (P2PError, OSError) as exc:
-                error = exc
-            finally:
-                self._dialing.discard(address)
-            failures += 1
-            delay = _backoff(failures, self.tuning)
-            log.info("seed %s: %s; retry in %.1f s", address, error, delay)
-            await anyio.sleep(delay)
-
     # ------------------------------------------------------------------ housekeeping
 
     async def _maintenance(self) -> None:
-        t = self.tuning
-        next_exchange = anyio.current_time() + t.exchange_interval
+        """Every ``maintenance_interval``: drop banned peers, send a held-back status."""
         while True:
-            await anyio.sleep(t.maintenance_interval)
-            now = anyio.current_time()
+            await anyio.sleep(self.tuning.maintenance_interval)
             self._enforce_bans()
-            try:
-                # In a thread: the write ends with fsyncs, which must not stall the loop.
-                await anyio.to_thread.run_sync(self.peer_book.flush_if_due)
-            except Exception:
-                log.exception("could not write the peer book")
             if self._height_provider() != self._last_status:
                 self.announce_status()  # one that the throttle held back
-            if now >= next_exchange:
-                next_exchange = now + t.exchange_interval
-                assert self._tg is not None
-                for node_id in list(self._peers):
-                    self._tg.start_soon(self._exchange_with, node_id)
-            self._dial_more()
 
     def _enforce_bans(self) -> None:
         for conn in list(self._peers.values()):

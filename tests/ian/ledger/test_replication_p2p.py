@@ -1,0 +1,176 @@
+"""Replication between two real nodes' switches on the in-memory transport (no sockets):
+catching up, block announces, contribution forwarding, and the handlers' peer argument."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ian.chain.blocks import Block
+from ian.chain.contributions import Contribution
+from ian.chain.state import Outcome
+from ian.config import Settings
+from ian.ledger.recovery import load_chain_state
+from ian.ledger.replication import Replicator
+from ian.metrics import NodeMetrics
+from ian.p2p.memory import MemoryNetwork
+from ian.p2p.peer_book import PeerBook
+from ian.p2p.switch import P2PService, P2PTuning, PeerConnected
+from ian.storage.datadir import InitResult, init_data_dir
+
+pytestmark = pytest.mark.anyio
+
+FAST = P2PTuning(handshake_timeout=2.0, request_timeout=5.0, maintenance_interval=0.1)
+
+
+def make_switch(network: MemoryNetwork, init: InitResult, chain: Any) -> P2PService:
+    settings = Settings(
+        data_dir=init.datadir.root,
+        p2p_host="127.0.0.1",
+        p2p_port=0,
+        network_id="ian-test",
+        min_peers=0,
+    )
+    return P2PService(
+        settings,
+        init.identity,
+        init.datadir,
+        PeerBook.load(init.datadir.peer_scores_file),
+        NodeMetrics(),
+        height_provider=lambda: (chain.state.height, chain.state.head_hash),
+        tuning=FAST,
+        transport=network.transport(init.datadir.certs_dir, init.identity),
+    )
+
+
+class Applied:
+    """The heights a node applied, in order; ``until(h)`` waits for height ``h``."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.heights: list[int] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, block: Block) -> None:
+        self.heights.append(block.height)
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def until(self, height: int) -> None:
+        with anyio.fail_after(10):
+            while self.node.state.height < height:
+                await self._changed.wait()
+
+
+@dataclass
+class Pair:
+    """A sequencer and a follower, each a switch + a Replicator over the same memory network."""
+
+    sequencer: Any  # tests/conftest.py's Chain, signed by the sequencer node's identity
+    follower: Any
+    seq_switch: P2PService
+    fol_switch: P2PService
+    seq_rep: Replicator
+    fol_rep: Replicator
+    applied: Applied
+    forwarded: list[Contribution] = field(default_factory=list)
+
+
+@pytest.fixture
+async def pair(chain: Any, tmp_path: Path) -> AsyncIterator[Pair]:
+    network = MemoryNetwork()
+    seq_init = init_data_dir(tmp_path / "sequencer")
+    fol_init = init_data_dir(tmp_path / "follower")
+    chain.identity = seq_init.identity  # the sequencer signs blocks with its node identity
+    seq_id = seq_init.identity.node_id
+    follower = type(chain)(tmp_path / "follower.sqlite")
+    seq_switch = make_switch(network, seq_init, chain)
+    fol_switch = make_switch(network, fol_init, follower)
+    forwarded: list[Contribution] = []
+
+    async def handle_forward(c: Contribution) -> Outcome:
+        forwarded.append(c)
+        return chain.commit([c])[0]
+
+    def replicator(node: Any, switch: P2PService, *, sequencer: bool, **kw: Any) -> Replicator:
+        defaults: dict[str, Any] = {
+            "on_applied": lambda block: None,
+            "handle_forward": handle_forward,
+        }
+        return Replicator(
+            state=node.state,
+            store=node.store,
+            p2p=switch,
+            is_sequencer=lambda: sequencer,
+            sequencer_id=lambda: seq_id,
+            on_rolled_back=lambda: None,
+            reload_state=lambda: load_chain_state(node.store, node.specs),
+            record=switch.report,
+            **(defaults | kw),
+        )
+
+    applied = Applied(follower)
+    p = Pair(
+        chain,
+        follower,
+        seq_switch,
+        fol_switch,
+        replicator(chain, seq_switch, sequencer=True),
+        replicator(follower, fol_switch, sequencer=False, on_applied=applied),
+        applied,
+        forwarded,
+    )
+
+    def wake_on_connect(event: object) -> None:  # what the node does
+        if isinstance(event, PeerConnected):
+            p.fol_rep.wake()
+
+    fol_switch.add_listener(wake_on_connect)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(seq_switch.run)
+            await tg.start(fol_switch.run)
+            await tg.start(p.fol_rep.run)
+            yield p
+            tg.cancel_scope.cancel()
+    finally:
+        follower.store.close()
+
+
+async def test_a_follower_catches_up_then_follows_announces(pair: Pair, packs: Any) -> None:
+    seq = pair.sequencer
+    seq.commit([packs.contribution(1, goal_id=packs.trivial_goal)])
+    seq.commit([packs.contribution(2, goal_id=packs.trivial_goal)])
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+
+    await pair.applied.until(2)  # fetched with get_blocks
+    assert pair.applied.heights == [1, 2]
+    assert pair.follower.store.block_hash(2) == seq.store.block_hash(2)
+    record = pair.fol_switch.peer_book.get(pair.seq_switch.node_id)
+    assert record is not None and record.successful_syncs >= 1
+
+    seq.commit([packs.contribution(3, goal_id=packs.trivial_goal)])
+    [block] = seq.store.blocks(3, 1, max_bytes=1 << 30)
+    await pair.seq_rep.announce(block)
+    await pair.applied.until(3)  # applied from the announce itself
+    assert pair.applied.heights == [1, 2, 3]
+    assert pair.follower.state.head_hash == seq.state.head_hash
+    assert pair.fol_rep.consensus_state == "SYNCED"
+
+
+async def test_a_follower_forwards_contributions_to_the_sequencer(pair: Pair, packs: Any) -> None:
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+    c = packs.contribution(7, goal_id=packs.trivial_goal)
+    outcome = await pair.fol_rep.forward(c)
+    assert pair.forwarded == [c]
+    assert outcome.accepted and outcome.goal_id == packs.trivial_goal
+    assert outcome.log_index is not None
+    assert outcome.contribution_hash is not None
+    assert pair.sequencer.state.height == 1
