@@ -82,7 +82,8 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
     """Recompute every root from the store and compare (the data corruption drill).
 
     Also checks every block's signature, and that the chain's authority (from the pinned
-    genesis.json) signed it. Works while the node runs (read-only). Exit code 0 when everything matches, 1 otherwise.
+    genesis.json) signed it. Works while the node runs (read-only). Exit code 0 when
+    everything matches, 1 otherwise.
 
     Example: ian node verify --data-dir /data
     """
