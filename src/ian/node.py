@@ -36,6 +36,7 @@ from ian.config import Settings
 from ian.errors import DataDirError, GenesisError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
+from ian.ledger.genesis_exchange import GenesisExchange
 from ian.ledger.intake import Intake
 from ian.ledger.recovery import load_chain_state, open_chain_state
 from ian.ledger.replication import Replicator
@@ -49,6 +50,7 @@ from ian.maintenance.cert_rotation import (
 )
 from ian.maintenance.restore import pending_restore
 from ian.metrics import NodeMetrics, StateSnapshot
+from ian.p2p.connection import PeerInfo
 from ian.p2p.peer_book import PeerBook
 from ian.p2p.peer_events import PeerEvents
 from ian.p2p.pex import PeerExchange
@@ -160,8 +162,16 @@ class Node:
             height_provider=lambda: self.head,
             is_sequencer=lambda: self.role == "sequencer",
             tuning=P2PTuning(rate=settings.peer_rate, burst=settings.peer_burst),
+            chain_id=genesis.chain_id() if genesis is not None else settings.chain_id,
         )
         self.peer_exchange = PeerExchange(self.p2p)
+        self.genesis_exchange = GenesisExchange(
+            self.p2p,
+            current=lambda: self.genesis,
+            adopt=self._adopt_genesis,
+            seeds=[str(seed) for seed in settings.seed_nodes],
+            expected_chain_id=settings.chain_id,
+        )
         self.p2p.add_listener(self._on_peer_event)
         self.p2p.add_listener(
             PeerEvents(self.events.publish, lambda nid: peer_book.ban_reason(node_id=nid))
@@ -325,12 +335,39 @@ class Node:
         if not isinstance(event, PeerConnected):
             return
         peer = event.peer
-        # Learn the sequencer from the network when none is configured (trust on first use).
-        if peer.sequencer and self._sequencer_id is None and self.role != "sequencer":
-            self._sequencer_id = peer.node_id
-            log.info("following sequencer %s (announced by the peer)", peer.node_id)
+        # The sequencer is never learned from a peer's claim: only from a genesis (pinned, or
+        # fetched from a seed by the genesis exchange) or from IAN_SEQUENCER.
         if peer.height > self.state.height:
             self.replicator.wake()
+
+    def _adopt_genesis(self, genesis: Genesis, source: PeerInfo) -> None:
+        """A seed gave this genesis-less node its chain (verified against the hello's chain
+        id): check it against the settings, pin it, follow its authority."""
+        chain = genesis.chain_id()
+        try:
+            check_genesis(genesis, self.settings, self.identity.node_id, self.goals)
+            if genesis.authority_ids[0] == self.identity.node_id:
+                raise GenesisError(
+                    f"chain {chain[:16]}…'s genesis names this node as its authority",
+                    fix="restart the node with IAN_GENESIS set to that genesis",
+                )
+        except GenesisError as exc:
+            log.error("cannot join chain %s from %s: %s (%s)", chain, source.node_id, exc, exc.fix)
+            return
+        from ian.atomic import atomic_write_bytes
+
+        atomic_write_bytes(self.datadir.genesis_file, genesis.to_json().encode(), mode=0o644)
+        self.genesis = genesis
+        self._sequencer_id = genesis.authority_ids[0]
+        self.p2p.set_chain_id(chain)
+        log.warning(
+            "chain %s: genesis from seed %s (trust on first use), now pinned; following "
+            "sequencer %s (pin the chain on other nodes with IAN_CHAIN_ID=%s)",
+            chain,
+            source.node_id,
+            self._sequencer_id,
+            chain,
+        )
 
     async def _submit(self, c: Contribution) -> Outcome:
         if self.role == "sequencer":
@@ -553,6 +590,45 @@ def role_for(
     return "follower", configured or None
 
 
+def check_genesis(
+    genesis: Genesis, settings: Settings, node_id: str, goals: list[GoalSpec] | None = None
+) -> None:
+    """Raise :class:`GenesisError` (one line) when ``settings`` contradict ``genesis``: more
+    than one authority (not run yet), another network, an ``IAN_SEQUENCER`` that is not its
+    authority, or configured goals (``goals``, default the configured ``[[goals]]``) that are not
+    its goals."""
+    chain = genesis.chain_id()
+    if len(genesis.authorities) != 1:
+        raise GenesisError(
+            f"genesis {chain[:16]}… names {len(genesis.authorities)} authorities; this version "
+            "runs one-authority chains only",
+            fix="use a one-authority genesis until quorum replication lands",
+        )
+    if genesis.network != settings.network_id:
+        raise GenesisError(
+            f"genesis is network {genesis.network!r}, but network_id is {settings.network_id!r}",
+            fix=f"set IAN_NETWORK_ID={genesis.network}",
+        )
+    leader = genesis.authority_ids[0]
+    configured = settings.sequencer
+    wanted = node_id if configured == "self" else configured
+    if wanted and wanted != leader:
+        raise GenesisError(
+            f"sequencer is set to {wanted}, but the genesis names {leader} as its authority",
+            fix="unset IAN_SEQUENCER: the genesis decides who sequences",
+        )
+    if goals is None and not settings.goals:
+        return
+    mine = goals if goals is not None else settings.all_goals()
+    if [g.model_dump() for g in mine] != [g.model_dump() for g in genesis.goals]:
+        ids = ", ".join(g.id for g in mine)
+        theirs = ", ".join(g.id for g in genesis.goals)
+        raise GenesisError(
+            f"configured goals ({ids}) differ from the genesis goals ({theirs})",
+            fix="remove the [[goals]] tables: goals come from the genesis",
+        )
+
+
 def settle_genesis(settings: Settings, datadir: DataDir, identity: Identity) -> Genesis | None:
     """Start-up: decide the genesis (:func:`ian.chain.genesis.resolve_genesis`), pin it in
     the data dir when new, and check the settings agree with it. Raises
@@ -562,7 +638,6 @@ def settle_genesis(settings: Settings, datadir: DataDir, identity: Identity) -> 
     path = datadir.genesis_file
     stored = read_genesis(datadir)
     given = Genesis.read(settings.genesis) if settings.genesis is not None else None
-    configured = settings.sequencer
     decision = resolve_genesis(
         stored=stored,
         given=given,
@@ -581,34 +656,8 @@ def settle_genesis(settings: Settings, datadir: DataDir, identity: Identity) -> 
     if genesis is None:
         log.info("%s", decision.how)
         return None
+    check_genesis(genesis, settings, identity.node_id)
     chain = genesis.chain_id()
-    if len(genesis.authorities) != 1:
-        raise GenesisError(
-            f"genesis {chain[:16]}… names {len(genesis.authorities)} authorities; this version "
-            "runs one-authority chains only",
-            fix="use a one-authority genesis until quorum replication lands",
-        )
-    if genesis.network != settings.network_id:
-        raise GenesisError(
-            f"genesis is network {genesis.network!r}, but network_id is {settings.network_id!r}",
-            fix=f"set IAN_NETWORK_ID={genesis.network}",
-        )
-    leader = genesis.authority_ids[0]
-    wanted = identity.node_id if configured == "self" else configured
-    if wanted and wanted != leader:
-        raise GenesisError(
-            f"sequencer is set to {wanted}, but the genesis names {leader} as its authority",
-            fix="unset IAN_SEQUENCER: the genesis decides who sequences",
-        )
-    if settings.goals and [g.model_dump() for g in settings.all_goals()] != [
-        g.model_dump() for g in genesis.goals
-    ]:
-        mine = ", ".join(g.id for g in settings.all_goals())
-        theirs = ", ".join(g.id for g in genesis.goals)
-        raise GenesisError(
-            f"configured goals ({mine}) differ from the genesis goals ({theirs})",
-            fix="remove the [[goals]] tables: goals come from the genesis",
-        )
     if decision.pin:
         atomic_write_bytes(path, genesis.to_json().encode(), mode=0o644)
     log.info("chain %s: %s", chain, decision.how)

@@ -58,7 +58,7 @@ def test_three_nodes_find_each_other_through_one_seed(trio) -> None:
             assert known[other]["banned"] is False
             assert known[other]["addresses"], known[other]
     assert c.wait_for_msg(f"peer {b.node_id} connected")
-    # Roles: the seed orders blocks, the others learnt it from the seed's hello.
+    # Roles: the seed orders blocks; the others learnt it from the genesis the seed gave them.
     assert a.status()["role"] == "sequencer"
     for f in (b, c):
         assert f.status()["role"] == "follower"

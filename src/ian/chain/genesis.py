@@ -289,7 +289,8 @@ def resolve_genesis(
 
     Rules: a given genesis is pinned on first start and must equal the stored one after; an
     ``IAN_CHAIN_ID`` must match whatever genesis is used; a node that leads alone and has none
-    makes a one-authority genesis naming itself. Raises :class:`GenesisError` (one line) on
+    makes a one-authority genesis naming itself; a node with seeds and none waits for one over
+    P2P (:mod:`ian.ledger.genesis_exchange`). Raises :class:`GenesisError` (one line) on
     any disagreement."""
     if given is not None and stored is not None and given.chain_id() != stored.chain_id():
         raise GenesisError(
@@ -302,16 +303,19 @@ def resolve_genesis(
     elif given is not None:
         decision = GenesisDecision(given, True, f"genesis from {given_path}, now pinned")
     elif chain_id is not None:
-        where = "its seeds" if has_seeds else "anywhere (no seeds)"
+        if has_seeds:
+            return GenesisDecision(
+                None, False, f"waiting for chain {chain_id}'s genesis from a peer"
+            )
         raise GenesisError(
-            f"IAN_CHAIN_ID is set but this node has no genesis and cannot fetch one from {where}",
+            "IAN_CHAIN_ID is set but this node has no genesis and no seeds to fetch it from",
             fix="give the genesis document with IAN_GENESIS=FILE (`ian network show` prints it)",
         )
     elif leads_alone:
         own = make_own()
         decision = GenesisDecision(own, True, "made a one-authority genesis naming this node")
     else:
-        return GenesisDecision(None, False, "no genesis pinned: following the network's sequencer")
+        return GenesisDecision(None, False, "no genesis yet: it comes from the first seed")
     genesis = decision.genesis
     assert genesis is not None
     if chain_id is not None and genesis.chain_id() != chain_id:

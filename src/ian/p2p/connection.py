@@ -59,6 +59,8 @@ class PeerInfo:
     sequencer: bool
     protocol_version: int
     cert_fingerprint: str
+    #: the chain id its hello named (None: it has not pinned a genesis yet)
+    chain_id: str | None = None
 
 
 class PendingRequest:
@@ -97,6 +99,7 @@ class Connection:
         self.head_hash = "00" * 32
         self.agent = ""
         self.sequencer = False
+        self.chain_id: str | None = None
         self.pending: dict[int, PendingRequest] = {}
         self.out_send: MemoryObjectSendStream[bytes]
         self.out_recv: MemoryObjectReceiveStream[bytes]
@@ -127,6 +130,7 @@ class Connection:
                 self.session.peer_hello.protocol_version if self.session.peer_hello else 0
             ),
             cert_fingerprint=self.fingerprint,
+            chain_id=self.chain_id,
         )
 
     @property

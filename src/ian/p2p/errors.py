@@ -44,7 +44,7 @@ class P2PError(IanError):
 class HandshakeError(P2PError):
     """The connection could not be established; ``reason`` is a short machine-readable word
     (``tls``, ``timeout``, ``banned``, ``self``, ``duplicate``, ``full``, ``network``,
-    ``version``, ``identity``, or the peer's goodbye reason)."""
+    ``chain``, ``version``, ``identity``, or the peer's goodbye reason)."""
 
     code = "p2p_handshake"
 

@@ -11,9 +11,12 @@ request a reply answers, else null. Bodies (hex is lowercase everywhere):
 type                   body
 =====================  =======================================================================
 hello                  network_id, protocol_version, node_id, height, head_hash,
-                       listen_addr (``tcp://host:port`` or null), agent, sequencer (bool)
+                       listen_addr (``tcp://host:port`` or null), agent, sequencer (bool),
+                       chain_id (64 hex, or null before the node has pinned a genesis)
 ping / pong            nonce
 get_peers              {}
+get_genesis            {}
+genesis                genesis: the genesis document (its chain id is the hello's)
 peers                  peers: [{node_id, address}] (at most 50)
 status                 height, head_hash (periodic height gossip)
 block_announce         block: block doc (below)
@@ -125,6 +128,7 @@ class Hello(Message):
     listen_addr: Address | None = None
     agent: str = Field(default="", max_length=128)
     sequencer: bool = False
+    chain_id: Key32 | None = None
 
 
 class Ping(Message):
@@ -139,6 +143,15 @@ class Pong(Message):
 
 class GetPeers(Message):
     TYPE: ClassVar[str] = "get_peers"
+
+
+class GetGenesis(Message):
+    TYPE: ClassVar[str] = "get_genesis"
+
+
+class GenesisDoc(Message):
+    TYPE: ClassVar[str] = "genesis"
+    genesis: dict[str, Any]
 
 
 class PeerEntry(_Model):
@@ -239,6 +252,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Pong,
         GetPeers,
         Peers,
+        GetGenesis,
+        GenesisDoc,
         Status,
         BlockAnnounce,
         GetBlocks,
@@ -251,7 +266,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 #: Types that expect a reply: a node without a handler for one answers ``error unsupported``.
-REQUEST_TYPES = frozenset({"ping", "get_peers", "get_blocks", "contribution_forward"})
+REQUEST_TYPES = frozenset(
+    {"ping", "get_peers", "get_genesis", "get_blocks", "contribution_forward"}
+)
 
 
 @dataclass(frozen=True, slots=True)

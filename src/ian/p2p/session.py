@@ -7,7 +7,9 @@ Life of a session (both sides run the same machine)::
 
 - Both sides send ``hello`` first, without waiting. Before the peer's hello only ``hello`` and
   ``goodbye`` are allowed; anything else is a :class:`ProtocolViolation`.
-- The peer's hello must name our ``network_id``, a supported protocol version, the node id of the
+- The peer's hello must name our ``network_id``, our chain id (when both sides have pinned a
+  genesis; a peer of another chain is refused without a score change), a supported protocol
+  version, the node id of the
   certificate it presented in TLS (and the node id we dialled, if we knew it), and not our own id.
 - After the handshake any message but ``hello`` is delivered; a second hello is a violation.
 - A fatal problem yields a :class:`SessionFailed` event and moves to CLOSED; the caller sends
@@ -77,6 +79,8 @@ class SessionConfig:
     node_id: str
     network_id: str
     max_frame_bytes: int
+    #: the chain this node is on (None before it has pinned a genesis)
+    chain_id: str | None = None
     protocol_versions: frozenset[int] = field(default=frozenset({PROTOCOL_VERSION}))
 
 
@@ -232,6 +236,13 @@ class Session:
                 HandshakeError(
                     f"peer is on network {hello.network_id!r}, we are on {cfg.network_id!r}",
                     reason="network",
+                )
+            )
+        if cfg.chain_id and hello.chain_id and hello.chain_id != cfg.chain_id:
+            return self._fail(
+                HandshakeError(
+                    f"peer is on chain {hello.chain_id[:16]}…, we are on {cfg.chain_id[:16]}…",
+                    reason="chain",
                 )
             )
         if hello.protocol_version not in cfg.protocol_versions:

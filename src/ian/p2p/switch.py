@@ -218,6 +218,7 @@ class P2PService:
         is_sequencer: Callable[[], bool] = lambda: False,
         tuning: P2PTuning | None = None,
         transport: Transport | None = None,
+        chain_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -235,6 +236,7 @@ class P2PService:
             node_id=self.node_id,
             network_id=settings.network_id,
             max_frame_bytes=settings.max_frame_bytes,
+            chain_id=chain_id,
         )
         self._max_peers = settings.max_peers
         self._buckets = BucketTable(self.tuning.rate, self.tuning.burst, max_keys=10_000)
@@ -301,6 +303,19 @@ class P2PService:
     @property
     def peer_count(self) -> int:
         return len(self._peers)
+
+    @property
+    def chain_id(self) -> str | None:
+        """The chain id hellos carry and check (None until the node pins a genesis)."""
+        return self._session_config.chain_id
+
+    def set_chain_id(self, chain_id: str) -> None:
+        """The node pinned its genesis: new handshakes carry and check ``chain_id``; connected
+        peers of another chain are dropped (without a score change)."""
+        self._session_config = replace(self._session_config, chain_id=chain_id)
+        for conn in list(self._peers.values()):
+            if conn.chain_id and conn.chain_id != chain_id:
+                conn.close("chain")
 
     @property
     def cert_info(self) -> CertInfo:
@@ -602,6 +617,7 @@ class P2PService:
             listen_addr=self.advertised_address(),
             agent=self.tuning.agent[:128],
             sequencer=bool(self._is_sequencer()),
+            chain_id=self._session_config.chain_id,
         )
 
     async def _run_connection(
@@ -712,6 +728,7 @@ class P2PService:
         conn.head_hash = hello.head_hash
         conn.agent = hello.agent
         conn.sequencer = hello.sequencer
+        conn.chain_id = hello.chain_id
         if conn.address is None and hello.listen_addr is not None:
             listen = parse_peer_address(hello.listen_addr)
             host = listen.host

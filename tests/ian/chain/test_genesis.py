@@ -170,6 +170,8 @@ def test_decision_branches() -> None:
         G2, True, "made a one-authority genesis naming this node"
     )
     assert decide(has_seeds=True).genesis is None
+    waiting = decide(has_seeds=True, chain_id=G1.chain_id())
+    assert waiting.genesis is None and G1.chain_id() in waiting.how
     # IAN_CHAIN_ID must match whatever is used.
     assert decide(stored=G1, chain_id=G1.chain_id()).genesis == G1
 
@@ -180,7 +182,7 @@ def test_decision_branches() -> None:
         ({"stored": G1, "given": G2, "given_path": "g.json"}, "IAN_GENESIS g.json is chain"),
         ({"stored": G1, "chain_id": G2.chain_id()}, "IAN_CHAIN_ID is"),
         ({"leads_alone": True, "chain_id": G1.chain_id()}, "IAN_CHAIN_ID is"),
-        ({"has_seeds": True, "chain_id": G1.chain_id()}, "cannot fetch one from its seeds"),
+        ({"chain_id": G1.chain_id()}, "no seeds to fetch it from"),
     ],
 )
 def test_decision_refusals(kw: dict[str, object], message: str) -> None:

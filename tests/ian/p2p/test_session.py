@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -110,6 +111,22 @@ def test_incompatible_hello_is_refused_without_blame(peer_hello: Hello, reason: 
     assert isinstance(failure.error, HandshakeError)
     assert failure.error.reason == reason
     assert failure.error.score_event is None
+
+
+def test_a_peer_of_another_chain_is_refused_without_blame() -> None:
+    mine, theirs = "11" * 32, "22" * 32
+    cfg = replace(CFG_A, chain_id=mine)
+    failure = _failure(started(cfg), frame(hello(B, chain_id=theirs)))
+    assert isinstance(failure.error, HandshakeError)
+    assert failure.error.reason == "chain" and failure.error.score_event is None
+    # The same chain, or a side that has no genesis yet, is fine.
+    for peer_chain in (mine, None):
+        s = started(cfg)
+        events = s.receive_data(frame(hello(B, chain_id=peer_chain)), now=0)
+        assert s.state is SessionState.OPEN, events
+    s = started(CFG_A)  # this node has no chain yet: any chain id passes
+    s.receive_data(frame(hello(B, chain_id=theirs)), now=0)
+    assert s.state is SessionState.OPEN
 
 
 def test_hello_claiming_another_id_than_the_certificate_is_a_violation() -> None:
