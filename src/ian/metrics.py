@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
-CONSENSUS_STATES = ("ISOLATED", "SYNCING", "SYNCED", "DIVERGED")
+CONSENSUS_STATES = ("ISOLATED", "SYNCING", "SYNCED", "DIVERGED", "FORKED")
 BREAKER_STATES = ("CLOSED", "OPEN", "HALF_OPEN")
 
 # Rejection reasons are a closed set so the label stays bounded.
@@ -139,6 +139,11 @@ class NodeMetrics:
         )
         self.blocks_applied = Counter(
             "ian_blocks_applied", "Blocks written to the local chain", registry=r
+        )
+        self.fork_evidence = Counter(
+            "ian_fork_evidence",
+            "Fork evidence found: two blocks at one height, both validly signed",
+            registry=r,
         )
         self.tau_commits = Counter("ian_tau_commits", "Commits acknowledged by Tau", registry=r)
         self.tau_commit_failures = Counter(

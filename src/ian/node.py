@@ -33,7 +33,7 @@ from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
-from ian.errors import DataDirError, GenesisError
+from ian.errors import DataDirError, GenesisError, IanError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.genesis_exchange import GenesisExchange
@@ -189,6 +189,7 @@ class Node:
             record=self.p2p.report,
             publish=self.events.publish,
             max_frame_bytes=settings.max_frame_bytes,
+            on_fork=self._keep_fork_evidence,
         )
         self.tau = TauBridge(
             settings,
@@ -369,6 +370,21 @@ class Node:
             chain,
         )
 
+    def _keep_fork_evidence(self, evidence: dict[str, Any]) -> None:
+        """Both blocks of a fork go to ``fork-evidence-<height>-<UTC>.json`` (kept until an
+        operator removes it); the counter feeds the IANForkEvidence alert."""
+        from ian.atomic import atomic_write_json
+
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = self.datadir.root / f"fork-evidence-{evidence['height']}-{stamp}.json"
+        try:
+            atomic_write_json(path, evidence, mode=0o644)
+        except IanError as exc:
+            log.error("could not keep the fork evidence in %s: %s", path, exc)
+        else:
+            log.critical("fork evidence kept in %s", path)
+        self.metrics.fork_evidence.inc()
+
     async def _submit(self, c: Contribution) -> Outcome:
         if self.role == "sequencer":
             return await self.sequencer.submit(c)
@@ -419,7 +435,7 @@ class Node:
             f"lag {lag} (threshold {st.sync_lag_ready_threshold})",
         )
         state = self.replicator.consensus_state
-        checks["consensus"] = (state != "DIVERGED", state)
+        checks["consensus"] = (state not in ("DIVERGED", "FORKED"), state)
         return checks
 
     # -- checkpoints ------------------------------------------------------------------------

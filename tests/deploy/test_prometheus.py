@@ -23,6 +23,7 @@ EXTRA_ALERTS = {
     "IANCertificateExpiryCritical",
     "IANBackupTooOld",
     "IANNodeDiverged",
+    "IANForkEvidence",
 }
 
 

@@ -18,6 +18,7 @@ from ian.ledger.recovery import load_chain_state
 from ian.ledger.replication import Replicator
 from ian.p2p import messages as msg
 from ian.p2p.connection import PeerInfo
+from ian.p2p.peer_book import PeerEvent
 from ian.p2p.peer_events import PeerEvents
 from ian.p2p.switch import PeerConnected, PeerDisconnected, PeerStatus
 from ian.tau import MockTauServer, TauBridge
@@ -267,10 +268,28 @@ class _DisagreeingPeers:
         return msg.Blocks(blocks=[msg.block_to_doc(b) for b in blocks])
 
 
-async def test_the_replicator_publishes_divergence_repair_and_state_changes(
+def _replicator(chain: Any, peers: Any, sequencer: str, bus: EventBus, **kw: Any) -> Replicator:
+    return Replicator(
+        state=chain.state,
+        store=chain.store,
+        p2p=peers,
+        is_sequencer=lambda: False,
+        sequencer_id=lambda: sequencer,
+        on_applied=lambda b: None,
+        on_rolled_back=lambda: None,
+        reload_state=lambda: load_chain_state(chain.store, chain.specs),
+        handle_forward=None,  # type: ignore[arg-type]
+        publish=bus.publish,
+        **({"record": lambda *a: None} | kw),
+    )
+
+
+async def test_the_replicator_drops_blocks_its_sequencer_did_not_sign(
     chain, packs, tmp_path
 ) -> None:
-    other = type(chain)(tmp_path / "other.sqlite")  # a different sequencer, a different chain
+    """A data dir that ran as its own sequencer, now on a chain whose genesis names another:
+    its own blocks are dropped (on its own evidence: their signer), then it resyncs."""
+    other = type(chain)(tmp_path / "other.sqlite")  # the chain's real sequencer
     try:
         chain.commit([packs.contribution(1)])
         chain.commit([packs.contribution(2)])
@@ -278,30 +297,74 @@ async def test_the_replicator_publishes_divergence_repair_and_state_changes(
         other.commit([packs.contribution(4)])
         bus = EventBus()
         sub = bus.subscribe({"sync"})
-        rep = Replicator(
-            state=chain.state,
-            store=chain.store,
-            p2p=_DisagreeingPeers(other),  # type: ignore[arg-type]
-            is_sequencer=lambda: False,
-            sequencer_id=lambda: None,
-            on_applied=lambda b: None,
-            on_rolled_back=lambda: None,
-            reload_state=lambda: load_chain_state(chain.store, chain.specs),
-            handle_forward=None,  # type: ignore[arg-type]
-            record=lambda *a: None,
-            publish=bus.publish,
-        )
+        rep = _replicator(chain, _DisagreeingPeers(other), other.identity.node_id, bus)
         await rep.check_divergence(2)
         events = [(e.type, e.data) for e in await take(sub, 4)]
     finally:
         other.store.close()
-    assert events[0] == ("diverged", {"height": 2, "peers_asked": 1, "disagree": 1})
+    assert events[0] == ("diverged", {"height": 1, "sequencer": other.identity.node_id})
     assert events[1][0] == "state" and events[1][1]["state"] == "DIVERGED"
     assert events[2][0] == "repaired"
     assert events[2][1]["rolled_back_to"] == 0 and events[2][1]["blocks_removed"] == 2
     assert events[3][0] == "state"
     assert (events[3][1]["state"], events[3][1]["previous"]) == ("SYNCED", "DIVERGED")
     assert chain.state.height == 0
+
+
+async def test_peers_claiming_another_chain_never_roll_a_node_back(chain, packs, tmp_path) -> None:
+    """Blocks a peer serves that the sequencer did not sign are a lie: charged, nothing moves
+    (there is no rollback by head-count)."""
+    liar = type(chain)(tmp_path / "liar.sqlite")
+    try:
+        chain.commit([packs.contribution(1)])
+        chain.commit([packs.contribution(2)])
+        liar.commit([packs.contribution(3)])
+        liar.commit([packs.contribution(4)])
+        charged: list[tuple[str, Any]] = []
+        bus = EventBus()
+        rep = _replicator(
+            chain,
+            _DisagreeingPeers(liar),
+            chain.identity.node_id,
+            bus,
+            record=lambda *a: charged.append(a),
+        )
+        await rep.check_divergence(2)
+    finally:
+        liar.store.close()
+    assert chain.state.height == 2 and rep.consensus_state == "SYNCED"
+    assert charged == [("cd" * 20, PeerEvent.INVALID_MESSAGE)]
+    assert rep.fork_evidence is None
+
+
+async def test_two_validly_signed_blocks_at_one_height_are_fork_evidence(
+    chain, packs, tmp_path
+) -> None:
+    """The sequencer signed two different blocks at height 2: keep both, stop applying."""
+    twin = type(chain)(tmp_path / "twin.sqlite")
+    twin.identity = chain.identity  # the same sequencer key, equivocating
+    try:
+        for c in (chain, twin):
+            c.commit([packs.contribution(1)])
+        chain.commit([packs.contribution(2)])
+        twin.commit([packs.contribution(3)])
+        kept: list[dict[str, Any]] = []
+        bus = EventBus()
+        sub = bus.subscribe({"sync"})
+        rep = _replicator(
+            chain, _DisagreeingPeers(twin), chain.identity.node_id, bus, on_fork=kept.append
+        )
+        await rep.check_divergence(2)
+        events = [(e.type, e.data) for e in await take(sub, 2)]
+        ours, theirs = chain.store.block_hash(2), twin.store.block_hash(2)
+    finally:
+        twin.store.close()
+    assert chain.state.height == 2  # nothing committed is ever removed
+    assert rep.consensus_state == "FORKED"
+    assert events[0] == ("forked", {"height": 2, "ours": ours.hex(), "theirs": theirs.hex()})
+    assert events[1][0] == "state" and events[1][1]["state"] == "FORKED"
+    assert len(kept) == 1 and kept[0]["height"] == 2
+    assert {kept[0]["ours"]["hash"], kept[0]["theirs"]["hash"]} == {ours.hex(), theirs.hex()}
 
 
 async def test_the_tau_bridge_publishes_failures_breaker_transitions_and_commits(

@@ -1,12 +1,26 @@
 """Replication: one ordered chain on every node (ARCHITECTURE §6).
 
 The sequencer announces each block it commits; followers verify and apply announced blocks,
-fetch ranges they miss from any peer (blocks are self-authenticating), forward contributions to
-the sequencer, and repair themselves when a majority of peers disagrees with their chain.
+fetch ranges they miss from any peer (blocks are self-authenticating), and forward
+contributions to the sequencer.
 
-Consensus state: ``ISOLATED`` (no peers), ``SYNCING`` (behind the best height seen), ``SYNCED``,
-``DIVERGED`` (a majority of peers hold a different block at a height we have; repair runs).
-All chain writes on a follower go through one lock and one worker thread at a time.
+Nothing a peer merely *says* moves this node (CONSENSUS.md "Safety rules"):
+
+- heights count only when proven: the network height is the highest block whose signature by
+  the chain's sequencer verified here (announced or fetched), never a hello, status or announce
+  claim; a peer that claims blocks it cannot deliver is charged a failed sync;
+- a block announce that is not signed by the sequencer is charged and ignored;
+- there is no rollback by head-count. When our block at a height differs from a peer's, the
+  peer's block must carry the sequencer's valid signature to count at all (else the peer is
+  charged); two validly signed blocks at one height are **fork evidence**: the node keeps both,
+  stops applying, reports ``FORKED`` and calls ``on_fork``. The only blocks this node ever drops
+  on its own are blocks of *its own store* that the chain's sequencer did not sign (a data dir
+  that ran as a sequencer of its own before it learned the network's genesis): ``DIVERGED``,
+  then rolled back to the last block the sequencer signed and resynced.
+
+Consensus state: ``ISOLATED`` (no peers), ``SYNCING`` (behind the proven network height),
+``SYNCED``, ``DIVERGED`` (dropping blocks the sequencer did not sign), ``FORKED`` (fork evidence;
+applying stopped). All chain writes on a follower go through one lock and one worker thread.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from ian import errors
-from ian.chain.blocks import Block, ParentMismatchError
+from ian.chain.blocks import Block, InvalidBlockError, ParentMismatchError, check_block_signature
 from ian.chain.contributions import FRAME_OVERHEAD, Contribution
 from ian.chain.state import ChainState, Outcome
 from ian.errors import IanError, RequestError, UnavailableError
@@ -60,6 +74,7 @@ class Replicator:
         record: Callable[[str, PeerEvent], object],
         max_frame_bytes: int = 16 * 1024 * 1024,
         publish: Publish | None = None,  # ``sync`` events (ian.events)
+        on_fork: Callable[[dict[str, Any]], None] | None = None,  # fork evidence, both blocks
     ) -> None:
         self.state = state
         self.store = store
@@ -74,8 +89,12 @@ class Replicator:
         self.max_frame_bytes = max_frame_bytes
         self._write_lock = anyio.Lock()
         self._wake = anyio.Event()
-        self.announced_height = 0
+        self.announced_height = 0  # highest height proven by a block the sequencer signed
         self.diverged = False
+        #: fork evidence (two validly signed blocks at one height): applying has stopped
+        self.fork_evidence: dict[str, Any] | None = None
+        self._on_fork = on_fork
+        self._disproven: dict[str, int] = {}  # node id -> a height it claimed and did not show
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
         self._pending_check: int | None = None
@@ -89,10 +108,13 @@ class Replicator:
     # -- what the node shows --------------------------------------------------------------------
     @property
     def network_height(self) -> int:
-        return max(self.state.height, self.announced_height, self.p2p.best_height())
+        """Our height, or the highest height a block signed by the sequencer proved."""
+        return max(self.state.height, self.announced_height)
 
     @property
     def consensus_state(self) -> str:
+        if self.fork_evidence is not None:
+            return "FORKED"
         if self.diverged:
             return "DIVERGED"
         if self.p2p.peer_count == 0:
@@ -174,8 +196,10 @@ class Replicator:
             self._record(peer.node_id, PeerEvent.INVALID_MESSAGE)
             log.warning("invalid block announce from %s: %s", peer.node_id[:12], exc)
             return None
+        if not self._signed_by_sequencer(block, peer.node_id, "block announce"):
+            return None
         h = block.height
-        self.announced_height = max(self.announced_height, h)
+        self._prove_height(h)
         if h == self.state.height + 1:
             applied = await self._apply([block], peer.node_id)
             if applied:
@@ -188,15 +212,34 @@ class Replicator:
                 await self.check_divergence(h)
         return None
 
+    def _signed_by_sequencer(self, block: Block, sender: str, what: str) -> bool:
+        """True when ``block`` is signed by the chain's sequencer; a sender of anything else is
+        charged (an unproven claim). False without charge while the sequencer is unknown."""
+        sequencer = self.sequencer_id()
+        if sequencer is None:
+            return False
+        try:
+            check_block_signature(block, sequencer)
+        except InvalidBlockError as exc:
+            log.warning("%s from %s ignored: %s", what, sender[:12], exc)
+            self._record(sender, PeerEvent.INVALID_MESSAGE)
+            return False
+        return True
+
+    def _prove_height(self, height: int) -> None:
+        if height > self.announced_height:
+            self.announced_height = height
+
     async def _apply(self, blocks: list[Block], sender: str) -> int:
         """Apply consecutive blocks (one transaction for the batch); returns how many were
         applied. Scores the sender."""
         if self.sequencer_id() is None:
-            # Nobody has told us who signs blocks yet (no IAN_SEQUENCER, no peer announcing
-            # itself as sequencer): accepting whatever a peer signed would let any peer feed us
-            # its own chain.
-            log.info("not applying blocks yet: the sequencer is unknown (set IAN_SEQUENCER)")
+            # Nobody has told us who signs blocks yet (no genesis, no IAN_SEQUENCER): accepting
+            # whatever a peer signed would let any peer feed us its own chain.
+            log.info("not applying blocks yet: the sequencer is unknown (no genesis yet)")
             return 0
+        if self.fork_evidence is not None:
+            return 0  # applying stopped: an operator must look at the evidence
         async with self._write_lock:
             fresh = []
             for block in blocks:
@@ -212,6 +255,8 @@ class Replicator:
             )
             for block in fresh[:applied]:
                 self._on_applied(block)
+            if applied:
+                self._prove_height(fresh[applied - 1].height)
         if isinstance(error, ParentMismatchError):
             # The sender's chain and ours differ below this block: find out who is in the
             # minority before blaming anyone.
@@ -255,6 +300,8 @@ class Replicator:
         if target is None or target[1] <= self.state.height:
             return
         node_id, height = target
+        if self.sequencer_id() is None or not await self._prove_claim(node_id, height):
+            return
         start = self.state.height + 1
         fetching = _Fetch(self._fetch(node_id, start))
         async with anyio.create_task_group() as tg:
@@ -305,49 +352,123 @@ class Replicator:
         return blocks
 
     def _best_peer(self) -> tuple[str, int] | None:
+        """The peer claiming the highest height (hello/status: unsigned hints), skipping claims
+        already disproven."""
         best: tuple[str, int] | None = None
         for p in self.p2p.peers():
             h = p.height
+            if self._disproven.get(p.node_id, -1) >= h:
+                continue
             if best is None or h > best[1]:
                 best = (p.node_id, h)
         return best
 
+    async def _prove_claim(self, node_id: str, height: int) -> bool:
+        """A peer says it holds ``height``: believe it (for the network height, readiness and
+        sync) only when it hands over that block signed by the sequencer. A peer that cannot
+        is charged and its claim ignored from then on."""
+        if height <= self.network_height:
+            return True
+        block = await self._remote_block(node_id, height)
+        if block is not None and self._signed_by_sequencer(block, node_id, f"block {height}"):
+            self._prove_height(height)
+            return True
+        if block is None:
+            log.info("peer %s claimed height %d but did not show that block", node_id[:12], height)
+            self._record(node_id, PeerEvent.FAILED_SYNC)
+        self._disproven[node_id] = height
+        return False
+
     # -- divergence -----------------------------------------------------------------------------
     async def check_divergence(self, height: int) -> None:
-        """Ask every peer for its block at ``height``; if most disagree with ours, repair."""
-        ours = self.store.block_hash(height)
-        if ours is None or self.is_sequencer():
+        """Our block at ``height`` differs from what a peer sent. Believe signatures only:
+        blocks of our own that the sequencer did not sign are dropped (``DIVERGED``, then
+        resync); a peer block validly signed by the sequencer that differs from ours is fork
+        evidence (``FORKED``: keep both, stop applying); anything else charges the sender."""
+        sequencer = self.sequencer_id()
+        if sequencer is None or self.is_sequencer() or self.store.block_hash(height) is None:
             return
-        votes: dict[bytes, list[str]] = {}
+        unsigned = await anyio.to_thread.run_sync(lambda: self._first_unsigned(height, sequencer))
+        if unsigned is not None:
+            await self._drop_unsigned(unsigned, sequencer)
+            return
+        ours = self.store.blocks(height, 1, max_bytes=self.max_frame_bytes)
+        if not ours:
+            return
         for p in list(self.p2p.peers()):
-            got = await self._remote_hash(p.node_id, height)
-            if got is not None:
-                votes.setdefault(got, []).append(p.node_id)
-        asked = sum(len(v) for v in votes.values())
-        disagree = asked - len(votes.get(ours, []))
-        if asked == 0 or disagree * 2 <= asked:
+            theirs = await self._remote_block(p.node_id, height)
+            if theirs is None or theirs.hash == ours[0].hash:
+                continue
+            if not self._signed_by_sequencer(theirs, p.node_id, f"block {height}"):
+                continue
+            self._fork(ours[0], theirs, p.node_id)
             return
-        voters = max(votes.values(), key=len)
+
+    def _first_unsigned(self, upto: int, sequencer: str) -> int | None:
+        """Lowest height ≤ ``upto`` of our store not signed by ``sequencer`` (blocks of another
+        chain's sequencer form a prefix or a suffix of a store; binary search over the suffix)."""
+
+        def signed(h: int) -> bool:
+            row = self.store.block_header(h)
+            return row is not None and row[0].sequencer == sequencer
+
+        if not signed(1):
+            return 1
+        if signed(upto):
+            return None
+        lo, hi = 1, upto  # signed(lo), not signed(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if signed(mid):
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    async def _drop_unsigned(self, first_bad: int, sequencer: str) -> None:
         self.diverged = True
-        self._emit("diverged", {"height": height, "peers_asked": asked, "disagree": disagree})
+        self._emit("diverged", {"height": first_bad, "sequencer": sequencer})
         log.error(
-            "DIVERGED: %d of %d peers hold a different block at height %d; repairing",
-            disagree,
-            asked,
-            height,
+            "DIVERGED: our blocks from height %d on are not signed by this chain's sequencer "
+            "%s; dropping them",
+            first_bad,
+            sequencer,
         )
-        common = await self._last_common(voters[0], height)
-        removed = await self._roll_back_to(common)
+        removed = await self._roll_back_to(first_bad - 1)
         self.last_divergence = {
             "detected_at": time.time(),
-            "height": height,
-            "rolled_back_to": common,
+            "height": first_bad,
+            "rolled_back_to": first_bad - 1,
             "blocks_removed": removed,
         }
-        log.warning("rolled back %d blocks to height %d; resyncing", removed, common)
+        log.warning("rolled back %d blocks to height %d; resyncing", removed, first_bad - 1)
         self.diverged = False
         self._emit("repaired", dict(self.last_divergence))
         self._wake.set()
+
+    def _fork(self, ours: Block, theirs: Block, peer: str) -> None:
+        evidence = {
+            "detected_at": time.time(),
+            "height": ours.height,
+            "from_peer": peer,
+            "ours": msg.block_to_doc(ours).model_dump(mode="json"),
+            "theirs": msg.block_to_doc(theirs).model_dump(mode="json"),
+        }
+        self.fork_evidence = evidence
+        log.critical(
+            "FORKED: two blocks at height %d are both signed by the sequencer (ours %s, %s's "
+            "%s); applying stopped, evidence kept",
+            ours.height,
+            ours.hash.hex()[:16],
+            peer[:12],
+            theirs.hash.hex()[:16],
+        )
+        self._emit(
+            "forked",
+            {"height": ours.height, "ours": ours.hash.hex(), "theirs": theirs.hash.hex()},
+        )
+        if self._on_fork is not None:
+            self._on_fork(evidence)
 
     async def _roll_back_to(self, height: int) -> int:
         """Drop every block above ``height`` from the store and the in-memory state."""
@@ -397,7 +518,7 @@ class Replicator:
                 },
             )
 
-    async def _remote_hash(self, node_id: str, height: int) -> bytes | None:
+    async def _remote_block(self, node_id: str, height: int) -> Block | None:
         try:
             reply = await self.p2p.request(
                 node_id, msg.GetBlocks(from_height=height, max_blocks=1), timeout=10
@@ -405,22 +526,14 @@ class Replicator:
         except P2PError:
             return None
         if isinstance(reply, msg.Blocks) and reply.blocks:
-            doc = reply.blocks[0]
-            if doc.header.height == height:
-                return bytes.fromhex(doc.hash)
+            try:
+                block = msg.block_from_doc(reply.blocks[0])
+            except IanError:
+                self._record(node_id, PeerEvent.INVALID_MESSAGE)
+                return None
+            if block.height == height:
+                return block
         return None
-
-    async def _last_common(self, node_id: str, height: int) -> int:
-        """Highest height ≤ ``height`` where our block equals ``node_id``'s (binary search)."""
-        lo, hi = 0, height - 1  # invariant: blocks ≤ lo agree (0 = genesis)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            theirs = await self._remote_hash(node_id, mid)
-            if theirs is not None and theirs == self.store.block_hash(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
 
 
 # The sequencer's refusal of a forwarded contribution, as the follower's client should see it.
