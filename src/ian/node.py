@@ -33,7 +33,7 @@ from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
-from ian.errors import DataDirError, GenesisError, IanError
+from ian.errors import DataDirError, GenesisError, IanError, UnavailableError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.genesis_exchange import GenesisExchange
@@ -64,6 +64,10 @@ from ian.tau import TauBridge
 log = logging.getLogger("ian.node")
 
 SHUTDOWN_GRACE_S = 10.0
+#: how long a sequencer that has had peers waits for one at start-up before it sequences alone
+CATCH_UP_WAIT_S = 10.0
+#: after the first peer, how long it listens for the others before it compares heights
+CATCH_UP_SETTLE_S = 1.0
 
 
 def package_version() -> str:
@@ -130,6 +134,10 @@ class Node:
         self.version = package_version()
         self.started_at = time.time()
         self.role, self._sequencer_id = role_for(settings, identity.node_id, genesis)
+        #: a sequencer that has been part of a network takes its peers' blocks before it
+        #: proposes (CONSENSUS.md, N = 1): until then it refuses submissions (503)
+        self.catching_up = self.role == "sequencer" and peer_book.has_connected_before()
+        self._peer_seen = anyio.Event()
         self.views: dict[str, GoalView] = {}
         self.head: tuple[int, bytes] = (state.height, state.head_hash)
         self.metrics = NodeMetrics(self.snapshot)
@@ -160,7 +168,7 @@ class Node:
             peer_book,
             self.metrics,
             height_provider=lambda: self.head,
-            is_sequencer=lambda: self.role == "sequencer",
+            is_sequencer=self._sequencing,
             tuning=P2PTuning(rate=settings.peer_rate, burst=settings.peer_burst),
             chain_id=genesis.chain_id() if genesis is not None else settings.chain_id,
         )
@@ -180,7 +188,7 @@ class Node:
             state=state,
             store=store,
             p2p=self.p2p,
-            is_sequencer=lambda: self.role == "sequencer",
+            is_sequencer=self._sequencing,
             sequencer_id=lambda: self.sequencer_id,
             on_applied=self._on_block_applied,
             on_rolled_back=self._publish_all,
@@ -258,6 +266,10 @@ class Node:
             node = cls(
                 settings, datadir, lock, init.identity, init.cert, store, state, peer_book, genesis
             )
+            if saved is None and state.height > 0 and node.role == "sequencer":
+                # A store without its state file: restored from a backup (restore omits it) or
+                # its state was lost. Its followers may be ahead: take their blocks first.
+                node.catching_up = True
             node.checkpoint(clean=False)
             return node
         except BaseException:
@@ -336,6 +348,7 @@ class Node:
         if not isinstance(event, PeerConnected):
             return
         peer = event.peer
+        self._peer_seen.set()
         # The sequencer is never learned from a peer's claim: only from a genesis (pinned, or
         # fetched from a seed by the genesis exchange) or from IAN_SEQUENCER.
         if peer.height > self.state.height:
@@ -385,14 +398,46 @@ class Node:
             log.critical("fork evidence kept in %s", path)
         self.metrics.fork_evidence.inc()
 
+    def _sequencing(self) -> bool:
+        """This node orders blocks now (the sequencer, done catching up)."""
+        return self.role == "sequencer" and not self.catching_up
+
+    def _refuse_while_catching_up(self) -> None:
+        if self.catching_up:
+            raise UnavailableError(
+                "the sequencer is catching up with its peers before it sequences", retry_after=2
+            )
+
     async def _submit(self, c: Contribution) -> Outcome:
         if self.role == "sequencer":
+            self._refuse_while_catching_up()
             return await self.sequencer.submit(c)
         return await self.replicator.forward(c)
 
     async def _handle_forward(self, c: Contribution) -> Outcome:
         """A follower forwarded ``c``: same admission checks as the API, then sequence it."""
+        self._refuse_while_catching_up()
         return await self.sequencer.submit(self.intake.admit(c))
+
+    async def _catch_up_before_sequencing(self) -> None:
+        """N = 1 start-up: wait (bounded) for a peer, take every block peers prove above our
+        height, then sequence. A restored sequencer thus continues its chain where its
+        followers are instead of re-sequencing heights they hold."""
+        with anyio.move_on_after(CATCH_UP_WAIT_S):
+            await self._peer_seen.wait()
+            await anyio.sleep(CATCH_UP_SETTLE_S)  # peers reconnecting together: hear them all
+        if self.p2p.peer_count:
+            applied = await self.replicator.catch_up()
+            if applied:
+                self._publish_all()
+            log.info("caught up with peers before sequencing: %d blocks applied", applied)
+        else:
+            log.warning(
+                "no peer reachable within %.0f s: sequencing from height %d",
+                CATCH_UP_WAIT_S,
+                self.state.height,
+            )
+        self.catching_up = False
 
     @property
     def height(self) -> int:
@@ -425,7 +470,10 @@ class Node:
         }
         if self.role == "sequencer":
             closed = self.sequencer.closed
-            checks["sequencer"] = (not closed, "shutting down" if closed else "accepting")
+            if self.catching_up:
+                checks["sequencer"] = (False, "catching up with peers before sequencing")
+            else:
+                checks["sequencer"] = (not closed, "shutting down" if closed else "accepting")
         if st.seed_nodes:
             peers = self.p2p.peer_count
             checks["peers"] = (peers >= st.min_peers, f"{peers} connected, need {st.min_peers}")
@@ -550,6 +598,8 @@ class Node:
                     await inner.start(self.replicator.run)
                     await inner.start(self.tau.run)
                     inner.start_soon(self._announce_loop)
+                    if self.catching_up:
+                        inner.start_soon(self._catch_up_before_sequencing)
                     self.bound.api = await inner.start(api.serve)
                     self.bound.ws = await inner.start(ws.serve)
                     inner.start_soon(self._checkpoint_loop)

@@ -10,7 +10,6 @@ repeats the cheap cases many times and checks A's resident memory did not grow.
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import ssl
@@ -21,25 +20,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.support.hostile import MAX_FRAME, HostilePeer, frame
 from tests.support.nodes import NodeProcess, wait_connected, wait_until
 
-from ian.config import Settings
 from ian.p2p.frames import encode_frame
-from ian.p2p.messages import PROTOCOL_VERSION, Hello, Ping
-from ian.p2p.session import (
-    Direction,
-    GoodbyeReceived,
-    HelloReceived,
-    MessageReceived,
-    Session,
-    SessionConfig,
-)
-from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handshake
+from ian.p2p.messages import Ping
+from ian.p2p.transport import TlsCredentials
 from ian.storage.datadir import init_data_dir
 
 pytestmark = pytest.mark.integration
 
-MAX_FRAME = Settings().max_frame_bytes  # the node's default
 #: "Quickly": well under the node's 5 s handshake timeout for what fails at once.
 CUT_OFF_S = 3.0
 #: A flood is charged at most once per second (-10 each) and cut below score 30: ~8 s.
@@ -126,79 +116,11 @@ def raw_until_closed(pair: Pair, payload: bytes, *, tls_client: bool = False) ->
 # --------------------------------------------------------------------------- authenticated peers
 
 
-class HostilePeer:
-    """A peer with a valid certificate that completed hello with the node."""
-
-    def __init__(self, stream: TlsStream, session: Session) -> None:
-        self.stream = stream
-        self.session = session
-        self.goodbye: str | None = None
-        self.pongs = 0
-
-    @classmethod
-    async def connect(cls, pair: Pair) -> HostilePeer:
-        creds = pair.hostile_identity()
-        sock = await connect_tcp(pair.host, pair.port)
-        stream = await tls_handshake(sock, creds, server=False)
-        assert stream.peer is not None and stream.peer.node_id == pair.a.node_id
-        session = Session(
-            SessionConfig(
-                node_id=creds.identity.node_id, network_id="ian-local", max_frame_bytes=MAX_FRAME
-            ),
-            direction=Direction.OUTBOUND,
-            peer_node_id=stream.peer.node_id,
-        )
-        hello = Hello(
-            network_id="ian-local",
-            protocol_version=PROTOCOL_VERSION,
-            node_id=creds.identity.node_id,
-            height=0,
-            head_hash="00" * 32,
-            agent="hostile/1",
-        )
-        await stream.send(session.start(hello))
-        peer = cls(stream, session)
-        with anyio.fail_after(5):
-            while not isinstance(await peer._next_event(), HelloReceived):
-                pass
-        return peer
-
-    async def _next_event(self) -> object:
-        while True:
-            events = self.session.receive_data(await self.stream.receive(), 0.0)
-            for event in events:
-                if isinstance(event, GoodbyeReceived):
-                    self.goodbye = event.reason
-                elif isinstance(event, MessageReceived) and event.envelope.type == "pong":
-                    self.pongs += 1
-            if events:
-                return events[0]
-
-    async def until_closed(self, within: float) -> float:
-        """Read (and count pongs) until the node closes; the seconds it took (at most
-        ``within``, else TimeoutError)."""
-        started = anyio.current_time()
-        with anyio.fail_after(within):
-            try:
-                while True:
-                    await self._next_event()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-        return anyio.current_time() - started
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-def frame(doc_type: str, body: dict, msg_id: int = 99) -> bytes:
-    payload = json.dumps({"v": 1, "type": doc_type, "id": msg_id, "re": None, "body": body})
-    return encode_frame(payload.encode(), MAX_FRAME)
-
-
 async def authenticated_case(
     pair: Pair, misbehave: Callable[[HostilePeer], Awaitable[float]]
 ) -> tuple[float, HostilePeer]:
-    peer = await HostilePeer.connect(pair)
+    peer = await HostilePeer.connect(pair.host, pair.port, pair.hostile_identity())
+    assert peer.stream.peer is not None and peer.stream.peer.node_id == pair.a.node_id
     try:
         return await misbehave(peer), peer
     finally:

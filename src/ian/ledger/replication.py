@@ -379,6 +379,18 @@ class Replicator:
         self._disproven[node_id] = height
         return False
 
+    async def catch_up(self) -> int:
+        """Fetch and apply, as a follower would, until no connected peer proves a height above
+        ours (N = 1: the sequencer does this at start-up before it proposes, so a restored
+        sequencer never re-sequences a height its followers hold). Returns blocks applied."""
+        before = self.state.height
+        while self.fork_evidence is None:
+            height = self.state.height
+            await self._sync_once()
+            if self.state.height == height:
+                break
+        return self.state.height - before
+
     # -- divergence -----------------------------------------------------------------------------
     async def check_divergence(self, height: int) -> None:
         """Our block at ``height`` differs from what a peer sent. Believe signatures only:

@@ -687,6 +687,11 @@ class PeerBook:
                 chosen = sorted(items, key=key)
             return [self._snapshot(i, rec, now) for i, rec in chosen]
 
+    def has_connected_before(self) -> bool:
+        """True when some peer was ever connected (this node has been part of a network)."""
+        with self._lock:
+            return any(rec.get("last_connected") for rec in self._peers.values())
+
     def connected_ids(self) -> list[str]:
         """Ids of peers connected now (as reported by the P2P layer), sorted."""
         with self._lock:
