@@ -45,6 +45,7 @@ from ian.p2p.messages import (
 )
 
 __all__ = [
+    "MAX_FRAME_BYTES_BEFORE_HELLO",
     "Direction",
     "GoodbyeReceived",
     "HelloReceived",
@@ -65,6 +66,10 @@ class Direction(enum.StrEnum):
     OUTBOUND = "outbound"
 
 
+#: Default limit of a frame before the peer's hello (a hello is a few hundred bytes).
+MAX_FRAME_BYTES_BEFORE_HELLO = 64 * 1024
+
+
 class SessionState(enum.Enum):
     NEW = "new"
     AWAIT_HELLO = "await_hello"
@@ -79,6 +84,9 @@ class SessionConfig:
     node_id: str
     network_id: str
     max_frame_bytes: int
+    #: the limit for the peer's first frame, the only one allowed before its hello (the hello or
+    #: a goodbye): a larger announced length is a protocol violation at once, from the header
+    max_frame_bytes_before_hello: int = MAX_FRAME_BYTES_BEFORE_HELLO
     #: the chain this node is on (None before it has pinned a genesis)
     chain_id: str | None = None
     protocol_versions: frozenset[int] = field(default=frozenset({PROTOCOL_VERSION}))
@@ -139,7 +147,9 @@ class Session:
         self.peer_hello: Hello | None = None
         #: Time (caller's clock) of the last frame received; drives liveness.
         self.last_received = now
-        self._decoder = FrameDecoder(config.max_frame_bytes)
+        self._decoder = FrameDecoder(
+            config.max_frame_bytes, first_frame_bytes=config.max_frame_bytes_before_hello
+        )
         self._next_id = 0
         self._goodbye_done = False  # we sent one, or the peer did: no (further) goodbye
 

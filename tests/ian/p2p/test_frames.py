@@ -118,3 +118,25 @@ def test_random_bytes_never_crash_and_memory_stays_bounded(chunks: list[bytes], 
     else:
         # Frames completed in earlier feeds were delivered before the bad header.
         assert got == expected[: len(got)]
+
+
+def test_first_frame_has_its_own_limit_then_the_normal_one_applies() -> None:
+    dec = FrameDecoder(LIMIT, first_frame_bytes=16)
+    assert dec.limit == 16
+    # The first frame and a larger second one in one chunk: the second is judged by LIMIT.
+    wire = encode_frame(b"x" * 16, LIMIT) + encode_frame(b"y" * LIMIT, LIMIT)
+    assert dec.feed(wire) == [b"x" * 16, b"y" * LIMIT]
+    assert dec.limit == LIMIT
+
+
+def test_first_frame_over_its_limit_fails_on_the_header_alone() -> None:
+    dec = FrameDecoder(LIMIT, first_frame_bytes=16)
+    with pytest.raises(FrameTooLargeError, match="limit is 16"):
+        dec.feed((17).to_bytes(HEADER_BYTES, "big"))
+    assert dec.buffered == 0
+
+
+def test_partial_first_frame_is_bounded_by_its_limit() -> None:
+    dec = FrameDecoder(LIMIT, first_frame_bytes=16)
+    assert dec.feed(encode_frame(b"z" * 16, LIMIT)[:-1]) == []
+    assert dec.buffered < HEADER_BYTES + 16

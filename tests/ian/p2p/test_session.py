@@ -12,6 +12,7 @@ from ian.p2p.frames import FrameDecoder, encode_frame
 from ian.p2p.messages import (
     ContributionResult,
     Envelope,
+    Error,
     GetPeers,
     Goodbye,
     Hello,
@@ -294,3 +295,24 @@ def test_admission() -> None:
     assert _admit(existing=IN, direction=OUT) is None  # replaces; count unchanged
     assert _admit(existing=IN, direction=OUT, peer_count=2) is None
     assert _admit(peer_count=2) == "full"
+
+
+def test_frame_header_over_64_kib_before_hello_is_refused_at_once() -> None:
+    big = SessionConfig(node_id=A, network_id="net", max_frame_bytes=16 * 1024 * 1024)
+    assert big.max_frame_bytes_before_hello == 64 * 1024
+    s = started(big)
+    # Only the header of a 16 MiB - 1 frame: refused without waiting for (or buffering) a body.
+    failure = _failure(s, (16 * 1024 * 1024 - 1).to_bytes(4, "big"))
+    assert isinstance(failure.error, FrameTooLargeError)
+    assert "65536" in failure.error.message
+
+
+def test_after_hello_frames_up_to_max_frame_bytes_are_accepted() -> None:
+    cfg = replace(CFG_A, max_frame_bytes_before_hello=512)
+    s = started(cfg)
+    [ev] = s.receive_data(frame(hello(B)), now=0)
+    assert isinstance(ev, HelloReceived)
+    big = frame(Error(code="x", message="m" * 1000), 2, re=1)
+    assert 512 < len(big) <= LIMIT
+    [ev] = s.receive_data(big, now=1)
+    assert isinstance(ev, MessageReceived)
