@@ -27,7 +27,12 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ian.p2p.errors import P2PError, PeerNotConnectedError
+from ian.p2p.errors import (
+    P2PError,
+    PeerNotConnectedError,
+    SendBudgetExhaustedError,
+    SendStalledError,
+)
 from ian.p2p.messages import Envelope, Message, Ping
 from ian.p2p.session import Session, SessionEvent, SessionState
 from ian.p2p.transport import SecureChannel
@@ -35,7 +40,7 @@ from ian.p2p.transport import SecureChannel
 if TYPE_CHECKING:
     from ian.p2p.switch import P2PTuning
 
-__all__ = ["Connection", "EventHandler", "PeerInfo", "PendingRequest"]
+__all__ = ["Connection", "EventHandler", "PeerInfo", "PendingRequest", "SendBudget"]
 
 #: What the reader hands each session event to, with the connection's task group (handler tasks
 #: started there end with the connection).
@@ -74,8 +79,46 @@ class PendingRequest:
         self.error: P2PError | None = None
 
 
+class SendBudget:
+    """Bytes of frames queued (or being written) to all peers, against a node-wide ``limit``.
+
+    Connections :meth:`take` bytes when a frame is queued and :meth:`give` them back once it is
+    written or the connection is gone; waiters are woken by :meth:`changed` on every give.
+    ``used`` never exceeds ``limit`` except by one frame taken while ``used`` was 0 (a frame
+    larger than the whole budget must still be sendable).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("send budget must be positive")
+        self.limit = limit
+        self.used = 0
+        self._changed = anyio.Event()
+
+    def fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give(self, size: int) -> None:
+        if size:
+            self.used -= size
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def changed(self) -> None:
+        """Return after the next :meth:`give`."""
+        await self._changed.wait()
+
+
 class Connection:
-    """One connection's I/O state; created by the switch for each authenticated channel."""
+    """One connection's I/O state; created by the switch for each authenticated channel.
+
+    Send accounting: ``queued_bytes`` counts the frames queued to this peer and the one being
+    written, against ``tuning.send_queue_bytes`` and the node-wide ``budget``; they are given
+    back when written, and all at once when the connection is released.
+    """
 
     def __init__(
         self,
@@ -85,7 +128,12 @@ class Connection:
         ip: str,
         address: str | None,
         tuning: P2PTuning,
+        budget: SendBudget | None = None,
     ) -> None:
+        self.budget = budget if budget is not None else SendBudget(tuning.send_budget_bytes)
+        self.queued_bytes = 0
+        #: When the last frame waiting for this peer's own budget started to wait (None: none)
+        self.stalled_since: float | None = None
         self.stream = channel.stream
         self.session = session
         self.node_id = session.peer_node_id
@@ -149,8 +197,33 @@ class Connection:
         except ValueError as exc:  # larger than max_frame_bytes
             raise P2PError(f"cannot send {message.TYPE}: {exc}") from None
 
+    def _fits_peer(self, size: int) -> bool:
+        return self.queued_bytes == 0 or self.queued_bytes + size <= self.tuning.send_queue_bytes
+
+    def _take(self, size: int) -> None:
+        self.queued_bytes += size
+        self.budget.take(size)
+
+    def _give(self, size: int) -> None:
+        size = min(size, self.queued_bytes)
+        self.queued_bytes -= size
+        self.budget.give(size)
+
     def enqueue_nowait(self, frame: bytes) -> None:
-        """Queue without waiting; a full queue means the peer cannot keep up: drop it."""
+        """Queue without waiting. Over this peer's frame or byte limit the peer cannot keep up:
+        it is closed (:class:`PeerNotConnectedError`). Over the node-wide budget the frame is
+        dropped for this peer only (:class:`SendBudgetExhaustedError`); the peer stays."""
+        if not self.open:
+            raise PeerNotConnectedError(f"connection to {self.node_id} is closing")
+        size = len(frame)
+        if not self._fits_peer(size):
+            self.close("send queue full")
+            raise PeerNotConnectedError(f"peer {self.node_id} is not keeping up")
+        if not self.budget.fits(size):
+            raise SendBudgetExhaustedError(
+                f"node send budget of {self.budget.limit} bytes is full; frame to "
+                f"{self.node_id} dropped"
+            )
         try:
             self.out_send.send_nowait(frame)
         except anyio.WouldBlock:
@@ -158,13 +231,43 @@ class Connection:
             raise PeerNotConnectedError(f"peer {self.node_id} is not keeping up") from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
+        self._take(size)
 
     async def enqueue(self, frame: bytes) -> None:
-        """Queue, waiting while the queue is full; :class:`PeerNotConnectedError` once closing."""
+        """Queue, waiting while this peer's queue (frames or bytes) or the node-wide budget is
+        full; :class:`PeerNotConnectedError` once closing. A frame that waits for this peer's
+        own byte budget longer than ``tuning.send_stall_timeout`` closes the connection and
+        raises :class:`SendStalledError` (the peer does not read; the caller charges it)."""
+        size = len(frame)
+        deadline: float | None = None
+        while True:
+            if not self.open:
+                raise PeerNotConnectedError(f"connection to {self.node_id} is closing")
+            own = self._fits_peer(size)
+            if own and self.budget.fits(size):
+                break
+            if not own:
+                now = anyio.current_time()
+                if deadline is None:
+                    deadline = now + self.tuning.send_stall_timeout
+                    if self.stalled_since is None:
+                        self.stalled_since = now
+                if now >= deadline:
+                    self.close("send budget stalled")
+                    raise SendStalledError(
+                        f"peer {self.node_id} held {self.queued_bytes} queued bytes for "
+                        f"{self.tuning.send_stall_timeout} s without reading"
+                    )
+            with anyio.move_on_after(self.tuning.send_stall_timeout / 4):
+                await self.budget.changed()
+        self._take(size)
         try:
             await self.out_send.send(frame)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
+        except BaseException as exc:
+            self._give(size)
+            if isinstance(exc, anyio.ClosedResourceError | anyio.BrokenResourceError):
+                raise PeerNotConnectedError(f"connection to {self.node_id} is closing") from None
+            raise
 
     async def send_direct(self, frame: bytes | None, timeout: float) -> None:  # noqa: ASYNC109
         """Send before the writer task exists (hello, refusal goodbye); bounded by ``timeout``."""
@@ -207,6 +310,7 @@ class Connection:
         """Close the channel and set :attr:`closed`. Never raises."""
         with contextlib.suppress(Exception):
             await self.stream.aclose()
+        self._give(self.queued_bytes)  # frames never written
         self.closed.set()
 
     # ------------------------------------------------------------------ tasks
@@ -226,8 +330,13 @@ class Connection:
         try:
             async with self.out_recv:
                 async for frame in self.out_recv:
-                    with anyio.fail_after(self.tuning.send_timeout):
-                        await self.stream.send(frame)
+                    try:
+                        with anyio.fail_after(self.tuning.send_timeout):
+                            await self.stream.send(frame)
+                    finally:
+                        self._give(len(frame))
+                    if self.queued_bytes == 0:
+                        self.stalled_since = None
             if self.goodbye is not None:
                 with anyio.move_on_after(self.tuning.close_grace):
                     await self.stream.send(self.goodbye)

@@ -10,6 +10,8 @@
         │   └── FrameTooLargeError  a frame header announced more than ``max_frame_bytes``
         ├── InvalidMessage          a known message type whose body does not validate
         ├── PeerNotConnectedError   no (longer a) connection to that node id
+        │   └── SendStalledError    the peer held its send budget full too long (closed, charged)
+        ├── SendBudgetExhaustedError  the node-wide send budget is full: a frame was not queued
         ├── RequestTimeoutError     no reply to a request within its deadline
         └── RemoteError             the peer answered a request with an ``error`` message
 
@@ -31,6 +33,8 @@ __all__ = [
     "ProtocolViolation",
     "RemoteError",
     "RequestTimeoutError",
+    "SendBudgetExhaustedError",
+    "SendStalledError",
 ]
 
 
@@ -83,6 +87,21 @@ class InvalidMessage(P2PError):
 
 class PeerNotConnectedError(P2PError):
     code = "p2p_not_connected"
+
+
+class SendStalledError(PeerNotConnectedError):
+    """A frame waited longer than ``P2PTuning.send_stall_timeout`` for room in the peer's own
+    send budget: the peer does not read what it asked for. The connection is closed."""
+
+    code = "p2p_send_stalled"
+    score_event = "RATE_LIMIT_VIOLATION"
+
+
+class SendBudgetExhaustedError(P2PError):
+    """The node-wide send budget (``P2PTuning.send_budget_bytes``) had no room for a frame
+    that is never waited for (a broadcast, a pong); it was dropped for that peer."""
+
+    code = "p2p_send_budget"
 
 
 class RequestTimeoutError(P2PError):

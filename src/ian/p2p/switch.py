@@ -67,7 +67,7 @@ from ian.config import PeerAddress, Settings, parse_peer_address
 from ian.errors import IanError
 from ian.identity import Identity
 from ian.metrics import NodeMetrics
-from ian.p2p.connection import Connection, PeerInfo, PendingRequest
+from ian.p2p.connection import Connection, PeerInfo, PendingRequest, SendBudget
 from ian.p2p.errors import (
     HandshakeError,
     InvalidMessage,
@@ -76,6 +76,7 @@ from ian.p2p.errors import (
     ProtocolViolation,
     RemoteError,
     RequestTimeoutError,
+    SendStalledError,
 )
 from ian.p2p.messages import (
     MESSAGE_TYPES,
@@ -145,7 +146,25 @@ RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "error"})
 @dataclass(frozen=True, slots=True)
 class P2PTuning:
     """Knobs that are not operator settings (tests shorten the timers). Seconds throughout.
-    The switch, its connections and peer exchange (:mod:`ian.p2p.pex`) read them."""
+    The switch, its connections and peer exchange (:mod:`ian.p2p.pex`) read them.
+
+    Memory a remote peer can make the node hold (``F`` = ``Settings.max_frame_bytes``, 16 MiB by
+    default; ``H`` = ``max_frame_bytes_before_hello`` of the session, 64 KiB):
+
+    - before its hello: one partial frame, ``< 4 + H`` bytes per connection, and at most
+      ``max_pending_handshakes`` such connections: 64 * 64 KiB = 4 MiB per node;
+    - after hello, receiving: one partial frame ``< 4 + F`` per peer;
+    - sending: queued frames ``<= send_queue_bytes`` per peer (plus one frame when the queue
+      was empty), ``<= send_budget_bytes`` for all peers together (plus one frame); replies
+      that wait for room are held by their handler task, at most ``max_inflight_per_peer``
+      frames of ``<= F`` per peer (the reader stops while all slots are taken).
+
+    Worst case per peer ≈ ``F + send_queue_bytes + max_inflight_per_peer * F`` (defaults:
+    16 + 64 + 32 * 16 MiB; the last term needs that many distinct big replies), per node
+    ≈ ``max_peers * (F + max_inflight_per_peer * F) + send_budget_bytes + 4 MiB``. A peer
+    that keeps its own queue full longer than ``send_stall_timeout`` is disconnected and
+    charged ``RATE_LIMIT_VIOLATION``.
+    """
 
     handshake_timeout: float = 5.0  # TCP connect, TLS, and the hello exchange, each
     ping_interval: float = 30.0  # ping a peer that has been silent this long
@@ -160,6 +179,13 @@ class P2PTuning:
     maintenance_interval: float = 2.0  # switch: enforce bans; pex: flush the peer book, redial
     max_inflight_per_peer: int = 32  # concurrent handler tasks per peer (backpressure beyond)
     send_queue_frames: int = 1024  # queued frames per peer; a broadcast to a full queue drops it
+    # bytes of queued frames per peer: a reply/request waits for room, a broadcast that does not
+    # fit drops the peer (as a full frame queue does)
+    send_queue_bytes: int = 64 * 1024 * 1024
+    # bytes of queued frames to all peers: a reply/request waits, a broadcast skips the peer
+    send_budget_bytes: int = 256 * 1024 * 1024
+    # a frame waiting this long for room in its peer's own queue: the peer is dropped, charged
+    send_stall_timeout: float = 10.0
     max_pending_handshakes: int = 64  # inbound connections not yet past hello
     close_grace: float = 1.0  # time to flush queued frames and the goodbye when closing
     agent: str = field(default_factory=_agent)
@@ -239,6 +265,7 @@ class P2PService:
             chain_id=chain_id,
         )
         self._max_peers = settings.max_peers
+        self._send_budget = SendBudget(self.tuning.send_budget_bytes)
         self._buckets = BucketTable(self.tuning.rate, self.tuning.burst, max_keys=10_000)
         self._handlers: dict[str, Handler] = {}
         self._listeners: list[PeerListener] = []
@@ -422,7 +449,7 @@ class P2PService:
         conn = self._connection(node_id)
         _, frame = conn.frame(message)
         with anyio.move_on_after(self.tuning.send_timeout) as scope:
-            await conn.enqueue(frame)
+            await self._enqueue(conn, frame)
         if scope.cancelled_caught:
             conn.close("send queue stuck")
             raise PeerNotConnectedError(f"peer {node_id} is not reading")
@@ -446,7 +473,7 @@ class P2PService:
         conn.pending[request_id] = pending
         try:
             with anyio.fail_after(timeout):
-                await conn.enqueue(frame)
+                await self._enqueue(conn, frame)
                 await pending.event.wait()
         except TimeoutError:
             raise RequestTimeoutError(
@@ -461,6 +488,14 @@ class P2PService:
         if isinstance(reply, Error):
             raise RemoteError(reply.code, reply.message)
         return reply
+
+    async def _enqueue(self, conn: Connection, frame: bytes) -> None:
+        """:meth:`Connection.enqueue`, charging a peer that stalls its send budget."""
+        try:
+            await conn.enqueue(frame)
+        except SendStalledError as exc:
+            self._charge_failure(conn, exc)
+            raise
 
     async def broadcast(self, message: Message, exclude: Iterable[str] = ()) -> int:
         """Queue ``message`` to every connected peer not in ``exclude``, never waiting: a peer
@@ -638,7 +673,9 @@ class P2PService:
             peer_node_id=peer_id,
             now=anyio.current_time(),
         )
-        conn = Connection(channel, session, ip=ip, address=dialled, tuning=self.tuning)
+        conn = Connection(
+            channel, session, ip=ip, address=dialled, tuning=self.tuning, budget=self._send_budget
+        )
         handshake_timeout = self.tuning.handshake_timeout
         registered = False
         farewell: str | None = None
@@ -873,27 +910,34 @@ class P2PService:
         tg.start_soon(self._run_handler, conn, envelope, handler)
 
     async def _run_handler(self, conn: Connection, envelope: Envelope, handler: Handler) -> None:
+        """Run ``handler`` and queue its reply. The peer's handler slot is held until the reply
+        is queued, so a peer that does not read its replies stops being read (backpressure)."""
         try:
-            try:
-                reply = await handler(conn.info(), envelope.message)
-            except InvalidMessage as exc:
-                self.metrics.invalid_messages.inc()
-                verdict = self.peer_book.record(conn.node_id, PeerEvent.INVALID_MESSAGE)
-                log.info("peer %s: %s", conn.node_id, exc)
-                self._apply_verdict(conn, verdict)
-                reply = Error(code="invalid_message", message=exc.message[:1024])
-            except IanError as exc:
-                reply = Error(code=exc.code[:64], message=exc.message[:1024])
-            except Exception:
-                log.exception("handler for %s from %s failed", envelope.type, conn.node_id)
-                reply = Error(code="internal", message="handler failed")
+            await self._handle(conn, envelope, handler)
         finally:
             conn.handler_slots.release()
+
+    async def _handle(self, conn: Connection, envelope: Envelope, handler: Handler) -> None:
+        try:
+            reply = await handler(conn.info(), envelope.message)
+        except InvalidMessage as exc:
+            self.metrics.invalid_messages.inc()
+            verdict = self.peer_book.record(conn.node_id, PeerEvent.INVALID_MESSAGE)
+            log.info("peer %s: %s", conn.node_id, exc)
+            self._apply_verdict(conn, verdict)
+            reply = Error(code="invalid_message", message=exc.message[:1024])
+        except IanError as exc:
+            reply = Error(code=exc.code[:64], message=exc.message[:1024])
+        except Exception:
+            log.exception("handler for %s from %s failed", envelope.type, conn.node_id)
+            reply = Error(code="internal", message="handler failed")
         if reply is not None and conn.open:
             try:
                 _, frame = conn.frame(reply, re=envelope.id)
-                with anyio.move_on_after(self.tuning.send_timeout):
-                    await conn.enqueue(frame)
+                # At most send_stall_timeout for the peer's own budget, send_timeout for the rest.
+                t = self.tuning
+                with anyio.move_on_after(t.send_timeout + t.send_stall_timeout):
+                    await self._enqueue(conn, frame)
             except P2PError as exc:
                 log.debug("reply to %s not sent: %s", conn.node_id, exc)
 
