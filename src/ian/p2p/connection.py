@@ -93,6 +93,7 @@ class SendBudget:
             raise ValueError("send budget must be positive")
         self.limit = limit
         self.used = 0
+        self.peak = 0  #: the largest ``used`` seen (for tests and benchmarks)
         self._changed = anyio.Event()
 
     def fits(self, size: int) -> bool:
@@ -100,6 +101,7 @@ class SendBudget:
 
     def take(self, size: int) -> None:
         self.used += size
+        self.peak = max(self.peak, self.used)
 
     def give(self, size: int) -> None:
         if size:
@@ -132,6 +134,7 @@ class Connection:
     ) -> None:
         self.budget = budget if budget is not None else SendBudget(tuning.send_budget_bytes)
         self.queued_bytes = 0
+        self.peak_queued_bytes = 0  #: the largest ``queued_bytes`` seen
         #: When the last frame waiting for this peer's own budget started to wait (None: none)
         self.stalled_since: float | None = None
         self.stream = channel.stream
@@ -202,6 +205,7 @@ class Connection:
 
     def _take(self, size: int) -> None:
         self.queued_bytes += size
+        self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         self.budget.take(size)
 
     def _give(self, size: int) -> None:

@@ -23,6 +23,7 @@ from ian.p2p.errors import (
     RequestTimeoutError,
 )
 from ian.p2p.frames import encode_frame
+from ian.p2p.memory import CHUNKS_IN_FLIGHT
 from ian.p2p.messages import (
     BlockAnnounce,
     Blocks,
@@ -578,3 +579,93 @@ async def test_unusable_new_certificate_keeps_the_old_one(
     b = await tls_cluster.start("b")
     await b.service.connect(a.address, node_id=a.node_id)
     assert b.service.peers()[0].cert_fingerprint == old
+
+
+# --------------------------------------------------------------------------- send budget
+
+BIG_REPLY = Blocks(blocks=[block_to_doc(make_block())] * 50)  # about 50 KB framed
+
+
+async def test_a_peer_that_never_reads_is_held_to_its_send_budget(cluster: Cluster) -> None:
+    tuning = replace(
+        FAST,
+        send_queue_bytes=200_000,
+        send_budget_bytes=300_000,
+        send_stall_timeout=0.5,
+        send_timeout=30.0,  # the stall rule, not the writer's timeout, must catch the peer
+        rate=1e6,
+        burst=1e6,
+    )
+    a = await cluster.start("a", tuning=tuning)
+    served = 0  # while the connection was open (after closing, buffered requests still arrive)
+
+    async def get_blocks(peer: PeerInfo, message: Message) -> Message | None:
+        nonlocal served
+        served += conn.open
+        return BIG_REPLY
+
+    a.service.on("get_blocks", get_blocks)
+    peer = await raw_peer(cluster, a)
+    await a.wait_for(lambda: a.service.peer_count == 1)
+    conn = a.service._peers[peer.node_id]
+    frame_bytes = len(conn.frame(BIG_REPLY, re=1)[1])
+    # The in-memory link buffers CHUNKS_IN_FLIGHT frames (a socket buffer); then A must hold.
+    count = CHUNKS_IN_FLIGHT + 100
+    requests = b"".join(
+        peer.session.send(GetBlocks(from_height=1, max_blocks=50))[1] for _ in range(count)
+    )
+    await peer.stream.send(requests)  # ...and never reads a reply
+    await a.wait_for(lambda: a.service.peer_count == 0, within=10)
+    with anyio.fail_after(5):
+        await conn.closed.wait()
+
+    assert conn.close_reason == "send budget stalled"
+    assert a.book.get(peer.node_id).rate_limit_violations == 1  # type: ignore[union-attr]
+    # Backpressure: the handlers stopped long before the 100 requests were all served.
+    in_flight = tuning.max_inflight_per_peer + tuning.send_queue_bytes // frame_bytes + 1
+    assert served <= CHUNKS_IN_FLIGHT + in_flight < count
+    # Never above the budget (a frame may exceed it only when the queue was empty).
+    assert 0 < conn.peak_queued_bytes <= tuning.send_queue_bytes
+    assert a.service._send_budget.peak <= tuning.send_budget_bytes
+    # Everything accounted is given back once the connection is gone.
+    assert conn.queued_bytes == 0
+    assert a.service._send_budget.used == 0
+
+
+async def test_accounting_returns_to_zero_after_writes_and_closes(cluster: Cluster) -> None:
+    a = await cluster.start("a")
+    b = await cluster.start("b")
+    a.service.on("get_blocks", lambda peer, message: _big_reply())
+    await b.service.connect(a.address)
+    await a.wait_for(lambda: a.connected(b))
+    for _ in range(5):
+        assert await b.service.request(a.node_id, GetBlocks(from_height=1, max_blocks=50)) == (
+            BIG_REPLY
+        )
+    assert a.service._send_budget.peak >= len(encode_frame(b"", 1)) + 50_000
+    conn = a.service._peers[b.node_id]
+    await a.wait_for(lambda: conn.queued_bytes == 0 or not conn.open)
+    b.service.disconnect(a.node_id, "test")
+    with anyio.fail_after(5):
+        await conn.closed.wait()
+    assert a.service._send_budget.used == 0
+    assert b.service._send_budget.used == 0
+
+
+async def _big_reply() -> Message:
+    return BIG_REPLY
+
+
+async def test_broadcast_over_the_node_budget_skips_the_peer(cluster: Cluster) -> None:
+    a = await cluster.start("a", tuning=replace(FAST, send_budget_bytes=1), pex=False)
+    b = await cluster.start("b", pex=False)
+    await b.service.connect(a.address)
+    await a.wait_for(lambda: a.connected(b))
+    conn = a.service._peers[b.node_id]
+    a.service._send_budget.take(1)  # the budget is full (as if another peer held it)
+    try:
+        assert await a.service.broadcast(Ping(nonce=1)) == 0
+        assert a.service.is_connected(b.node_id)  # dropped for the peer, the peer stays
+        assert conn.open and conn.queued_bytes == 0
+    finally:
+        a.service._send_budget.give(1)
