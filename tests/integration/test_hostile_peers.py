@@ -10,6 +10,7 @@ repeats the cheap cases many times and checks A's resident memory did not grow.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import ssl
@@ -25,7 +26,7 @@ from tests.support.nodes import NodeProcess, wait_connected, wait_until
 
 from ian.p2p.frames import encode_frame
 from ian.p2p.messages import Ping
-from ian.p2p.transport import TlsCredentials
+from ian.p2p.transport import TlsCredentials, connect_tcp, tls_handshake
 from ian.storage.datadir import init_data_dir
 
 pytestmark = pytest.mark.integration
@@ -255,3 +256,56 @@ def test_memory_does_not_grow_under_repeated_abuse(pair: Pair) -> None:
     grown = end - min(start, pair.first_rss_kib)
     assert grown < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {grown} KiB ({start} -> {end})"
     print(f"hostile cut-off times (s): {pair.times}; RSS {pair.first_rss_kib} -> {end} KiB")
+
+
+# --------------------------------------------------------------------------- before hello
+
+#: Connections one IP may hold (max_peers_per_ip = 8), less the legitimate peer B (also local).
+PRE_HELLO_CONNECTIONS = 7
+
+
+async def pre_hello_big_frame(pair: Pair, creds: TlsCredentials) -> float:
+    """TLS done, no hello: announce a 16 MiB - 1 frame and start sending its body; the seconds
+    until the node closed the connection."""
+    stream = await tls_handshake(await connect_tcp(pair.host, pair.port), creds, server=False)
+    started = time.monotonic()
+    try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await stream.send((16 * 1024 * 1024 - 1).to_bytes(4, "big"))
+            await stream.send(b"\0" * (256 * 1024))  # old code buffered this, waiting for more
+        with anyio.fail_after(10):
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.BrokenResourceError, OSError, ssl.SSLError
+            ):
+                while True:
+                    await stream.receive()
+        return time.monotonic() - started
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+def test_big_frame_before_hello_is_refused_at_once(pair: Pair) -> None:
+    start = pair.a.rss_kib()
+    times: list[float] = []
+
+    async def run() -> None:
+        async def one() -> None:
+            times.append(await pre_hello_big_frame(pair, pair.hostile_identity()))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(PRE_HELLO_CONNECTIONS):
+                tg.start_soon(one)
+
+    anyio.run(run)
+    assert len(times) == PRE_HELLO_CONNECTIONS
+    assert max(times) < CUT_OFF_S, f"cut-off times {times}"
+    wait_until(
+        lambda: set(pair.a.connected()) == {pair.b.node_id},
+        timeout=5,
+        what="every hostile connection to be dropped",
+    )
+    pair.check_healthy()
+    grown = pair.a.rss_kib() - start
+    assert grown < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {grown} KiB"
+    print(f"pre-hello 16 MiB headers: cut off in {max(times):.2f} s, RSS +{grown} KiB")
