@@ -137,6 +137,10 @@ class Connection:
         self.peak_queued_bytes = 0  #: the largest ``queued_bytes`` seen
         #: When the last frame waiting for this peer's own budget started to wait (None: none)
         self.stalled_since: float | None = None
+        #: Set when the connection was closed because the peer did not read (a frame waited
+        #: ``send_stall_timeout`` for room, or one write took ``send_timeout``); the switch
+        #: charges the peer for it once, when the connection is cleaned up.
+        self.stall_error: SendStalledError | None = None
         self.stream = channel.stream
         self.session = session
         self.node_id = session.peer_node_id
@@ -257,11 +261,12 @@ class Connection:
                     if self.stalled_since is None:
                         self.stalled_since = now
                 if now >= deadline:
-                    self.close("send budget stalled")
-                    raise SendStalledError(
+                    self.stall_error = SendStalledError(
                         f"peer {self.node_id} held {self.queued_bytes} queued bytes for "
                         f"{self.tuning.send_stall_timeout} s without reading"
                     )
+                    self.close("send budget stalled")
+                    raise self.stall_error
             with anyio.move_on_after(self.tuning.send_stall_timeout / 4):
                 await self.budget.changed()
         self._take(size)
@@ -344,7 +349,13 @@ class Connection:
             if self.goodbye is not None:
                 with anyio.move_on_after(self.tuning.close_grace):
                     await self.stream.send(self.goodbye)
-        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+        except TimeoutError:
+            if self.open:
+                self.stall_error = SendStalledError(
+                    f"peer {self.node_id} read nothing for {self.tuning.send_timeout} s"
+                )
+            self.close("send failed: TimeoutError", goodbye=False)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
             self.close(f"send failed: {type(e).__name__}", goodbye=False)
         finally:
             # The writer ends only after close(): the connection is over.

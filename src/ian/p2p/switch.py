@@ -76,7 +76,6 @@ from ian.p2p.errors import (
     ProtocolViolation,
     RemoteError,
     RequestTimeoutError,
-    SendStalledError,
 )
 from ian.p2p.messages import (
     MESSAGE_TYPES,
@@ -185,7 +184,7 @@ class P2PTuning:
     # bytes of queued frames to all peers: a reply/request waits, a broadcast skips the peer
     send_budget_bytes: int = 256 * 1024 * 1024
     # a frame waiting this long for room in its peer's own queue: the peer is dropped, charged
-    send_stall_timeout: float = 10.0
+    send_stall_timeout: float = 5.0  # < send_timeout: the stall (charged) is seen first
     max_pending_handshakes: int = 64  # inbound connections not yet past hello
     close_grace: float = 1.0  # time to flush queued frames and the goodbye when closing
     agent: str = field(default_factory=_agent)
@@ -490,12 +489,9 @@ class P2PService:
         return reply
 
     async def _enqueue(self, conn: Connection, frame: bytes) -> None:
-        """:meth:`Connection.enqueue`, charging a peer that stalls its send budget."""
-        try:
-            await conn.enqueue(frame)
-        except SendStalledError as exc:
-            self._charge_failure(conn, exc)
-            raise
+        """:meth:`Connection.enqueue` (a peer that stalls its send budget is charged when its
+        connection is cleaned up, see :meth:`_cleanup`)."""
+        await conn.enqueue(frame)
 
     async def broadcast(self, message: Message, exclude: Iterable[str] = ()) -> int:
         """Queue ``message`` to every connected peer not in ``exclude``, never waiting: a peer
@@ -803,6 +799,8 @@ class P2PService:
 
     async def _cleanup(self, conn: Connection, registered: bool, farewell: str | None) -> None:
         await conn.finish(farewell)
+        if conn.stall_error is not None:  # it did not read: charged once
+            self._charge_failure(conn, conn.stall_error)
         if registered and self._peers.get(conn.node_id) is conn:
             del self._peers[conn.node_id]
             self.peer_book.on_disconnected(conn.node_id)
