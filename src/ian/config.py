@@ -318,6 +318,18 @@ class Settings(BaseSettings):
     ban_seconds: Float = _f(
         86400.0, "Default ban duration for misbehaving peers.", "a number >= 0", ge=0
     )
+    ban_ip_after: Int = _f(
+        5,
+        "Banned identities from one IP before the IP itself is banned for ban_seconds (0: never).",
+        "an integer >= 0",
+        ge=0,
+    )
+    max_known_peers: Int = _f(
+        10_000,
+        "Most peers the peer book learns; the oldest never-connected ones make room.",
+        "an integer >= 100",
+        ge=100,
+    )
     sync_lag_ready_threshold: Int = _f(
         10, "Readiness fails when this many blocks behind the network.", "an integer >= 0", ge=0
     )

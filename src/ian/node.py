@@ -263,6 +263,7 @@ class Node:
                 ),
             )
             peer_book = PeerBook.load(datadir.peer_scores_file, ban_seconds=settings.ban_seconds)
+            peer_book.configure(max_known=settings.max_known_peers)
             node = cls(
                 settings, datadir, lock, init.identity, init.cert, store, state, peer_book, genesis
             )
