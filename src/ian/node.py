@@ -13,6 +13,8 @@ certificate and the log level.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import ipaddress
 import logging
 import signal
 import time
@@ -33,7 +35,7 @@ from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
-from ian.errors import DataDirError, GenesisError, IanError, UnavailableError
+from ian.errors import AuthError, DataDirError, GenesisError, IanError, UnavailableError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.genesis_exchange import GenesisExchange
@@ -198,6 +200,7 @@ class Node:
             publish=self.events.publish,
             max_frame_bytes=settings.max_frame_bytes,
             on_fork=self._keep_fork_evidence,
+            forward_token=lambda: self.settings_token,
         )
         self.tau = TauBridge(
             settings,
@@ -415,10 +418,41 @@ class Node:
             return await self.sequencer.submit(c)
         return await self.replicator.forward(c)
 
-    async def _handle_forward(self, c: Contribution) -> Outcome:
-        """A follower forwarded ``c``: same admission checks as the API, then sequence it."""
+    async def _handle_forward(self, c: Contribution, peer: PeerInfo, token: str | None) -> Outcome:
+        """A peer forwarded ``c``: the same gate as ``POST /contribute``, then sequence it.
+
+        When submissions need a token, the forward must carry it or come from a peer listed
+        in ``forward_from`` (the token cannot be bypassed over P2P). A peer that is neither
+        trusted nor token-bearing is one more client: the per-client limit applies to it
+        (keyed by its node id); the per-contributor limit applies to every forward."""
         self._refuse_while_catching_up()
+        expected = self.settings_token
+        token_ok = expected is not None and token is not None
+        token_ok = token_ok and hmac.compare_digest(token or "", expected or "")
+        trusted = token_ok or self._forward_listed(peer)
+        if expected is not None and not trusted:
+            raise AuthError(
+                "forwarded contributions need the submission token or a peer listed in "
+                "forward_from",
+                fix="give every node the same IAN_API_TOKEN, or list the peer in IAN_FORWARD_FROM",
+            )
+        if not trusted:
+            self.intake.check_client(f"peer:{peer.node_id}")
         return await self.sequencer.submit(self.intake.admit(c))
+
+    def _forward_listed(self, peer: PeerInfo) -> bool:
+        allowed = self.settings.forward_from
+        if not allowed:
+            return False
+        if peer.node_id in allowed:
+            return True
+        try:
+            ip = ipaddress.ip_address(peer.remote_ip)
+        except ValueError:
+            return False
+        return any(
+            "/" in entry and ip in ipaddress.ip_network(entry, strict=False) for entry in allowed
+        )
 
     async def _catch_up_before_sequencing(self) -> None:
         """N = 1 start-up: wait (bounded) for a peer, take every block peers prove above our

@@ -113,6 +113,16 @@ class HostilePeer:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 
+    async def request(self, data: bytes, msg_id: int, within: float = 10) -> Any:
+        """Send a request frame (built with ``msg_id``) and return the reply's envelope."""
+        await self.stream.send(data)
+        with anyio.fail_after(within):
+            while True:
+                events = self.session.receive_data(await self.stream.receive(), 0.0)
+                for event in events:
+                    if isinstance(event, MessageReceived) and event.envelope.re == msg_id:
+                        return event.envelope
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 
