@@ -23,7 +23,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from ian.api.app import create_app
-from ian.api.tau_routes import router
+from ian.api.routes.tau import router
 from ian.config import load_settings
 from ian.errors import NodeRefusedError
 from ian.node import Node

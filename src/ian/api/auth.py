@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ian.errors import AuthError
 
@@ -67,10 +67,10 @@ class AdminGuard:
 
     PREFIX = "/api/v1/admin/"
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(self.PREFIX):
             request = Request(scope)
             try:

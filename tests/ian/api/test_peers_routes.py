@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from ian.api.peers_routes import router
+from ian.api.routes.peers import router
 from ian.errors import RequestError
 from ian.p2p.peer_book import PeerBook, PeerEvent
 
