@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Annotated
+from collections.abc import Sequence
+from enum import Enum
+from typing import Annotated, TypedDict
 
 import anyio
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, params
 
 from ian.api import models as m
 from ian.api.deps import (
@@ -31,6 +33,14 @@ from ian.errors import InputError, NotFoundError
 from ian.p2p.peer_book import PeerBook, parse_ban_target
 
 router = APIRouter()
+
+
+class _RouteOptions(TypedDict):
+    """Keyword arguments shared by the admin routes' decorators."""
+
+    dependencies: Sequence[params.Depends]
+    tags: list[str | Enum]
+
 
 #: how many removed ids a prune answer lists (the count is always exact)
 PRUNE_IDS_SHOWN = 1000
@@ -97,10 +107,11 @@ def _in_network(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Net
     return addr.version == network.version and addr in network
 
 
-admin = APIRouter(tags=["admin"], dependencies=[ADMIN])
+#: The admin routes' decorator arguments (one router, so the routes keep their order).
+_admin: _RouteOptions = {"dependencies": [ADMIN], "tags": ["admin"]}
 
 
-@admin.post("/api/v1/admin/peers/ban", response_model=m.BanResponse)
+@router.post("/api/v1/admin/peers/ban", response_model=m.BanResponse, **_admin)
 async def ban_peer(body: m.BanRequest, book: PeerBookDep, p2p: P2PDep) -> m.BanResponse:
     """Ban a node id / IP / CIDR and disconnect the connected peers it covers."""
     if not math.isfinite(body.seconds):
@@ -121,7 +132,7 @@ async def ban_peer(body: m.BanRequest, book: PeerBookDep, p2p: P2PDep) -> m.BanR
     return m.BanResponse.model_validate({**info.to_dict(), "disconnected": disconnected})
 
 
-@admin.post("/api/v1/admin/peers/unban", response_model=m.UnbanResponse)
+@router.post("/api/v1/admin/peers/unban", response_model=m.UnbanResponse, **_admin)
 async def unban_peer(body: m.TargetRequest, book: PeerBookDep) -> m.UnbanResponse:
     """Lift a ban; ``removed`` is false when the target had none."""
     _kind, target = parse_ban_target(body.target)
@@ -131,7 +142,7 @@ async def unban_peer(body: m.TargetRequest, book: PeerBookDep) -> m.UnbanRespons
     return m.UnbanResponse(target=target, removed=removed)
 
 
-@admin.post("/api/v1/admin/peers/reset", response_model=m.PeerEntry)
+@router.post("/api/v1/admin/peers/reset", response_model=m.PeerEntry, **_admin)
 async def reset_peer(body: m.ResetRequest, book: PeerBookDep) -> m.PeerEntry:
     """Score back to 100 and any node-id ban lifted (counters kept); 404 when unknown."""
     record = book.reset(body.node_id)
@@ -139,7 +150,7 @@ async def reset_peer(body: m.ResetRequest, book: PeerBookDep) -> m.PeerEntry:
     return m.PeerEntry.of(record)
 
 
-@admin.post("/api/v1/admin/peers/connect", response_model=m.ConnectResponse)
+@router.post("/api/v1/admin/peers/connect", response_model=m.ConnectResponse, **_admin)
 async def connect_peer(body: m.ConnectRequest, p2p: P2PDep) -> m.ConnectResponse:
     """Dial ``address`` now; answers with the peer's node id once the handshake is done."""
     try:
@@ -151,7 +162,7 @@ async def connect_peer(body: m.ConnectRequest, p2p: P2PDep) -> m.ConnectResponse
     return m.ConnectResponse(address=address, node_id=node_id)
 
 
-@admin.post("/api/v1/admin/peers/prune", response_model=m.PruneResponse)
+@router.post("/api/v1/admin/peers/prune", response_model=m.PruneResponse, **_admin)
 async def prune_peers(body: m.PruneRequest, book: PeerBookDep) -> m.PruneResponse:
     """Drop peers unseen for ``older_than_s`` (never connected or actively banned ones)."""
     if not math.isfinite(body.older_than_s):
@@ -178,7 +189,7 @@ def _limits(p2p: P2PControl) -> m.P2PLimits:
     return m.P2PLimits(max_peers=p2p.max_peers, rate=rate, burst=burst)
 
 
-@admin.post("/api/v1/admin/p2p/limits", response_model=m.P2PLimitsChange)
+@router.post("/api/v1/admin/p2p/limits", response_model=m.P2PLimitsChange, **_admin)
 async def p2p_limits(body: m.LimitsRequest, p2p: P2PDep) -> m.P2PLimitsChange:
     """Change P2P limits at run time (only the fields given); not persisted across restarts."""
     given = body.model_dump(exclude_none=True)
@@ -190,6 +201,3 @@ async def p2p_limits(body: m.LimitsRequest, p2p: P2PDep) -> m.P2PLimitsChange:
     except ValueError as exc:
         raise InputError(str(exc), field=next(iter(given))) from None
     return m.P2PLimitsChange(applied=given, limits=_limits(running))
-
-
-router.include_router(admin)
