@@ -10,7 +10,6 @@ unexpected is a logged 500 — never a 200 carrying an error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -21,8 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ian.api import models as m
 from ian.api.auth import AdminGuard
+from ian.api.responses import error_response, request_error_response
 from ian.api.routes import ROUTERS
-from ian.errors import AuthError, RateLimitedError, RequestError, UnavailableError
+from ian.errors import RequestError
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -65,29 +65,12 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """The JSON error body every failed request gets: ``{"error": {code, message, field}}``."""
-    body = m.ErrorResponse(error=m.ErrorBody(code=code, message=message, field=field))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every failure with :func:`error_response` (see the module docstring)."""
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
-        headers = None
-        if isinstance(exc, RateLimitedError | UnavailableError):
-            headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
-        if isinstance(exc, AuthError) and exc.http_status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(exc.http_status, exc.code, exc.message, exc.field, headers)
+        return request_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

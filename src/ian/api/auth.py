@@ -6,9 +6,9 @@ import hmac
 import ipaddress
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ian.api.responses import request_error_response
 from ian.errors import AuthError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -76,11 +76,6 @@ class AdminGuard:
             try:
                 await require_admin(request)
             except AuthError as exc:
-                response = JSONResponse(
-                    {"error": {"code": exc.code, "message": exc.message, "field": None}},
-                    status_code=exc.http_status,
-                    headers={"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
-                )
-                await response(scope, receive, send)
+                await request_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
