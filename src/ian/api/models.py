@@ -260,7 +260,11 @@ class ResyncResponse(BaseModel):
 
 
 class CertificateInfo(BaseModel):
-    """A node certificate as the API and ``ian certs show --json`` print it."""
+    """A node certificate as the API and ``ian certs show --json`` print it: the schema of
+    :func:`ian.certs.cert_doc`, which builds it. Forbids keys it does not declare, so the two
+    cannot drift apart silently."""
+
+    model_config = ConfigDict(extra="forbid")
 
     node_id: str
     subject: str
