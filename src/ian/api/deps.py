@@ -15,14 +15,17 @@ checks that every route with :data:`ADMIN` lies under that prefix and vice versa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from fastapi import Depends, Request
 
 from ian.api.auth import require_admin
 from ian.errors import NotFoundError, UnavailableError
-from ian.node import GoalView, Node
 from ian.p2p.peer_book import PeerBook
+
+if TYPE_CHECKING:
+    # The node sits above the API (tests/ian/test_layers.py): named for type checking only.
+    from ian.node import GoalView, Node
 
 __all__ = [
     "ADMIN",
@@ -43,7 +46,10 @@ def get_node(request: Request) -> Node:
     return node
 
 
-NodeDep = Annotated[Node, Depends(get_node)]
+if TYPE_CHECKING:
+    NodeDep = Annotated[Node, Depends(get_node)]
+else:  # FastAPI needs only the Depends; the node type is not importable here at run time
+    NodeDep = Annotated[object, Depends(get_node)]
 
 #: The admin check as a route dependency: ``dependencies=[ADMIN]``.
 ADMIN = Depends(require_admin)

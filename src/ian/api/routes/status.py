@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 
 from ian.api import models as m
 from ian.api.deps import NodeDep, goal_view
-from ian.node import GoalView, Node
+
+if TYPE_CHECKING:
+    from ian.node import GoalView, Node
 
 router = APIRouter(tags=["status"])
 
