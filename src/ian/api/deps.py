@@ -48,7 +48,7 @@ def get_node(request: Request) -> Node:
 
 if TYPE_CHECKING:
     NodeDep = Annotated[Node, Depends(get_node)]
-else:  # FastAPI needs only the Depends; the node type is not importable here at run time
+else:  # FastAPI needs only the Depends at run time, and the API must not import ian.node
     NodeDep = Annotated[object, Depends(get_node)]
 
 #: The admin check as a route dependency: ``dependencies=[ADMIN]``.
