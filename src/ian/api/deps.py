@@ -1,5 +1,8 @@
 """What route handlers are given (FastAPI dependencies): the node, its parts, admin auth.
 
+The dependencies are ``async`` (FastAPI would run plain functions in a worker thread: a thread
+hop per request for an attribute read, and the node's objects belong to the event loop).
+
 Every router gets the node the same way, ``node: NodeDep``, which reads ``app.state.node``
 (set by :func:`ian.api.app.create_app`; a test app may put a stand-in with the attributes its
 routes use there instead). Routes never close over a node, so a router can be included in any
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 
-def get_node(request: Request) -> Node:
+async def get_node(request: Request) -> Node:
     """The node this app serves (``app.state.node``)."""
     node: Node = request.app.state.node
     return node
@@ -67,7 +70,7 @@ def goal_view(node: Node, goal_id: str) -> GoalView:
     return view
 
 
-def get_peer_book(node: NodeDep) -> PeerBook:
+async def get_peer_book(node: NodeDep) -> PeerBook:
     return node.peer_book
 
 
@@ -105,18 +108,28 @@ class P2PControl(Protocol):
     ) -> None: ...
 
 
-def get_p2p(node: NodeDep) -> P2PControl | None:
+async def get_p2p(node: NodeDep) -> P2PControl | None:
     """The node's P2P layer, or None when it runs none."""
     p2p: P2PControl | None = getattr(node, "p2p", None)
     return p2p
 
 
-def require_p2p(p2p: Annotated[P2PControl | None, Depends(get_p2p)]) -> P2PControl:
-    """The node's P2P layer; UnavailableError (503) when it runs none."""
+P2PDep = Annotated[P2PControl | None, Depends(get_p2p)]
+
+
+def running_p2p(p2p: P2PControl | None) -> P2PControl:
+    """``p2p`` itself; UnavailableError (503) when P2P is not running (None).
+
+    For handlers that must validate their input first; others take :data:`RequiredP2PDep`.
+    """
     if p2p is None:
         raise UnavailableError("P2P is not running on this node", fix="check the node's logs")
     return p2p
 
 
-P2PDep = Annotated[P2PControl | None, Depends(get_p2p)]
+async def require_p2p(p2p: P2PDep) -> P2PControl:
+    """The node's P2P layer; UnavailableError (503) when it runs none."""
+    return running_p2p(p2p)
+
+
 RequiredP2PDep = Annotated[P2PControl, Depends(require_p2p)]

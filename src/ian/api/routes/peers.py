@@ -26,7 +26,7 @@ from ian.api.deps import (
     PeerBookDep,
     PeerLink,
     RequiredP2PDep,
-    require_p2p,
+    running_p2p,
 )
 from ian.config import PeerAddressError, parse_peer_address
 from ian.errors import InputError, NotFoundError
@@ -157,8 +157,8 @@ async def connect_peer(body: m.ConnectRequest, p2p: P2PDep) -> m.ConnectResponse
         address = str(parse_peer_address(body.address))
     except PeerAddressError as exc:
         raise InputError(exc.message, field="address") from None
-    running = require_p2p(p2p)
-    node_id = await running.connect(address)
+    live = running_p2p(p2p)
+    node_id = await live.connect(address)
     return m.ConnectResponse(address=address, node_id=node_id)
 
 
@@ -195,9 +195,9 @@ async def p2p_limits(body: m.LimitsRequest, p2p: P2PDep) -> m.P2PLimitsChange:
     given = body.model_dump(exclude_none=True)
     if not given:
         raise InputError("give at least one of max_peers, rate, burst", field="max_peers")
-    running = require_p2p(p2p)
+    live = running_p2p(p2p)
     try:
-        running.configure(**given)
+        live.configure(**given)
     except ValueError as exc:
         raise InputError(str(exc), field=next(iter(given))) from None
-    return m.P2PLimitsChange(applied=given, limits=_limits(running))
+    return m.P2PLimitsChange(applied=given, limits=_limits(live))

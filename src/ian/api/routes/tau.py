@@ -21,7 +21,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["tau"])
 
 
-def get_bridge(node: NodeDep) -> TauBridge:
+async def get_bridge(node: NodeDep) -> TauBridge:
     """The node's Tau bridge; UnavailableError (503) when it runs none."""
     bridge: TauBridge | None = getattr(node, "tau", None)
     if bridge is None:
