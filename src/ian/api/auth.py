@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ian.api.responses import request_error_response
 from ian.errors import AuthError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -67,20 +67,15 @@ class AdminGuard:
 
     PREFIX = "/api/v1/admin/"
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(self.PREFIX):
             request = Request(scope)
             try:
                 await require_admin(request)
             except AuthError as exc:
-                response = JSONResponse(
-                    {"error": {"code": exc.code, "message": exc.message, "field": None}},
-                    status_code=exc.http_status,
-                    headers={"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
-                )
-                await response(scope, receive, send)
+                await request_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -316,6 +316,6 @@ def _reason(text: str) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
-def _peer(ws: Any) -> str:
+def _peer(ws: ServerConnection) -> str:
     addr = ws.remote_address
     return f"{addr[0]}:{addr[1]}" if addr else "unknown"
