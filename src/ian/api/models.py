@@ -123,11 +123,35 @@ class PeerCounts(BaseModel):
     banned: int = 0
 
 
+class AuthorityStatus(BaseModel):
+    """One authority named by the genesis, as this node sees it."""
+
+    node_id: str
+    reachable: bool = Field(description="this node, or connected to it now")
+    match_height: int | None = Field(
+        description="the height this node knows it holds (its own, or the height it announced)"
+    )
+
+
 class NodeStatus(BaseModel):
     node_id: str
     version: str
     role: str
     network_id: str
+    chain_id: str | None = Field(
+        default=None, description="sha256 of the pinned genesis; null until one is pinned"
+    )
+    leader_id: str | None = Field(
+        default=None, description="the node that sequences blocks now (null: not known yet)"
+    )
+    term: int | None = Field(
+        default=None,
+        description="election term; null on a one-authority chain (no elections)",
+    )
+    commit_height: int = Field(
+        default=0, description="highest committed block here (one authority: every stored block)"
+    )
+    authorities: list[AuthorityStatus] = Field(default_factory=list)
     height: int
     head_hash: str
     network_height: int

@@ -26,6 +26,11 @@ async def status(node: NodeDep) -> m.NodeStatus:
         version=node.version,
         role=node.role,
         network_id=node.settings.network_id,
+        chain_id=node.genesis.chain_id() if node.genesis is not None else None,
+        leader_id=node.sequencer_id,
+        term=None,
+        commit_height=snap.height,
+        authorities=authorities(node),
         height=snap.height,
         head_hash=node.head[1].hex(),
         network_height=snap.network_height,
@@ -48,6 +53,24 @@ async def status(node: NodeDep) -> m.NodeStatus:
 async def status_goal(goal_id: str, node: NodeDep) -> m.GoalStatus:
     """One goal: log and leaderboard sizes and roots, the leader, counters, its Tau commit."""
     return goal_status(node, goal_view(node, goal_id))
+
+
+def authorities(node: Node) -> list[m.AuthorityStatus]:
+    """The genesis's authorities: reachable (this node, or connected) and the height known."""
+    if node.genesis is None:
+        return []
+    peers = {p.node_id: p for p in node.p2p.peers()}
+    out = []
+    for node_id in node.genesis.authority_ids:
+        if node_id == node.identity.node_id:
+            out.append(m.AuthorityStatus(node_id=node_id, reachable=True, match_height=node.height))
+        else:
+            peer = peers.get(node_id)
+            height = peer.height if peer is not None else None
+            out.append(
+                m.AuthorityStatus(node_id=node_id, reachable=peer is not None, match_height=height)
+            )
+    return out
 
 
 def goal_status(node: Node, view: GoalView) -> m.GoalStatus:
