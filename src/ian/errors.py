@@ -122,7 +122,7 @@ class AuthError(RequestError):
         super().__init__(message, field=field, code=code, fix=fix)
         if forbidden:
             self.http_status = 403
-            self.code = "forbidden"
+            self.code = code or "forbidden"
 
 
 class NotFoundError(RequestError):

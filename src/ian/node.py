@@ -402,6 +402,14 @@ class Node:
             log.critical("fork evidence kept in %s", path)
         self.metrics.fork_evidence.inc()
 
+    def http_ban_reason(self, ip: str) -> str | None:
+        """Why ``ip`` may not use the HTTP API or the event stream (an IP/CIDR ban from
+        ``ian peers ban``, shared with P2P), or None. 127.0.0.1 and ::1 are never refused, so
+        the operator's own ``ian`` keeps working."""
+        if ip in ("127.0.0.1", "::1"):
+            return None
+        return self.peer_book.ban_reason(ip=ip)
+
     def _sequencing(self) -> bool:
         """This node orders blocks now (the sequencer, done catching up)."""
         return self.role == "sequencer" and not self.catching_up
@@ -625,7 +633,13 @@ class Node:
                 await outer.start(self.sequencer.run)
                 api = ApiServer(self, self.settings.api_host, self.settings.api_port)
                 ws_host, ws_port = self.settings.api_host, self.settings.ws_port
-                ws = EventStreamServer(self.events, lambda: self.admin_token, ws_host, ws_port)
+                ws = EventStreamServer(
+                    self.events,
+                    lambda: self.admin_token,
+                    ws_host,
+                    ws_port,
+                    banned=self.http_ban_reason,
+                )
                 async with anyio.create_task_group() as inner:
                     if handle_signals:  # first: a SIGTERM during start-up still stops cleanly
                         await inner.start(self._watch_signals)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ian.api import models as m
-from ian.api.auth import AdminGuard
+from ian.api.auth import AdminGuard, BanGuard
 from ian.api.responses import error_response, request_error_response
 from ian.api.routes import ROUTERS
 from ian.errors import RequestError
@@ -41,6 +41,7 @@ def create_app(node: Node) -> FastAPI:
     )
     app.state.node = node
     app.add_middleware(AdminGuard)
+    app.add_middleware(BanGuard)  # added last: runs first
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

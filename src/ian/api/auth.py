@@ -61,6 +61,27 @@ def client_address(
     return host
 
 
+class BanGuard:
+    """ASGI middleware: a client whose address is banned (``ian peers ban IP|CIDR``, the same
+    bans P2P uses, live and persisted in the peer book) gets 403 before anything else runs.
+    Behind a trusted proxy the forwarded address is the one checked."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            node = request.app.state.node
+            proxies = [ipaddress.ip_network(p, strict=False) for p in node.settings.trusted_proxies]
+            why = node.http_ban_reason(client_address(request, proxies))
+            if why is not None:
+                exc = AuthError(f"this address is banned: {why}", forbidden=True, code="banned")
+                await request_error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class AdminGuard:
     """ASGI middleware: every ``/api/v1/admin/`` request passes :func:`require_admin` before
     its body is read, so an unauthenticated caller learns nothing from body validation."""
