@@ -498,7 +498,7 @@ class Replicator:
     async def force_resync(self) -> dict[str, Any]:
         """`ian node resync` on a running follower: drop the whole chain, fetch it again."""
         if self.is_sequencer():
-            raise UnavailableError(
+            raise errors.ConflictError(
                 "this node is the sequencer: its chain is the network's source and cannot be "
                 "resynced from peers",
                 fix="resync a follower; restore the sequencer from a backup instead",

@@ -35,7 +35,11 @@ async def admin_log_level(body: m.LogLevelRequest) -> m.LogLevelResponse:
     return m.LogLevelResponse(level=level)
 
 
-@router.post("/api/v1/admin/resync", response_model=m.ResyncResponse)
+@router.post(
+    "/api/v1/admin/resync",
+    response_model=m.ResyncResponse,
+    responses=m.error_responses(409),
+)
 async def resync(node: NodeDep) -> m.ResyncResponse:
     """Drop the local chain and fetch it again from peers (identity, certs, peers kept)."""
     return m.ResyncResponse.model_validate(await node.resync())

@@ -75,7 +75,7 @@ async def list_peers(
     p2p: P2PDep,
     all_: Annotated[bool, Query(alias="all")] = False,
     sort: Annotated[str, Query(pattern="^(score|violations|last-seen)$")] = "score",
-    limit: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     banned: bool = False,
 ) -> m.PeerList:
     """Connected peers, how many are known and banned, active IP bans; with ``all=1`` (or

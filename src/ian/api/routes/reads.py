@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from ian.api import models as m
 from ian.api.deps import NodeDep, goal_view
 from ian.chain import mmr
 from ian.errors import NotFoundError
+
+#: the largest log index SQLite can hold (a signed 64-bit integer); beyond it: 400, not 500
+MAX_INDEX = 2**63 - 1
 
 router = APIRouter(tags=["goals"])
 
@@ -69,7 +72,7 @@ async def leaderboard(goal_id: str, node: NodeDep) -> m.LeaderboardResponse:
 async def log_entries(
     goal_id: str,
     node: NodeDep,
-    start: Annotated[int, Query(alias="from", ge=0)] = 0,
+    start: Annotated[int, Query(alias="from", ge=0, le=MAX_INDEX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> m.LogResponse:
     """A page of the goal's log from index ``from``; ``next`` is the following page's ``from``."""
@@ -91,7 +94,11 @@ async def log_entries(
     response_model=m.ProofResponse,
     responses=m.ERROR_RESPONSES,
 )
-async def proof(goal_id: str, log_index: int, node: NodeDep) -> m.ProofResponse:
+async def proof(
+    goal_id: str,
+    log_index: Annotated[int, Path(ge=0, le=MAX_INDEX)],
+    node: NodeDep,
+) -> m.ProofResponse:
     """The inclusion proof of log entry ``log_index`` against the goal's current log root."""
     view = goal_view(node, goal_id)
     size = view.log_size
