@@ -661,7 +661,7 @@ class ConsensusCore:
                 # A new authority caught up on certified blocks: now send it the uncommitted
                 # blocks, including the change that makes it one.
                 self._learner_mode.discard(sender)
-            if resp.success and self._next[sender] <= self._commit:
+            if self._next[sender] <= self._commit:
                 self._send_to_peer(sender, out)
             return
         self._learner_mode.discard(sender)
@@ -974,9 +974,15 @@ class ConsensusCore:
         if not self._is_authority() and self._leader_is_proved(sender, msg.term, msg.election):
             self._note_leader(msg.term, sender, msg.election, out)
         first = msg.blocks[0].height
-        if first < 1 or first > self._commit + 1:
-            out.append(Send(sender, AppendResponse(msg.term, False, self._commit, learner=True)))
+        if first < 1 or first > len(self._log) + 1:
+            out.append(Send(sender, AppendResponse(msg.term, False, len(self._log), learner=True)))
             return
+        if msg.blocks[0].parent_hash != self._hash_at(first - 1):
+            if first - 1 > self._commit:  # our uncommitted block there: go back to certainty
+                reply = AppendResponse(msg.term, False, self._commit, learner=True)
+                out.append(Send(sender, reply))
+            return
+        # The parent is ours, so the certificate also covers our blocks below ``first``.
         cert = msg.commit
         last = msg.blocks[-1]
         if (

@@ -652,6 +652,9 @@ class InvariantChecker:
 
     def on_emitted(self, node: _Node, out: Sequence[Action]) -> None:
         for action in out:
+            if isinstance(action, RoleChanged):
+                self._on_role(node, action)
+        for action in out:
             if isinstance(action, AppendLog):
                 for block in action.blocks:
                     self._on_append(node, block)
@@ -664,8 +667,6 @@ class InvariantChecker:
             elif isinstance(action, PersistHardState) and action.voted_for == node.node_id:
                 # Voting for itself is how a candidate starts a term (Raft §5.2).
                 self.max_candidate_term = max(self.max_candidate_term, action.term)
-            elif isinstance(action, RoleChanged):
-                self._on_role(node, action)
             elif isinstance(action, ForkDetected):
                 self.fail(f"{node.node_id}: fork evidence at height {action.evidence.height}")
 
