@@ -15,8 +15,9 @@ Rules (Raft, Ongaro & Ousterhout 2014, Figure 2, plus the IAN additions):
   without changing its term, and a real election only if a majority would grant it.
 - Votes are signed; a majority of them is the leader's election certificate, carried by every
   AppendBlocks and by the leader's first block of its term. A node accepts a leader only with a
-  certificate that verifies (or, for an authority whose log is too short to know the set that
-  elected it, from a member of its own authority set: plain Raft).
+  certificate that verifies (or, for an authority whose log cannot tell the set that elected it,
+  from an authenticated node that is or was an authority in its log: plain Raft). A stranger
+  is never followed and never votes or gets a vote.
 - Acks are signed; a majority of acks for a block of the leader's current term is its commit
   certificate. Earlier-term blocks commit only through a later certificate (Raft §5.4.2).
 - A node's commit height only ever advances, always to a block it holds with a certificate it
@@ -29,7 +30,8 @@ Rules (Raft, Ongaro & Ousterhout 2014, Figure 2, plus the IAN additions):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from dataclasses import replace
+from typing import Literal, Protocol
 
 from ian.consensus.certificates import (
     majority,
@@ -359,7 +361,7 @@ class ConsensusCore:
         self._candidacy = (self._last_term(), len(self._log))
         self._votes = {}
         self._reset_election_timer()
-        self._record_vote(self._sign_vote("pre_vote", self._term + 1), out)
+        self._record_vote(self._own_vote("pre_vote", self._term + 1), out)
         if self._role is Role.PRE_CANDIDATE:
             self._request_votes(pre_vote=True, term=self._term + 1, out=out)
 
@@ -370,31 +372,25 @@ class ConsensusCore:
         self._votes = {}
         self._reset_election_timer()
         out.append(PersistHardState(self._term, self._voted_for))
-        self._record_vote(self._sign_vote("vote", self._term), out)
+        self._record_vote(self._own_vote("vote", self._term), out)
         if self._role is Role.CANDIDATE:
             self._request_votes(pre_vote=False, term=self._term, out=out)
 
-    def _sign_vote(self, kind: str, term: int) -> Vote:
+    def _own_vote(self, kind: Literal["vote", "pre_vote"], term: int) -> Vote:
         last_term, last_height = self._candidacy
-        draft = Vote(
-            "pre_vote" if kind == "pre_vote" else "vote",
-            self.chain_id,
-            term,
-            self.node_id,
-            last_term,
-            last_height,
-            self.node_id,
-        )
-        return Vote(
-            draft.kind,
-            draft.chain_id,
-            draft.term,
-            draft.candidate,
-            draft.last_term,
-            draft.last_height,
-            draft.voter,
-            self._signer.sign(draft.signed_bytes()),
-        )
+        return self._signed_vote(kind, term, self.node_id, last_term, last_height)
+
+    def _signed_vote(
+        self,
+        kind: Literal["vote", "pre_vote"],
+        term: int,
+        candidate: str,
+        last_term: int,
+        last_height: int,
+    ) -> Vote:
+        """This node's signed (pre-)vote; the caller has made any durable change first."""
+        draft = Vote(kind, self.chain_id, term, candidate, last_term, last_height, self.node_id)
+        return replace(draft, signature=self._signer.sign(draft.signed_bytes()))
 
     def _request_votes(self, *, pre_vote: bool, term: int, out: list[Action]) -> None:
         last_term, last_height = self._candidacy
@@ -449,25 +445,8 @@ class ConsensusCore:
         out.append(Send(sender, VoteResponse(False, self._term, vote)))
 
     def _signed_vote_for(self, req: VoteRequest) -> Vote:
-        draft = Vote(
-            "pre_vote" if req.pre_vote else "vote",
-            self.chain_id,
-            req.term,
-            req.candidate,
-            req.last_term,
-            req.last_height,
-            self.node_id,
-        )
-        return Vote(
-            draft.kind,
-            draft.chain_id,
-            draft.term,
-            draft.candidate,
-            draft.last_term,
-            draft.last_height,
-            draft.voter,
-            self._signer.sign(draft.signed_bytes()),
-        )
+        kind: Literal["vote", "pre_vote"] = "pre_vote" if req.pre_vote else "vote"
+        return self._signed_vote(kind, req.term, req.candidate, req.last_term, req.last_height)
 
     def _on_vote_response(self, sender: str, resp: VoteResponse, out: list[Action]) -> None:
         members = self._authorities_at(len(self._log))
@@ -694,25 +673,6 @@ class ConsensusCore:
             return
         self._acks.setdefault(h, {})[sender] = ack
 
-    def _own_ack(self, height: int) -> Ack:
-        block = self._log[height - 1]
-        cached = self._ack_cache.get((self._term, height))
-        if cached is not None and cached.block_hash == block.hash:
-            return cached
-        draft = Ack(self.chain_id, self._term, height, block.hash, self.node_id)
-        ack = Ack(
-            draft.chain_id,
-            draft.term,
-            draft.height,
-            draft.block_hash,
-            draft.signer,
-            self._signer.sign(draft.signed_bytes()),
-        )
-        if len(self._ack_cache) > 4096:
-            self._ack_cache.clear()
-        self._ack_cache[(self._term, height)] = ack
-        return ack
-
     def _advance_leader_commit(self, out: list[Action]) -> None:
         for h in range(len(self._log), self._commit, -1):
             block = self._log[h - 1]
@@ -721,7 +681,7 @@ class ConsensusCore:
             members = self._authorities_at(h)
             acks = {s: a for s, a in self._acks.get(h, {}).items() if s in members}
             if h <= self._durable and self.node_id in members:
-                acks[self.node_id] = self._own_ack(h)
+                acks[self.node_id] = self._ack_for(self._term, h)
             if len(acks) >= majority(len(members)):
                 cert = CommitCertificate(
                     self.chain_id,
@@ -780,11 +740,16 @@ class ConsensusCore:
         return True
 
     def _check_fork(self, cert: CommitCertificate, their_block: Block, out: list[Action]) -> bool:
-        """``their_block`` (certified by ``cert``) conflicts with our committed block."""
+        """If ``cert`` validly certifies ``their_block`` where we committed another block:
+        stop (``forked``) and report both. True when it did."""
         h = cert.height
         if h > self._commit or self._log[h - 1].hash == cert.block_hash:
             return False
-        if not self._cert_is_valid(cert, their_block):
+        try:
+            verify_commit_certificate(
+                cert, their_block, self._authorities_at(h), self.chain_id, verifier=self._verifier
+            )
+        except CertificateError:
             return False
         ours = min((c for k, c in self._certs.items() if k >= h), key=_cert_height)
         self._forked = True
@@ -827,10 +792,12 @@ class ConsensusCore:
                 cert, self._authorities_at(at), self.chain_id, verifier=self._verifier
             )
         except CertificateError:
-            # Too short a log to know the set that elected it: trust an authenticated member.
-            return cert.last_height > len(self._log) and sender in self._authorities_at(
-                len(self._log)
-            )
+            # Our log may be too short, or end in an uncommitted authority change the leader's
+            # log does not have, to know the set that elected it. An authority then does what
+            # Raft does and follows an authenticated node that is or was an authority; a
+            # learner follows only what it can check.
+            known = self._known_authorities()
+            return self.node_id in known and sender in known
         return True
 
     def _valid_chain(self, first_parent: bytes, blocks: tuple[Block, ...], start: int) -> bool:
@@ -861,7 +828,7 @@ class ConsensusCore:
             for b in msg.blocks
         )
         if not self._is_authority() and not joining:
-            self._note_leader(msg.term, sender, msg.election, out)
+            self._note_leader(msg.term, sender, msg.election)
             out.append(Send(sender, AppendResponse(msg.term, False, self._commit, learner=True)))
             return
         if msg.term > self._term or self._role is not Role.FOLLOWER or self._leader != sender:
@@ -888,7 +855,12 @@ class ConsensusCore:
                 if self._log[h - 1].hash == block.hash:
                     continue
                 if h <= self._commit:
-                    return  # would remove a committed block: never
+                    # Would remove a committed block: never. With a certificate for theirs at
+                    # this very height it is proof of a fork.
+                    cert = msg.commit
+                    if cert is not None and (cert.height, cert.block_hash) == (h, block.hash):
+                        self._check_fork(cert, block, out)
+                    return
                 truncate_from = h
                 self._truncate(h)
             new.append(block)
@@ -906,21 +878,13 @@ class ConsensusCore:
         cert = msg.commit
         if (
             cert is not None
-            and cert.height <= match
-            and not self._check_fork(cert, self._block_of(cert.height, msg), out)
-            and cert.height > self._commit
+            and self._commit < cert.height <= match
             and self._cert_is_valid(cert, self._log[cert.height - 1])
         ):
             self._commit_to(cert, out)
         out.append(Send(sender, AppendResponse(self._term, True, match, tuple(acks))))
         if not self._is_authority():
             self._become_learner()
-
-    def _block_of(self, height: int, msg: AppendBlocks) -> Block:
-        for block in msg.blocks:
-            if block.height == height:
-                return block
-        return self._log[height - 1]
 
     def _truncate(self, from_height: int) -> None:
         del self._log[from_height - 1 :]
@@ -934,27 +898,22 @@ class ConsensusCore:
         self._leader = None
 
     def _ack_for(self, term: int, height: int) -> Ack:
+        """This node's signed ack of its block at ``height`` for the leader of ``term``.
+
+        Only called once that block is durable, or with the ack placed after its AppendLog.
+        """
         block = self._log[height - 1]
         cached = self._ack_cache.get((term, height))
         if cached is not None and cached.block_hash == block.hash:
             return cached
         draft = Ack(self.chain_id, term, height, block.hash, self.node_id)
-        ack = Ack(
-            draft.chain_id,
-            draft.term,
-            draft.height,
-            draft.block_hash,
-            draft.signer,
-            self._signer.sign(draft.signed_bytes()),
-        )
+        ack = replace(draft, signature=self._signer.sign(draft.signed_bytes()))
         if len(self._ack_cache) > 4096:
             self._ack_cache.clear()
         self._ack_cache[(term, height)] = ack
         return ack
 
-    def _note_leader(
-        self, term: int, leader: str, election: ElectionCertificate, out: list[Action]
-    ) -> None:
+    def _note_leader(self, term: int, leader: str, election: ElectionCertificate) -> None:
         """A learner's view of who leads (for redirects); it keeps no durable term."""
         if term >= self._term:
             if term > self._term:
@@ -972,7 +931,7 @@ class ConsensusCore:
         if self._role is Role.LEADER or msg.leader != sender or not msg.blocks:
             return
         if not self._is_authority() and self._leader_is_proved(sender, msg.term, msg.election):
-            self._note_leader(msg.term, sender, msg.election, out)
+            self._note_leader(msg.term, sender, msg.election)
         first = msg.blocks[0].height
         if first < 1 or first > len(self._log) + 1:
             out.append(Send(sender, AppendResponse(msg.term, False, len(self._log), learner=True)))

@@ -5,10 +5,11 @@ delay, loss, duplication and reordering, partitions, crashes that lose whatever 
 durable, disk latency, clock jumps, membership changes and a Byzantine non-member that forges,
 replays and claims leadership. After every step the :class:`InvariantChecker` checks Raft's five
 properties (election safety, leader append-only, log matching, leader completeness, state-machine
-safety) and IAN's own: no node removes a committed block, every commit carries a certificate that
-verifies, the Byzantine peer never becomes anyone's leader, never raises a term, never gets a
-block committed. When the faults stop, a leader must appear within a bound and every
-client-acknowledged proposal must reach every node's committed log.
+safety) and IAN's own: no node removes a committed block, a learner holds only committed
+blocks, every commit carries a certificate that verifies, the Byzantine peer never becomes
+anyone's leader, never raises a term, never gets a block appended. When the faults stop, a
+leader must appear within a bound and every client-acknowledged proposal must reach every node's
+committed log.
 
 A run is a pure function of its :class:`SimConfig`; a failure prints the command that replays it::
 
@@ -747,6 +748,10 @@ class InvariantChecker:
                 self.leader_snapshot[node.node_id] = (core.term, len(mirror), last)
             else:
                 self.leader_snapshot.pop(node.node_id, None)
+        for nid in self.sim.learner_ids:
+            node = self.sim.nodes[nid]
+            if len(node.mirror) > node.core.commit_height:
+                self.fail(f"learner {nid} holds an uncommitted block")
         sim = self.sim
         if sim.heal_time is not None and sim.result.leader_after_heal_s is None:
             if self.current_leader() is not None:

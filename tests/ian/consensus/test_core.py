@@ -46,13 +46,6 @@ def answers(actions: list[object]) -> list[object]:
     return [a.outcome for a in actions if hasattr(a, "outcome")]
 
 
-def isolate(*names: str):  # type: ignore[no-untyped-def]
-    def drop(wire: Wire) -> bool:
-        return wire.to in names or any(wire.sender == n for n in ())
-
-    return drop
-
-
 def cut(cluster: Cluster, *names: str):  # type: ignore[no-untyped-def]
     """A partition: messages to or from ``names`` are lost."""
     ids = {cluster.id(n) for n in names}
@@ -429,6 +422,32 @@ def test_two_certificates_at_one_height_are_fork_evidence_and_stop_applying() ->
     c.deliver()
     c.heartbeat("a0")
     assert l0.commit_height == 2 and [b.height for b in c.applied["l0"]] == [1, 2]
+
+
+def test_an_authority_reports_a_certified_conflict_with_its_committed_block() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r", b"ours"))
+    c.deliver()
+    c.heartbeat("a0")
+    a0, a1 = c.cores["a0"], c.cores["a1"]
+    assert a1.commit_height == 2
+    ours = a1.block(2)
+    theirs = Block.build(
+        CHAIN, height=2, term=1, parent_hash=ours.parent_hash, kind=BlockKind.DATA, payload=b"b"
+    )
+    election = a0.block(1).election
+    assert election is not None
+    uncertified = AppendBlocks(1, c.id("a0"), 1, ours.parent_hash, (theirs,), election, None)
+    out = c.step("a1", Received(c.id("a0"), uncertified))
+    assert out == [] and not a1.forked and a1.block(2) == ours  # refused, nothing removed
+    cert = c.certify(theirs, ["a0", "a2"])
+    proof = AppendBlocks(1, c.id("a0"), 1, ours.parent_hash, (theirs,), election, cert)
+    out = c.step("a1", Received(c.id("a0"), proof))
+    [fork] = [a for a in out if isinstance(a, ForkDetected)]
+    assert fork.evidence.theirs == cert and fork.evidence.our_block == ours
+    assert a1.forked and a1.block(2) == ours
+    assert answers(c.step("a1", Propose("r2", b"x"))) == [Unavailable(PARAMS.election_timeout_max)]
 
 
 def test_genesis_hash_is_per_chain() -> None:
