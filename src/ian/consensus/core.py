@@ -248,7 +248,7 @@ class ConsensusCore:
         self._active: set[str] = set()
         self._acks: dict[int, dict[str, Ack]] = {}
         self._ack_cache: dict[tuple[int, int], Ack] = {}
-        self._verified: set[tuple[str, int, bytes]] = set()
+        self._verified: set[CommitCertificate] = set()  # checked already: skip the signatures
         self._pending: dict[str, tuple[int, bytes]] = {}
         self._heartbeat_due = 0.0
         self._quorum_check_due = 0.0
@@ -690,16 +690,21 @@ class ConsensusCore:
                     block.hash,
                     tuple(acks[s] for s in sorted(acks)),
                 )
-                self._verified.add((self.chain_id, h, block.hash))
+                self._verified.add(cert)
                 self._commit_to(cert, out)
                 return
 
     # ------------------------------------------------------------------ commit and apply
 
-    def _commit_to(self, cert: CommitCertificate, out: list[Action]) -> None:
+    def _commit_to(
+        self, cert: CommitCertificate, out: list[Action], *, stored: bool = False
+    ) -> None:
+        """Commit up to ``cert.height``: store the certificate (unless ``stored``), then
+        announce, apply and answer."""
         self._certs[cert.height] = cert
         self._commit = cert.height
-        out.append(StoreCertificate(cert))
+        if not stored:
+            out.append(StoreCertificate(cert))
         out.append(Commit(cert.height, cert))
         self._apply_committed(out)
         for h in [h for h in self._acks if h <= cert.height]:
@@ -723,8 +728,8 @@ class ConsensusCore:
             out.append(Apply(self._log[self._applied - 1]))
 
     def _cert_is_valid(self, cert: CommitCertificate, block: Block) -> bool:
-        key = (cert.chain_id, cert.height, cert.block_hash)
-        if key in self._verified and block.hash == cert.block_hash:
+        """``cert`` certifies ``block`` under the authority set of our log at its height."""
+        if cert in self._verified and block.hash == cert.block_hash:
             return True
         try:
             verify_commit_certificate(
@@ -736,7 +741,9 @@ class ConsensusCore:
             )
         except CertificateError:
             return False
-        self._verified.add(key)
+        if len(self._verified) > 1024:
+            self._verified.clear()
+        self._verified.add(cert)
         return True
 
     def _check_fork(self, cert: CommitCertificate, their_block: Block, out: list[Action]) -> bool:
@@ -967,13 +974,18 @@ class ConsensusCore:
                 self._truncate(h)  # h > commit height: an uncommitted suffix
                 out.append(TruncateLog(h))
             new.append(block)
+        # The certificate is durable before the blocks it covers, so a restarted learner
+        # never finds a block on disk it cannot prove committed.
+        commits = cert.height > self._commit
+        if commits:
+            out.append(StoreCertificate(cert))
         if new:
             for block in new:
                 self._log.append(block)
                 self._note_config(block)
             out.append(AppendLog(tuple(new)))
-        if cert.height > self._commit:
-            self._commit_to(cert, out)
+        if commits:
+            self._commit_to(cert, out, stored=True)
         out.append(Send(sender, AppendResponse(msg.term, True, self._commit, learner=True)))
         if self._role is Role.LEARNER and self._is_authority():
             self._role = Role.FOLLOWER

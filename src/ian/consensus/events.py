@@ -157,7 +157,8 @@ class TruncateLog(Durable):
 
 @dataclass(frozen=True)
 class AppendLog(Durable):
-    """Append ``blocks`` (consecutive, extending the log); then feed :class:`Persisted`."""
+    """Append ``blocks`` (consecutive, extending the log) atomically: all or none survive a
+    crash. Then feed :class:`Persisted` for the last of them."""
 
     blocks: tuple[Block, ...]
 

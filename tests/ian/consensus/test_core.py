@@ -30,6 +30,7 @@ from ian.consensus import (
     Restart,
     Role,
     Send,
+    StoreCertificate,
     Tick,
     TruncateLog,
     Unavailable,
@@ -308,6 +309,9 @@ def test_learner_refuses_blocks_without_a_valid_certificate() -> None:
     good = CertifiedBlocks(1, c.id("a0"), (block,), c.certify(block, ["a0", "a2"]), election)
     out = c.step("l0", Received(c.id("a0"), good))
     assert [a.block.payload for a in out if isinstance(a, Apply)] == [b"forged"]
+    # The certificate is durable before the block: a crash never leaves an unprovable block.
+    kinds = [type(a) for a in out]
+    assert kinds.index(StoreCertificate) < kinds.index(AppendLog)
 
 
 # --- membership ---
