@@ -584,6 +584,10 @@ class ConsensusCore:
     def _send_to_peer(self, peer: str, out: list[Action]) -> None:
         assert self._election is not None
         members = self._authorities_at(len(self._log))
+        if peer in members and self._next[peer] > self._commit:
+            # An authority that lacks no committed block gets AppendBlocks, even one that was
+            # catching up on certified blocks (so a joining authority sees its own addition).
+            self._learner_mode.discard(peer)
         if peer in members and peer not in self._learner_mode:
             nxt = min(self._next[peer], len(self._log) + 1)
             prev = nxt - 1
@@ -892,6 +896,8 @@ class ConsensusCore:
         out.append(Send(sender, AppendResponse(self._term, True, match, tuple(acks))))
         if not self._is_authority():
             self._become_learner()
+        elif self._role is Role.LEARNER:
+            self._role = Role.FOLLOWER  # the blocks made us an authority (joining)
 
     def _truncate(self, from_height: int) -> None:
         del self._log[from_height - 1 :]
@@ -902,7 +908,6 @@ class ConsensusCore:
         """Removed from the authorities (by a block in our log): stop voting. The uncommitted
         suffix stays until certified blocks confirm or replace it."""
         self._role = Role.LEARNER
-        self._leader = None
 
     def _ack_for(self, term: int, height: int) -> Ack:
         """This node's signed ack of its block at ``height`` for the leader of ``term``.

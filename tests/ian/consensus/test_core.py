@@ -340,6 +340,21 @@ def test_authority_changes_apply_at_once_one_at_a_time() -> None:
     assert c.id("a2") not in a0.authorities()
 
 
+def test_a_learner_added_as_authority_acks_at_once() -> None:
+    c = Cluster(3, 1)
+    c.elect("a0")
+    c.heartbeat("a0")
+    l0 = c.cores["l0"]
+    assert l0.role is Role.LEARNER and l0.commit_height == 1
+    add = AuthorityChange("add", c.id("l0"), c.identities["l0"].public_key)
+    c.step("a0", ProposeChange("c", add))
+    # 4 authorities now: a0, a1 and the newcomer make the majority without a2.
+    out = c.deliver(lambda w: w.to == "a2")
+    assert l0.role is Role.FOLLOWER and c.id("l0") in l0.authorities()
+    assert any(isinstance(o, Accepted) for o in answers(out))
+    assert c.cores["a0"].commit_height == 2
+
+
 def test_leader_cannot_remove_itself() -> None:
     c = Cluster(3)
     c.elect("a0")
