@@ -29,7 +29,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ian.consensus.certificates import majority, verify_commit_certificate
@@ -560,6 +560,8 @@ class Simulation:
         message: Message
         if choice == 0 and self.captured:
             message = rng.choice(list(self.captured))  # replay anything, any term
+            if isinstance(message, AppendBlocks | CertifiedBlocks) and rng.random() < 0.5:
+                message = replace(message, leader=BYZANTINE)  # ... and claim it as its own
         elif choice == 1:
             # Claim leadership of a far-future term with forged votes and a forged block.
             term = top_term + rng.choice([1, 2, 1000, 10**9])
@@ -568,17 +570,10 @@ class Simulation:
                 for v in self.authority_ids
             )
             cert = ElectionCertificate(CHAIN_ID, term, BYZANTINE, term - 1, 10**6, votes)
-            block = Block(10**6, term, rng.randbytes(32), BlockKind.DATA, b"byz", None, None)
-            block = Block(
-                block.height,
-                term,
-                block.parent_hash,
-                block.kind,
-                b"byz",
-                None,
-                None,
-                rng.randbytes(32),
-            )
+            # A block whose hash is forged (it does not hash to what it claims).
+            parent = rng.randbytes(32)
+            forged = rng.randbytes(32)
+            block = Block(10**6, term, parent, BlockKind.DATA, b"byz", None, None, forged)
             message = AppendBlocks(
                 term, BYZANTINE, 10**6 - 1, block.parent_hash, (block,), cert, None
             )
@@ -600,6 +595,9 @@ class Simulation:
                     Ack(CHAIN_ID, fake.term, fake.height, fake.hash, a, rng.randbytes(32))
                     for a in self.authority_ids
                 )
+                if real.term == fake.term and h in leader.disk.certificates and rng.random() < 0.5:
+                    # Genuine acks, replayed from the real block at h onto the forged one.
+                    acks = leader.disk.certificates[h].acks
                 cert2 = CommitCertificate(CHAIN_ID, fake.term, fake.height, fake.hash, acks)
                 message = CertifiedBlocks(
                     fake.term,
