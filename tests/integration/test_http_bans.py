@@ -4,9 +4,11 @@ live, persisted, with expiry and reason (issue "Hostile peers", item 7). Loopbac
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
-from tests.support.nodes import run_ian
+from tests.support.nodes import NETWORK_ENV, contribution, run_ian
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +45,27 @@ def test_a_banned_address_is_refused_on_http_live_and_after_a_restart(ian_nodes)
     )  # fmt: skip
     assert lifted.returncode == 0, lifted.stderr
     assert from_address(ATTACKER, url).status_code == 200
+
+
+def test_http_limits_change_live(ian_nodes) -> None:
+    node = ian_nodes.start(env=NETWORK_ENV, wait=("api", "p2p"))
+    common = ("--node-url", node.api_url, "--data-dir", str(node.data_dir), "--json")
+    shown = run_ian("node", "limits", *common)
+    assert shown.returncode == 0, shown.stderr
+    assert set(json.loads(shown.stdout)["limits"]) == {
+        "client_rate",
+        "client_burst",
+        "contributor_rate",
+        "contributor_burst",
+    }
+    tight = run_ian("node", "limits", "--client-rate", "0.01", "--client-burst", "2", *common)
+    assert tight.returncode == 0, tight.stderr
+    assert json.loads(tight.stdout)["limits"]["client_burst"] == 2
+    url = node.api_url + "/api/v1/contribute"
+    codes = [
+        httpx.post(url, json=contribution(i, tag="live"), timeout=10).status_code for i in range(3)
+    ]
+    assert codes == [200, 200, 429], codes
+    loose = run_ian("node", "limits", "--client-rate", "50", "--client-burst", "100", *common)
+    assert loose.returncode == 0, loose.stderr
+    assert httpx.post(url, json=contribution(9, tag="live"), timeout=10).status_code == 200

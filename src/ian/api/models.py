@@ -466,6 +466,28 @@ class P2PLimitsChange(BaseModel):
     limits: P2PLimits
 
 
+class HttpLimits(BaseModel):
+    """Token buckets of the HTTP API: per client address and per contributor."""
+
+    client_rate: float
+    client_burst: float
+    contributor_rate: float
+    contributor_burst: float
+
+
+class HttpLimitsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    client_rate: float | None = Field(default=None, gt=0, le=1_000_000)
+    client_burst: float | None = Field(default=None, ge=1, le=1_000_000)
+    contributor_rate: float | None = Field(default=None, gt=0, le=1_000_000)
+    contributor_burst: float | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class HttpLimitsChange(BaseModel):
+    applied: dict[str, float] = Field(description="The fields given, as given")
+    limits: HttpLimits
+
+
 class BanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: str = Field(description="node id (40 hex), IP address or CIDR")
