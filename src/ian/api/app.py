@@ -63,7 +63,27 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(extra.pop("$defs", {}))
     components["ContributeRequest"] = extra
+    _truthful_statuses(schema)
     return schema
+
+
+def _truthful_statuses(schema: dict[str, Any]) -> None:
+    """Document the statuses the node answers with, not FastAPI's defaults: a validation
+    failure is 400 (our error body), never 422; admin routes answer 401/403 before anything
+    else; every route answers 403 to a banned client address."""
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+
+    def documented(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": error}}}
+
+    for path, item in schema.get("paths", {}).items():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", documented("invalid input"))
+            if path.startswith(AdminGuard.PREFIX):
+                responses.setdefault("401", documented("no or wrong bearer token"))
+            responses.setdefault("403", documented("forbidden, or this address is banned"))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -87,7 +107,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            headers=exc.headers,  # e.g. Allow on 405
         )
 
     @app.exception_handler(Exception)

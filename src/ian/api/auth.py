@@ -92,7 +92,9 @@ class AdminGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.PREFIX):
+        # Every admin route is a POST; other methods reach the router (405 with Allow).
+        admin = scope["type"] == "http" and scope["path"].startswith(self.PREFIX)
+        if admin and scope["method"] == "POST":
             request = Request(scope)
             try:
                 await require_admin(request)

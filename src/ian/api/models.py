@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from ian.chain.goals import GOAL_ID_PATTERN
 from ian.storage.store import LogEntry
 
 if TYPE_CHECKING:
@@ -21,11 +22,24 @@ if TYPE_CHECKING:
     from ian.p2p.peer_book import PeerBook, PeerRecord
 
 
+#: standard base64 with padding, at least one byte (what ``decode_parameters`` accepts)
+BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+
+
 class AgentPackIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    version: str = Field(description="Pack version, 1..64 characters", examples=["1.0"])
-    parameters: str = Field(description="Agent parameters, standard base64 (1 B .. 10 MiB)")
+    # The limits are checked (with their own messages) by the intake; json_schema_extra puts
+    # them in the OpenAPI document so it states what the node enforces.
+    version: str = Field(
+        description="Pack version, 1..64 characters",
+        examples=["1.0"],
+        json_schema_extra={"minLength": 1, "maxLength": 64},
+    )
+    parameters: str = Field(
+        description="Agent parameters, standard base64 (1 B .. 10 MiB)",
+        json_schema_extra={"minLength": 4, "pattern": BASE64_PATTERN},
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free JSON object, ≤100 keys and ≤64 KiB"
     )
@@ -35,10 +49,18 @@ class ContributeRequest(BaseModel):
     # strict: `"seed": true` or `"seed": "5"` is a 400 naming the field, never coerced.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    goal_id: str = Field(examples=["DEMO_TRADING_AGENT"])
+    goal_id: str = Field(
+        examples=["DEMO_TRADING_AGENT"], json_schema_extra={"pattern": GOAL_ID_PATTERN}
+    )
     agent_pack: AgentPackIn
-    contributor_id: str = Field(description="1..128 characters")
-    seed: int = Field(default=0, description="0..2^63-1, recorded with the contribution")
+    contributor_id: str = Field(
+        description="1..128 characters", json_schema_extra={"minLength": 1, "maxLength": 128}
+    )
+    seed: int = Field(
+        default=0,
+        description="0..2^63-1, recorded with the contribution",
+        json_schema_extra={"minimum": 0, "maximum": 2**63 - 1},
+    )
 
 
 class ContributeResponse(BaseModel):
@@ -477,9 +499,9 @@ class HttpLimits(BaseModel):
 
 class HttpLimitsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    client_rate: float | None = Field(default=None, gt=0, le=1_000_000)
+    client_rate: float | None = Field(default=None, ge=0.0001, le=1_000_000)
     client_burst: float | None = Field(default=None, ge=1, le=1_000_000)
-    contributor_rate: float | None = Field(default=None, gt=0, le=1_000_000)
+    contributor_rate: float | None = Field(default=None, ge=0.0001, le=1_000_000)
     contributor_burst: float | None = Field(default=None, ge=1, le=1_000_000)
 
 

@@ -87,7 +87,12 @@ async def list_peers(
     return m.PeerList.of(book, connections, records)
 
 
-@router.get("/api/v1/peers/{node_id}", tags=["peers"], response_model=m.PeerEntry)
+@router.get(
+    "/api/v1/peers/{node_id}",
+    tags=["peers"],
+    response_model=m.PeerEntry,
+    responses=m.error_responses(404),
+)
 async def get_peer(node_id: str, book: PeerBookDep) -> m.PeerEntry:
     """One peer's record (score decayed to now, counters, ban, addresses); 404 when unknown."""
     record = book.get(node_id.lower())
@@ -142,7 +147,12 @@ async def unban_peer(body: m.TargetRequest, book: PeerBookDep) -> m.UnbanRespons
     return m.UnbanResponse(target=target, removed=removed)
 
 
-@router.post("/api/v1/admin/peers/reset", response_model=m.PeerEntry, **_admin)
+@router.post(
+    "/api/v1/admin/peers/reset",
+    response_model=m.PeerEntry,
+    responses=m.error_responses(404),
+    **_admin,
+)
 async def reset_peer(body: m.ResetRequest, book: PeerBookDep) -> m.PeerEntry:
     """Score back to 100 and any node-id ban lifted (counters kept); 404 when unknown."""
     record = book.reset(body.node_id)
