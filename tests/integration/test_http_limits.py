@@ -65,3 +65,13 @@ def test_a_huge_header_is_431_and_memory_stays_flat(ian_nodes) -> None:
     big_body = {"goal_id": "x" * 200_000}
     r = httpx.post(node.api_url + "/api/v1/contribute", json=big_body, timeout=10)
     assert r.status_code in (400, 404, 413), r.text
+
+
+def test_integers_beyond_the_store_are_400_not_500(ian_nodes) -> None:
+    node = ian_nodes.start()
+    goal = "DEMO_TRADING_AGENT"
+    for path in (f"/api/v1/log/{goal}?from=9223372036854775808", f"/api/v1/proof/{goal}/{2**64}"):
+        r = httpx.get(node.api_url + path, timeout=10)
+        assert r.status_code == 400, (path, r.text)
+        assert "9223372036854775807" in r.json()["error"]["message"]
+    assert not node.has_msg("unexpected error serving")
