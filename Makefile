@@ -67,3 +67,11 @@ clean:
 .PHONY: docs
 docs: $(STAMP)
 	$(BIN)/python tools/gen_cli_docs.py docs/cli.md
+
+# A long soak of the consensus simulator (src/ian/consensus/simulator.py): SIM_SEEDS seeds from
+# SIM_SEED, N cycling through 1/3/5/7, bounded steps each; prints a table and one JSON line, and
+# the replay command of any failing seed.
+.PHONY: sim
+sim: $(STAMP)
+	$(BIN)/python -m ian.consensus.simulator --soak --seed $${SIM_SEED:-1} \
+	  --seeds $${SIM_SEEDS:-500} --steps $${SIM_STEPS:-5000} --learners 2

@@ -318,6 +318,24 @@ class Settings(BaseSettings):
     ban_seconds: Float = _f(
         86400.0, "Default ban duration for misbehaving peers.", "a number >= 0", ge=0
     )
+    forward_from: list[str] = _f(
+        [],
+        "Peers (node ids, IPs or CIDRs) whose forwarded contributions need no token when "
+        "api_token is set; others must forward the token (env: comma-separated).",
+        "a list of 40-hex node ids, IP addresses or CIDRs",
+    )
+    ban_ip_after: Int = _f(
+        5,
+        "Banned identities from one IP before the IP itself is banned for ban_seconds (0: never).",
+        "an integer >= 0",
+        ge=0,
+    )
+    max_known_peers: Int = _f(
+        10_000,
+        "Most peers the peer book learns; the oldest never-connected ones make room.",
+        "an integer >= 100",
+        ge=100,
+    )
     sync_lag_ready_threshold: Int = _f(
         10, "Readiness fails when this many blocks behind the network.", "an integer >= 0", ge=0
     )
@@ -388,6 +406,26 @@ class Settings(BaseSettings):
         ]
         if len(set(out)) != len(out):
             raise ValueError("lists the same peer address twice")
+        return out
+
+    @field_validator("forward_from", mode="before")
+    @classmethod
+    def _v_forward_from(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"must be a list of node ids, IPs or CIDRs, got {value!r}")
+        out = []
+        for item in value:
+            text = str(item).strip().lower()
+            if _NODE_ID_RE.match(text):
+                out.append(text)
+                continue
+            try:
+                out.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is neither a 40-hex node id nor an IP address or CIDR"
+                ) from None
         return out
 
     @field_validator("trusted_proxies", mode="before")

@@ -20,6 +20,7 @@ maps ``http_status``/``code`` to a JSON error; the CLI maps the class to an exit
     │   ├── AuthError           401/403: token missing or wrong, or not from loopback
     │   ├── NotFoundError       404: unknown goal, log index, peer ...
     │   ├── DuplicateError      409: the same agent pack was already accepted
+    │   ├── ConflictError       409: refused in this node's state (e.g. resync on the sequencer)
     │   ├── PayloadTooLargeError 413
     │   ├── RateLimitedError    429, carries retry_after seconds
     │   └── UnavailableError    503: sequencer unreachable, node shutting down
@@ -122,7 +123,15 @@ class AuthError(RequestError):
         super().__init__(message, field=field, code=code, fix=fix)
         if forbidden:
             self.http_status = 403
-            self.code = "forbidden"
+            self.code = code or "forbidden"
+
+
+class ConflictError(RequestError):
+    """The request is understood but refused in the node's current state (retrying will not
+    help, unlike 503)."""
+
+    http_status = 409
+    code = "conflict"
 
 
 class NotFoundError(RequestError):

@@ -13,6 +13,8 @@ certificate and the log level.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import ipaddress
 import logging
 import signal
 import time
@@ -33,7 +35,7 @@ from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
-from ian.errors import DataDirError, GenesisError, IanError, UnavailableError
+from ian.errors import AuthError, DataDirError, GenesisError, IanError, UnavailableError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.genesis_exchange import GenesisExchange
@@ -198,6 +200,7 @@ class Node:
             publish=self.events.publish,
             max_frame_bytes=settings.max_frame_bytes,
             on_fork=self._keep_fork_evidence,
+            forward_token=lambda: self.settings_token,
         )
         self.tau = TauBridge(
             settings,
@@ -263,6 +266,7 @@ class Node:
                 ),
             )
             peer_book = PeerBook.load(datadir.peer_scores_file, ban_seconds=settings.ban_seconds)
+            peer_book.configure(max_known=settings.max_known_peers)
             node = cls(
                 settings, datadir, lock, init.identity, init.cert, store, state, peer_book, genesis
             )
@@ -398,6 +402,14 @@ class Node:
             log.critical("fork evidence kept in %s", path)
         self.metrics.fork_evidence.inc()
 
+    def http_ban_reason(self, ip: str) -> str | None:
+        """Why ``ip`` may not use the HTTP API or the event stream (an IP/CIDR ban from
+        ``ian peers ban``, shared with P2P), or None. 127.0.0.1 and ::1 are never refused, so
+        the operator's own ``ian`` keeps working."""
+        if ip in ("127.0.0.1", "::1"):
+            return None
+        return self.peer_book.ban_reason(ip=ip)
+
     def _sequencing(self) -> bool:
         """This node orders blocks now (the sequencer, done catching up)."""
         return self.role == "sequencer" and not self.catching_up
@@ -414,10 +426,41 @@ class Node:
             return await self.sequencer.submit(c)
         return await self.replicator.forward(c)
 
-    async def _handle_forward(self, c: Contribution) -> Outcome:
-        """A follower forwarded ``c``: same admission checks as the API, then sequence it."""
+    async def _handle_forward(self, c: Contribution, peer: PeerInfo, token: str | None) -> Outcome:
+        """A peer forwarded ``c``: the same gate as ``POST /contribute``, then sequence it.
+
+        When submissions need a token, the forward must carry it or come from a peer listed
+        in ``forward_from`` (the token cannot be bypassed over P2P). A peer that is neither
+        trusted nor token-bearing is one more client: the per-client limit applies to it
+        (keyed by its node id); the per-contributor limit applies to every forward."""
         self._refuse_while_catching_up()
+        expected = self.settings_token
+        token_ok = expected is not None and token is not None
+        token_ok = token_ok and hmac.compare_digest(token or "", expected or "")
+        trusted = token_ok or self._forward_listed(peer)
+        if expected is not None and not trusted:
+            raise AuthError(
+                "forwarded contributions need the submission token or a peer listed in "
+                "forward_from",
+                fix="give every node the same IAN_API_TOKEN, or list the peer in IAN_FORWARD_FROM",
+            )
+        if not trusted:
+            self.intake.check_client(f"peer:{peer.node_id}")
         return await self.sequencer.submit(self.intake.admit(c))
+
+    def _forward_listed(self, peer: PeerInfo) -> bool:
+        allowed = self.settings.forward_from
+        if not allowed:
+            return False
+        if peer.node_id in allowed:
+            return True
+        try:
+            ip = ipaddress.ip_address(peer.remote_ip)
+        except ValueError:
+            return False
+        return any(
+            "/" in entry and ip in ipaddress.ip_network(entry, strict=False) for entry in allowed
+        )
 
     async def _catch_up_before_sequencing(self) -> None:
         """N = 1 start-up: wait (bounded) for a peer, take every block peers prove above our
@@ -590,7 +633,13 @@ class Node:
                 await outer.start(self.sequencer.run)
                 api = ApiServer(self, self.settings.api_host, self.settings.api_port)
                 ws_host, ws_port = self.settings.api_host, self.settings.ws_port
-                ws = EventStreamServer(self.events, lambda: self.admin_token, ws_host, ws_port)
+                ws = EventStreamServer(
+                    self.events,
+                    lambda: self.admin_token,
+                    ws_host,
+                    ws_port,
+                    banned=self.http_ban_reason,
+                )
                 async with anyio.create_task_group() as inner:
                     if handle_signals:  # first: a SIGTERM during start-up still stops cleanly
                         await inner.start(self._watch_signals)

@@ -125,7 +125,9 @@ def alerts(
     st = snap.status or {}
     state = st.get("consensus_state")
     if state == "DIVERGED":
-        out.append(Alert(CRIT, "consensus DIVERGED: the node rolls back and resyncs"))
+        out.append(Alert(CRIT, "consensus DIVERGED: dropping blocks the sequencer did not sign"))
+    elif state == "FORKED":
+        out.append(Alert(CRIT, "FORK EVIDENCE: applying stopped; see the runbook, do not resync"))
     lag = st.get("sync_lag", 0) or 0
     if lag > limits.sync_lag:
         out.append(Alert(WARN, f"sync lag {lag} blocks (> {limits.sync_lag})"))
@@ -179,12 +181,20 @@ def _t(text: str, level: str | None = None) -> Text:
     return Text(text, style=_STYLE.get(level or "", ""))
 
 
+def _leader(st: dict[str, Any]) -> str:
+    """Leader id (short) and its term when there are elections."""
+    leader = st.get("leader_id")
+    term = st.get("term")
+    text = f"{leader[:12]}…" if leader else "unknown"
+    return text + (f" (term {term})" if term is not None else "")
+
+
 def _health(snap: Snapshot, now: float, limits: Thresholds) -> Table:
     st = snap.status or {}
     lag = int(st.get("sync_lag", 0) or 0)
     state = str(st.get("consensus_state", "?"))
     has_seeds = bool(snap.has_seeds)
-    state_level = {"SYNCED": "ok", "SYNCING": WARN, "DIVERGED": CRIT}.get(
+    state_level = {"SYNCED": "ok", "SYNCING": WARN, "DIVERGED": CRIT, "FORKED": CRIT}.get(
         state, WARN if has_seeds else None
     )
     peers = st.get("peers") or {}
@@ -200,7 +210,7 @@ def _health(snap: Snapshot, now: float, limits: Thresholds) -> Table:
         ready_text = _t("NOT READY: " + ", ".join(failing), WARN)
     rows: list[tuple[str, Text | str]] = [
         ("uptime", _age(float(st.get("uptime_seconds", 0.0)))),
-        ("role", f"{st.get('role', '?')}  v{st.get('version', '?')}"),
+        ("role", f"{st.get('role', '?')}  v{st.get('version', '?')}  leader {_leader(st)}"),
         ("height", f"{st.get('height', 0)} / network {st.get('network_height', 0)}"),
         ("sync lag", _t(str(lag), WARN if lag > limits.sync_lag else "ok")),
         ("consensus", _t(state, state_level)),

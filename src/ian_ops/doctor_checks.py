@@ -605,6 +605,65 @@ def check_breaker(node: NodeFacts) -> Check:
 # --------------------------------------------------------------------------- store
 
 
+def check_chain(datadir: DataDir, settings: Settings) -> list[Check]:
+    """The chain: a pinned genesis that agrees with IAN_CHAIN_ID, and no fork evidence."""
+    from ian.errors import IanError
+    from ian.storage.datadir import read_genesis
+
+    checks = []
+    title = "genesis and chain id"
+    try:
+        genesis = read_genesis(datadir)
+    except IanError as exc:
+        checks.append(Check(CORRUPTION, "genesis", title, FAIL, exc.message, exc.fix))
+        genesis = None
+    else:
+        if genesis is None:
+            found = "no genesis pinned yet (the node takes it from its first seed, or makes one)"
+            checks.append(Check(CORRUPTION, "genesis", title, OK, found))
+        elif settings.chain_id is not None and genesis.chain_id() != settings.chain_id:
+            checks.append(
+                Check(
+                    CORRUPTION,
+                    "genesis",
+                    title,
+                    FAIL,
+                    f"IAN_CHAIN_ID is {settings.chain_id[:16]}…, the pinned genesis is chain "
+                    f"{genesis.chain_id()[:16]}…",
+                    "set IAN_CHAIN_ID to the chain this data dir is on, or use another data dir",
+                )
+            )
+        else:
+            found = f"chain {genesis.chain_id()[:16]}…, sequencer {genesis.authority_ids[0]}"
+            checks.append(Check(CORRUPTION, "genesis", title, OK, found))
+    evidence = sorted(
+        p.name for p in _children(datadir.root) if p.name.startswith("fork-evidence-")
+    )
+    title = "fork evidence"
+    if evidence:
+        checks.append(
+            Check(
+                CORRUPTION,
+                "fork_evidence",
+                title,
+                FAIL,
+                f"{len(evidence)} file(s): {', '.join(evidence[:3])}: two validly signed blocks "
+                "at one height; the node stopped applying blocks",
+                "keep the files, do not resync or restore; see the runbook's Fork evidence",
+            )
+        )
+    else:
+        checks.append(Check(CORRUPTION, "fork_evidence", title, OK, "none"))
+    return checks
+
+
+def _children(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError:
+        return []
+
+
 def check_store(datadir: DataDir, settings: Settings, *, quick: bool) -> Check:
     """Quick: open read-only and compare the roots with the last block (what a start does).
     Full: replay every block from genesis (``ian node verify``)."""

@@ -77,6 +77,7 @@ def doctor(
         checks.append(dc.check_breaker(node))
         checks.append(_bans(datadir, settings, node))
         if datadir.root.is_dir():
+            checks += dc.check_chain(datadir, settings)
             checks.append(dc.check_store(datadir, settings, quick=quick))
     else:
         checks.append(

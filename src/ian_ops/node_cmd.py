@@ -228,3 +228,62 @@ def log_level(
     doc = admin_post(target, "/api/v1/admin/log-level", {"level": wanted})
     target.announce()
     cli.stdout().print(f"log level is now {doc['level']}", markup=False)
+
+
+@app.command("limits")
+def limits(
+    client_rate: Annotated[
+        float | None, typer.Option("--client-rate", help="Requests per second per client (> 0).")
+    ] = None,
+    client_burst: Annotated[
+        float | None, typer.Option("--client-burst", min=1.0, help="Burst per client address.")
+    ] = None,
+    contributor_rate: Annotated[
+        float | None,
+        typer.Option("--contributor-rate", help="Contributions per second per contributor (> 0)."),
+    ] = None,
+    contributor_burst: Annotated[
+        float | None, typer.Option("--contributor-burst", min=1.0, help="Burst per contributor.")
+    ] = None,
+    data_dir: cli.DataDirOpt = None,
+    node_url: cli.NodeUrlOpt = None,
+    json_out: cli.JsonOpt = False,
+) -> None:
+    """Show the running node's HTTP limits, or change them until its next restart (client_rate,
+    client_burst, contributor_rate, contributor_burst in config.toml make a change permanent).
+
+    Example: ian node limits --client-rate 5 --client-burst 10
+    """
+    from ian.errors import InputError, NodeUnreachableError
+    from ian_ops.target import admin_post, resolve_target
+
+    for name, value in (("--client-rate", client_rate), ("--contributor-rate", contributor_rate)):
+        if value is not None and not value > 0:
+            raise InputError(f"{name} must be > 0, not {value}", field=name)
+    body = {
+        k: v
+        for k, v in {
+            "client_rate": client_rate,
+            "client_burst": client_burst,
+            "contributor_rate": contributor_rate,
+            "contributor_burst": contributor_burst,
+        }.items()
+        if v is not None
+    }
+    target = resolve_target(data_dir, node_url)
+    if not target.online:
+        raise NodeUnreachableError(
+            f"no node holds {target.datadir.lock_file}: HTTP limits are set at start",
+            fix="set them in config.toml (or IAN_CLIENT_RATE, ...) and start the node",
+        )
+    if body:
+        doc = admin_post(target, "/api/v1/admin/http/limits", body)
+    else:
+        with target.client(admin=False) as client:
+            doc = {"limits": client.get_json("/api/v1/http/limits")}
+    target.announce()
+    if json_out:
+        cli.print_json(doc)
+        return
+    shown = ", ".join(f"{k}={v:g}" for k, v in doc["limits"].items())
+    cli.stdout().print(f"{'applied; now ' if body else ''}{shown}", markup=False)

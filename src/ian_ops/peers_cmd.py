@@ -167,14 +167,10 @@ def list_(
         return client.get_json("/api/v1/peers", params=params)
 
     def offline(book: PeerBook) -> dict[str, Any]:
+        from ian.api.models import PeerList
+
         records = book.records(sort=sort, limit=limit, banned_only=banned)
-        return {
-            "connected": [],
-            "known": len(book),
-            "banned": book.banned_count(),
-            "ip_bans": [b.to_dict() for b in book.ip_bans()],
-            "peers": [r.to_dict() for r in records],
-        }
+        return PeerList.of(book, [], records).model_dump(mode="json", exclude_unset=True)
 
     doc = _read(place, online, offline)
     if json_out:
@@ -228,10 +224,12 @@ def show(
     place = resolve_target(data_dir, node_url)
 
     def offline(book: PeerBook) -> dict[str, Any]:
+        from ian.api.models import PeerEntry
+
         record = book.get(wanted)
         if record is None:
             raise NotFoundError(f"unknown peer {wanted}", field="node_id")
-        return record.to_dict()
+        return PeerEntry.of(record).model_dump(mode="json")
 
     doc = _read(place, lambda c: c.get_json(f"/api/v1/peers/{wanted}"), offline)
     if json_out:

@@ -181,6 +181,12 @@ def _print_node(doc: dict[str, Any]) -> None:
     out = cli.stdout()
     c = doc["contributions"]
     out.print(f"[bold]node[/] {doc['node_id']}  ({doc['role']}, v{doc['version']})")
+    if doc.get("chain_id"):
+        term = f"  term {doc['term']}" if doc.get("term") is not None else ""
+        out.print(
+            f"chain {doc['chain_id'][:16]}…  leader {doc.get('leader_id') or 'unknown'}{term}",
+            markup=False,
+        )
     out.print(
         f"height {doc['height']}  network {doc['network_height']}  lag {doc['sync_lag']}  "
         f"{doc['consensus_state']}  peers {doc['peers']['connected']}  "

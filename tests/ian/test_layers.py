@@ -1,6 +1,7 @@
 """The folders of ``src/ian`` import one way: a layer never imports a layer above it.
 
-Order, bottom to top: evaluators, chain, storage, p2p, ledger, tau, maintenance, api, node.
+Order, bottom to top: evaluators, chain, consensus, storage, p2p, ledger, tau, maintenance, api,
+node.
 The only upward edge is ``api`` naming ``ian.node.Node`` for type checking (``TYPE_CHECKING``).
 """
 
@@ -11,7 +12,18 @@ from pathlib import Path
 
 import ian
 
-ORDER = ["evaluators", "chain", "storage", "p2p", "ledger", "tau", "maintenance", "api", "node"]
+ORDER = [
+    "evaluators",
+    "chain",
+    "consensus",
+    "storage",
+    "p2p",
+    "ledger",
+    "tau",
+    "maintenance",
+    "api",
+    "node",
+]
 ROOT = Path(ian.__file__).parent
 
 

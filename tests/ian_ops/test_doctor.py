@@ -195,6 +195,22 @@ def test_corrupt_store_fails_the_store_check(data_dir: Path) -> None:
     assert code == 2
 
 
+def test_the_chain_checks_genesis_and_fork_evidence(data_dir: Path) -> None:
+    code, checks, _ = doctor(data_dir, "--quick")
+    assert (
+        checks["genesis"]["verdict"] == "ok" and "no genesis pinned" in checks["genesis"]["found"]
+    )
+    assert checks["fork_evidence"]["verdict"] == "ok"
+    (data_dir / "fork-evidence-7-20260101T000000Z.json").write_text("{}")
+    (data_dir / "genesis.json").write_text("{not json")
+    code, checks, _ = doctor(data_dir, "--quick")
+    assert checks["fork_evidence"]["verdict"] == "fail"
+    assert "fork-evidence-7-20260101T000000Z.json" in checks["fork_evidence"]["found"]
+    assert "Fork evidence" in checks["fork_evidence"]["fix"]
+    assert checks["genesis"]["verdict"] == "fail" and "genesis.json" in checks["genesis"]["found"]
+    assert code == 2
+
+
 def test_missing_data_dir_warns(tmp_path: Path) -> None:
     code, checks, _ = doctor(tmp_path / "nowhere", "--quick")
     assert checks["data_dir"]["verdict"] == "warn"

@@ -354,7 +354,7 @@ def live_node(seeded: DataDir) -> Iterator[tuple[str, PeerBook, _P2P]]:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    from ian.api.peers_routes import router
+    from ian.api.routes.peers import router
     from ian.errors import RequestError
 
     book = PeerBook.load(seeded.peer_scores_file)

@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from ian.api.app import create_app
-from ian.api.tau_routes import router
+from ian.api.routes.tau import router
 from ian.config import load_settings
 from ian.errors import NodeRefusedError
 from ian.node import Node

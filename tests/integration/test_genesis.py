@@ -18,6 +18,18 @@ def test_a_seedless_node_pins_its_genesis_and_refuses_another(ian_nodes, ian, tm
     assert genesis.authority_ids == (me,)
     line = node.wait_for_msg("made a one-authority genesis naming this node")
     assert genesis.chain_id() in line["msg"]
+    status = node.status()
+    assert status["chain_id"] == genesis.chain_id() and status["leader_id"] == me
+    assert status["authorities"] == [{"node_id": me, "reachable": True, "match_height": 0}]
+    assert status["commit_height"] == status["height"] == 0
+    # A follower that only has a seed learns the chain and its leader from it.
+    follower = ian_nodes.start_follower(node)
+    follower.wait_for_msg("trust on first use")
+    seen = follower.status()
+    assert seen["chain_id"] == genesis.chain_id() and seen["leader_id"] == me
+    assert seen["authorities"][0]["reachable"] is True
+    assert Genesis.read(follower.data_dir / "genesis.json") == genesis
+    assert follower.terminate() == 0
     assert node.terminate() == 0
 
     shown = ian("network", "show", "--data-dir", str(node.data_dir), "--json")

@@ -24,6 +24,14 @@ from ian.p2p.transport import TlsCredentials, TlsStream, connect_tcp, tls_handsh
 MAX_FRAME = Settings().max_frame_bytes  # the node's default
 
 
+class RefusedAtHello(ConnectionError):
+    """The node closed the connection before hello; ``goodbye`` is its reason, if it gave one."""
+
+    def __init__(self, goodbye: str | None) -> None:
+        super().__init__(f"refused at hello: {goodbye}")
+        self.goodbye = goodbye
+
+
 class HostilePeer:
     """A peer with a valid certificate that completed hello with the node."""
 
@@ -59,9 +67,13 @@ class HostilePeer:
         }
         await stream.send(session.start(Hello(**(fields | hello))))
         peer = cls(stream, session)
-        with anyio.fail_after(5):
-            while not isinstance(await peer._next_event(), HelloReceived):
-                pass
+        try:
+            with anyio.fail_after(5):
+                while not isinstance(await peer._next_event(), HelloReceived):
+                    pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            await stream.aclose()
+            raise RefusedAtHello(peer.goodbye) from exc
         return peer
 
     async def _next_event(self) -> object:
@@ -100,6 +112,16 @@ class HostilePeer:
                             await self.stream.send(data)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+
+    async def request(self, data: bytes, msg_id: int, within: float = 10) -> Any:
+        """Send a request frame (built with ``msg_id``) and return the reply's envelope."""
+        await self.stream.send(data)
+        with anyio.fail_after(within):
+            while True:
+                events = self.session.receive_data(await self.stream.receive(), 0.0)
+                for event in events:
+                    if isinstance(event, MessageReceived) and event.envelope.re == msg_id:
+                        return event.envelope
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ian.api.responses import request_error_response
 from ian.errors import AuthError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -61,26 +61,44 @@ def client_address(
     return host
 
 
+class BanGuard:
+    """ASGI middleware: a client whose address is banned (``ian peers ban IP|CIDR``, the same
+    bans P2P uses, live and persisted in the peer book) gets 403 before anything else runs.
+    Behind a trusted proxy the forwarded address is the one checked."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            node = request.app.state.node
+            proxies = [ipaddress.ip_network(p, strict=False) for p in node.settings.trusted_proxies]
+            why = node.http_ban_reason(client_address(request, proxies))
+            if why is not None:
+                exc = AuthError(f"this address is banned: {why}", forbidden=True, code="banned")
+                await request_error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class AdminGuard:
     """ASGI middleware: every ``/api/v1/admin/`` request passes :func:`require_admin` before
     its body is read, so an unauthenticated caller learns nothing from body validation."""
 
     PREFIX = "/api/v1/admin/"
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.PREFIX):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Every admin route is a POST; other methods reach the router (405 with Allow).
+        admin = scope["type"] == "http" and scope["path"].startswith(self.PREFIX)
+        if admin and scope["method"] == "POST":
             request = Request(scope)
             try:
                 await require_admin(request)
             except AuthError as exc:
-                response = JSONResponse(
-                    {"error": {"code": exc.code, "message": exc.message, "field": None}},
-                    status_code=exc.http_status,
-                    headers={"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
-                )
-                await response(scope, receive, send)
+                await request_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

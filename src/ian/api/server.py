@@ -14,6 +14,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
+from ian.api.http_limits import BoundedHttpToolsProtocol
 from ian.api.listen import listen
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             loop="none",
-            http="httptools",
+            http=BoundedHttpToolsProtocol,  # httptools, the request head bounded in bytes
             timeout_graceful_shutdown=5,
             server_header=False,
             # Client addresses are what the socket says; X-Forwarded-For is honoured only for

@@ -21,12 +21,16 @@ code  error code             when
 4401  ``unauthorized``       no token in the subscribe message
 4403  ``forbidden``          wrong token, or the node has no token at all
 4408  ``subscribe_timeout``  no subscribe message in time
-1013  ``too_many_clients``   :data:`MAX_CLIENTS` streams are open already (a handshake over
-                             the limit is refused earlier with HTTP 503)
+1013  ``too_many_clients``   :data:`MAX_CLIENTS` authenticated streams are open already (a
+                             slot is taken only after the token checked out)
 1008  (close only)           the client fell :data:`ian.events.DEFAULT_QUEUE_SIZE` events
                              behind and was dropped
 1001  (close only)           the node is shutting down
 ===== ====================== =================================================================
+
+Before the upgrade (plain HTTP answers): 403 when the client's address is banned
+(``ian peers ban IP|CIDR``), 429 when :data:`MAX_PER_IP` connections from its address are open,
+503 when :data:`MAX_PENDING` connections have not authenticated yet.
 
 Why the ``websockets`` server rather than a second embedded uvicorn: this port serves one
 WebSocket route and nothing else, and dropping a slow client needs the connection itself — if
@@ -44,6 +48,7 @@ import contextlib
 import hmac
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +73,9 @@ __all__ = [
 log = logging.getLogger("ian.ws")
 
 PATH = "/events"
-MAX_CLIENTS = 64
+MAX_CLIENTS = 64  # subscribed (authenticated) streams
+MAX_PENDING = 64  # connections that have not authenticated yet
+MAX_PER_IP = 8  # streams and pending connections from one client address
 SUBSCRIBE_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024  # a subscribe message is a token and a few topic names
@@ -107,17 +114,26 @@ class EventStreamServer:
         port: int,
         *,
         max_clients: int = MAX_CLIENTS,
+        max_pending: int = MAX_PENDING,
+        max_per_ip: int = MAX_PER_IP,
         subscribe_timeout_s: float = SUBSCRIBE_TIMEOUT_S,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
+        banned: Callable[[str], str | None] = lambda ip: None,
     ) -> None:
         self.bus = bus
         self.token = token
+        self.banned = banned
+        self.max_pending = max_pending
+        self.max_per_ip = max_per_ip
+        self.pending = 0  # connections not authenticated yet
+        self._per_ip: Counter[str] = Counter()
+        self._preauthenticated: set[int] = set()  # connections whose upgrade carried the token
         self.host = host
         self.port = port
         self.max_clients = max_clients
         self.subscribe_timeout_s = subscribe_timeout_s
         self.close_timeout_s = close_timeout_s
-        self.clients = 0  # connections past the handshake, subscribed or not yet
+        self.clients = 0  # authenticated, subscribed streams
         self._server: Server | None = None
         self._stop = anyio.Event()
         self._done = anyio.Event()
@@ -164,44 +180,93 @@ class EventStreamServer:
 
     # -- one connection -------------------------------------------------------------------------
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Before the upgrade: the path, a banned address (403), too many connections from one
+        address (429) or too many unauthenticated ones (503). A slot among ``max_clients`` is
+        taken only after the token checked out (:meth:`_handle`), so idle connections without
+        a token cannot lock out a client that has one."""
         path = request.path.partition("?")[0]
         if path != PATH:
             return connection.respond(404, f"not found: the event stream is at {PATH}\n")
-        if self.clients >= self.max_clients:
-            return connection.respond(503, "too many event stream clients; retry later\n")
+        ip = _ip(connection)
+        why = self.banned(ip)
+        if why is not None:
+            return connection.respond(403, f"banned: {why}\n")
+        if self._per_ip[ip] >= self.max_per_ip:
+            return connection.respond(429, "too many event stream connections from this address\n")
+        if self._header_token_ok(request):
+            self._preauthenticated.add(id(connection))
+        elif self.pending >= self.max_pending:
+            return connection.respond(503, "too many event stream connections; retry later\n")
         return None
 
+    def _header_token_ok(self, request: Request) -> bool:
+        """``Authorization: Bearer <token>`` on the upgrade request: authenticated before any
+        slot or pending place is taken (a client with the token is never crowded out)."""
+        expected = self.token()
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        if expected is None or scheme.lower() != "bearer" or not given:
+            return False
+        return hmac.compare_digest(given.strip().encode(), expected.encode())
+
     async def _handle(self, ws: ServerConnection) -> None:
-        if self.clients >= self.max_clients:
-            await self._refuse(
-                ws, _Refused(TOO_MANY_CLIENTS, "too_many_clients", "too many event stream clients")
-            )
-            return
-        self.clients += 1
+        ip = _ip(ws)
+        self._per_ip[ip] += 1
+        preauthenticated = id(ws) in self._preauthenticated
+        self._preauthenticated.discard(id(ws))
+        self.pending += 1
+        left_pending = False  # pending is decremented exactly once, on every path
+        if preauthenticated:
+            self.pending -= 1
+            left_pending = True
         peer = _peer(ws)
         try:
             try:
-                sub = await self._subscribe(ws)
+                sub = await self._subscribe(ws, preauthenticated=preauthenticated)
             except _Refused as refused:
                 log.info("event stream client %s refused: %s", peer, refused.message)
+                if not left_pending:
+                    self.pending -= 1
+                    left_pending = True
                 await self._refuse(ws, refused)
                 return
+            if not left_pending:
+                self.pending -= 1
+                left_pending = True
             if sub is None:
                 return
-            log.info("event stream client %s subscribed to %s", peer, ", ".join(sorted(sub.topics)))
-            try:
-                await self._stream(ws, sub)
-            finally:
+            if self.clients >= self.max_clients:
                 sub.close()
-            if sub.closed_reason is not None:
-                code = GOING_AWAY if self.bus.closed else TOO_SLOW
-                if code == TOO_SLOW:
-                    log.info("event stream client %s dropped: %s", peer, sub.closed_reason)
-                await self._close(ws, code, sub.closed_reason)
+                await self._refuse(
+                    ws,
+                    _Refused(TOO_MANY_CLIENTS, "too_many_clients", "too many event stream clients"),
+                )
+                return
+            self.clients += 1
+            try:
+                log.info(
+                    "event stream client %s subscribed to %s", peer, ", ".join(sorted(sub.topics))
+                )
+                try:
+                    await self._stream(ws, sub)
+                finally:
+                    sub.close()
+                if sub.closed_reason is not None:
+                    code = GOING_AWAY if self.bus.closed else TOO_SLOW
+                    if code == TOO_SLOW:
+                        log.info("event stream client %s dropped: %s", peer, sub.closed_reason)
+                    await self._close(ws, code, sub.closed_reason)
+            finally:
+                self.clients -= 1
         finally:
-            self.clients -= 1
+            if not left_pending:
+                self.pending -= 1
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
 
-    async def _subscribe(self, ws: ServerConnection) -> Subscription | None:
+    async def _subscribe(
+        self, ws: ServerConnection, *, preauthenticated: bool = False
+    ) -> Subscription | None:
         """Read and check the subscribe message; None when the client went away first."""
         from websockets.exceptions import ConnectionClosed
 
@@ -235,9 +300,11 @@ class EventStreamServer:
                 FORBIDDEN, "forbidden", "this node has no API token: the event stream is closed"
             )
         given = msg.get("token")
-        if not isinstance(given, str) or not given:
+        if given is None and preauthenticated:
+            pass  # the upgrade request's Authorization header carried the token
+        elif not isinstance(given, str) or not given:
             raise _Refused(UNAUTHORIZED, "unauthorized", "a token is required")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        elif not hmac.compare_digest(given.encode(), expected.encode()):
             raise _Refused(FORBIDDEN, "forbidden", "the token is wrong")
         topics = msg.get("topics") or []
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
@@ -316,6 +383,11 @@ def _reason(text: str) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
-def _peer(ws: Any) -> str:
+def _ip(connection: ServerConnection) -> str:
+    addr = connection.remote_address
+    return str(addr[0]) if addr else "unknown"
+
+
+def _peer(ws: ServerConnection) -> str:
     addr = ws.remote_address
     return f"{addr[0]}:{addr[1]}" if addr else "unknown"

@@ -70,11 +70,12 @@ class Replicator:
         on_applied: Callable[[Block], None],
         on_rolled_back: Callable[[], None],
         reload_state: Callable[[], ChainState],  # a fresh state loaded from the store
-        handle_forward: Callable[[Contribution], Awaitable[Outcome]],
+        handle_forward: Callable[[Contribution, PeerInfo, str | None], Awaitable[Outcome]],
         record: Callable[[str, PeerEvent], object],
         max_frame_bytes: int = 16 * 1024 * 1024,
         publish: Publish | None = None,  # ``sync`` events (ian.events)
         on_fork: Callable[[dict[str, Any]], None] | None = None,  # fork evidence, both blocks
+        forward_token: Callable[[], str | None] = lambda: None,  # sent with our forwards
     ) -> None:
         self.state = state
         self.store = store
@@ -94,6 +95,7 @@ class Replicator:
         #: fork evidence (two validly signed blocks at one height): applying has stopped
         self.fork_evidence: dict[str, Any] | None = None
         self._on_fork = on_fork
+        self._forward_token = forward_token
         self._disproven: dict[str, int] = {}  # node id -> a height it claimed and did not show
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
@@ -140,7 +142,7 @@ class Replicator:
             return msg.Error(code="not_sequencer", message="this node is not the sequencer")
         try:
             c = msg.contribution_from_doc(m.contribution)
-            outcome = await self._handle_forward(c)
+            outcome = await self._handle_forward(c, peer, m.token)
         except RequestError as exc:
             return msg.Error(code=exc.code, message=exc.message[:1000])
         except IanError as exc:
@@ -156,7 +158,9 @@ class Replicator:
         try:
             reply = await self.p2p.request(
                 target,
-                msg.ContributionForward(contribution=msg.contribution_to_doc(c)),
+                msg.ContributionForward(
+                    contribution=msg.contribution_to_doc(c), token=self._forward_token()
+                ),
                 timeout=FORWARD_TIMEOUT_S,
             )
         except RemoteError as exc:
@@ -494,7 +498,7 @@ class Replicator:
     async def force_resync(self) -> dict[str, Any]:
         """`ian node resync` on a running follower: drop the whole chain, fetch it again."""
         if self.is_sequencer():
-            raise UnavailableError(
+            raise errors.ConflictError(
                 "this node is the sequencer: its chain is the network's source and cannot be "
                 "resynced from peers",
                 fix="resync a follower; restore the sequencer from a backup instead",
@@ -557,6 +561,7 @@ _REMOTE_ERRORS: dict[str, type[RequestError]] = {
     "payload_too_large": errors.PayloadTooLargeError,
     "unavailable": UnavailableError,
     "not_sequencer": UnavailableError,
+    "unauthorized": errors.AuthError,
 }
 
 

@@ -22,7 +22,8 @@ status                 height, head_hash (periodic height gossip)
 block_announce         block: block doc (below)
 get_blocks             from_height, max_blocks (1..500)
 blocks                 blocks: [block doc] (at most 500)
-contribution_forward   contribution: ``Contribution.to_wire()``
+contribution_forward   contribution: ``Contribution.to_wire()``, token (the submission token
+                       when the network requires one, else null)
 contribution_result    result: {...} (the sequencer's answer, as the API would return it)
 error                  code, message (a reply that refuses a request)
 goodbye                reason
@@ -226,6 +227,8 @@ class Blocks(Message):
 class ContributionForward(Message):
     TYPE: ClassVar[str] = "contribution_forward"
     contribution: ContributionDoc
+    #: the submission token the forwarding node holds (when submissions need one)
+    token: str | None = Field(default=None, max_length=512)
 
 
 class ContributionResult(Message):

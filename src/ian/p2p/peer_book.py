@@ -80,6 +80,11 @@ BAN_BELOW = 10.0
 TRUSTED_FROM = 150.0
 DECAY_PER_HOUR = 0.01
 MAX_ADDRESSES = 8
+#: positive score a peer can earn per hour (useful work: blocks served, valid contributions);
+#: a flooder cannot out-earn its charges
+MAX_CREDIT_PER_HOUR = 10.0
+#: default cap of the book (``Settings.max_known_peers``)
+MAX_KNOWN_PEERS = 10_000
 FLUSH_INTERVAL_S = 2.0
 #: flush_if_due waits at least this many times the last write's duration, so a huge book does
 #: not spend its life rewriting itself.
@@ -113,7 +118,7 @@ class Verdict(enum.Enum):
 
 
 EVENT_WEIGHTS: dict[PeerEvent, float] = {
-    PeerEvent.VALID_MESSAGE: 0.1,
+    PeerEvent.VALID_MESSAGE: 0.0,  # counted, never credited: talking is not useful work
     PeerEvent.VALID_CONTRIBUTION: 1.0,
     PeerEvent.SUCCESSFUL_SYNC: 5.0,
     PeerEvent.INVALID_MESSAGE: -5.0,
@@ -313,6 +318,9 @@ class PeerBook:
         self.path = Path(path)
         self._clock = clock
         self._ban_seconds = float(ban_seconds)
+        self.max_known = MAX_KNOWN_PEERS
+        self._credit_hour = -1
+        self._credits: dict[str, float] = {}
         self._lock = threading.RLock()
         # Held from snapshot to rename: files reach the disk in the order they were taken, so a
         # slow save can never write an older book over a newer one.
@@ -451,12 +459,17 @@ class PeerBook:
         """True when memory holds changes not yet written."""
         return self._dirty
 
-    def configure(self, *, ban_seconds: float | None = None) -> None:
-        """Change tunables at run time (affects bans set from now on)."""
+    def configure(self, *, ban_seconds: float | None = None, max_known: int | None = None) -> None:
+        """Change tunables at run time (``ban_seconds`` affects bans set from now on;
+        ``max_known`` caps what peer exchange may add, a book already bigger is not cut)."""
         if ban_seconds is not None:
             if not (math.isfinite(ban_seconds) and ban_seconds > 0):
                 raise InputError("ban_seconds must be a positive number", field="ban_seconds")
             self._ban_seconds = float(ban_seconds)
+        if max_known is not None:
+            if max_known < 1:
+                raise InputError("max_known must be at least 1", field="max_known")
+            self.max_known = max_known
 
     @property
     def ban_seconds(self) -> float:
@@ -533,14 +546,18 @@ class PeerBook:
         """Apply ``event`` to the peer's score and counters; return what to do with the peer.
 
         Decay since the last update is applied first, then the event's weight, clamped to
-        [0, 200]. ``BAN`` when the peer is banned now (including a ban this call just set because
-        a negative event left the score below :data:`BAN_BELOW`); ``DISCONNECT`` when a negative
+        [0, 200]. Credits (positive weights) are capped at :data:`MAX_CREDIT_PER_HOUR` per peer
+        per clock hour, so no rate of "good" messages cancels the charges of bad ones.
+        ``BAN`` when the peer is banned now (including a ban this call just set because a
+        negative event left the score below :data:`BAN_BELOW`); ``DISCONNECT`` when a negative
         event left it below :data:`DISCONNECT_BELOW`; else ``OK``. Unknown peers are created.
         """
         now = self._clock()
         weight = EVENT_WEIGHTS[event]
         with self._lock:
             rec = self._touch(node_id, now)
+            if weight > 0:
+                weight = self._credit(node_id, weight, now)
             hours = (now - rec["score_updated_at"]) / 3600.0
             score = _clamp(decayed_score(rec["score"], hours) + weight)
             rec["score"] = score
@@ -560,6 +577,17 @@ class PeerBook:
                 if score < DISCONNECT_BELOW:
                     return Verdict.DISCONNECT
             return Verdict.OK
+
+    def _credit(self, node_id: str, weight: float, now: float) -> float:
+        """The part of ``weight`` still allowed this clock hour (memory only, not in the file;
+        the table is cleared every hour, so it holds at most this hour's credited peers)."""
+        hour = int(now // 3600)
+        if hour != self._credit_hour:
+            self._credit_hour, self._credits = hour, {}
+        used = self._credits.get(node_id, 0.0)
+        allowed = max(0.0, min(weight, MAX_CREDIT_PER_HOUR - used))
+        self._credits[node_id] = used + allowed
+        return allowed
 
     def dial_candidates(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` ``(node_id, address)`` pairs to dial: peers with an address, not
@@ -584,14 +612,39 @@ class PeerBook:
     def note_address(self, node_id: str, address: str) -> None:
         """Remember an address learned through peer exchange (appended, at most
         :data:`MAX_ADDRESSES` kept). A new peer gets ``first_seen = last_seen = now``; an
-        existing peer's ``last_seen`` is *not* bumped, so gossip cannot keep dead peers alive."""
+        existing peer's ``last_seen`` is *not* bumped, so gossip cannot keep dead peers alive.
+        The book holds at most ``max_known`` peers: a new one evicts the never-connected,
+        unbanned peer seen first, or is not learned."""
         if not address:
             return
         now = self._clock()
         with self._lock:
+            if node_id not in self._peers and not self._make_room():
+                return  # full of peers we have connected to or banned: learn nothing
             rec = self._touch(node_id, now)
             if self._add_address(rec, address, front=False):
                 self._dirty = True
+
+    def _make_room(self) -> bool:
+        """Below the cap, or evict the never-connected, unbanned peer seen first. O(n) when
+        full, which learning at peer-exchange pace makes rare."""
+        if len(self._peers) < self.max_known:
+            return True
+        victim = min(
+            (
+                (rec["first_seen"], node_id)
+                for node_id, rec in self._peers.items()
+                if rec["last_connected"] is None
+                and rec["banned_until"] is None
+                and node_id not in self._connected
+            ),
+            default=None,
+        )
+        if victim is None:
+            return False
+        del self._peers[victim[1]]
+        self._dirty = True
+        return True
 
     @staticmethod
     def _add_address(rec: dict[str, Any], address: str, *, front: bool) -> bool:

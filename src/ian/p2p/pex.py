@@ -11,8 +11,9 @@ What it does while the switch runs:
   with jittered exponential backoff (``reconnect_base`` .. ``reconnect_cap``); a seed that turns
   out to be this node is given up;
 - answers ``get_peers`` with up to :data:`~ian.p2p.messages.MAX_PEERS_PER_MESSAGE` connected
-  peers' addresses (shuffled, never the asker), and notes the addresses in ``peers`` messages in
-  the peer book;
+  peers' addresses (shuffled, never the asker), and notes the addresses of ``peers`` *replies to
+  its own requests* in the peer book (an unsolicited ``peers`` message is charged and ignored;
+  the book itself is capped, see :meth:`~ian.p2p.peer_book.PeerBook.note_address`);
 - asks each newly connected peer, and every peer each ``exchange_interval``, for its peers, then
   dials peer-book candidates while below ``max_peers`` (a failed candidate is not redialled
   before its backoff);
@@ -33,6 +34,7 @@ from ian.config import PeerAddress
 from ian.p2p.connection import PeerInfo
 from ian.p2p.errors import HandshakeError, P2PError
 from ian.p2p.messages import MAX_PEERS_PER_MESSAGE, GetPeers, PeerEntry, Peers
+from ian.p2p.peer_book import PeerEvent
 from ian.p2p.switch import P2PService, P2PTuning, PeerConnected, PeerDisconnected, PeerStatus
 
 __all__ = ["PeerExchange", "backoff"]
@@ -82,7 +84,10 @@ class PeerExchange:
         return self._peer_list(exclude=peer.node_id)
 
     async def _on_peers(self, peer: PeerInfo, message: Peers) -> None:
-        self._learn_peers(message)
+        # Addresses are learned only from replies to our own get_peers: an unsolicited list
+        # is a peer trying to fill our book (and steer our dialling). Charged, not read.
+        log.debug("unsolicited peers message from %s ignored", peer.node_id)
+        self.switch.report(peer.node_id, PeerEvent.INVALID_MESSAGE)
 
     def _on_peer_event(self, event: PeerConnected | PeerDisconnected | PeerStatus) -> None:
         if isinstance(event, PeerConnected):

@@ -215,6 +215,10 @@ Handler = Callable[[PeerInfo, Message], Awaitable[Message | None]]
 _M = TypeVar("_M", bound=Message)
 
 
+#: IPs whose banned identities are counted at once (oldest forgotten first)
+MAX_TRACKED_BAN_IPS = 10_000
+
+
 def _ip_literal(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host))
@@ -270,6 +274,8 @@ class P2PService:
         self._listeners: list[PeerListener] = []
         self._peers: dict[str, Connection] = {}
         self._inbound_per_ip: Counter[str] = Counter()
+        # IP -> {banned node id: when}: K of them ban the IP (see _note_banned_identity)
+        self._banned_ids_by_ip: dict[str, dict[str, float]] = {}
         self._pending_handshakes = 0
         self._tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tg: anyio.abc.TaskGroup | None = None
@@ -822,9 +828,36 @@ class P2PService:
 
     def _apply_verdict(self, conn: Connection, verdict: Verdict) -> None:
         if verdict is Verdict.BAN:
+            self._note_banned_identity(conn)
             conn.close("banned")
         elif verdict is Verdict.DISCONNECT:
             conn.close("score too low")
+
+    def _note_banned_identity(self, conn: Connection) -> None:
+        """K identities banned from one IP within the ban period ban the IP itself (for
+        ``ban_seconds``): fresh identities are free, addresses are not. Refuses new connections
+        from it; peers already connected from it are judged by their own scores."""
+        limit = self.settings.ban_ip_after
+        if limit <= 0:
+            return
+        now = anyio.current_time()
+        window = self.peer_book.ban_seconds
+        seen = self._banned_ids_by_ip.setdefault(conn.ip, {})
+        seen[conn.node_id] = now
+        for node_id, when in list(seen.items()):
+            if now - when > window:
+                del seen[node_id]
+        if len(seen) >= limit:
+            del self._banned_ids_by_ip[conn.ip]
+            reason = f"{len(seen)} identities from this address banned"
+            try:
+                self.peer_book.ban(conn.ip, seconds=window, reason=reason)
+            except IanError as exc:  # e.g. an address the ban parser refuses
+                log.warning("could not ban %s: %s", conn.ip, exc)
+                return
+            log.warning("banned IP %s: %s", conn.ip, reason)
+        while len(self._banned_ids_by_ip) > MAX_TRACKED_BAN_IPS:
+            del self._banned_ids_by_ip[next(iter(self._banned_ids_by_ip))]
 
     def _reply(self, conn: Connection, request_id: int, message: Message) -> None:
         with contextlib.suppress(P2PError):

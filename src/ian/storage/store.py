@@ -61,6 +61,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS contributions_pack ON contributions (goal_id, 
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
+    """One row of a goal's contribution log. Also the API's JSON shape of a log entry
+    (:data:`ian.api.models.LogEntryDoc`: these fields, the hashes in lowercase hex)."""
+
     goal_id: str
     log_index: int
     contribution_hash: bytes
@@ -71,20 +74,6 @@ class LogEntry:
     score: float
     metrics: dict[str, float]
     block_height: int
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "goal_id": self.goal_id,
-            "log_index": self.log_index,
-            "contribution_hash": self.contribution_hash.hex(),
-            "pack_hash": self.pack_hash.hex(),
-            "contributor_id": self.contributor_id,
-            "seed": self.seed,
-            "version": self.version,
-            "score": self.score,
-            "metrics": self.metrics,
-            "block_height": self.block_height,
-        }
 
 
 @dataclass(slots=True)

@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
-from ian.api.peers_routes import router
+from ian.api.models import PeerEntry, PeerList
+from ian.api.routes.peers import router
 from ian.errors import RequestError
 from ian.p2p.peer_book import PeerBook, PeerEvent
 
@@ -193,3 +195,36 @@ def test_connect_and_limits(client: TestClient, p2p: FakeP2P, book: PeerBook) ->
     r = no_p2p.post("/api/v1/admin/peers/connect", json={"address": "10.0.0.9:9000"})
     assert r.status_code == 503
     assert no_p2p.get("/api/v1/peers").json()["connected"] == []
+
+
+def test_peer_entry_declares_every_field_of_a_peer_record(book: PeerBook) -> None:
+    """PeerEntry is the one declaration of the record's JSON; a field the core adds to
+    PeerRecord.to_dict without adding it there is refused, not silently dropped."""
+    book.on_connected(A, "tcp://10.0.0.1:9000")
+    record = book.get(A)
+    assert record is not None
+    doc = record.to_dict()
+    assert set(PeerEntry.model_fields) == set(doc)
+    assert PeerEntry.of(record).model_dump(mode="json") == doc
+    with pytest.raises(ValidationError):
+        PeerEntry.model_validate({**doc, "new_counter": 1})
+
+
+def test_the_list_is_the_shared_peer_list_shape(tmp_path: Path) -> None:
+    """The route answers PeerList.of(...), the builder `ian peers list` uses offline: same keys,
+    same values, `peers` absent unless asked for."""
+    book = PeerBook.load(tmp_path / "peer_scores.json", clock=lambda: T0)
+    book.on_connected(A, "tcp://10.0.0.1:9000")
+    book.record(B, PeerEvent.RATE_LIMIT_VIOLATION)
+    book.ban("10.9.0.0/16", seconds=60, reason="lab")
+    client = TestClient(make_app(book, None), client=("127.0.0.1", 5000))
+    listed = client.get("/api/v1/peers", params={"all": 1}).json()
+    shared = PeerList.of(book, [], book.records()).model_dump(mode="json", exclude_unset=True)
+    assert listed == shared
+    assert [p["node_id"] for p in listed["peers"]] == [A, B]
+    assert listed["ip_bans"] == [
+        {"target": "10.9.0.0/16", "kind": "ip", "banned_until": T0 + 60, "reason": "lab"}
+    ]
+    short = client.get("/api/v1/peers").json()
+    assert "peers" not in short
+    assert short == PeerList.of(book, [], None).model_dump(mode="json", exclude_unset=True)

@@ -173,6 +173,14 @@ async def test_log_pagination(api, packs, error_of) -> None:
         assert err["field"] == field, (bad, err)
     err = error_of(await api.client.get(f"/api/v1/log/{TRIVIAL}?limit=lots"), 400)
     assert err["field"] == "limit"
+    # Beyond what the store can hold (a signed 64-bit index): 400 naming the range, not 500.
+    too_big = 2**63
+    err = error_of(await api.client.get(f"/api/v1/log/{TRIVIAL}?from={too_big}"), 400)
+    assert err["field"] == "from" and str(too_big - 1) in err["message"], err
+    err = error_of(await api.client.get(f"/api/v1/proof/{TRIVIAL}/{too_big}"), 400)
+    assert err["field"] == "log_index" and str(too_big - 1) in err["message"], err
+    last = (await api.client.get(f"/api/v1/log/{TRIVIAL}?from={too_big - 1}")).json()
+    assert last["entries"] == [] and last["next"] is None
 
 
 async def test_policy_returns_the_leaders_pack(api, packs, error_of) -> None:

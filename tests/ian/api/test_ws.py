@@ -138,26 +138,70 @@ async def test_other_paths_are_not_found(stream: Stream) -> None:
     assert info.value.response.status_code == 404
 
 
-async def test_clients_over_the_limit_are_refused() -> None:
+async def test_clients_over_the_limit_are_refused_after_authenticating() -> None:
+    """A slot is taken only once the token checked out: over the limit, an authenticated
+    client is closed 1013; the slot frees when the first client leaves."""
     async with anyio.create_task_group() as tg:
         s = await start_stream(tg, max_clients=1)
         first = await subscribed(s)
-        with pytest.raises(InvalidStatus) as info:
-            await connect(s.url)
-        assert info.value.response.status_code == 503
+        async with connect(s.url) as ws:
+            await ws.send(s.subscribe_msg(["block"]))
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await ws.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == ws_mod.TOO_MANY_CLIENTS
         await first.close()
         await first.wait_closed()
         # The slot frees when the server's handler has finished with the first client, a moment
-        # after the client's close: retry like a real client would after a 503.
+        # after the client's close: retry like a real client would.
         for _ in range(500):
             try:
                 second = await subscribed(s)
                 break
-            except InvalidStatus:
+            except ConnectionClosed:
                 await anyio.sleep(0.01)
         else:
             pytest.fail("the first client's slot was never freed")
         await second.close()
+        await s.server.shutdown()
+
+
+async def test_idle_connections_without_a_token_cannot_lock_out_a_client_with_one() -> None:
+    async with anyio.create_task_group() as tg:
+        s = await start_stream(tg, max_pending=4, max_per_ip=100)
+        idle = [await connect(s.url) for _ in range(4)]  # never subscribe
+        with pytest.raises(InvalidStatus) as info:
+            await connect(s.url)
+        assert info.value.response.status_code == 503  # a fifth anonymous one waits
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with connect(s.url, additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "topics": ["block"]}))
+            ack = json.loads(await ws.recv())
+            assert ack["type"] == "subscribed" and ack["topics"] == ["block"]
+        for ws in idle:
+            await ws.close()
+        await s.server.shutdown()
+
+
+async def test_one_address_holds_at_most_max_per_ip_connections() -> None:
+    async with anyio.create_task_group() as tg:
+        s = await start_stream(tg, max_per_ip=2)
+        held = [await connect(s.url) for _ in range(2)]
+        with pytest.raises(InvalidStatus) as info:
+            await connect(s.url, additional_headers={"Authorization": f"Bearer {TOKEN}"})
+        assert info.value.response.status_code == 429
+        for ws in held:
+            await ws.close()
+        await s.server.shutdown()
+
+
+async def test_a_banned_address_is_refused_before_the_upgrade() -> None:
+    async with anyio.create_task_group() as tg:
+        s = await start_stream(tg, banned=lambda ip: "flooding" if ip == "127.0.0.1" else None)
+        with pytest.raises(InvalidStatus) as info:
+            await connect(s.url)
+        assert info.value.response.status_code == 403
+        assert b"flooding" in info.value.response.body
         await s.server.shutdown()
 
 

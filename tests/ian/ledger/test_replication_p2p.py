@@ -93,7 +93,8 @@ async def pair(chain: Any, tmp_path: Path) -> AsyncIterator[Pair]:
     fol_switch = make_switch(network, fol_init, follower)
     forwarded: list[Contribution] = []
 
-    async def handle_forward(c: Contribution) -> Outcome:
+    async def handle_forward(c: Contribution, peer: Any, token: str | None) -> Outcome:
+        assert peer.node_id == fol_init.identity.node_id and token is None
         forwarded.append(c)
         return chain.commit([c])[0]
 

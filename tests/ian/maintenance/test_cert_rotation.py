@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from ian.api.certs_routes import router
+from ian.api.routes.certs import router
 from ian.certs import load_certificate
 from ian.errors import DataDirError, IdentityError, RequestError
 from ian.maintenance.cert_rotation import (

@@ -101,7 +101,9 @@ def id_of(i: int) -> str:
 
 def test_defaults_match_the_reference_weights() -> None:
     assert {e.value: w for e, w in EVENT_WEIGHTS.items()} == {
-        "valid_message": 0.1,
+        # The earlier code credited +0.1 per message, so 50 messages cancelled a -5 charge and
+        # a flooder never reached the ban threshold: talking earns nothing now.
+        "valid_message": 0.0,
         "valid_contribution": 1.0,
         "successful_sync": 5.0,
         "invalid_message": -5.0,
@@ -154,9 +156,11 @@ def test_positive_events_never_disconnect_a_low_peer(book: PeerBook) -> None:
     assert book.record(A, PeerEvent.FAILED_SYNC) is Verdict.DISCONNECT
 
 
-def test_clamped_to_0_and_200(book: PeerBook) -> None:
-    for _ in range(50):
-        book.record(A, PeerEvent.SUCCESSFUL_SYNC)
+def test_clamped_to_0_and_200(book: PeerBook, clock: Clock) -> None:
+    for _ in range(30):  # credits are capped per hour: 30 hours of useful work
+        clock.advance(3600)
+        for _ in range(2):
+            book.record(A, PeerEvent.SUCCESSFUL_SYNC)
     assert book.get(A).score == 200  # type: ignore[union-attr]
     assert book.get(A).trusted  # type: ignore[union-attr]
     for _ in range(20):
@@ -177,11 +181,11 @@ def test_ban_duration_follows_configuration(path: Path, clock: Clock) -> None:
 def test_decay_toward_100_uses_elapsed_hours(book: PeerBook, clock: Clock) -> None:
     for _ in range(2):
         book.record(A, PeerEvent.PROTOCOL_VIOLATION)  # 60
-    for _ in range(10):
-        book.record(B, PeerEvent.SUCCESSFUL_SYNC)  # 150
+    for _ in range(2):
+        book.record(B, PeerEvent.SUCCESSFUL_SYNC)  # 110
     clock.advance(10 * 3600)
     assert book.get(A).score == pytest.approx(100 - 40 * math.exp(-0.1))  # type: ignore[union-attr]
-    assert book.get(B).score == pytest.approx(100 + 50 * math.exp(-0.1))  # type: ignore[union-attr]
+    assert book.get(B).score == pytest.approx(100 + 10 * math.exp(-0.1))  # type: ignore[union-attr]
     # decay is applied before the event, from the time of the last update
     book.record(A, PeerEvent.INVALID_MESSAGE)
     expected = 100 - 40 * math.exp(-0.1) - 5
@@ -672,3 +676,43 @@ def test_a_slow_save_never_writes_an_older_book_over_a_newer_one(
     assert not slow.is_alive() and not fast.is_alive()
     saved = json.loads(path.read_text())
     assert saved["peers"]["ab" * 20]["ban_reason"] == "flooding"
+
+
+def test_credit_is_capped_per_hour_so_a_flooder_cannot_out_earn_its_charges(
+    book: PeerBook, clock: Clock
+) -> None:
+    for _ in range(1000):
+        book.record(A, PeerEvent.VALID_MESSAGE)
+    assert book.get(A).score == 100  # type: ignore[union-attr]
+    assert book.get(A).valid_messages == 1000  # type: ignore[union-attr]  # still counted
+    for _ in range(100):  # +1 each, but at most +10 an hour
+        book.record(A, PeerEvent.VALID_CONTRIBUTION)
+    assert book.get(A).score == 110  # type: ignore[union-attr]
+    verdicts = []
+    for _ in range(21):  # every charge lands in full: 110 - 21 x 5 < 10
+        book.record(A, PeerEvent.VALID_CONTRIBUTION)
+        verdicts.append(book.record(A, PeerEvent.INVALID_MESSAGE))
+    assert verdicts[-1] is Verdict.BAN and book.get(A).banned  # type: ignore[union-attr]
+    clock.advance(3600)  # a new hour: credit again
+    book.record(B, PeerEvent.SUCCESSFUL_SYNC)
+    assert book.get(B).score == 105  # type: ignore[union-attr]
+
+
+def test_the_book_is_capped_and_gossip_evicts_never_connected_peers_first(
+    book: PeerBook, clock: Clock
+) -> None:
+    book.configure(max_known=3)
+    book.on_connected(A, "tcp://10.0.0.1:9000")
+    book.ban(B, seconds=600, reason="test")
+    book.note_address(C, "tcp://10.0.0.3:9000")
+    clock.advance(1)
+    d, e = "d" * 40, "e" * 40
+    book.note_address(d, "tcp://10.0.0.4:9000")  # full: C (never connected, oldest) goes
+    assert C not in book and d in book and A in book and B in book
+    book.note_address(e, "tcp://10.0.0.5:9000")  # d goes; A (connected) and B (banned) stay
+    assert d not in book and e in book and len(book) == 3
+    book.on_connected(e, "tcp://10.0.0.5:9000")
+    book.note_address("f" * 40, "tcp://10.0.0.6:9000")  # nothing evictable: not learned
+    assert "f" * 40 not in book and len(book) == 3
+    with pytest.raises(InputError):
+        book.configure(max_known=0)

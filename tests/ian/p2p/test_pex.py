@@ -64,8 +64,7 @@ async def test_without_peer_exchange_get_peers_is_unsupported(cluster: Cluster) 
 
 
 async def test_an_address_learned_from_peers_is_dialled(cluster: Cluster) -> None:
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+    """A learns X only from B's reply to A's own get_peers, and dials it."""
     # X only listens: it records who dials it and never says hello.
     x = init_data_dir(cluster.tmp_path / "x")
     listener = await cluster.transport_for(x).listen("127.0.0.1", 0)
@@ -79,21 +78,41 @@ async def test_an_address_learned_from_peers_is_dialled(cluster: Cluster) -> Non
         dialled.set()
 
     cluster.tg.start_soon(listener.serve, on_connection, cluster.tg)
-    await b.service.connect(a.address)
-    await b.service.send(
-        a.node_id,
-        Peers(
+    a = await cluster.start("a")
+    b = await cluster.start("b", pex=False)  # B answers get_peers with X (and A itself)
+
+    async def peers_of_b(peer: object, message: Message) -> Message | None:
+        return Peers(
             peers=[
                 PeerEntry(node_id=x.identity.node_id, address=x_address),
                 PeerEntry(node_id=a.node_id, address="tcp://127.0.0.1:9"),  # A itself: ignored
             ]
-        ),
-    )
+        )
+
+    b.service.on("get_peers", peers_of_b)
+    await a.service.connect(b.address)  # A asks each new peer for its peers
     with anyio.fail_after(5):
         await dialled.wait()
     assert dialled_by == [a.node_id]
     assert a.book.get(x.identity.node_id).addresses == (x_address,)  # type: ignore[union-attr]
     assert a.book.get(a.node_id) is None
+
+
+async def test_unsolicited_peer_lists_are_charged_and_never_learned(cluster: Cluster) -> None:
+    a = await cluster.start("a")
+    b = await cluster.start("b")
+    await b.service.connect(a.address)
+    stranger = "ef" * 20
+    for _ in range(3):
+        await b.service.send(
+            a.node_id, Peers(peers=[PeerEntry(node_id=stranger, address="tcp://10.9.9.9:9000")])
+        )
+    # A request after them: its reply comes after A handled the three (handlers start in order
+    # and the unsolicited ones finish without waiting).
+    await b.service.request(a.node_id, GetPeers())
+    assert a.book.get(b.node_id).invalid_messages == 3  # type: ignore[union-attr]
+    assert a.book.get(stranger) is None
+    assert a.book.get(b.node_id).score == pytest.approx(100 - 3 * 5)  # type: ignore[union-attr]
 
 
 async def test_peer_exchange_uses_on_like_any_service(cluster: Cluster) -> None:

@@ -35,6 +35,7 @@ from ian.p2p.messages import (
     Status,
     block_to_doc,
 )
+from ian.p2p.peer_book import PeerEvent, Verdict
 from ian.p2p.session import (
     Direction,
     GoodbyeReceived,
@@ -505,6 +506,24 @@ async def test_banned_ip_is_refused_both_ways(each_cluster: Cluster) -> None:
         await a.service.connect(b.address)
     assert info.value.reason == "banned"
     assert a.service.peer_count == b.service.peer_count == 0
+
+
+async def test_k_banned_identities_from_one_ip_ban_the_ip(cluster: Cluster) -> None:
+    """Fresh identities are free, addresses are not: after ``ban_ip_after`` identities from
+    one IP are banned, the IP is, and a new identity from it is refused before TLS."""
+    a = await cluster.start("a", ban_ip_after=3)
+    for i in range(3):
+        liar = await cluster.start(f"liar-{i}", pex=False)
+        await liar.service.connect(a.address)
+        await a.wait_for(lambda liar=liar: a.connected(liar))
+        verdicts = [a.service.report(liar.node_id, PeerEvent.PROTOCOL_VIOLATION) for _ in range(5)]
+        assert verdicts[-1] is Verdict.BAN
+    reasons = [b.reason for b in a.book.ip_bans()]
+    assert reasons == ["3 identities from this address banned"]
+    fresh = await cluster.start("fresh", pex=False)
+    with pytest.raises(HandshakeError) as info:
+        await fresh.service.connect(a.address)
+    assert info.value.reason in ("tls", "closed")  # A closed the socket before TLS
 
 
 async def test_ban_while_connected_drops_the_peer(each_cluster: Cluster) -> None:

@@ -1,0 +1,483 @@
+"""Unit tests of the consensus core, driven by hand through :class:`Cluster`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from tests.ian.consensus.cluster import AFTER_TIMEOUT, CHAIN, PARAMS, Cluster, Wire
+
+from ian.consensus import (
+    Accepted,
+    AppendBlocks,
+    AppendLog,
+    AppendResponse,
+    Apply,
+    AuthorityChange,
+    Block,
+    BlockKind,
+    CertifiedBlocks,
+    Commit,
+    ConsensusCore,
+    DurableState,
+    ForkDetected,
+    PersistHardState,
+    Propose,
+    ProposeChange,
+    Received,
+    Redirect,
+    Rejected,
+    Restart,
+    Role,
+    Send,
+    StoreCertificate,
+    Tick,
+    TruncateLog,
+    Unavailable,
+    VoteRequest,
+    VoteResponse,
+    genesis_hash,
+    verify_commit_certificate,
+    verify_election_certificate,
+)
+from ian.identity import Identity
+
+
+def answers(actions: list[object]) -> list[object]:
+    return [a.outcome for a in actions if hasattr(a, "outcome")]
+
+
+def cut(cluster: Cluster, *names: str):  # type: ignore[no-untyped-def]
+    """A partition: messages to or from ``names`` are lost."""
+    ids = {cluster.id(n) for n in names}
+
+    def drop(wire: Wire) -> bool:
+        return wire.to in names or wire.sender in ids
+
+    return drop
+
+
+# --- elections ---
+
+
+def test_single_authority_leads_and_commits_alone() -> None:
+    c = Cluster(1)
+    c.elect("a0")
+    core = c.cores["a0"]
+    assert (core.role, core.term, core.leader_id) == (Role.LEADER, 1, c.id("a0"))
+    out = c.step("a0", Propose("r1", b"hello"))
+    assert [type(a) for a in out][:1] == [AppendLog]
+    [accepted] = answers(out)
+    assert isinstance(accepted, Accepted) and accepted.height == 2
+    commit = next(a for a in out if isinstance(a, Commit))
+    verify_commit_certificate(commit.certificate, core.block(2), c.genesis, CHAIN)
+    assert [b.payload for b in c.applied["a0"]] == [b"", b"hello"]
+
+
+def test_election_certificate_in_first_block_proves_the_leader() -> None:
+    c = Cluster(3)
+    c.elect("a1")
+    assert [c.cores[n].leader_id for n in ("a0", "a1", "a2")] == [c.id("a1")] * 3
+    first = c.cores["a0"].block(1)
+    assert first.kind is BlockKind.LEADER_START and first.election is not None
+    verify_election_certificate(first.election, c.genesis, CHAIN)
+    assert first.election.candidate == c.id("a1") and first.election.term == 1
+    assert c.cores["a1"].commit_height == 1  # the leader's first block commits
+    c.heartbeat("a1")
+    assert c.cores["a0"].commit_height == 1
+
+
+def test_pre_vote_does_not_bump_terms() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    # a2 is cut off; its election timer fires again and again: it never raises its term.
+    for _ in range(5):
+        c.tick("a2", AFTER_TIMEOUT)
+        c.deliver(cut(c, "a2"))
+    assert c.cores["a2"].role is Role.PRE_CANDIDATE
+    assert c.cores["a2"].term == 1
+    assert c.disks["a2"].term == 1
+    # Reconnected, its pre-vote finds a live leader (lease): still nobody's term moves.
+    c.tick("a2", AFTER_TIMEOUT)
+    c.deliver()
+    assert [c.cores[n].term for n in ("a0", "a1", "a2")] == [1, 1, 1]
+    assert c.cores["a0"].role is Role.LEADER
+
+
+def test_vote_is_granted_once_per_term_and_durable_before_it_leaves() -> None:
+    c = Cluster(3)
+    req = VoteRequest(False, CHAIN, 1, c.id("a0"), 0, 0)
+    out = c.step("a1", Received(c.id("a0"), req))
+    kinds = [type(a) for a in out]
+    assert kinds.index(PersistHardState) < kinds.index(Send)
+    granted = next(a.message for a in out if isinstance(a, Send))
+    assert isinstance(granted, VoteResponse) and granted.vote is not None
+    assert (c.disks["a1"].term, c.disks["a1"].voted_for) == (1, c.id("a0"))
+    other = VoteRequest(False, CHAIN, 1, c.id("a2"), 0, 0)
+    out = c.step("a1", Received(c.id("a2"), other))
+    refused = next(a.message for a in out if isinstance(a, Send))
+    assert isinstance(refused, VoteResponse) and refused.vote is None
+    # After a restart from disk it still remembers the vote.
+    c.step("a1", Restart(c.disks["a1"], 0.0))
+    out = c.step("a1", Received(c.id("a2"), other))
+    assert next(a.message for a in out if isinstance(a, Send)).vote is None
+
+
+def test_vote_refused_to_a_candidate_with_an_older_log() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r1", b"x"))
+    c.deliver()
+    assert c.cores["a1"].last_height == 2
+    c.tick("a1", AFTER_TIMEOUT)  # no leader heard for long: not in lease any more
+    stale = VoteRequest(False, CHAIN, 5, c.id("a2"), 1, 1)
+    out = c.step("a1", Received(c.id("a2"), stale))
+    reply = next(a.message for a in out if isinstance(a, Send))
+    assert reply.vote is None and c.cores["a1"].term == 5
+    newer = VoteRequest(False, CHAIN, 5, c.id("a0"), 1, 2)
+    out = c.step("a1", Received(c.id("a0"), newer))
+    assert next(a.message for a in out if isinstance(a, Send)).vote is not None
+
+
+def test_check_quorum_makes_a_cut_off_leader_step_down() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    for _ in range(12):
+        c.tick("a0", 0.2)
+        c.deliver(lambda w: True)  # nothing gets through
+    core = c.cores["a0"]
+    assert core.role is Role.FOLLOWER and core.leader_id is None and core.term == 1
+    assert answers(c.step("a0", Propose("r", b"x"))) == [Unavailable(PARAMS.election_timeout_max)]
+
+
+def test_followers_redirect_to_the_proven_leader() -> None:
+    c = Cluster(3, 1)
+    c.elect("a0")
+    c.heartbeat("a0")
+    assert answers(c.step("a1", Propose("r", b"x"))) == [Redirect(c.id("a0"))]
+    assert answers(c.step("l0", Propose("r", b"x"))) == [Redirect(c.id("a0"))]
+
+
+# --- replication ---
+
+
+def test_leader_backs_up_and_the_follower_truncates_an_uncommitted_suffix() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    # a0 appends two blocks nobody else sees, then a1 is elected without it.
+    c.step("a0", Propose("lost1", b"lost1"))
+    c.step("a0", Propose("lost2", b"lost2"))
+    c.wire.clear()
+    c.tick("a2", PARAMS.election_timeout_min)  # a2's lease on a0 runs out
+    c.elect("a1", cut(c, "a0"))
+    c.step("a1", Propose("kept", b"kept"))
+    c.deliver(cut(c, "a0"))
+    assert c.cores["a0"].last_height == 3 and c.cores["a0"].commit_height == 1
+    out = c.tick("a1", 0.2) + c.deliver()
+    truncations = [a for a in out if isinstance(a, TruncateLog)]
+    assert truncations and all(t.from_height > 1 for t in truncations)
+    a0, a1 = c.cores["a0"], c.cores["a1"]
+    assert a0.role is Role.FOLLOWER and a0.term == 2
+    assert [a0.block(h).hash for h in range(1, 4)] == [a1.block(h).hash for h in range(1, 4)]
+    assert b"lost1" not in [b.payload for b in c.disks["a0"].log]
+
+
+def test_commit_by_counting_only_in_the_leaders_current_term() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("old", b"old"))  # height 2, term 1: reaches a1, its ack is lost
+    c.deliver(lambda w: w.to == "a2" or w.to == "a0")
+    assert c.cores["a1"].last_height == 2 and c.cores["a0"].commit_height == 1
+    c.wire.clear()
+    # a1 wins term 2 (a2 votes: a1's log is longer); its start block at 3 is of term 2.
+    c.tick("a1", AFTER_TIMEOUT)
+    c.tick("a2", AFTER_TIMEOUT)
+    c.wire.clear()
+    c.elect("a1", lambda w: w.to == "a0" or (isinstance(w.message, AppendBlocks)))
+    a1 = c.cores["a1"]
+    assert a1.role is Role.LEADER and a1.term == 2 and a1.block(2).term == 1
+    c.wire.clear()
+    # a2 acks the term-1 block at height 2: a majority holds it, still not committed (§5.4.2).
+    old = a1.block(2)
+    out = c.step("a2", Received(c.id("a1"), _append(c, a1, prev=1, upto=2)))
+    assert c.cores["a2"].last_height == 2
+    forged = AppendResponse(2, True, 2, (c.ack("a2", old, term=2),))
+    out = c.step("a1", Received(c.id("a2"), forged))
+    assert a1.commit_height == 1 and not [a for a in out if isinstance(a, Commit)]
+    # Once a2 acks the term-2 block, both commit (the old one indirectly).
+    out = c.step(
+        "a1", Received(c.id("a2"), AppendResponse(2, True, 3, (c.ack("a2", a1.block(3)),)))
+    )
+    assert a1.commit_height == 3
+    assert [a.block.height for a in out if isinstance(a, Apply)] == [2, 3]
+
+
+def _append(c: Cluster, leader: ConsensusCore, *, prev: int, upto: int) -> AppendBlocks:
+    blocks = tuple(leader.block(h) for h in range(prev + 1, upto + 1))
+    election = leader.block(3).election
+    assert election is not None
+    return AppendBlocks(
+        leader.term, leader.node_id, prev, leader.block(prev).hash, blocks, election, None
+    )
+
+
+def test_durable_log_before_the_ack_leaves() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r", b"x"))
+    wire = next(w for w in c.wire if w.to == "a1")
+    out = c.step("a1", Received(wire.sender, wire.message))
+    kinds = [type(a) for a in out]
+    assert kinds.index(AppendLog) < kinds.index(Send)
+    reply = next(a.message for a in out if isinstance(a, Send))
+    assert isinstance(reply, AppendResponse) and [a.height for a in reply.acks] == [2]
+
+
+def test_restart_recovers_commit_from_certificates_and_resumes_applying() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    for i in range(3):
+        c.step("a0", Propose(f"r{i}", b"%d" % i))
+        c.deliver()
+    c.heartbeat("a0")
+    disk = c.disks["a1"]
+    assert c.cores["a1"].commit_height == 4
+    state = DurableState(disk.term, disk.voted_for, list(disk.log), dict(disk.certificates), 2)
+    out = c.step("a1", Restart(state, 100.0))
+    core = c.cores["a1"]
+    assert core.commit_height == 4 and core.leader_id is None and core.term == 1
+    assert [a.block.height for a in out if isinstance(a, Apply)] == [3, 4]
+
+
+def test_a_clock_jumping_backwards_neither_fires_nor_stalls_timers() -> None:
+    c = Cluster(3)
+    core = c.cores["a0"]
+    c.step("a0", Tick(0.5))
+    c.step("a0", Tick(-5000.0))  # jumps back: counts as no time passing
+    c.step("a0", Tick(-5000.0 + 0.4))
+    assert core.role is Role.FOLLOWER  # 0.9 s elapsed: below any election timeout
+    out = c.step("a0", Tick(-5000.0 + AFTER_TIMEOUT))  # and time flows again from there
+    assert core.role is Role.PRE_CANDIDATE
+    assert any(isinstance(a, Send) and isinstance(a.message, VoteRequest) for a in out)
+
+
+# --- learners ---
+
+
+def test_learners_never_vote_and_hold_only_committed_blocks() -> None:
+    c = Cluster(3, 2)
+    out = c.step("l0", Received(c.id("a0"), VoteRequest(False, CHAIN, 1, c.id("a0"), 0, 0)))
+    assert out == []
+    c.elect("a0")
+    for i in range(5):
+        c.step("a0", Propose(f"r{i}", b"%d" % i))
+        c.deliver()
+        for name in ("l0", "l1"):
+            core = c.cores[name]
+            assert core.role is Role.LEARNER
+            assert core.last_height == core.commit_height  # never an uncommitted block
+    c.heartbeat("a0")
+    assert c.cores["l1"].commit_height == 6
+    assert [b.hash for b in c.applied["l1"]] == [b.hash for b in c.applied["a0"]]
+
+
+def test_learner_refuses_blocks_without_a_valid_certificate() -> None:
+    c = Cluster(3, 1)
+    c.elect("a0")
+    c.heartbeat("a0")
+    a0, l0 = c.cores["a0"], c.cores["l0"]
+    election = a0.block(1).election
+    assert election is not None
+    block = Block.build(
+        CHAIN,
+        height=2,
+        term=1,
+        parent_hash=a0.block(1).hash,
+        kind=BlockKind.DATA,
+        payload=b"forged",
+    )
+    minority = c.certify(block, ["a1"])
+    forged_sig = c.certify(block, ["a0", "a1"])
+    forged_sig = replace(
+        forged_sig, acks=(forged_sig.acks[0], replace(forged_sig.acks[1], signature=b"\0" * 64))
+    )
+    for cert in (minority, forged_sig):
+        msg = CertifiedBlocks(1, c.id("a0"), (block,), cert, election)
+        out = c.step("l0", Received(c.id("a0"), msg))
+        assert not [a for a in out if isinstance(a, AppendLog | Apply)]
+    assert l0.last_height == 1
+    good = CertifiedBlocks(1, c.id("a0"), (block,), c.certify(block, ["a0", "a2"]), election)
+    out = c.step("l0", Received(c.id("a0"), good))
+    assert [a.block.payload for a in out if isinstance(a, Apply)] == [b"forged"]
+    # The certificate is durable before the block: a crash never leaves an unprovable block.
+    kinds = [type(a) for a in out]
+    assert kinds.index(StoreCertificate) < kinds.index(AppendLog)
+
+
+# --- membership ---
+
+
+def test_authority_changes_apply_at_once_one_at_a_time() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    a0 = c.cores["a0"]
+    newcomer = Identity.generate()
+    add = AuthorityChange("add", newcomer.node_id, newcomer.public_key)
+    out = c.step("a0", ProposeChange("c1", add))
+    assert newcomer.node_id in a0.authorities()  # in force as soon as appended
+    assert answers(out) == []
+    second = AuthorityChange("remove", c.id("a2"))
+    assert answers(c.step("a0", ProposeChange("c2", second))) == [
+        Unavailable(PARAMS.heartbeat_interval)
+    ]
+    out = c.deliver(lambda w: w.to not in ("a0", "a1", "a2"))
+    assert a0.commit_height == 2  # 3 of the 4 authorities acked the change
+    assert any(isinstance(o, Accepted) for o in answers(out))
+    assert answers(c.step("a0", ProposeChange("c4", AuthorityChange("remove", "nobody")))) == [
+        Rejected("nobody is not an authority")
+    ]
+    assert answers(c.step("a0", ProposeChange("c3", second))) == []  # now it may go
+    assert c.id("a2") not in a0.authorities()
+
+
+def test_a_learner_added_as_authority_acks_at_once() -> None:
+    c = Cluster(3, 1)
+    c.elect("a0")
+    c.heartbeat("a0")
+    l0 = c.cores["l0"]
+    assert l0.role is Role.LEARNER and l0.commit_height == 1
+    add = AuthorityChange("add", c.id("l0"), c.identities["l0"].public_key)
+    c.step("a0", ProposeChange("c", add))
+    # 4 authorities now: a0, a1 and the newcomer make the majority without a2.
+    out = c.deliver(lambda w: w.to == "a2")
+    assert l0.role is Role.FOLLOWER and c.id("l0") in l0.authorities()
+    assert any(isinstance(o, Accepted) for o in answers(out))
+    assert c.cores["a0"].commit_height == 2
+
+
+def test_leader_cannot_remove_itself() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    [outcome] = answers(c.step("a0", ProposeChange("c", AuthorityChange("remove", c.id("a0")))))
+    assert isinstance(outcome, Rejected)
+
+
+def test_removed_authority_stops_running_and_learns_from_certified_blocks() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", ProposeChange("c", AuthorityChange("remove", c.id("a2"))))
+    c.deliver()
+    c.heartbeat("a0")
+    a2 = c.cores["a2"]
+    assert a2.role is Role.LEARNER and c.id("a2") not in a2.authorities()
+    out = c.tick("a2", AFTER_TIMEOUT)
+    assert not [a for a in out if isinstance(a, Send)]  # runs no election
+    assert a2.role is Role.LEARNER
+    c.step("a0", Propose("r", b"after"))
+    c.deliver()
+    c.heartbeat("a0")
+    assert a2.commit_height == 3 and a2.block(3).payload == b"after"
+
+
+# --- Byzantine inputs ---
+
+
+def test_a_stranger_cannot_claim_leadership_or_raise_terms() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    stranger = Identity.generate().node_id
+    forged_election = replace(c.election(7, "a1", ["a1", "a2"]), candidate=stranger)
+    block = Block.build(
+        CHAIN, height=2, term=7, parent_hash=c.cores["a1"].block(1).hash, kind=BlockKind.DATA
+    )
+    claim = AppendBlocks(7, stranger, 1, block.parent_hash, (block,), forged_election, None)
+    for name in ("a1", "a2"):
+        assert c.step(name, Received(stranger, claim)) == []
+        req = VoteRequest(False, CHAIN, 50, stranger, 99, 99)
+        assert c.step(name, Received(stranger, req)) == []
+    assert [c.cores[n].term for n in ("a0", "a1", "a2")] == [1, 1, 1]
+    assert c.cores["a1"].leader_id == c.id("a0")
+
+
+def test_forged_or_replayed_votes_do_not_elect() -> None:
+    c = Cluster(3)
+    c.tick("a0", AFTER_TIMEOUT)
+    c.wire.clear()  # a0 is pre-candidate for term 1; nobody answers
+    forged = replace(c.vote("a1", 1, "a0", (0, 0)), kind="pre_vote", signature=b"\1" * 64)
+    c.step("a0", Received(c.id("a1"), VoteResponse(True, 0, forged)))
+    assert c.cores["a0"].role is Role.PRE_CANDIDATE
+    # A real vote from an old term, replayed, counts for nothing either.
+    c.step("a0", Received("anyone", VoteResponse(True, 0, c.vote("a1", 1, "a0", (0, 0)))))
+    assert c.cores["a0"].role is Role.PRE_CANDIDATE and c.cores["a0"].term == 0
+
+
+# --- fork evidence ---
+
+
+def test_two_certificates_at_one_height_are_fork_evidence_and_stop_applying() -> None:
+    c = Cluster(3, 1)
+    c.elect("a0")
+    c.step("a0", Propose("r", b"ours"))
+    c.deliver()
+    c.heartbeat("a0")
+    l0, a0 = c.cores["l0"], c.cores["a0"]
+    assert l0.commit_height == 2
+    ours = a0.block(2)
+    theirs = Block.build(
+        CHAIN, height=2, term=1, parent_hash=ours.parent_hash, kind=BlockKind.DATA, payload=b"b"
+    )
+    election = a0.block(1).election
+    assert election is not None
+    msg = CertifiedBlocks(1, c.id("a0"), (theirs,), c.certify(theirs, ["a1", "a2"]), election)
+    out = c.step("l0", Received(c.id("a0"), msg))
+    [fork] = [a for a in out if isinstance(a, ForkDetected)]
+    assert fork.evidence.height == 2
+    assert (fork.evidence.our_block.hash, fork.evidence.their_block.hash) == (
+        ours.hash,
+        theirs.hash,
+    )
+    assert l0.forked and l0.block(2).hash == ours.hash  # keeps its own, removes nothing
+    c.step("a0", Propose("r2", b"later"))
+    c.deliver()
+    c.heartbeat("a0")
+    assert l0.commit_height == 2 and [b.height for b in c.applied["l0"]] == [1, 2]
+
+
+def test_an_authority_reports_a_certified_conflict_with_its_committed_block() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r", b"ours"))
+    c.deliver()
+    c.heartbeat("a0")
+    a0, a1 = c.cores["a0"], c.cores["a1"]
+    assert a1.commit_height == 2
+    ours = a1.block(2)
+    theirs = Block.build(
+        CHAIN, height=2, term=1, parent_hash=ours.parent_hash, kind=BlockKind.DATA, payload=b"b"
+    )
+    election = a0.block(1).election
+    assert election is not None
+    uncertified = AppendBlocks(1, c.id("a0"), 1, ours.parent_hash, (theirs,), election, None)
+    out = c.step("a1", Received(c.id("a0"), uncertified))
+    assert out == [] and not a1.forked and a1.block(2) == ours  # refused, nothing removed
+    cert = c.certify(theirs, ["a0", "a2"])
+    proof = AppendBlocks(1, c.id("a0"), 1, ours.parent_hash, (theirs,), election, cert)
+    out = c.step("a1", Received(c.id("a0"), proof))
+    [fork] = [a for a in out if isinstance(a, ForkDetected)]
+    assert fork.evidence.theirs == cert and fork.evidence.our_block == ours
+    assert a1.forked and a1.block(2) == ours
+    assert answers(c.step("a1", Propose("r2", b"x"))) == [Unavailable(PARAMS.election_timeout_max)]
+
+
+def test_genesis_hash_is_per_chain() -> None:
+    assert genesis_hash(CHAIN) != genesis_hash("other")
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 7])
+def test_every_cluster_size_elects_and_commits(n: int) -> None:
+    c = Cluster(n)
+    c.elect("a0")
+    out = c.step("a0", Propose("r", b"x"))
+    out += c.deliver()
+    assert [o for o in answers(out) if isinstance(o, Accepted)]
+    assert all(core.term == 1 for core in c.cores.values())
