@@ -56,6 +56,10 @@ SYNC_BATCH = 64
 FORWARD_TIMEOUT_S = 10.0
 
 
+#: concurrent get_blocks handlers per peer (a syncing follower asks one batch at a time)
+GET_BLOCKS_PER_PEER = 2
+
+
 class Replicator:
     """Block propagation, sync, forwarding and divergence repair for one node."""
 
@@ -103,7 +107,8 @@ class Replicator:
         self._publish = publish
         self._published_state: str | None = None
         p2p.on(msg.BlockAnnounce.TYPE, self._on_announce)
-        p2p.on(msg.GetBlocks.TYPE, self._on_get_blocks)
+        # Each reply may be a whole frame (16 MiB) held until queued: two per peer at a time.
+        p2p.on(msg.GetBlocks.TYPE, self._on_get_blocks, per_peer=GET_BLOCKS_PER_PEER)
         p2p.on(msg.ContributionForward.TYPE, self._on_forward)
         p2p.on(msg.Status.TYPE, self._on_status)
 

@@ -166,8 +166,16 @@ class Connection:
         self.close_reason: str | None = None
         self.goodbye: bytes | None = None
         self.handler_slots = anyio.Semaphore(tuning.max_inflight_per_peer)
+        self._type_slots: dict[str, anyio.Semaphore] = {}
         self.last_ping = -math.inf
         self.last_rate_charge = -math.inf
+
+    def type_slots(self, msg_type: str, limit: int) -> anyio.Semaphore:
+        """The handler slots of one message type for this peer (see ``P2PService.on``)."""
+        slots = self._type_slots.get(msg_type)
+        if slots is None:
+            slots = self._type_slots[msg_type] = anyio.Semaphore(limit)
+        return slots
 
     def info(self) -> PeerInfo:
         return PeerInfo(

@@ -155,12 +155,13 @@ class P2PTuning:
     - after hello, receiving: one partial frame ``< 4 + F`` per peer;
     - sending: queued frames ``<= send_queue_bytes`` per peer (plus one frame when the queue
       was empty), ``<= send_budget_bytes`` for all peers together (plus one frame); replies
-      that wait for room are held by their handler task, at most ``max_inflight_per_peer``
-      frames of ``<= F`` per peer (the reader stops while all slots are taken).
+      that wait for room are held by their handler task. Handlers that build big replies are
+      registered with a per-peer limit (``get_blocks``: 2), so at most that many big frames
+      ``<= F`` wait per peer; the others are small (the reader stops while slots are taken).
 
-    Worst case per peer ≈ ``F + send_queue_bytes + max_inflight_per_peer * F`` (defaults:
-    16 + 64 + 32 * 16 MiB; the last term needs that many distinct big replies), per node
-    ≈ ``max_peers * (F + max_inflight_per_peer * F) + send_budget_bytes + 4 MiB``. A peer
+    Worst case per peer ≈ ``F + send_queue_bytes + 2 * F`` (defaults: 16 + 64 + 32 MiB),
+    per node ≈ ``max_peers * 3 * F + send_budget_bytes + 4 MiB``. Measured: a peer asking for
+    100 replies of ~1.5 MB and never reading grows the node's RSS by ~90 MiB. A peer
     that keeps its own queue full longer than ``send_stall_timeout`` is disconnected and
     charged ``RATE_LIMIT_VIOLATION``.
     """
@@ -271,6 +272,7 @@ class P2PService:
         self._send_budget = SendBudget(self.tuning.send_budget_bytes)
         self._buckets = BucketTable(self.tuning.rate, self.tuning.burst, max_keys=10_000)
         self._handlers: dict[str, Handler] = {}
+        self._per_peer: dict[str, int] = {}  # msg_type -> concurrent handlers per peer
         self._listeners: list[PeerListener] = []
         self._peers: dict[str, Connection] = {}
         self._inbound_per_ip: Counter[str] = Counter()
@@ -286,12 +288,18 @@ class P2PService:
     # ------------------------------------------------------------------ registration
 
     def on(
-        self, msg_type: str, handler: Callable[[PeerInfo, _M], Awaitable[Message | None]]
+        self,
+        msg_type: str,
+        handler: Callable[[PeerInfo, _M], Awaitable[Message | None]],
+        *,
+        per_peer: int | None = None,
     ) -> None:
         """Handle incoming ``msg_type`` messages (requests and notifications, not replies).
 
         ``handler`` takes the message class registered for ``msg_type`` (``_M``): only such
-        messages are dispatched to it.
+        messages are dispatched to it. ``per_peer`` caps how many of them run at once for one
+        peer (for handlers that build big replies: each holds its reply until it is queued);
+        beyond it the peer is not read until one finishes.
 
         The handler's return value, if not None, is sent back as the reply. One handler per
         type; registering again replaces it. Reserved types (:data:`RESERVED_TYPES`): hello,
@@ -304,6 +312,12 @@ class P2PService:
         # Dispatch is by type name and decoding builds that type's class, so the handler only
         # ever gets an _M; the table holds handlers of every message type side by side.
         self._handlers[msg_type] = cast(Handler, handler)
+        if per_peer is not None:
+            if per_peer < 1:
+                raise ValueError("per_peer must be at least 1")
+            self._per_peer[msg_type] = per_peer
+        else:
+            self._per_peer.pop(msg_type, None)
 
     def add_task(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``task()`` in the background while :meth:`run` runs (started once the listener is
@@ -937,16 +951,33 @@ class P2PService:
                 )
             return
         # Waiting for a slot stops reading from this peer: backpressure, not unbounded tasks.
-        await conn.handler_slots.acquire()
-        tg.start_soon(self._run_handler, conn, envelope, handler)
+        limit = self._per_peer.get(envelope.type)
+        type_slots = conn.type_slots(envelope.type, limit) if limit is not None else None
+        if type_slots is not None:
+            await type_slots.acquire()
+        try:
+            await conn.handler_slots.acquire()
+        except BaseException:
+            if type_slots is not None:
+                type_slots.release()
+            raise
+        tg.start_soon(self._run_handler, conn, envelope, handler, type_slots)
 
-    async def _run_handler(self, conn: Connection, envelope: Envelope, handler: Handler) -> None:
+    async def _run_handler(
+        self,
+        conn: Connection,
+        envelope: Envelope,
+        handler: Handler,
+        type_slots: anyio.Semaphore | None,
+    ) -> None:
         """Run ``handler`` and queue its reply. The peer's handler slot is held until the reply
         is queued, so a peer that does not read its replies stops being read (backpressure)."""
         try:
             await self._handle(conn, envelope, handler)
         finally:
             conn.handler_slots.release()
+            if type_slots is not None:
+                type_slots.release()
 
     async def _handle(self, conn: Connection, envelope: Envelope, handler: Handler) -> None:
         try:

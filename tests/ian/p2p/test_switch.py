@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 from tests.ian.p2p.conftest import FAST, Cluster, Node
 from tests.ian.p2p.test_messages import make_block
 
@@ -439,6 +440,44 @@ async def test_request_response_and_errors(cluster: Cluster) -> None:
             await b.service.request(a.node_id, GetBlocks(from_height=99, max_blocks=1))
     await b.wait_for(lambda: bool(b.disconnects()))
     assert b.disconnects()[-1].reason == "peer said goodbye: test"
+
+
+async def test_per_peer_handler_limit_holds_further_requests(cluster: Cluster) -> None:
+    a = await cluster.start("a")
+    b = await cluster.start("b")
+    await b.service.connect(a.address)
+    await a.wait_for(lambda: a.connected(b))
+    release = anyio.Event()
+    running = 0
+    most = 0
+    started = 0
+
+    async def get_blocks(peer: PeerInfo, message: Message) -> Message | None:
+        nonlocal running, most, started
+        running += 1
+        started += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        return Blocks(blocks=[])
+
+    a.service.on("get_blocks", get_blocks, per_peer=2)
+    replies: list[Message] = []
+
+    async def ask() -> None:
+        replies.append(await b.service.request(a.node_id, GetBlocks(from_height=1, max_blocks=1)))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(ask)
+        # Everything that can run has run: two handlers wait, the peer's reader waits for a slot.
+        await wait_all_tasks_blocked()
+        assert started == 2
+        release.set()
+    assert most == 2
+    assert replies == [Blocks(blocks=[])] * 5
+    with pytest.raises(ValueError, match="per_peer"):
+        a.service.on("get_blocks", get_blocks, per_peer=0)
 
 
 async def test_broadcast_and_status(cluster: Cluster) -> None:
