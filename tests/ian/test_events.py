@@ -254,7 +254,7 @@ class _DisagreeingPeers:
         self.other = other
         self.peer_count = 1
 
-    def on(self, *_: Any) -> None:
+    def on(self, *_: Any, **__: Any) -> None:
         pass
 
     def best_height(self) -> int:
