@@ -386,6 +386,7 @@ class Node:
             self._sequencer_id,
             chain,
         )
+        self.replicator.wake()  # sync from the seed now, not at the next periodic look
 
     def _keep_fork_evidence(self, evidence: dict[str, Any]) -> None:
         """Both blocks of a fork go to ``fork-evidence-<height>-<UTC>.json`` (kept until an

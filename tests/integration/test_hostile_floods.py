@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from tests.support.attack_report import record
 from tests.support.hostile import HostilePeer, RefusedAtHello, frame
 from tests.support.nodes import NodeProcess
 
@@ -84,9 +85,14 @@ def test_unsolicited_peer_lists_fill_nothing_and_the_flooder_is_banned(ian_nodes
     assert sent < 100, f"the node read {sent} unsolicited lists before banning the flooder"
     doc = peers_doc(node)
     assert doc["known"] <= 2, doc  # the flooder itself, nothing it sent
-    record = node.get(f"/api/v1/peers/{flooder.identity.node_id}").json()
-    assert record["banned"] is True and record["score"] < 10, record
-    assert record["valid_messages"] == 0 or record["score"] < 10
+    peer = node.get(f"/api/v1/peers/{flooder.identity.node_id}").json()
+    assert peer["banned"] is True and peer["score"] < 10, peer
+    assert peer["valid_messages"] == 0 or peer["score"] < 10
+    record(
+        "1 peer floods unsolicited `peers` lists (50 invented addresses each)",
+        outcome=f"banned after {sent} lists, score {peer['score']}; peer book "
+        f"{doc['known']} known (nothing learnt)",
+    )
 
 
 def test_throwaway_identities_from_one_ip_get_the_ip_banned(ian_nodes, tmp_path) -> None:
@@ -109,3 +115,7 @@ def test_throwaway_identities_from_one_ip_get_the_ip_banned(ian_nodes, tmp_path)
     with pytest.raises(Exception):  # noqa: B017 - refused before TLS: whatever the stack raises
         anyio.run(sixth)
     assert node.get("/health").status_code == 200
+    record(
+        "throwaway identities from one IP, each misbehaving until banned",
+        outcome=f"IP banned after 5 banned identities ({bans[0]['reason']}); the 6th is refused",
+    )

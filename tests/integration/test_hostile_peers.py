@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.support.attack_report import PeakSampler, record
 from tests.support.hostile import MAX_FRAME, HostilePeer, frame
 from tests.support.nodes import NodeProcess, wait_connected, wait_until
 
@@ -288,6 +289,7 @@ async def pre_hello_big_frame(pair: Pair, creds: TlsCredentials) -> float:
 def test_big_frame_before_hello_is_refused_at_once(pair: Pair) -> None:
     start = pair.a.rss_kib()
     times: list[float] = []
+    rss = PeakSampler(pair.a.rss_kib)
 
     async def run() -> None:
         async def one() -> None:
@@ -297,7 +299,8 @@ def test_big_frame_before_hello_is_refused_at_once(pair: Pair) -> None:
             for _ in range(PRE_HELLO_CONNECTIONS):
                 tg.start_soon(one)
 
-    anyio.run(run)
+    with rss:
+        anyio.run(run)
     assert len(times) == PRE_HELLO_CONNECTIONS
     assert max(times) < CUT_OFF_S, f"cut-off times {times}"
     wait_until(
@@ -309,3 +312,10 @@ def test_big_frame_before_hello_is_refused_at_once(pair: Pair) -> None:
     grown = pair.a.rss_kib() - start
     assert grown < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {grown} KiB"
     print(f"pre-hello 16 MiB headers: cut off in {max(times):.2f} s, RSS +{grown} KiB")
+    record(
+        f"{PRE_HELLO_CONNECTIONS} TLS connections from one IP, 16 MiB - 1 frame before hello",
+        before_kib=start,
+        peak_kib=rss.peak,
+        after_kib=pair.a.rss_kib(),
+        outcome=f"each cut off within {max(times):.2f} s (frame before hello <= 64 KiB)",
+    )

@@ -9,6 +9,7 @@ import threading
 
 import httpx
 import pytest
+from tests.support.attack_report import PeakSampler, record
 
 pytestmark = pytest.mark.integration
 
@@ -45,20 +46,29 @@ def test_a_huge_header_is_431_and_memory_stays_flat(ian_nodes) -> None:
     node = ian_nodes.start()
     host, port = node.api_url.removeprefix("http://").rsplit(":", 1)
     before = node.rss_kib()
+    rss = PeakSampler(node.rss_kib)
     answers: list[bytes] = []
     threads = [
         threading.Thread(target=lambda: answers.append(send_huge_header(host, int(port), HUGE)))
         for _ in range(8)
     ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with rss:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
     assert len(answers) == 8
     for answer in answers:
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
         assert json.loads(body)["error"]["code"] == "header_too_large"
+    record(
+        "8 HTTP requests at once, each with a 64 MiB header",
+        before_kib=before,
+        peak_kib=rss.peak,
+        after_kib=node.rss_kib(),
+        outcome="431 header_too_large each, connection closed",
+    )
     assert node.rss_kib() - before < RSS_GROWTH_LIMIT_KIB
     # Ordinary requests (and bodies bigger than the head limit) are unaffected.
     assert httpx.get(node.api_url + "/api/v1/status", timeout=10).status_code == 200

@@ -8,6 +8,7 @@ import time
 
 import anyio
 import pytest
+from tests.support.attack_report import record
 from tests.support.hostile import HostilePeer
 from tests.support.nodes import NETWORK_ENV, build_chain, wait_until
 
@@ -78,12 +79,19 @@ def test_peer_that_never_reads_its_replies_is_bounded_and_dropped(ian_nodes, tmp
         sampler.join()
     assert node.get("/health").status_code == 200
     # Dropped by the send-budget stall rule, which charges the peer (a writer timeout would not).
-    record = node.get(f"/api/v1/peers/{init.identity.node_id}").json()
-    assert record["rate_limit_violations"] >= 1, record
+    peer = node.get(f"/api/v1/peers/{init.identity.node_id}").json()
+    assert peer["rate_limit_violations"] >= 1, peer
     end = node.rss_kib()
     grown = peak - start
     print(
         f"\n| RSS KiB | before | peak | after |\n|---|---|---|---|\n"
         f"| node | {start} | {peak} | {end} |\ndropped after {dropped_after:.1f} s"
+    )
+    record(
+        "1 peer: 100 get_blocks (~1.5 MB replies), replies never read",
+        before_kib=start,
+        peak_kib=peak,
+        after_kib=end,
+        outcome=f"dropped after {dropped_after:.1f} s and charged; API kept serving",
     )
     assert grown < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {grown} KiB ({start} -> {peak})"
