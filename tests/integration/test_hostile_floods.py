@@ -90,7 +90,7 @@ def test_unsolicited_peer_lists_fill_nothing_and_the_flooder_is_banned(ian_nodes
     assert peer["valid_messages"] == 0 or peer["score"] < 10
     record(
         "1 peer floods unsolicited `peers` lists (50 invented addresses each)",
-        outcome=f"banned after {sent} lists, score {peer['score']}; peer book "
+        outcome=f"banned after {sent} lists, score {peer['score']:.1f}; peer book "
         f"{doc['known']} known (nothing learnt)",
     )
 
