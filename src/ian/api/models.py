@@ -550,5 +550,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
-#: ``responses=`` of the routes that document every error status of the API.
-ERROR_RESPONSES = error_responses(400, 401, 403, 404, 409, 413, 429, 503)
+#: ``responses=`` of ``POST /contribute``, which can answer every error status of the API
+#: (403 and, on routes with parameters, 400 are added to every route by the app).
+CONTRIBUTE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 429, 503)

@@ -23,7 +23,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @router.post(
-    "/api/v1/admin/log-level", response_model=m.LogLevelResponse, responses=m.ERROR_RESPONSES
+    "/api/v1/admin/log-level", response_model=m.LogLevelResponse, responses=m.error_responses(400)
 )
 async def admin_log_level(body: m.LogLevelRequest) -> m.LogLevelResponse:
     """Set the level of the node's loggers now (not persisted across restarts)."""

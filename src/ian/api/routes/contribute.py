@@ -28,7 +28,7 @@ router = APIRouter(tags=["contributions"])
 @router.post(
     "/api/v1/contribute",
     response_model=m.ContributeResponse,
-    responses=m.ERROR_RESPONSES,
+    responses=m.CONTRIBUTE_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -45,7 +45,7 @@ async def goals(node: NodeDep) -> m.GoalsResponse:
 @router.get(
     "/api/v1/leaderboard/{goal_id}",
     response_model=m.LeaderboardResponse,
-    responses=m.ERROR_RESPONSES,
+    responses=m.error_responses(404),
 )
 async def leaderboard(goal_id: str, node: NodeDep) -> m.LeaderboardResponse:
     """The goal's leaderboard, best first."""
@@ -68,7 +68,9 @@ async def leaderboard(goal_id: str, node: NodeDep) -> m.LeaderboardResponse:
     )
 
 
-@router.get("/api/v1/log/{goal_id}", response_model=m.LogResponse, responses=m.ERROR_RESPONSES)
+@router.get(
+    "/api/v1/log/{goal_id}", response_model=m.LogResponse, responses=m.error_responses(400, 404)
+)
 async def log_entries(
     goal_id: str,
     node: NodeDep,
@@ -92,7 +94,7 @@ async def log_entries(
 @router.get(
     "/api/v1/proof/{goal_id}/{log_index}",
     response_model=m.ProofResponse,
-    responses=m.ERROR_RESPONSES,
+    responses=m.error_responses(400, 404),
 )
 async def proof(
     goal_id: str,
@@ -125,7 +127,7 @@ async def proof(
 
 
 @router.get(
-    "/api/v1/policy/{goal_id}", response_model=m.PolicyResponse, responses=m.ERROR_RESPONSES
+    "/api/v1/policy/{goal_id}", response_model=m.PolicyResponse, responses=m.error_responses(404)
 )
 async def policy(goal_id: str, node: NodeDep) -> m.PolicyResponse:
     """The leading contribution's agent pack (parameters in base64); 404 while there is none."""

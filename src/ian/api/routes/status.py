@@ -49,7 +49,9 @@ async def status(node: NodeDep) -> m.NodeStatus:
     )
 
 
-@router.get("/api/v1/status/{goal_id}", response_model=m.GoalStatus, responses=m.ERROR_RESPONSES)
+@router.get(
+    "/api/v1/status/{goal_id}", response_model=m.GoalStatus, responses=m.error_responses(404)
+)
 async def status_goal(goal_id: str, node: NodeDep) -> m.GoalStatus:
     """One goal: log and leaderboard sizes and roots, the leader, counters, its Tau commit."""
     return goal_status(node, goal_view(node, goal_id))
