@@ -15,7 +15,12 @@ from ian.consensus.certificates import (
     verify_election_certificate,
 )
 from ian.consensus.core import ConsensusCore, ConsensusParams, RandomSource
-from ian.consensus.errors import CertificateError, ConsensusError, InvariantViolation
+from ian.consensus.errors import (
+    CertificateError,
+    CodecError,
+    ConsensusError,
+    InvariantViolation,
+)
 from ian.consensus.events import (
     Accepted,
     Action,
@@ -80,6 +85,7 @@ __all__ = [
     "BlockKind",
     "CertificateError",
     "CertifiedBlocks",
+    "CodecError",
     "Commit",
     "CommitCertificate",
     "ConsensusCore",

@@ -5,6 +5,7 @@
     IanError
     └── ConsensusError              anything the consensus code reports on purpose
         ├── CertificateError        an election or commit certificate does not prove its claim
+        ├── CodecError              a wire or stored document is not a well-formed message
         └── InvariantViolation      the simulator caught the core breaking a safety or
                                     liveness property (``fix`` holds the replay command)
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from ian.errors import IanError
 
-__all__ = ["CertificateError", "ConsensusError", "InvariantViolation"]
+__all__ = ["CertificateError", "CodecError", "ConsensusError", "InvariantViolation"]
 
 
 class ConsensusError(IanError):
@@ -26,6 +27,12 @@ class CertificateError(ConsensusError):
     """A certificate is forged, for another chain, a minority, or the wrong authority set."""
 
     code = "certificate_invalid"
+
+
+class CodecError(ConsensusError):
+    """A document does not decode to a consensus message (wrong shape, type, length or range)."""
+
+    code = "consensus_codec"
 
 
 class InvariantViolation(ConsensusError):
