@@ -26,6 +26,8 @@ contribution_forward   contribution: ``Contribution.to_wire()``, token (the subm
                        when the network requires one, else null)
 contribution_result    result: {...} (the sequencer's answer, as the API would return it)
 error                  code, message (a reply that refuses a request)
+consensus              msg: a consensus core message as :func:`ian.consensus.codec.encode`
+                       documents it (a notification: replies are consensus messages too)
 goodbye                reason
 =====================  =======================================================================
 
@@ -34,6 +36,10 @@ Block doc: ``{"header": BlockHeader.to_doc(), "hash": hex, "signature": hex, "en
 converts it to :class:`~ian.chain.blocks.Block` (re-validating every contribution as the API
 would) but does not check the hash, the signature or the chain: that is the replication layer's
 job.
+
+A ``consensus`` body is checked here only as ``{"msg": object}``; the receiver decodes ``msg``
+with :func:`ian.consensus.codec.decode`, which raises
+:class:`~ian.consensus.errors.CodecError` for a malformed one.
 
 Decoding failures: bytes that are not a JSON envelope of protocol version 1, or an unknown
 ``type``, raise :class:`ProtocolViolation`; a known type whose body does not validate raises
@@ -65,6 +71,7 @@ __all__ = [
     "BlockAnnounce",
     "BlockDoc",
     "Blocks",
+    "Consensus",
     "ContributionDoc",
     "ContributionForward",
     "ContributionResult",
@@ -242,6 +249,13 @@ class Error(Message):
     message: str = Field(default="", max_length=1024)
 
 
+class Consensus(Message):
+    """A consensus core message; ``msg`` is decoded by the receiver (:mod:`ian.consensus.codec`)."""
+
+    TYPE: ClassVar[str] = "consensus"
+    msg: dict[str, Any]
+
+
 class Goodbye(Message):
     TYPE: ClassVar[str] = "goodbye"
     reason: str = Field(default="", max_length=256)
@@ -265,6 +279,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ContributionResult,
         Error,
         Goodbye,
+        Consensus,
     )
 }
 

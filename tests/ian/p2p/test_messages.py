@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,12 +13,16 @@ from hypothesis import strategies as st
 
 from ian.chain.blocks import Block, BlockHeader, GoalRoots
 from ian.chain.contributions import make_contribution
+from ian.consensus import CodecError, Vote, VoteResponse, codec
+from ian.identity import Identity
 from ian.p2p.errors import InvalidMessage, P2PError, ProtocolViolation
 from ian.p2p.messages import (
     MESSAGE_TYPES,
+    REQUEST_TYPES,
     BlockAnnounce,
     BlockDoc,
     Blocks,
+    Consensus,
     ContributionForward,
     ContributionResult,
     Envelope,
@@ -96,6 +101,7 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("contribution_result", {"result": {"accepted": True}}),
     ("error", {"code": "unsupported", "message": "no"}),
     ("goodbye", {"reason": "shutdown"}),
+    ("consensus", {"msg": {"kind": "checked by ian.consensus.codec.decode"}}),
 ]
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
@@ -122,6 +128,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("contribution_forward", {"contribution": {"goal_id": "bad id!"}}, "bad contribution"),
     ("error", {"code": ""}, "empty error code"),
     ("goodbye", {"reason": "x" * 257}, "reason too long"),
+    ("consensus", {}, "consensus without msg"),
+    ("consensus", {"msg": []}, "consensus msg not an object"),
 ]
 
 
@@ -189,6 +197,7 @@ def test_every_type_round_trips() -> None:
         ContributionResult(result={"accepted": False, "reason": "threshold"}),
         Error(code="x", message="y"),
         Goodbye(reason="bye"),
+        Consensus(msg={"kind": "vote_request"}),
     ]
     assert {m.TYPE for m in samples} == set(MESSAGE_TYPES)
     for message in samples:
@@ -247,3 +256,19 @@ json_values = st.recursive(
 def test_random_bodies_only_raise_p2p_errors(mtype: str, body: dict[str, Any]) -> None:
     with contextlib.suppress(P2PError):
         decode_envelope(raw(mtype, body))
+
+
+def test_consensus_message_travels_in_an_envelope() -> None:
+    voter = Identity.generate()
+    chain = "ef" * 32
+    draft = Vote("vote", chain, 4, NODE, 3, 9, voter.node_id)
+    vote = replace(draft, signature=voter.sign(draft.signed_bytes()))
+    message = VoteResponse(pre_vote=False, term=4, vote=vote)
+    envelope = Envelope(id=5, re=None, message=Consensus(msg=codec.encode(message)))
+    received = decode_envelope(encode_envelope(envelope))
+    assert received == envelope
+    assert received.type == "consensus" and "consensus" not in REQUEST_TYPES
+    assert isinstance(received.message, Consensus)
+    assert codec.decode(received.message.msg) == message
+    with pytest.raises(CodecError):
+        codec.decode({**received.message.msg, "term": -4})
