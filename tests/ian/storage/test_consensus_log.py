@@ -1,0 +1,156 @@
+"""The consensus log on disk: what the core made durable comes back after a reopen, exactly;
+nothing committed can be truncated; a damaged file is an error, never a silently shorter log."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ian.consensus import (
+    Ack,
+    AppendLog,
+    AuthorityChange,
+    Block,
+    BlockKind,
+    CommitCertificate,
+    DurableState,
+    PersistHardState,
+    StoreCertificate,
+    TruncateLog,
+    genesis_hash,
+)
+from ian.errors import StoreError
+from ian.identity import Identity
+from ian.storage.consensus_log import ConsensusLog
+
+CHAIN = "c" * 64
+IDS = [Identity.generate() for _ in range(3)]
+
+
+def chain_of(n: int, term: int = 1) -> list[Block]:
+    blocks: list[Block] = []
+    parent = genesis_hash(CHAIN)
+    for height in range(1, n + 1):
+        kind = BlockKind.DATA
+        change = None
+        if height == 2:
+            kind = BlockKind.AUTHORITY_CHANGE
+            change = AuthorityChange("add", "ab" * 20, bytes(range(32)))
+        block = Block.build(
+            CHAIN,
+            height=height,
+            term=term,
+            parent_hash=parent,
+            kind=kind,
+            payload=bytes([height]) * (1000 * height) if kind is BlockKind.DATA else b"",
+            change=change,
+        )
+        blocks.append(block)
+        parent = block.hash
+    return blocks
+
+
+def certificate_for(block: Block) -> CommitCertificate:
+    acks = []
+    for identity in IDS[:2]:
+        ack = Ack(CHAIN, block.term, block.height, block.hash, identity.node_id)
+        acks.append(
+            Ack(
+                CHAIN,
+                block.term,
+                block.height,
+                block.hash,
+                identity.node_id,
+                identity.sign(ack.signed_bytes()),
+            )
+        )
+    return CommitCertificate(CHAIN, block.term, block.height, block.hash, tuple(acks))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "consensus.db"
+
+
+def test_a_new_log_is_empty(path: Path) -> None:
+    log = ConsensusLog(path)
+    assert log.load() == DurableState()
+    log.close()
+
+
+def test_everything_made_durable_comes_back_after_a_reopen(path: Path) -> None:
+    blocks = chain_of(4)
+    cert = certificate_for(blocks[2])
+    log = ConsensusLog(path)
+    log.perform(PersistHardState(term=3, voted_for=IDS[1].node_id))
+    log.perform(AppendLog(tuple(blocks[:2])))
+    log.perform(AppendLog(tuple(blocks[2:])))
+    log.perform(StoreCertificate(cert))
+    log.set_applied(3)
+    log.close()
+
+    state = ConsensusLog(path).load()
+    assert state == DurableState(
+        term=3,
+        voted_for=IDS[1].node_id,
+        log=blocks,
+        certificates={3: cert},
+        applied_height=3,
+    )
+    assert state.log[1].change == AuthorityChange("add", "ab" * 20, bytes(range(32)))
+
+
+def test_a_vote_can_be_withdrawn_by_a_new_term(path: Path) -> None:
+    log = ConsensusLog(path)
+    log.persist_hard_state(2, IDS[0].node_id)
+    log.persist_hard_state(3, None)
+    state = log.load()
+    assert (state.term, state.voted_for) == (3, None)
+
+
+def test_truncation_removes_the_uncommitted_suffix_only(path: Path) -> None:
+    blocks = chain_of(5)
+    log = ConsensusLog(path)
+    log.append(blocks)
+    log.store_certificate(certificate_for(blocks[1]))
+    log.perform(TruncateLog(4))
+    assert log.load().log == blocks[:3]
+    for height in (1, 2):
+        with pytest.raises(StoreError, match="committed"):
+            log.truncate(height)
+    assert log.load().log == blocks[:3]
+    # A leader's new suffix replaces what was truncated.
+    other = Block.build(
+        CHAIN, height=4, term=2, parent_hash=blocks[2].hash, kind=BlockKind.LEADER_START
+    )
+    log.append([other])
+    assert log.load().log == [*blocks[:3], other]
+
+
+def test_a_gap_or_a_damaged_row_is_an_error(path: Path) -> None:
+    blocks = chain_of(3)
+    log = ConsensusLog(path)
+    log.append(blocks)
+    log.close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM blocks WHERE height = 2")
+    db.commit()
+    with pytest.raises(StoreError, match="gap"):
+        ConsensusLog(path).load()
+    db.execute('INSERT INTO blocks (height, doc) VALUES (2, \'{"not": "a block"}\')')
+    db.commit()
+    with pytest.raises(StoreError, match="block 2 is unreadable"):
+        ConsensusLog(path).load()
+    db.execute("UPDATE blocks SET doc = 'not json' WHERE height = 2")
+    db.commit()
+    with pytest.raises(StoreError, match="unreadable"):
+        ConsensusLog(path).load()
+    db.close()
+
+
+def test_a_file_that_is_not_a_database_is_an_error(path: Path) -> None:
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="consensus log"):
+        ConsensusLog(path).load()
