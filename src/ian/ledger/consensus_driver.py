@@ -1,0 +1,230 @@
+"""Runs the sans-I/O consensus core (:mod:`ian.consensus`) on a node: the I/O edge around it.
+
+One task feeds the core its events, one at a time — ticks from the clock, ``consensus`` P2P
+messages from authenticated peers, client proposals, and ``Persisted`` after each append — and
+performs the actions it returns, in order. Durable actions go to the :class:`ConsensusLog`
+(fsynced) before any later action of the same step, so a vote or an ack never leaves the node
+before what it promises is on disk. Sends never wait: each peer has a small bounded outbox, and
+a message that does not fit is dropped (the core retries; Raft tolerates loss). ``Apply`` hands
+each committed block, once and in order, to the ``apply`` callback, then records the applied
+height; a proposal is answered only after its block has been applied here.
+
+Not yet used by :class:`~ian.node.Node` (the node still runs the single-sequencer path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ian.consensus import (
+    Action,
+    Answer,
+    AppendLog,
+    Apply,
+    Block,
+    ConsensusCore,
+    Durable,
+    DurableState,
+    Event,
+    ForkDetected,
+    Outcome,
+    Persisted,
+    Propose,
+    Received,
+    Restart,
+    Role,
+    RoleChanged,
+    Send,
+    Tick,
+)
+from ian.consensus import Message as ConsensusMessage
+from ian.consensus.codec import decode, encode
+from ian.consensus.errors import CodecError
+from ian.errors import UnavailableError
+from ian.p2p.connection import PeerInfo
+from ian.p2p.errors import InvalidMessage, P2PError
+from ian.p2p.messages import Consensus
+from ian.p2p.switch import P2PService
+from ian.storage.consensus_log import ConsensusLog
+
+__all__ = ["ConsensusDriver", "ConsensusView"]
+
+log = logging.getLogger("ian.consensus")
+
+INBOX_EVENTS = 1024  # events waiting for the core; a message beyond it is dropped
+OUTBOX_MESSAGES = 64  # messages waiting for one peer; beyond it they are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusView:
+    """What operators see: role, term and the proved leader (None: unknown)."""
+
+    role: Role
+    term: int
+    leader: str | None
+    commit_height: int
+    forked: bool
+
+
+class _Waiter:
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+class ConsensusDriver:
+    """Drives ``core`` with the node's clock, switch and consensus log."""
+
+    def __init__(
+        self,
+        *,
+        core: ConsensusCore,
+        log_store: ConsensusLog,
+        state: DurableState,
+        switch: P2PService,
+        apply: Callable[[Block], Awaitable[None]],
+        tick_interval: float = 0.05,
+    ) -> None:
+        self.core = core
+        self.log_store = log_store
+        self._state = state  # what the log held at start-up (fed to the core as a Restart)
+        self._last_leader: str | None = None
+        self.switch = switch
+        self._apply_block = apply
+        self.tick_interval = tick_interval
+        self._events_in: MemoryObjectSendStream[Event]
+        self._events_out: MemoryObjectReceiveStream[Event]
+        self._events_in, self._events_out = anyio.create_memory_object_stream[Event](INBOX_EVENTS)
+        self._outboxes: dict[str, MemoryObjectSendStream[ConsensusMessage]] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self._tg: TaskGroup | None = None
+        self.dropped_messages = 0
+        self.leader_changes = 0
+        self.elections = 0
+        switch.on(Consensus.TYPE, self._on_message)
+
+    # ------------------------------------------------------------------ views
+
+    def view(self) -> ConsensusView:
+        c = self.core
+        return ConsensusView(c.role, c.term, c.leader_id, c.commit_height, c.forked)
+
+    # ------------------------------------------------------------------ inputs
+
+    async def propose(self, payload: bytes) -> Outcome:
+        """Propose ``payload``; returns once it is committed *and applied here*, or refused
+        (:class:`~ian.consensus.Redirect`, :class:`~ian.consensus.Unavailable`, ...)."""
+        request_id = f"p{next(self._ids)}"
+        waiter = self._waiters[request_id] = _Waiter()
+        try:
+            self._events_in.send_nowait(Propose(request_id, payload))
+        except anyio.WouldBlock:
+            del self._waiters[request_id]
+            raise UnavailableError("consensus is busy", retry_after=1.0) from None
+        await waiter.done.wait()
+        assert waiter.outcome is not None
+        return waiter.outcome
+
+    async def _on_message(self, peer: PeerInfo, message: Consensus) -> None:
+        try:
+            decoded = decode(message.msg)
+        except CodecError as exc:
+            raise InvalidMessage(str(exc)) from None
+        try:
+            self._events_in.send_nowait(Received(peer.node_id, decoded))
+        except anyio.WouldBlock:
+            self.dropped_messages += 1
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            # Committed blocks not yet applied before a crash are applied first.
+            await self._perform(self.core.step(Restart(self._state, anyio.current_time())))
+            tg.start_soon(self._ticker)
+            task_status.started()
+            async with self._events_out:
+                async for event in self._events_out:
+                    await self._step(event)
+
+    async def _ticker(self) -> None:
+        while True:
+            await anyio.sleep(self.tick_interval)
+            # The core is behind when the inbox is full: the next tick carries the time anyway.
+            with contextlib.suppress(anyio.WouldBlock):
+                self._events_in.send_nowait(Tick(anyio.current_time()))
+
+    async def _step(self, event: Event) -> None:
+        await self._perform(self.core.step(event))
+
+    async def _perform(self, actions: list[Action]) -> None:
+        persisted: list[Persisted] = []
+        for action in actions:
+            if isinstance(action, Durable):
+                await anyio.to_thread.run_sync(self.log_store.perform, action)
+                if isinstance(action, AppendLog) and action.blocks:
+                    last = action.blocks[-1]
+                    persisted.append(Persisted(last.height, last.hash))
+            elif isinstance(action, Send):
+                self._send(action.to, action.message)
+            elif isinstance(action, Apply):
+                await self._apply_block(action.block)
+                await anyio.to_thread.run_sync(self.log_store.set_applied, action.block.height)
+            elif isinstance(action, RoleChanged):
+                self._on_role(action)
+            elif isinstance(action, ForkDetected):
+                log.critical("fork evidence at height %d: applying stopped", action.evidence.height)
+            elif isinstance(action, Answer):
+                waiter = self._waiters.pop(action.request_id, None)
+                if waiter is not None:
+                    waiter.outcome = action.outcome
+                    waiter.done.set()
+        for event in persisted:
+            await self._step(event)
+
+    def _on_role(self, change: RoleChanged) -> None:
+        if change.role is Role.CANDIDATE:
+            self.elections += 1
+        if change.leader is not None and change.leader != self._last_leader:
+            self.leader_changes += 1
+            self._last_leader = change.leader
+        log.info("consensus: %s in term %d, leader %s", change.role, change.term, change.leader)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, to: str, message: ConsensusMessage) -> None:
+        outbox = self._outboxes.get(to)
+        if outbox is None:
+            send, receive = anyio.create_memory_object_stream[ConsensusMessage](OUTBOX_MESSAGES)
+            self._outboxes[to] = outbox = send
+            assert self._tg is not None
+            self._tg.start_soon(self._deliver, to, receive)
+        try:
+            outbox.send_nowait(message)
+        except anyio.WouldBlock:
+            self.dropped_messages += 1
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # Its delivery task ended (shutting down): drop this message, start afresh next time.
+            self.dropped_messages += 1
+            del self._outboxes[to]
+
+    async def _deliver(self, to: str, outbox: MemoryObjectReceiveStream[ConsensusMessage]) -> None:
+        async with outbox:
+            async for message in outbox:
+                try:
+                    await self.switch.send(to, Consensus(msg=encode(message)))
+                except P2PError:
+                    self.dropped_messages += 1  # not connected now: the core sends again

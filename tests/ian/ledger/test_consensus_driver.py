@@ -1,0 +1,178 @@
+"""The consensus driver over real switches on the in-memory transport: three authorities elect a
+leader, commit proposals on a majority and apply them everywhere in one order; when the leader
+is gone the other two elect another and go on; a restarted authority comes back from its
+consensus log and catches up."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+from tests.ian.p2p.conftest import Cluster, Node
+
+from ian.consensus import (
+    Accepted,
+    Block,
+    BlockKind,
+    ConsensusCore,
+    ConsensusParams,
+    IdentitySigner,
+    Outcome,
+    Redirect,
+    Unavailable,
+)
+from ian.identity import verify_signature
+from ian.ledger.consensus_driver import ConsensusDriver
+from ian.p2p.memory import MemoryNetwork
+from ian.storage.consensus_log import ConsensusLog
+
+pytestmark = pytest.mark.anyio
+
+CHAIN = "ab" * 32
+PARAMS = ConsensusParams(
+    election_timeout_min=0.3, election_timeout_max=0.6, heartbeat_interval=0.05
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with anyio.create_task_group() as tg:
+        yield Cluster(tmp_path, tg, MemoryNetwork())
+        tg.cancel_scope.cancel()
+
+
+@dataclass
+class Authority:
+    node: Node
+    db: Path
+    driver: ConsensusDriver | None = None
+    scope: anyio.CancelScope | None = None
+    applied: list[bytes] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    async def apply(self, block: Block) -> None:
+        if block.kind is BlockKind.DATA:
+            self.applied.append(block.payload)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def until_applied(self, n: int) -> None:
+        while len(self.applied) < n:
+            await self.changed.wait()
+
+
+async def start_driver(
+    cluster: Cluster, a: Authority, authorities: dict[str, bytes], seed: int
+) -> None:
+    log_store = ConsensusLog(a.db)
+    state = log_store.load()
+    core = ConsensusCore(
+        chain_id=CHAIN,
+        genesis_authorities=authorities,
+        signer=IdentitySigner(a.node.init.identity),
+        verifier=verify_signature,
+        rng=random.Random(seed),
+        params=PARAMS,
+        state=state,
+        now=anyio.current_time(),
+    )
+    a.applied = []  # a restart applies its committed blocks again from the log's applied mark
+    a.driver = ConsensusDriver(
+        core=core, log_store=log_store, state=state, switch=a.node.service, apply=a.apply
+    )
+    a.scope = anyio.CancelScope()
+    driver = a.driver
+
+    async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        assert a.scope is not None
+        with a.scope:
+            await driver.run(task_status=task_status)
+
+    await cluster.tg.start(run)
+
+
+async def propose(members: list[Authority], payload: bytes) -> Outcome:
+    """Like a client: ask any member, follow redirects, retry while there is no leader."""
+    by_id = {m.node.node_id: m for m in members}
+    target = members[0]
+    with anyio.fail_after(10):
+        while True:
+            assert target.driver is not None
+            outcome = await target.driver.propose(payload)
+            if isinstance(outcome, Redirect) and outcome.leader in by_id:
+                target = by_id[outcome.leader]
+            elif isinstance(outcome, Redirect | Unavailable):
+                await anyio.sleep(0.05)  # the client's back-off while an election runs
+            else:
+                return outcome
+
+
+async def three_authorities(cluster: Cluster, tmp_path: Path) -> list[Authority]:
+    nodes = [await cluster.start(f"auth{i}") for i in range(3)]
+    for i, node in enumerate(nodes):
+        for other in nodes[i + 1 :]:
+            await node.service.connect(other.address)
+    for node in nodes:
+        await node.wait_for(lambda n=node: len(n.service.peers()) == 2)
+    members = [Authority(node, tmp_path / f"consensus{i}.db") for i, node in enumerate(nodes)]
+    authorities = {m.node.node_id: m.node.init.identity.public_key for m in members}
+    for i, m in enumerate(members):
+        await start_driver(cluster, m, authorities, seed=i)
+    return members
+
+
+async def test_three_authorities_commit_and_apply_in_one_order(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    members = await three_authorities(cluster, tmp_path)
+    payloads = [f"contribution {i}".encode() for i in range(5)]
+    for p in payloads:
+        outcome = await propose(members, p)
+        assert isinstance(outcome, Accepted), outcome
+    with anyio.fail_after(5):
+        for m in members:
+            await m.until_applied(len(payloads))
+    for m in members:
+        assert m.applied == payloads
+    leaders = {m.driver.view().leader for m in members if m.driver}
+    assert len(leaders) == 1 and None not in leaders
+    assert all(m.driver and m.driver.view().commit_height >= 6 for m in members)
+
+
+async def test_a_lost_leader_is_replaced_and_a_restart_catches_up(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    members = await three_authorities(cluster, tmp_path)
+    assert isinstance(await propose(members, b"before"), Accepted)
+    leader_id = next(m.driver.view().leader for m in members if m.driver)
+    leader = next(m for m in members if m.node.node_id == leader_id)
+    rest = [m for m in members if m is not leader]
+    assert leader.scope is not None
+    leader.scope.cancel()  # the leader's consensus stops: no heartbeats, no votes
+    outcome = await propose(rest, b"after")
+    assert isinstance(outcome, Accepted), outcome
+    with anyio.fail_after(5):
+        for m in rest:
+            await m.until_applied(2)
+    new_leaders = {m.driver.view().leader for m in rest if m.driver}
+    assert len(new_leaders) == 1 and leader_id not in new_leaders
+    for m in rest:
+        assert m.applied == [b"before", b"after"]
+
+    # The old leader restarts from its consensus log: a follower now, it catches up.
+    authorities = {m.node.node_id: m.node.init.identity.public_key for m in members}
+    await start_driver(cluster, leader, authorities, seed=9)
+    with anyio.fail_after(5):
+        await leader.until_applied(1)  # "after" (its log's applied mark already covered "before")
+    assert leader.applied == [b"after"]
+    assert leader.driver is not None
+    assert leader.driver.view().leader in new_leaders
