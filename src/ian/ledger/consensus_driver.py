@@ -138,6 +138,10 @@ class ConsensusDriver:
         return waiter.outcome
 
     async def _on_message(self, peer: PeerInfo, message: Consensus) -> None:
+        # Only authorities take part (learners will join through CertifiedBlocks): a stranger
+        # cannot fill the inbox that the authorities' messages need.
+        if peer.node_id not in self.core.authorities():
+            raise InvalidMessage("consensus messages are for authorities only")
         try:
             decoded = decode(message.msg)
         except CodecError as exc:

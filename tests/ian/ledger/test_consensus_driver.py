@@ -24,10 +24,13 @@ from ian.consensus import (
     Outcome,
     Redirect,
     Unavailable,
+    VoteRequest,
 )
+from ian.consensus.codec import encode
 from ian.identity import verify_signature
 from ian.ledger.consensus_driver import ConsensusDriver
 from ian.p2p.memory import MemoryNetwork
+from ian.p2p.messages import Consensus, Ping, Pong
 from ian.storage.consensus_log import ConsensusLog
 
 pytestmark = pytest.mark.anyio
@@ -176,3 +179,30 @@ async def test_a_lost_leader_is_replaced_and_a_restart_catches_up(
     assert leader.applied == [b"after"]
     assert leader.driver is not None
     assert leader.driver.view().leader in new_leaders
+
+
+async def test_a_stranger_cannot_talk_consensus(cluster: Cluster, tmp_path: Path) -> None:
+    members = await three_authorities(cluster, tmp_path)
+    assert isinstance(await propose(members, b"first"), Accepted)
+    target = members[0]
+    assert target.driver is not None
+    term = target.driver.view().term
+    stranger = await cluster.start("stranger")
+    await stranger.service.connect(target.node.address)
+    await target.node.wait_for(lambda: target.node.connected(stranger))
+    # It claims to run for leader in a much later term.
+    claim = VoteRequest(
+        pre_vote=False,
+        chain_id=CHAIN,
+        term=term + 100,
+        candidate=stranger.node_id,
+        last_term=term + 100,
+        last_height=10**6,
+    )
+    await stranger.service.send(target.node.node_id, Consensus(msg=encode(claim)))
+    # A round trip behind it: the target has handled the claim when the pong comes back.
+    assert await stranger.service.request(target.node.node_id, Ping(nonce=1)) == Pong(nonce=1)
+    record = target.node.book.get(stranger.node_id)
+    assert record is not None and record.invalid_messages == 1
+    assert target.driver.view().term == term
+    assert isinstance(await propose(members, b"second"), Accepted)
