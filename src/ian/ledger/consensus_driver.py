@@ -7,7 +7,8 @@ performs the actions it returns, in order. Durable actions go to the :class:`Con
 before what it promises is on disk. Sends never wait: each peer has a small bounded outbox, and
 a message that does not fit is dropped (the core retries; Raft tolerates loss). ``Apply`` hands
 each committed block, once and in order, to the ``apply`` callback, then records the applied
-height; a proposal is answered only after its block has been applied here.
+height; a proposal is answered only after its block has been applied here. An ``apply`` that
+raises stops the driver: a committed block this node cannot apply needs an operator, not a retry.
 
 Not yet used by :class:`~ian.node.Node` (the node still runs the single-sequencer path).
 """
