@@ -3,12 +3,11 @@ node's send budget (``P2PTuning.send_queue_bytes``) holds its memory, and the pe
 
 from __future__ import annotations
 
-import threading
 import time
 
 import anyio
 import pytest
-from tests.support.attack_report import record
+from tests.support.attack_report import PeakSampler, record
 from tests.support.hostile import HostilePeer
 from tests.support.nodes import NETWORK_ENV, build_chain, wait_until
 
@@ -34,17 +33,7 @@ def test_peer_that_never_reads_its_replies_is_bounded_and_dropped(ian_nodes, tmp
     host, port = node.p2p_address.removeprefix("tcp://").rsplit(":", 1)
     init = init_data_dir(tmp_path / "greedy")
     creds = TlsCredentials(init.datadir.certs_dir, init.identity)
-    start = node.rss_kib()
-    peak = start
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.05):
-            peak = max(peak, node.rss_kib())
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    rss = PeakSampler(node.rss_kib)
 
     async def attack() -> float:
         peer = await HostilePeer.connect(host, int(port), creds, height=0)
@@ -72,11 +61,9 @@ def test_peer_that_never_reads_its_replies_is_bounded_and_dropped(ian_nodes, tmp
         finally:
             await peer.aclose()
 
-    try:
+    with rss:
         dropped_after = anyio.run(attack)
-    finally:
-        done.set()
-        sampler.join()
+    start, peak = rss.before, rss.peak
     assert node.get("/health").status_code == 200
     # Dropped by the send-budget stall rule, which charges the peer (a writer timeout would not).
     peer = node.get(f"/api/v1/peers/{init.identity.node_id}").json()

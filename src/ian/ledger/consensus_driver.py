@@ -29,9 +29,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ian.consensus import (
     Action,
     Answer,
+    AppendBlocks,
     AppendLog,
     Apply,
     Block,
+    CertifiedBlocks,
     ConsensusCore,
     Durable,
     DurableState,
@@ -62,6 +64,10 @@ __all__ = ["ConsensusDriver", "ConsensusView"]
 log = logging.getLogger("ian.consensus")
 
 INBOX_EVENTS = 1024  # events waiting for the core; a message beyond it is dropped
+#: bytes of received block payloads waiting for the core (decoded blocks are new objects);
+#: a message that would go over it is dropped. Outboxes hold references to the core's own
+#: blocks (no copies), encoded one message at a time, so they need no byte bound of their own.
+INBOX_BYTES = 64 * 1024 * 1024
 OUTBOX_MESSAGES = 64  # messages waiting for one peer; beyond it they are dropped
 
 
@@ -110,6 +116,7 @@ class ConsensusDriver:
         self._outboxes: dict[str, MemoryObjectSendStream[ConsensusMessage]] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._ids = itertools.count(1)
+        self.inbox_bytes = 0  # see INBOX_BYTES
         self._tg: TaskGroup | None = None
         self.dropped_messages = 0
         self.leader_changes = 0
@@ -147,10 +154,16 @@ class ConsensusDriver:
             decoded = decode(message.msg)
         except CodecError as exc:
             raise InvalidMessage(str(exc)) from None
+        size = _payload_bytes(decoded)
+        if self.inbox_bytes + size > INBOX_BYTES:
+            self.dropped_messages += 1
+            return
         try:
             self._events_in.send_nowait(Received(peer.node_id, decoded))
         except anyio.WouldBlock:
             self.dropped_messages += 1
+            return
+        self.inbox_bytes += size
 
     # ------------------------------------------------------------------ running
 
@@ -163,6 +176,8 @@ class ConsensusDriver:
             task_status.started()
             async with self._events_out:
                 async for event in self._events_out:
+                    if isinstance(event, Received):
+                        self.inbox_bytes -= _payload_bytes(event.message)
                     await self._step(event)
 
     async def _ticker(self) -> None:
@@ -233,3 +248,9 @@ class ConsensusDriver:
                     await self.switch.send(to, Consensus(msg=encode(message)))
                 except P2PError:
                     self.dropped_messages += 1  # not connected now: the core sends again
+
+
+def _payload_bytes(message: ConsensusMessage) -> int:
+    """What a received message's blocks hold in payload bytes (the part that can be large)."""
+    blocks = message.blocks if isinstance(message, AppendBlocks | CertifiedBlocks) else ()
+    return sum(len(b.payload) for b in blocks)

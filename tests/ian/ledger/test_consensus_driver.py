@@ -16,19 +16,23 @@ from tests.ian.p2p.conftest import Cluster, Node
 
 from ian.consensus import (
     Accepted,
+    AppendBlocks,
     Block,
     BlockKind,
     ConsensusCore,
     ConsensusParams,
+    ElectionCertificate,
     IdentitySigner,
     Outcome,
     Redirect,
     Unavailable,
     VoteRequest,
+    genesis_hash,
 )
 from ian.consensus.codec import encode
-from ian.identity import verify_signature
-from ian.ledger.consensus_driver import ConsensusDriver
+from ian.identity import Identity, verify_signature
+from ian.ledger.consensus_driver import INBOX_BYTES, ConsensusDriver
+from ian.p2p.connection import PeerInfo
 from ian.p2p.memory import MemoryNetwork
 from ian.p2p.messages import Consensus, Ping, Pong
 from ian.storage.consensus_log import ConsensusLog
@@ -206,3 +210,62 @@ async def test_a_stranger_cannot_talk_consensus(cluster: Cluster, tmp_path: Path
     assert record is not None and record.invalid_messages == 1
     assert target.driver.view().term == term
     assert isinstance(await propose(members, b"second"), Accepted)
+
+
+async def _never_called(block: Block) -> None:
+    raise AssertionError("nothing is applied by a driver that does not run")
+
+
+class _Switch:
+    """Enough of a switch for a driver that is never run."""
+
+    def on(self, *_: object, **__: object) -> None:
+        pass
+
+
+async def test_blocks_waiting_for_the_core_are_bounded_in_bytes(tmp_path: Path) -> None:
+    ids = [Identity.generate() for _ in range(3)]
+    log_store = ConsensusLog(tmp_path / "consensus.db")
+    state = log_store.load()
+    core = ConsensusCore(
+        chain_id=CHAIN,
+        genesis_authorities={i.node_id: i.public_key for i in ids},
+        signer=IdentitySigner(ids[0]),
+        verifier=verify_signature,
+        rng=random.Random(1),
+        params=PARAMS,
+        state=state,
+    )
+    driver = ConsensusDriver(
+        core=core, log_store=log_store, state=state, switch=_Switch(), apply=_never_called
+    )
+    block = Block.build(
+        CHAIN,
+        height=1,
+        term=1,
+        parent_hash=genesis_hash(CHAIN),
+        kind=BlockKind.DATA,
+        payload=b"x" * (8 * 1024 * 1024),
+    )
+    election = ElectionCertificate(CHAIN, 1, ids[1].node_id, 0, 0, ())
+    append = AppendBlocks(1, ids[1].node_id, 0, genesis_hash(CHAIN), (block,), election, None)
+    message = Consensus(msg=encode(append))
+    sender = PeerInfo(
+        node_id=ids[1].node_id,
+        address=None,
+        remote_ip="127.0.0.1",
+        direction="inbound",
+        connected_since=0.0,
+        last_seen=0.0,
+        height=0,
+        head_hash="",
+        agent="test",
+        sequencer=False,
+        protocol_version=1,
+        cert_fingerprint="",
+    )
+    # An authority that sends faster than the core takes them (the driver is not running).
+    for _ in range(20):
+        await driver._on_message(sender, message)
+    assert driver.inbox_bytes == INBOX_BYTES  # 8 messages of 8 MiB
+    assert driver.dropped_messages == 12
