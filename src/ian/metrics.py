@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, UnknownMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
 CONSENSUS_STATES = ("ISOLATED", "SYNCING", "SYNCED", "DIVERGED", "FORKED")
+#: ``ian_consensus_role``: a follower (learner), an authority that does not lead, the leader
+#: (a lone sequencer is the leader of its one-authority chain)
+CONSENSUS_ROLES = ("follower", "authority", "leader")
 BREAKER_STATES = ("CLOSED", "OPEN", "HALF_OPEN")
 
 # Rejection reasons are a closed set so the label stays bounded.
@@ -42,25 +45,33 @@ class StateSnapshot:
     peer_count: int = 0
     banned_peers: int = 0
     consensus_state: str = "ISOLATED"
+    consensus_role: str = "follower"
+    term: int = 0
+    commit_height: int = 0
+    leader_changes: int = 0
+    elections: int = 0
     breaker_state: str = "CLOSED"
     log_sizes: dict[str, int] = field(default_factory=dict)
     cert_expiry: float | None = None
     last_backup: float | None = None
 
 
+Family = GaugeMetricFamily | UnknownMetricFamily | CounterMetricFamily
+
+
 class _StateCollector(Collector):
     def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
         self._snapshot = snapshot
 
-    def describe(self) -> Iterator[GaugeMetricFamily | UnknownMetricFamily]:
+    def describe(self) -> Iterator[Family]:
         # Lets the registry learn the names without calling the snapshot (which may not be
         # ready while the node is still being built).
         return self._families(StateSnapshot(cert_expiry=0.0, last_backup=0.0))
 
-    def collect(self) -> Iterator[GaugeMetricFamily | UnknownMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         return self._families(self._snapshot())
 
-    def _families(self, s: StateSnapshot) -> Iterator[GaugeMetricFamily | UnknownMetricFamily]:
+    def _families(self, s: StateSnapshot) -> Iterator[Family]:
         yield GaugeMetricFamily(
             "ian_uptime_seconds", "Seconds since the node started", value=time.time() - s.started_at
         )
@@ -85,6 +96,25 @@ class _StateCollector(Collector):
             value=CONSENSUS_STATES.index(s.consensus_state),
         )
         yield consensus
+        yield GaugeMetricFamily(
+            "ian_consensus_role",
+            "Role: 0 follower, 1 authority (not leading), 2 leader",
+            value=CONSENSUS_ROLES.index(s.consensus_role),
+        )
+        yield GaugeMetricFamily(
+            "ian_consensus_term", "Current consensus term (0: one-authority chain)", value=s.term
+        )
+        yield GaugeMetricFamily(
+            "ian_commit_height", "Highest committed consensus height", value=s.commit_height
+        )
+        yield CounterMetricFamily(
+            "ian_leader_changes",
+            "Times this node saw a different leader proved",
+            value=s.leader_changes,
+        )
+        yield CounterMetricFamily(
+            "ian_elections", "Elections this node started as a candidate", value=s.elections
+        )
         yield GaugeMetricFamily(
             "ian_circuit_breaker_state",
             "Tau bridge circuit breaker: 0 CLOSED, 1 OPEN, 2 HALF_OPEN",

@@ -13,6 +13,7 @@ certificate and the log level.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from ian.certs import CertInfo
 from ian.chain.blocks import Block, GoalRoots
@@ -35,9 +36,12 @@ from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
+from ian.consensus import Role as ConsensusRole
 from ian.errors import AuthError, DataDirError, GenesisError, IanError, UnavailableError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
+from ian.ledger.consensus_chain import ChainBridge, applied_mark
+from ian.ledger.consensus_driver import ConsensusDriver
 from ian.ledger.genesis_exchange import GenesisExchange
 from ian.ledger.intake import Intake
 from ian.ledger.recovery import load_chain_state, open_chain_state
@@ -56,7 +60,7 @@ from ian.p2p.connection import PeerInfo
 from ian.p2p.peer_book import PeerBook
 from ian.p2p.peer_events import PeerEvents
 from ian.p2p.pex import PeerExchange
-from ian.p2p.switch import P2PService, P2PTuning, PeerConnected
+from ian.p2p.switch import P2PService, P2PTuning, PeerConnected, PeerDisconnected
 from ian.storage import node_state as node_state_mod
 from ian.storage.datadir import DataDir, init_data_dir, read_api_token, read_genesis
 from ian.storage.lock import NodeLock, maintenance_lock
@@ -70,6 +74,9 @@ SHUTDOWN_GRACE_S = 10.0
 CATCH_UP_WAIT_S = 10.0
 #: after the first peer, how long it listens for the others before it compares heights
 CATCH_UP_SETTLE_S = 1.0
+#: consensus blocks in one AppendBlocks / CertifiedBlocks message; a chain block is kept small
+#: enough that this many fit in one P2P frame (base64 and JSON included)
+CONSENSUS_BLOCKS_PER_MESSAGE = 16
 
 
 def package_version() -> str:
@@ -135,10 +142,15 @@ class Node:
         self.peer_book = peer_book
         self.version = package_version()
         self.started_at = time.time()
-        self.role, self._sequencer_id = role_for(settings, identity.node_id, genesis)
+        self._role, self._sequencer_id = role_for(settings, identity.node_id, genesis)
         #: a sequencer that has been part of a network takes its peers' blocks before it
         #: proposes (CONSENSUS.md, N = 1): until then it refuses submissions (503)
-        self.catching_up = self.role == "sequencer" and peer_book.has_connected_before()
+        self.catching_up = self._role == "sequencer" and peer_book.has_connected_before()
+        #: on a network of several authorities: the consensus driver and the chain it feeds
+        #: (None on a one-authority chain, which keeps the single-sequencer path)
+        self.consensus: ConsensusDriver | None = None
+        self.bridge: ChainBridge | None = None
+        self._tg: TaskGroup | None = None  # the running services (a late consensus joins it)
         self._peer_seen = anyio.Event()
         self.views: dict[str, GoalView] = {}
         self.head: tuple[int, bytes] = (state.height, state.head_hash)
@@ -149,8 +161,9 @@ class Node:
             store,
             identity,
             max_entries=settings.block_max_entries,
-            max_block_bytes=settings.max_frame_bytes - FRAME_OVERHEAD,
+            max_block_bytes=block_bytes_for(settings, genesis),
             on_batch=self._on_batch,
+            commit=self._commit_batch if is_multi_authority(genesis) else None,
         )
         self.intake = Intake(
             state.goals,
@@ -201,6 +214,7 @@ class Node:
             max_frame_bytes=settings.max_frame_bytes,
             on_fork=self._keep_fork_evidence,
             forward_token=lambda: self.settings_token,
+            follows_blocks=lambda: self.consensus is None,
         )
         self.tau = TauBridge(
             settings,
@@ -208,7 +222,7 @@ class Node:
             datadir.store_file,
             self.metrics,
             roots=self._published_roots,
-            is_committer=lambda: self.role == "sequencer",
+            is_committer=lambda: self.role in ("sequencer", "leader"),
             publish=self.events.publish,
         )
         self.admin_token = (
@@ -220,6 +234,8 @@ class Node:
         self.settings_token = (
             settings.api_token.get_secret_value() if settings.api_token is not None else None
         )
+        if genesis is not None and is_multi_authority(genesis):
+            self._enable_consensus(genesis)
         self._publish_all()
         self.bound = BoundAddresses()
         self._stop = anyio.Event()
@@ -298,14 +314,93 @@ class Node:
 
     async def resync(self) -> dict[str, Any]:
         """Drop the chain and fetch it again from peers (followers only)."""
+        if self.consensus is not None:
+            raise UnavailableError(
+                "resync is for one-authority chains: on this network a node takes certified "
+                "blocks from the leader and never drops what it has"
+            )
         return await self.replicator.force_resync()
+
+    # -- consensus (several authorities) ------------------------------------------------------
+    def _enable_consensus(self, genesis: Genesis) -> None:
+        """Build the consensus driver for ``genesis`` (started by :meth:`run`, or now when
+        the genesis was learned from a seed while running)."""
+        import random
+
+        from ian.consensus import ConsensusCore, ConsensusParams, IdentitySigner
+        from ian.identity import verify_signature
+        from ian.storage.consensus_log import ConsensusLog
+
+        p = genesis.consensus
+        log_store = ConsensusLog(self.datadir.consensus_file)
+        durable = log_store.load()
+        resume = applied_mark(durable.log, durable.applied_height, self.state.height)
+        if resume < durable.applied_height:
+            log.warning(
+                "the chain store is behind the consensus log (restored or repaired?): "
+                "applying again from consensus height %d (was %d)",
+                resume,
+                durable.applied_height,
+            )
+            durable = dataclasses.replace(durable, applied_height=resume)
+        core = ConsensusCore(
+            chain_id=genesis.chain_id(),
+            genesis_authorities={a.node_id: a.public_key_bytes for a in genesis.authorities},
+            signer=IdentitySigner(self.identity),
+            verifier=verify_signature,
+            rng=random.SystemRandom(),
+            params=ConsensusParams(
+                election_timeout_min=p.election_timeout_min_ms / 1000,
+                election_timeout_max=p.election_timeout_max_ms / 1000,
+                heartbeat_interval=p.heartbeat_ms / 1000,
+                max_blocks_per_message=CONSENSUS_BLOCKS_PER_MESSAGE,
+            ),
+            state=durable,
+        )
+        self.consensus = ConsensusDriver(
+            core=core,
+            log_store=log_store,
+            state=durable,
+            switch=self.p2p,
+            apply=self._apply_committed,
+            tick_interval=min(0.05, p.heartbeat_ms / 2000),
+        )
+        self.bridge = ChainBridge(
+            state=self.state,
+            store=self.store,
+            identity=self.identity,
+            driver=self.consensus,
+            on_applied=self._on_block_applied,
+            ready_timeout=p.election_timeout_max_ms / 1000,
+        )
+        self.consensus.set_learners({peer.node_id for peer in self.p2p.peers()})
+        log.info(
+            "chain %s has %d authorities: consensus log %s (applied to height %d)",
+            genesis.chain_id()[:16],
+            len(genesis.authorities),
+            self.datadir.consensus_file,
+            durable.applied_height,
+        )
+
+    async def _apply_committed(self, block: Any) -> None:
+        assert self.bridge is not None
+        await self.bridge.apply(block)
+
+    async def _commit_batch(self, contributions: list[Contribution]) -> BatchResult:
+        if self.bridge is None:
+            raise UnavailableError("consensus is not running yet", retry_after=1.0)
+        return await self.bridge.commit_batch(contributions)
 
     def _on_batch(self, result: BatchResult, seconds: float) -> None:
         for outcome in result.outcomes:  # event stream: every decision of this sequencer
-            self.events.publish("contribution", *outcome_event(outcome))
+            # With consensus, accepted ones are published when their block is applied.
+            if self.consensus is None or not outcome.accepted:
+                self.events.publish("contribution", *outcome_event(outcome))
         if result.block is None:
             return
         self.metrics.block_commit_latency.observe(seconds)
+        if self.consensus is not None:
+            return  # applied, published and sent on by the consensus driver
         self._on_block_applied(result.block)
         # A follower that misses an announce catches up by sync.
         with contextlib.suppress(anyio.WouldBlock):
@@ -321,8 +416,8 @@ class Node:
         self.head = (block.height, block.hash)
         self.tau.notify()
         self.p2p.announce_status()
-        # Event stream; the sequencer already published its decisions in _on_batch.
-        if self.role != "sequencer":
+        # Event stream; a lone sequencer already published its decisions in _on_batch.
+        if self.consensus is not None or self._role != "sequencer":
             for data in block_contributions(block):
                 self.events.publish("contribution", "accepted", data)
         self.events.publish("block", "applied", block_data(block))
@@ -345,10 +440,27 @@ class Node:
 
     # -- roles and contributions --------------------------------------------------------------
     @property
+    def role(self) -> str:
+        """``sequencer`` / ``follower`` on a one-authority chain; with several authorities
+        ``leader``, ``authority`` (a voter that does not lead now) or ``follower``."""
+        if self.consensus is None:
+            return self._role
+        core = self.consensus.core
+        if core.role is ConsensusRole.LEADER:
+            return "leader"
+        return "authority" if self.identity.node_id in core.authorities() else "follower"
+
+    @property
     def sequencer_id(self) -> str | None:
-        return self.identity.node_id if self.role == "sequencer" else self._sequencer_id
+        """Who orders blocks now: the sequencer, or the leader proved by an election
+        certificate (None: unknown, e.g. during an election)."""
+        if self.consensus is not None:
+            return self.consensus.core.leader_id
+        return self.identity.node_id if self._role == "sequencer" else self._sequencer_id
 
     def _on_peer_event(self, event: object) -> None:
+        if self.consensus is not None and isinstance(event, PeerConnected | PeerDisconnected):
+            self.consensus.set_learners({peer.node_id for peer in self.p2p.peers()})
         if not isinstance(event, PeerConnected):
             return
         peer = event.peer
@@ -378,6 +490,19 @@ class Node:
         self.genesis = genesis
         self._sequencer_id = genesis.authority_ids[0]
         self.p2p.set_chain_id(chain)
+        if is_multi_authority(genesis):
+            self._enable_consensus(genesis)
+            assert self.consensus is not None and self._tg is not None
+            self._tg.start_soon(self.consensus.run)
+            log.warning(
+                "chain %s: genesis from seed %s (trust on first use), now pinned; %d "
+                "authorities (pin the chain on other nodes with IAN_CHAIN_ID=%s)",
+                chain,
+                source.node_id,
+                len(genesis.authorities),
+                chain,
+            )
+            return
         log.warning(
             "chain %s: genesis from seed %s (trust on first use), now pinned; following "
             "sequencer %s (pin the chain on other nodes with IAN_CHAIN_ID=%s)",
@@ -412,8 +537,10 @@ class Node:
         return self.peer_book.ban_reason(ip=ip)
 
     def _sequencing(self) -> bool:
-        """This node orders blocks now (the sequencer, done catching up)."""
-        return self.role == "sequencer" and not self.catching_up
+        """This node orders blocks now (the sequencer done catching up, or the leader)."""
+        if self.consensus is not None:
+            return self.consensus.core.role is ConsensusRole.LEADER
+        return self._role == "sequencer" and not self.catching_up
 
     def _refuse_while_catching_up(self) -> None:
         if self.catching_up:
@@ -422,7 +549,17 @@ class Node:
             )
 
     async def _submit(self, c: Contribution) -> Outcome:
-        if self.role == "sequencer":
+        if self.consensus is not None:
+            if self._sequencing():
+                return await self.sequencer.submit(c)
+            if self.consensus.core.leader_id is None:
+                raise UnavailableError(
+                    "no leader is known: an election is running or a majority of authorities "
+                    "is unreachable",
+                    retry_after=1.0,
+                )
+            return await self.replicator.forward(c)
+        if self._role == "sequencer":
             self._refuse_while_catching_up()
             return await self.sequencer.submit(c)
         return await self.replicator.forward(c)
@@ -488,19 +625,56 @@ class Node:
         """The published height: every view and root readers see belongs to it."""
         return self.head[0]
 
+    @property
+    def network_height(self) -> int:
+        """The best chain height known to exist. With consensus: ours plus the committed
+        blocks not applied here yet (an upper bound: some carry no contributions)."""
+        if self.consensus is None:
+            return self.replicator.network_height
+        core = self.consensus.core
+        return self.head[0] + max(0, core.commit_height - core.applied_height)
+
+    @property
+    def consensus_state(self) -> str:
+        """ISOLATED / SYNCING / SYNCED / DIVERGED / FORKED (the runbook's states)."""
+        if self.consensus is None:
+            return self.replicator.consensus_state
+        core = self.consensus.core
+        if core.forked:
+            return "FORKED"
+        if self.p2p.peer_count == 0:
+            return "ISOLATED"
+        if core.leader_id is None or core.applied_height < core.commit_height:
+            return "SYNCING"
+        return "SYNCED"
+
     def snapshot(self) -> StateSnapshot:
         return StateSnapshot(
             started_at=self.started_at,
             height=self.head[0],
-            network_height=self.replicator.network_height,
+            network_height=self.network_height,
             peer_count=self.p2p.peer_count,
             banned_peers=self.peer_book.banned_count(),
-            consensus_state=self.replicator.consensus_state,
+            consensus_state=self.consensus_state,
+            **self._consensus_figures(),
             breaker_state=self.tau.breaker_state,
             log_sizes={gid: v.log_size for gid, v in self.views.items()},
             cert_expiry=self.cert.not_after.timestamp(),
             last_backup=read_last_backup(self.datadir),
         )
+
+    def _consensus_figures(self) -> dict[str, Any]:
+        if self.consensus is None:
+            role = {"sequencer": "leader"}.get(self._role, "follower")
+            return {"consensus_role": role, "commit_height": self.head[0]}
+        d = self.consensus
+        return {
+            "consensus_role": self.role,
+            "term": d.core.term,
+            "commit_height": d.core.commit_height,
+            "leader_changes": d.leader_changes,
+            "elections": d.elections,
+        }
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
         """Named readiness checks: (ok, detail). /readyz is 200 only when all pass."""
@@ -521,12 +695,18 @@ class Node:
         if st.seed_nodes:
             peers = self.p2p.peer_count
             checks["peers"] = (peers >= st.min_peers, f"{peers} connected, need {st.min_peers}")
-        lag = max(0, self.replicator.network_height - self.head[0])
+        if self.consensus is not None:
+            leader = self.consensus.core.leader_id
+            checks["leader"] = (
+                leader is not None,
+                f"leader {leader}" if leader else "no leader known (election running?)",
+            )
+        lag = max(0, self.network_height - self.head[0])
         checks["sync"] = (
             lag <= st.sync_lag_ready_threshold,
             f"lag {lag} (threshold {st.sync_lag_ready_threshold})",
         )
-        state = self.replicator.consensus_state
+        state = self.consensus_state
         checks["consensus"] = (state not in ("DIVERGED", "FORKED"), state)
         return checks
 
@@ -642,9 +822,12 @@ class Node:
                     banned=self.http_ban_reason,
                 )
                 async with anyio.create_task_group() as inner:
+                    self._tg = inner
                     if handle_signals:  # first: a SIGTERM during start-up still stops cleanly
                         await inner.start(self._watch_signals)
                     self.bound.p2p = await inner.start(self.p2p.run)
+                    if self.consensus is not None:
+                        await inner.start(self.consensus.run)
                     await inner.start(self.replicator.run)
                     await inner.start(self.tau.run)
                     inner.start_soon(self._announce_loop)
@@ -683,8 +866,28 @@ class Node:
 
     def close(self) -> None:
         self.tau.close()
+        if self.consensus is not None:
+            self.consensus.log_store.close()
         self.store.close()
         self.lock.release()
+
+
+def is_multi_authority(genesis: Genesis | None) -> bool:
+    """A chain of several authorities: quorum commit through the consensus driver."""
+    return genesis is not None and len(genesis.authorities) > 1
+
+
+def block_bytes_for(settings: Settings, genesis: Genesis | None) -> int:
+    """The most wire bytes of contributions one block takes: one P2P frame for a lone
+    sequencer; with consensus, a share of a frame small enough that a full message of blocks
+    (base64 in JSON: 4/3, plus certificates) fits, yet never below one largest contribution."""
+    from ian.chain.contributions import wire_size_bound
+
+    frame = settings.max_frame_bytes - FRAME_OVERHEAD
+    if not is_multi_authority(genesis):
+        return frame
+    share = frame * 2 // (3 * CONSENSUS_BLOCKS_PER_MESSAGE)
+    return max(share, wire_size_bound(settings.max_parameters_bytes))
 
 
 def role_for(
@@ -693,10 +896,14 @@ def role_for(
     """("sequencer" | "follower", the sequencer id a follower follows, or None to learn it).
 
     With a genesis, its one authority is the sequencer (a follower never learns it from a
-    claim). Without: ``sequencer`` = "self" or this node's id → sequencer; "" → sequencer
-    without seeds, else a follower that learns the sequencer from its peers; another id →
-    follower of it.
+    claim); with several, "authority" or "follower" and no fixed sequencer (the authorities
+    elect a leader). Without: ``sequencer`` = "self" or this node's id → sequencer; "" →
+    sequencer without seeds, else a follower that learns the sequencer from its peers; another
+    id → follower of it.
     """
+    if is_multi_authority(genesis):
+        assert genesis is not None
+        return ("authority" if node_id in genesis.authority_ids else "follower"), None
     if genesis is not None:
         leader = genesis.authority_ids[0]
         return ("sequencer", None) if leader == node_id else ("follower", leader)
@@ -710,16 +917,9 @@ def check_genesis(
     genesis: Genesis, settings: Settings, node_id: str, goals: list[GoalSpec] | None = None
 ) -> None:
     """Raise :class:`GenesisError` (one line) when ``settings`` contradict ``genesis``: more
-    than one authority (not run yet), another network, an ``IAN_SEQUENCER`` that is not its
+    another network, an ``IAN_SEQUENCER`` that is not its
     authority, or configured goals (``goals``, default the configured ``[[goals]]``) that are not
     its goals."""
-    chain = genesis.chain_id()
-    if len(genesis.authorities) != 1:
-        raise GenesisError(
-            f"genesis {chain[:16]}… names {len(genesis.authorities)} authorities; this version "
-            "runs one-authority chains only",
-            fix="use a one-authority genesis until quorum replication lands",
-        )
     if genesis.network != settings.network_id:
         raise GenesisError(
             f"genesis is network {genesis.network!r}, but network_id is {settings.network_id!r}",
@@ -728,6 +928,12 @@ def check_genesis(
     leader = genesis.authority_ids[0]
     configured = settings.sequencer
     wanted = node_id if configured == "self" else configured
+    if wanted and is_multi_authority(genesis):
+        raise GenesisError(
+            f"sequencer is set to {wanted}, but this genesis's "
+            f"{len(genesis.authorities)} authorities elect their leader",
+            fix="unset IAN_SEQUENCER: the authorities decide who leads",
+        )
     if wanted and wanted != leader:
         raise GenesisError(
             f"sequencer is set to {wanted}, but the genesis names {leader} as its authority",

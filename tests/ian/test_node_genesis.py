@@ -101,12 +101,22 @@ def test_a_different_genesis_after_pinning_stops_start_up(tmp_path: Path) -> Non
     open_node(data, chain_id=chain.upper()).close()
 
 
-def test_quorum_genesis_is_refused_until_quorum_replication(tmp_path: Path) -> None:
+def test_a_quorum_genesis_runs_consensus(tmp_path: Path) -> None:
+    """Several authorities: the node opens its consensus log and elects instead of following a
+    configured sequencer; a follower of that chain is a learner."""
     keys = [Identity.generate() for _ in range(3)]
     g = Genesis(
         created_at=T0,
         goals=[DEMO_GOAL],
         authorities=[{"node_id": k.node_id, "public_key": k.public_key.hex()} for k in keys],
     )
-    with pytest.raises(GenesisError, match="names 3 authorities; this version"):
-        open_node(tmp_path / "data", genesis=str(write(tmp_path / "g3.json", g)))
+    path = write(tmp_path / "g3.json", g)
+    node = open_node(tmp_path / "follower", genesis=str(path))
+    try:
+        assert node.consensus is not None and node.bridge is not None
+        assert node.role == "follower" and node.sequencer_id is None
+        assert (tmp_path / "follower" / "consensus.db").is_file()
+    finally:
+        node.close()
+    with pytest.raises(GenesisError, match="authorities elect their leader"):
+        open_node(tmp_path / "other", genesis=str(path), sequencer="self")

@@ -179,6 +179,27 @@ class ConsensusCore:
     def forked(self) -> bool:
         return self._forked
 
+    @property
+    def applied_height(self) -> int:
+        """The highest block handed out in an :class:`Apply`."""
+        return self._applied
+
+    @property
+    def learners(self) -> frozenset[str]:
+        return self._learners
+
+    def match_heights(self) -> dict[str, int]:
+        """A leader's view of how far each peer's log matches its own (empty otherwise)."""
+        return dict(self._match) if self._role is Role.LEADER else {}
+
+    def set_learners(self, learners: Iterable[str]) -> None:
+        """The non-authorities a leader keeps supplied with certified blocks (a node's
+        connected followers change over time). Not an event: it moves no state a peer sees
+        until the next heartbeat, and the simulator's learners are fixed."""
+        self._learners = frozenset(learners) - {self.node_id}
+        if self._role is Role.LEADER:
+            self._sync_peers()
+
     def block(self, height: int) -> Block:
         """The block at ``height`` (1-based) in this node's log."""
         return self._log[height - 1]
@@ -514,9 +535,13 @@ class ConsensusCore:
 
     def _sync_peers(self) -> None:
         peers = self._peers()
+        members = self._authorities_at(len(self._log))
         for peer in peers:
             if peer not in self._next:
-                self._next[peer] = len(self._log) + 1
+                # A learner is first sent the newest certified block: it learns the leader
+                # at once, and answers with its height if it lacks the parent.
+                start = len(self._log) + 1 if peer in members else max(1, self._commit)
+                self._next[peer] = start
                 self._match[peer] = 0
         for gone in set(self._next) - set(peers):
             del self._next[gone]

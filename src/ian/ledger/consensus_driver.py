@@ -10,7 +10,9 @@ each committed block, once and in order, to the ``apply`` callback, then records
 height; a proposal is answered only after its block has been applied here. An ``apply`` that
 raises stops the driver: a committed block this node cannot apply needs an operator, not a retry.
 
-Not yet used by :class:`~ian.node.Node` (the node still runs the single-sequencer path).
+Authorities exchange every consensus message; a non-authority (a learner: the node's followers)
+may only answer the leader's certified blocks (``AppendResponse`` with ``learner``), and only
+while the core counts it as a learner (:meth:`ConsensusDriver.set_learners`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ian.consensus import (
     Answer,
     AppendBlocks,
     AppendLog,
+    AppendResponse,
     Apply,
     Block,
     CertifiedBlocks,
@@ -48,6 +51,7 @@ from ian.consensus import (
     RoleChanged,
     Send,
     Tick,
+    Unavailable,
 )
 from ian.consensus import Message as ConsensusMessage
 from ian.consensus.codec import decode, encode
@@ -121,6 +125,8 @@ class ConsensusDriver:
         self.dropped_messages = 0
         self.leader_changes = 0
         self.elections = 0
+        self._stepped = anyio.Event()  # set (and replaced) after every step
+        self._running = False
         switch.on(Consensus.TYPE, self._on_message)
 
     # ------------------------------------------------------------------ views
@@ -129,11 +135,34 @@ class ConsensusDriver:
         c = self.core
         return ConsensusView(c.role, c.term, c.leader_id, c.commit_height, c.forked)
 
+    def ready_to_propose(self) -> bool:
+        """This node leads and has applied its whole log: a block built on the applied state
+        now is built on the state every node will have when it applies that block."""
+        c = self.core
+        return c.role is Role.LEADER and not c.forked and c.applied_height == c.last_height
+
+    async def wait_ready(self) -> bool:
+        """Wait for :meth:`ready_to_propose` (a new leader's first block commits first);
+        False as soon as this node does not lead (callers bound the wait)."""
+        while not self.ready_to_propose():
+            if self.core.role is not Role.LEADER or not self._running:
+                return False
+            await self._stepped.wait()
+        return True
+
+    def set_learners(self, node_ids: set[str]) -> None:
+        """The connected non-authorities: a leader sends them certified blocks."""
+        learners = node_ids - set(self.core.authorities())
+        if learners != self.core.learners:
+            self.core.set_learners(learners)
+
     # ------------------------------------------------------------------ inputs
 
     async def propose(self, payload: bytes) -> Outcome:
         """Propose ``payload``; returns once it is committed *and applied here*, or refused
         (:class:`~ian.consensus.Redirect`, :class:`~ian.consensus.Unavailable`, ...)."""
+        if not self._running:
+            return Unavailable(1.0)
         request_id = f"p{next(self._ids)}"
         waiter = self._waiters[request_id] = _Waiter()
         try:
@@ -146,14 +175,17 @@ class ConsensusDriver:
         return waiter.outcome
 
     async def _on_message(self, peer: PeerInfo, message: Consensus) -> None:
-        # Only authorities take part (learners will join through CertifiedBlocks): a stranger
-        # cannot fill the inbox that the authorities' messages need.
-        if peer.node_id not in self.core.authorities():
+        # Authorities take part; a learner only answers certified blocks: a stranger cannot
+        # fill the inbox that the authorities' messages need.
+        authority = peer.node_id in self.core.authorities()
+        if not authority and peer.node_id not in self.core.learners:
             raise InvalidMessage("consensus messages are for authorities only")
         try:
             decoded = decode(message.msg)
         except CodecError as exc:
             raise InvalidMessage(str(exc)) from None
+        if not authority and not (isinstance(decoded, AppendResponse) and decoded.learner):
+            raise InvalidMessage("a learner may only answer certified blocks")
         size = _payload_bytes(decoded)
         if self.inbox_bytes + size > INBOX_BYTES:
             self.dropped_messages += 1
@@ -168,17 +200,27 @@ class ConsensusDriver:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            # Committed blocks not yet applied before a crash are applied first.
-            await self._perform(self.core.step(Restart(self._state, anyio.current_time())))
-            tg.start_soon(self._ticker)
-            task_status.started()
-            async with self._events_out:
-                async for event in self._events_out:
-                    if isinstance(event, Received):
-                        self.inbox_bytes -= _payload_bytes(event.message)
-                    await self._step(event)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                # Committed blocks not yet applied before a crash are applied first.
+                await self._perform(self.core.step(Restart(self._state, anyio.current_time())))
+                self._running = True
+                tg.start_soon(self._ticker)
+                task_status.started()
+                async with self._events_out:
+                    async for event in self._events_out:
+                        if isinstance(event, Received):
+                            self.inbox_bytes -= _payload_bytes(event.message)
+                        await self._step(event)
+        finally:
+            # Stopped (shutting down, or an apply failed): nobody waits for a step any more.
+            self._running = False
+            for waiter in self._waiters.values():
+                waiter.outcome = Unavailable(1.0)
+                waiter.done.set()
+            self._waiters.clear()
+            self._stepped.set()
 
     async def _ticker(self) -> None:
         while True:
@@ -189,6 +231,8 @@ class ConsensusDriver:
 
     async def _step(self, event: Event) -> None:
         await self._perform(self.core.step(event))
+        self._stepped.set()
+        self._stepped = anyio.Event()
 
     async def _perform(self, actions: list[Action]) -> None:
         persisted: list[Persisted] = []

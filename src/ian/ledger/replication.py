@@ -80,6 +80,7 @@ class Replicator:
         publish: Publish | None = None,  # ``sync`` events (ian.events)
         on_fork: Callable[[dict[str, Any]], None] | None = None,  # fork evidence, both blocks
         forward_token: Callable[[], str | None] = lambda: None,  # sent with our forwards
+        follows_blocks: Callable[[], bool] = lambda: True,
     ) -> None:
         self.state = state
         self.store = store
@@ -100,6 +101,10 @@ class Replicator:
         self.fork_evidence: dict[str, Any] | None = None
         self._on_fork = on_fork
         self._forward_token = forward_token
+        #: False on a network of several authorities: blocks arrive certified through the
+        #: consensus driver, and announces, heights and get_blocks replies change nothing here
+        #: (get_blocks is still served, from committed blocks only)
+        self.follows_blocks = follows_blocks
         self._disproven: dict[str, int] = {}  # node id -> a height it claimed and did not show
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
@@ -192,12 +197,12 @@ class Replicator:
 
     # -- follower side: blocks ------------------------------------------------------------------
     async def _on_status(self, peer: PeerInfo, m: msg.Status) -> None:
-        if m.height > self.state.height:
+        if m.height > self.state.height and self.follows_blocks():
             self._wake.set()
         return None
 
     async def _on_announce(self, peer: PeerInfo, m: msg.BlockAnnounce) -> None:
-        if self.is_sequencer():
+        if self.is_sequencer() or not self.follows_blocks():
             return None
         try:
             block = msg.block_from_doc(m.block)
@@ -293,6 +298,8 @@ class Replicator:
             with anyio.move_on_after(1.0):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            if not self.follows_blocks():
+                continue
             self._note_state()
             if self.is_sequencer():
                 continue

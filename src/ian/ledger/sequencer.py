@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -140,6 +140,7 @@ class Sequencer:
         max_entries: int = 1000,
         max_block_bytes: int = 16 * 1024 * 1024,
         on_batch: Callable[[BatchResult, float], None] | None = None,
+        commit: Callable[[list[Contribution]], Awaitable[BatchResult]] | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -152,6 +153,9 @@ class Sequencer:
         self.max_queued_bytes = 4 * max_block_bytes
         self._queued_bytes = 0
         self._on_batch = on_batch
+        #: how a batch becomes a block: by default sealed here (one authority); on a network
+        #: of several, proposed and committed by a majority (ChainBridge.commit_batch)
+        self._commit = commit
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             max_buffer_size=100_000
         )
@@ -216,10 +220,17 @@ class Sequencer:
 
     async def _process(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
+        contributions = [p.contribution for p in batch]
         try:
-            result = await anyio.to_thread.run_sync(
-                self._apply_batch, [p.contribution for p in batch]
-            )
+            if self._commit is not None:
+                result = await self._commit(contributions)
+            else:
+                result = await anyio.to_thread.run_sync(self._apply_batch, contributions)
+        except UnavailableError as exc:
+            for p in batch:
+                p.error = exc
+                p.done.set()
+            return
         except IanError as exc:
             log.error("block commit failed: %s", exc)
             error = UnavailableError(f"could not commit the block: {exc.message}")

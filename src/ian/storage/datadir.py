@@ -84,6 +84,11 @@ class DataDir:
         return self.root / "chain.sqlite"
 
     @property
+    def consensus_file(self) -> Path:
+        """The consensus log of a network of several authorities (``ian.consensus``)."""
+        return self.root / "consensus.db"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "node.lock"
 

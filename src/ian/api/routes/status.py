@@ -28,8 +28,10 @@ async def status(node: NodeDep) -> m.NodeStatus:
         network_id=node.settings.network_id,
         chain_id=node.genesis.chain_id() if node.genesis is not None else None,
         leader_id=node.sequencer_id,
-        term=None,
-        commit_height=snap.height,
+        term=node.consensus.core.term if node.consensus is not None else None,
+        commit_height=(
+            node.consensus.core.commit_height if node.consensus is not None else snap.height
+        ),
         authorities=authorities(node),
         height=snap.height,
         head_hash=node.head[1].hex(),
@@ -58,17 +60,23 @@ async def status_goal(goal_id: str, node: NodeDep) -> m.GoalStatus:
 
 
 def authorities(node: Node) -> list[m.AuthorityStatus]:
-    """The genesis's authorities: reachable (this node, or connected) and the height known."""
+    """The authorities: reachable (this node, or connected) and the height known — with
+    consensus, the consensus log height each holds as far as the leader knows (on other nodes,
+    this node's own only)."""
     if node.genesis is None:
         return []
     peers = {p.node_id: p for p in node.p2p.peers()}
+    core = node.consensus.core if node.consensus is not None else None
+    ids = list(core.authorities()) if core is not None else node.genesis.authority_ids
+    matches = core.match_heights() if core is not None else {}
+    own = core.last_height if core is not None else node.height
     out = []
-    for node_id in node.genesis.authority_ids:
+    for node_id in ids:
         if node_id == node.identity.node_id:
-            out.append(m.AuthorityStatus(node_id=node_id, reachable=True, match_height=node.height))
+            out.append(m.AuthorityStatus(node_id=node_id, reachable=True, match_height=own))
         else:
             peer = peers.get(node_id)
-            height = peer.height if peer is not None else None
+            height = peer.height if peer is not None and core is None else matches.get(node_id)
             out.append(
                 m.AuthorityStatus(node_id=node_id, reachable=peer is not None, match_height=height)
             )

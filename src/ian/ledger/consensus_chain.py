@@ -1,0 +1,192 @@
+"""Where consensus meets the chain, on a network of several authorities.
+
+The consensus log (:mod:`ian.consensus`) orders opaque payloads; the chain (store, MMRs,
+leaderboards) is what clients see. A ``data`` block's payload is one chain block (its P2P wire
+document as JSON), signed by the authority that led when it was built.
+
+- The leader builds a chain block on its *applied* state (every committed block applied, none
+  pending: :meth:`ConsensusDriver.ready_to_propose`), rolls the in-memory state back, proposes
+  the block and waits: its submitters are answered only once the block is committed by a
+  majority of authorities and applied here (:meth:`ChainBridge.commit_batch`).
+- Every node — leader, authorities and followers alike — applies committed blocks in order
+  through :meth:`ChainBridge.apply`: it re-executes the chain block and writes it, exactly as a
+  follower verifies a block today, and checks its signer is an authority at that height.
+- A committed payload that fails those checks is skipped, by every node alike (the checks are
+  deterministic), and counted: a faulty or hostile authority cannot stop the chain with one.
+- Applying is idempotent: a block already in the store (applied before a crash, and the
+  applied mark lost with it) is recognised by its hash and not applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
+
+from ian.chain.blocks import Block, InvalidBlockError
+from ian.chain.contributions import Contribution
+from ian.chain.state import ChainState, Outcome
+from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Unavailable
+from ian.consensus import Block as ConsensusBlock
+from ian.errors import StoreError, UnavailableError
+from ian.identity import Identity
+from ian.ledger.block_apply import apply_blocks
+from ian.ledger.consensus_driver import ConsensusDriver
+from ian.ledger.sequencer import BatchResult, build_block
+from ian.p2p import messages as msg
+from ian.storage.store import Store
+
+__all__ = ["ChainBridge", "applied_mark", "block_from_payload", "payload_of"]
+
+log = logging.getLogger("ian.consensus")
+
+
+def payload_of(block: Block) -> bytes:
+    """A chain block as a consensus payload: its wire document, compact JSON."""
+    return msg.block_to_doc(block).model_dump_json().encode()
+
+
+def block_from_payload(payload: bytes) -> Block:
+    """The chain block in a payload; :class:`InvalidBlockError` when it is not one."""
+    try:
+        return msg.block_from_doc(msg.BlockDoc.model_validate_json(payload))
+    except Exception as exc:  # pydantic errors, InvalidMessage: all mean "not a block"
+        raise InvalidBlockError(f"payload is not a chain block: {exc}") from None
+
+
+def applied_mark(log: list[ConsensusBlock], applied: int, chain_height: int) -> int:
+    """Where applying must resume so the chain store misses nothing: the consensus log's
+    applied mark, lowered past every data block above the store's height (a store restored
+    from an older backup, or repaired). Blocks the store already holds are recognised by hash
+    when applied again, so erring low costs time, never a double apply."""
+    h = top = min(applied, len(log))
+    while h > 0:
+        block = log[h - 1]
+        if block.kind is BlockKind.DATA:
+            try:
+                height = block_from_payload(block.payload).height
+            except InvalidBlockError:
+                height = None  # skipped when it was applied: nothing of it is in the store
+            if height is not None:
+                if height <= chain_height:
+                    return top
+                top = h - 1  # the store lacks this one: apply again from here
+        h -= 1
+    return top
+
+
+class ChainBridge:
+    """Applies committed blocks to the chain and turns a leader's batches into proposals."""
+
+    def __init__(
+        self,
+        *,
+        state: ChainState,
+        store: Store,
+        identity: Identity,
+        driver: ConsensusDriver,
+        on_applied: Callable[[Block], None],
+        ready_timeout: float = 2.0,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.identity = identity
+        self.driver = driver
+        self._on_applied = on_applied
+        self.ready_timeout = ready_timeout
+        #: held while the chain state is being changed (an apply) or read for a build
+        self._lock = anyio.Lock()
+        self.skipped_blocks = 0  # committed payloads that were not valid chain blocks
+
+    # -- every node ---------------------------------------------------------------------------
+    async def apply(self, block: ConsensusBlock) -> None:
+        """The driver's ``apply``: one committed consensus block, in order."""
+        if block.kind is not BlockKind.DATA:
+            if block.change is not None:
+                log.warning(
+                    "authority change committed at height %d: %s %s",
+                    block.height,
+                    block.change.op,
+                    block.change.node_id,
+                )
+            return
+        authorities = self.driver.core.authorities_at(block.height)
+        async with self._lock:
+            chain_block = await anyio.to_thread.run_sync(
+                self._apply_payload, block.payload, authorities, block.height
+            )
+        if chain_block is not None:
+            self._on_applied(chain_block)
+
+    def _apply_payload(
+        self, payload: bytes, authorities: dict[str, bytes], height: int
+    ) -> Block | None:
+        """Worker thread: verify and write the chain block in ``payload``; None when it was
+        applied before or is skipped."""
+        try:
+            block = block_from_payload(payload)
+            signer = block.header.sequencer
+            if authorities.get(signer) != block.header.sequencer_key:
+                raise InvalidBlockError(
+                    f"chain block {block.height} is signed by {signer[:12]}…, not an authority"
+                )
+            if block.height <= self.state.height:
+                if self.store.block_hash(block.height) == block.hash:
+                    return None  # applied before a crash lost the applied mark
+                raise InvalidBlockError(
+                    f"chain block {block.height} is not the one this node holds at that height"
+                )
+            applied, error = apply_blocks(self.state, self.store, [block], sequencer=signer)
+            if error is not None:
+                raise error
+        except InvalidBlockError as exc:
+            self.skipped_blocks += 1
+            log.error("committed block %d skipped: %s", height, exc)
+            return None
+        return block if applied else None
+
+    # -- the leader ---------------------------------------------------------------------------
+    async def commit_batch(self, contributions: list[Contribution]) -> BatchResult:
+        """The sequencer's step on a leader: decide, build, propose, wait for the commit."""
+        ready = False
+        with anyio.move_on_after(self.ready_timeout):
+            ready = await self.driver.wait_ready()
+        if not ready:
+            raise UnavailableError("no leader is ready to take contributions", retry_after=1.0)
+        async with self._lock:
+            outcomes, block = await anyio.to_thread.run_sync(self._build, contributions)
+        if block is None:
+            return BatchResult(outcomes=outcomes, block=None)
+        outcome = await self.driver.propose(payload_of(block))
+        if isinstance(outcome, Accepted):
+            if self.store.block_hash(block.height) != block.hash:
+                raise UnavailableError("the committed block was not applied here", retry_after=1)
+            return BatchResult(outcomes=outcomes, block=block)
+        if isinstance(outcome, Redirect):
+            raise UnavailableError(
+                f"leadership moved to {outcome.leader} before the block committed; retry",
+                retry_after=0.5,
+            )
+        if isinstance(outcome, Unavailable):
+            raise UnavailableError(
+                "leadership was lost before the block committed (it may still commit: a retry "
+                "is refused as a duplicate if it did)",
+                retry_after=outcome.retry_after,
+            )
+        assert isinstance(outcome, Rejected)
+        raise StoreError(f"the block was refused: {outcome.reason}")
+
+    def _build(self, contributions: list[Contribution]) -> tuple[list[Outcome], Block | None]:
+        """Worker thread: the block for ``contributions`` on the applied state, which is left
+        as it was (the block changes it only when it commits and is applied)."""
+        self.state.begin()
+        try:
+            outcomes, block, _ = build_block(
+                self.state, self.identity, contributions, store=self.store
+            )
+        finally:
+            self.state.rollback()
+            self.state.begin()
+        return outcomes, block

@@ -1,0 +1,56 @@
+"""Chain blocks as consensus payloads, and where applying resumes after a restore."""
+
+from __future__ import annotations
+
+import pytest
+from tests.conftest import TRIVIAL_GOAL, Chain, Packs
+
+from ian.chain.blocks import Block as ChainBlock
+from ian.chain.blocks import InvalidBlockError
+from ian.consensus import Block, BlockKind
+from ian.ledger.consensus_chain import applied_mark, block_from_payload, payload_of
+
+CHAIN = "cd" * 32
+
+
+def chain_blocks(chain: Chain, packs: Packs, n: int) -> list[ChainBlock]:
+    for i in range(n):
+        chain.commit([packs.contribution(i, goal_id=TRIVIAL_GOAL)])
+    return chain.store.blocks(1, n, max_bytes=1 << 30)
+
+
+def consensus_log(payloads: list[bytes | None]) -> list[Block]:
+    """A log of data blocks (None: a leader's empty first block of its term)."""
+    out: list[Block] = []
+    parent = b"\0" * 32
+    for height, payload in enumerate(payloads, start=1):
+        kind = BlockKind.LEADER_START if payload is None else BlockKind.DATA
+        b = Block.build(
+            CHAIN, height=height, term=1, parent_hash=parent, kind=kind, payload=payload or b""
+        )
+        out.append(b)
+        parent = b.hash
+    return out
+
+
+def test_a_chain_block_survives_the_payload_round_trip(chain: Chain, packs: Packs) -> None:
+    [block] = chain_blocks(chain, packs, 1)
+    again = block_from_payload(payload_of(block))
+    assert again == block
+    with pytest.raises(InvalidBlockError, match="not a chain block"):
+        block_from_payload(b'{"header": 1}')
+    with pytest.raises(InvalidBlockError, match="not a chain block"):
+        block_from_payload(b"\xff")
+
+
+def test_applying_resumes_below_every_block_the_store_lacks(chain: Chain, packs: Packs) -> None:
+    blocks = chain_blocks(chain, packs, 3)
+    # consensus heights: 1 leader start, 2-4 chain blocks 1-3, 5 leader start
+    log = consensus_log([None, *(payload_of(b) for b in blocks), None])
+    assert applied_mark(log, 5, chain_height=3) == 5  # the store has everything: unchanged
+    assert applied_mark(log, 5, chain_height=1) == 2  # restored to chain height 1
+    assert applied_mark(log, 5, chain_height=0) == 1
+    assert applied_mark(log, 3, chain_height=3) == 3  # the store ahead: applied again by hash
+    assert applied_mark(log, 9, chain_height=3) == 5  # a mark beyond the log is clamped
+    garbage = consensus_log([b"not a block", payload_of(blocks[0])])
+    assert applied_mark(garbage, 2, chain_height=0) == 1

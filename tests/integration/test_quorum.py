@@ -1,0 +1,145 @@
+"""Three authorities and two followers as real `ian node run` processes on loopback (CONSENSUS.md):
+contributions are answered after a majority stored them, a killed leader is replaced, nothing
+answered ``accepted`` is lost and no log index is given twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+from tests.support.nodes import contribution, wait_until
+from tests.support.quorum import (
+    Quorum,
+    dump,
+    log_of,
+    node_by_id,
+    start_quorum,
+    submit,
+    wait_leader,
+)
+
+
+def wait_same_log(q: Quorum, expected: dict[int, str], timeout: float = 30.0) -> None:
+    """Until every live node holds ``expected`` (or more), identically."""
+
+    def same() -> bool:
+        logs = [log_of(n) for n in q.live()]
+        return all(lg == logs[0] for lg in logs) and expected.items() <= logs[0].items()
+
+    try:
+        wait_until(same, timeout=timeout, what="the same log on every live node")
+    except BaseException:
+        print(dump(q))
+        raise
+
+
+def test_contributions_commit_on_a_majority_and_reach_every_node(ian_nodes) -> None:
+    q = start_quorum(ian_nodes, authorities=3, followers=2)
+    leader = node_by_id(q.nodes, wait_leader(q.nodes))
+    st = leader.status()
+    assert st["role"] == "leader" and st["term"] >= 1
+    roles = sorted(n.status()["role"] for n in q.nodes)
+    assert roles == ["authority", "authority", "follower", "follower", "leader"]
+    accepted: dict[int, str] = {}
+    # Through every node: the leader sequences, the others forward to it.
+    for i, node in enumerate(q.nodes):
+        r = submit(node, contribution(i, tag="quorum"))
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["accepted"] is True, doc
+        accepted[doc["log_index"]] = doc["contribution_hash"]
+    assert sorted(accepted) == list(range(len(q.nodes)))
+    wait_same_log(q, accepted)
+    # Every node agrees on the chain, and the leader's commit certificate covers it.
+    views = {n.data_dir.name: n.chain_view() for n in q.nodes}
+    assert len({repr(v) for v in views.values()}) == 1, views
+    metrics = leader.metrics()
+    assert metrics["ian_consensus_term"] == st["term"]
+    assert metrics["ian_consensus_role"] == 2  # leader
+    assert metrics["ian_commit_height"] >= len(q.nodes)
+
+
+class Load:
+    """Clients submitting without pause to the given nodes (round robin), recording every
+    answer: accepted ones by log index, and any index answered twice."""
+
+    def __init__(self, q: Quorum) -> None:
+        self.q = q
+        self.accepted: dict[int, str] = {}
+        self.twice: list[tuple[int, str, str]] = []
+        self.statuses: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.n = 0
+        self.threads = [threading.Thread(target=self._run, args=(k,)) for k in range(3)]
+
+    def _run(self, k: int) -> None:
+        i = 0
+        while not self.stop.is_set():
+            targets = [n for n in self.q.nodes if n.alive]
+            node = targets[(i + k) % len(targets)]
+            i += 1
+            with self.lock:
+                self.n += 1
+                n = self.n
+            try:
+                r = submit(node, contribution(n, tag="load"), timeout=10)
+            except httpx.HTTPError:
+                continue  # the node died under us: the client does not know; no claim
+            with self.lock:
+                self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
+                if r.status_code != 200:
+                    continue
+                doc: dict[str, Any] = r.json()
+                if not doc["accepted"]:
+                    continue
+                index, digest = doc["log_index"], doc["contribution_hash"]
+                if index in self.accepted and self.accepted[index] != digest:
+                    self.twice.append((index, self.accepted[index], digest))
+                self.accepted[index] = digest
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.accepted)
+
+
+def test_a_killed_leader_is_replaced_and_nothing_accepted_is_lost(ian_nodes) -> None:
+    q = start_quorum(ian_nodes, authorities=3, followers=2)
+    first = node_by_id(q.nodes, wait_leader(q.nodes))
+    with Load(q) as load:
+        wait_until(lambda: load.count() >= 30, timeout=30, what="30 accepted before the kill")
+        before = load.count()
+        first.kill()
+        killed_at = time.monotonic()
+        survivors = [n for n in q.nodes if n.alive]
+        second = wait_leader(survivors, timeout=20, other_than=first.node_id)
+        wait_until(
+            lambda: load.count() >= before + 30, timeout=30, what="30 more accepted after the kill"
+        )
+        failover = time.monotonic() - killed_at
+        # The old leader comes back as a follower of the new one and catches up.
+        again = ian_nodes.restart(first)
+        q.authorities[q.authorities.index(first)] = again
+        wait_until(
+            lambda: again.status()["leader_id"] == second, timeout=30, what="old leader rejoins"
+        )
+        wait_until(lambda: load.count() >= before + 60, timeout=30, what="60 more accepted")
+    assert not load.twice, f"log indices answered twice: {load.twice[:5]}"
+    assert again.status()["role"] == "authority"
+    wait_same_log(q, load.accepted)
+    final = log_of(q.nodes[0])
+    assert sorted(final) == list(range(len(final))), "the log has no gaps"
+    assert failover < 30, f"{failover:.1f} s to the first commits after the kill"
+    print(f"statuses {load.statuses}, failover to 30 more commits {failover:.2f} s")
