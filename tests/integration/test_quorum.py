@@ -4,12 +4,16 @@ answered ``accepted`` is lost and no log index is given twice."""
 
 from __future__ import annotations
 
+import dataclasses
+import signal
 import threading
 import time
 from typing import Any
 
+import anyio
 import httpx
-from tests.support.nodes import contribution, wait_until
+from tests.support.hostile import HostilePeer, frame
+from tests.support.nodes import NodeProcess, contribution, wait_until
 from tests.support.quorum import (
     Quorum,
     dump,
@@ -19,6 +23,18 @@ from tests.support.quorum import (
     submit,
     wait_leader,
 )
+
+from ian.chain.genesis import Genesis
+from ian.consensus import (
+    AppendBlocks,
+    ElectionCertificate,
+    IdentitySigner,
+    Vote,
+    genesis_hash,
+)
+from ian.consensus.codec import encode
+from ian.p2p.transport import TlsCredentials
+from ian.storage.datadir import init_data_dir
 
 
 def wait_same_log(q: Quorum, expected: dict[int, str], timeout: float = 30.0) -> None:
@@ -143,3 +159,88 @@ def test_a_killed_leader_is_replaced_and_nothing_accepted_is_lost(ian_nodes) -> 
     assert sorted(final) == list(range(len(final))), "the log has no gaps"
     assert failover < 30, f"{failover:.1f} s to the first commits after the kill"
     print(f"statuses {load.statuses}, failover to 30 more commits {failover:.2f} s")
+
+
+def test_a_leader_cut_off_from_the_majority_stops_accepting(ian_nodes) -> None:
+    """CheckQuorum: with both other authorities frozen (SIGSTOP: their sockets stay open, they
+    just never answer), the leader steps down within an election timeout and clients get 503
+    with Retry-After, never a false ``accepted``; thawed, the network elects and commits."""
+    q = start_quorum(ian_nodes, authorities=3, followers=0)
+    leader = node_by_id(q.nodes, wait_leader(q.nodes))
+    others = [n for n in q.authorities if n is not leader]
+    assert submit(leader, contribution(0, tag="cq")).json()["accepted"] is True
+    for n in others:
+        n.signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: leader.status()["role"] != "leader", timeout=10, what="the leader steps down"
+        )
+        r = submit(leader, contribution(1, tag="cq"))
+        assert r.status_code == 503, r.text
+        assert float(r.headers["Retry-After"]) > 0
+        assert r.json()["error"]["code"] == "unavailable", r.text
+    finally:
+        for n in others:
+            n.signal(signal.SIGCONT)
+    wait_leader(q.nodes)
+    r = wait_until(
+        lambda: (a := submit(leader, contribution(2, tag="cq"))).status_code == 200 and a,
+        timeout=20,
+        what="a commit after the thaw",
+    )
+    assert r.json()["accepted"] is True
+
+
+def test_liars_change_no_leader_term_or_readiness(ian_nodes, tmp_path) -> None:
+    """A stranger that claims to be the sequencer at an absurd height, sends AppendBlocks for a
+    far term with an election certificate of its own votes, and announces absurd blocks: no
+    node changes leader or term, every node stays ready, and the liar is charged."""
+    q = start_quorum(ian_nodes, authorities=3, followers=1)
+    leader = wait_leader(q.nodes)
+    before = {n.data_dir.name: n.status()["term"] for n in q.nodes}
+    genesis = Genesis.read(q.genesis)
+    chain = genesis.chain_id()
+    init = init_data_dir(tmp_path / "liar")
+    creds = TlsCredentials(init.datadir.certs_dir, init.identity)
+    liar = init.identity
+    signer = IdentitySigner(liar)
+    vote = Vote("vote", chain, 1000, liar.node_id, 0, 0, liar.node_id)
+    vote = dataclasses.replace(vote, signature=signer.sign(vote.signed_bytes()))
+    claim = AppendBlocks(
+        term=1000,
+        leader=liar.node_id,
+        prev_height=0,
+        prev_hash=genesis_hash(chain),
+        blocks=(),
+        election=ElectionCertificate(chain, 1000, liar.node_id, 0, 0, (vote,)),
+        commit=None,
+    )
+    absurd = {"header": {"height": 2**62}, "hash": "00" * 32, "signature": "00" * 64}
+    for target in (q.authorities[1], q.followers[0]):
+        host, port = target.p2p_address.removeprefix("tcp://").rsplit(":", 1)
+
+        async def act(host: str = host, port: str = port, target: NodeProcess = target) -> None:
+            peer = await HostilePeer.connect(
+                host, int(port), creds, height=2**62, sequencer=True, chain_id=chain
+            )
+            try:
+                await peer.stream.send(frame("consensus", {"msg": encode(claim)}, msg_id=1))
+                await peer.stream.send(frame("block_announce", {"block": absurd}, msg_id=2))
+                await anyio.to_thread.run_sync(
+                    lambda: wait_until(
+                        lambda: (
+                            target.get(f"/api/v1/peers/{liar.node_id}").json()["invalid_messages"]
+                            > 0
+                        ),
+                        what="the liar charged",
+                    )
+                )
+            finally:
+                await peer.aclose()
+
+        anyio.run(act)
+    for n in q.nodes:
+        st = n.status()
+        assert st["leader_id"] == leader and st["term"] == before[n.data_dir.name], dump(q)
+        assert n.get("/readyz").status_code == 200, n.get("/readyz").text
+    assert submit(q.followers[0], contribution(0, tag="after-liar")).json()["accepted"] is True
