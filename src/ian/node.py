@@ -382,6 +382,45 @@ class Node:
             durable.applied_height,
         )
 
+    async def change_authority(self, op: str, node_id: str, public_key: bytes) -> int:
+        """Add or remove one authority through the leader's consensus log; the committed
+        height. Raises a :class:`RequestError` saying why when it cannot be done as asked."""
+        from ian.consensus import Accepted, AuthorityChange, Redirect, Rejected
+        from ian.errors import ConflictError, InputError
+
+        if self.consensus is None:
+            raise ConflictError(
+                "this chain has one authority (its genesis names it): it cannot change authorities",
+                fix="start a network of 3 with `ian network init --authority ...`",
+            )
+        if op == "add" and len(public_key) != 32:
+            raise InputError("adding an authority needs its public_key", field="public_key")
+        if op == "add":
+            from ian.identity import node_id_for
+
+            if node_id_for(public_key) != node_id:
+                raise InputError(
+                    f"public_key belongs to node {node_id_for(public_key)}, not {node_id}",
+                    field="public_key",
+                )
+        change = AuthorityChange("add" if op == "add" else "remove", node_id, public_key)
+        outcome = await self.consensus.propose_change(change)
+        if isinstance(outcome, Accepted):
+            log.warning("authority change committed: %s %s", op, node_id)
+            return outcome.height
+        if isinstance(outcome, Redirect):
+            raise ConflictError(
+                f"this node does not lead: run it on the leader {outcome.leader}",
+                fix=f"ian network authorities {op} ... against the API of node {outcome.leader}",
+            )
+        if isinstance(outcome, Rejected):
+            raise ConflictError(f"refused: {outcome.reason}")
+        raise UnavailableError(
+            "no leader could commit the change now (an election, or another change not yet "
+            "committed); it may still commit: check `ian status`",
+            retry_after=outcome.retry_after,
+        )
+
     async def _apply_committed(self, block: Any) -> None:
         assert self.bridge is not None
         await self.bridge.apply(block)

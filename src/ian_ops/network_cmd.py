@@ -1,4 +1,5 @@
-"""`ian network init/show`: write a chain's genesis document; show one with its chain id."""
+"""`ian network init/show`: write a chain's genesis document; show one with its chain id.
+`ian network authorities add/remove`: change the authority set of a running network."""
 
 from __future__ import annotations
 
@@ -147,3 +148,93 @@ def _report(genesis: Genesis, path: Path, *, json_out: bool, written: bool) -> N
     out.print(f"authorities: {len(genesis.authorities)}", markup=False)
     for a in genesis.authorities:
         out.print(f"  {a.node_id}  key {a.public_key}", markup=False, soft_wrap=True)
+
+
+authorities_app = typer.Typer(
+    help="Add or remove one authority of a running network (on its leader).",
+    no_args_is_help=True,
+)
+app.add_typer(authorities_app, name="authorities")
+
+
+@authorities_app.command("add")
+def authorities_add(
+    authority: Annotated[
+        str,
+        typer.Argument(
+            help="The new authority: its data dir (holding identity.json) or "
+            "NODE_ID:PUBLIC_KEY_HEX.",
+            show_default=False,
+        ),
+    ],
+    data_dir: cli.DataDirOpt = None,
+    node_url: cli.NodeUrlOpt = None,
+    json_out: cli.JsonOpt = False,
+) -> None:
+    """Make one more node an authority: a block of the consensus log, answered once a majority
+    of the authorities stored it. Run it against the leader (`ian status` names it); start the
+    new node first (with the network's genesis) so it has caught up as a follower.
+
+    Replacing a lost authority: add the new one, then remove the old one.
+
+    Example: ian network authorities add 3f1c…:9a2b… --node-url http://leader:8080
+    """
+    from ian.chain.genesis import parse_authority_spec
+
+    new = parse_authority_spec(authority, _identity_of)
+    _change(data_dir, node_url, json_out, "add", new.node_id, new.public_key)
+
+
+@authorities_app.command("remove")
+def authorities_remove(
+    node_id: Annotated[
+        str, typer.Argument(help="The node id of the authority to remove.", show_default=False)
+    ],
+    data_dir: cli.DataDirOpt = None,
+    node_url: cli.NodeUrlOpt = None,
+    json_out: cli.JsonOpt = False,
+) -> None:
+    """Remove one authority (it stays a follower until stopped). Run it against the leader; a
+    leader cannot remove itself (stop it: another is elected, then remove it there).
+
+    Example: ian network authorities remove 3f1c… --node-url http://leader:8080
+    """
+    from ian.errors import InputError
+
+    wanted = node_id.strip().lower()
+    if len(wanted) != 40 or any(c not in "0123456789abcdef" for c in wanted):
+        raise InputError(f"a node id is 40 hex digits, got {node_id!r}")
+    _change(data_dir, node_url, json_out, "remove", wanted, None)
+
+
+def _change(
+    data_dir: Path | None,
+    node_url: str | None,
+    json_out: bool,
+    op: str,
+    node_id: str,
+    public_key: str | None,
+) -> None:
+    from ian_ops.target import admin_post, resolve_target
+
+    target = resolve_target(data_dir, node_url)
+    if not target.online:
+        from ian.errors import NodeUnreachableError
+
+        raise NodeUnreachableError(
+            "no node is running on this data dir: authority changes are made by the running leader",
+            fix="start the node, or pass --node-url of the leader",
+        )
+    body: dict[str, str] = {"op": op, "node_id": node_id}
+    if public_key is not None:
+        body["public_key"] = public_key
+    doc = admin_post(target, "/api/v1/admin/authorities", body)
+    if json_out:
+        cli.print_json(doc)
+        return
+    verb = "added" if op == "add" else "removed"
+    out = cli.stdout()
+    out.print(f"{verb} authority {node_id} at consensus height {doc['height']}", markup=False)
+    out.print(f"authorities now ({len(doc['authorities'])}):", markup=False)
+    for a in doc["authorities"]:
+        out.print(f"  {a}", markup=False)

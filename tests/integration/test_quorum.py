@@ -5,6 +5,7 @@ answered ``accepted`` is lost and no log index is given twice."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import threading
 import time
@@ -244,3 +245,42 @@ def test_liars_change_no_leader_term_or_readiness(ian_nodes, tmp_path) -> None:
         assert st["leader_id"] == leader and st["term"] == before[n.data_dir.name], dump(q)
         assert n.get("/readyz").status_code == 200, n.get("/readyz").text
     assert submit(q.followers[0], contribution(0, tag="after-liar")).json()["accepted"] is True
+
+
+def test_authorities_are_added_and_removed_one_at_a_time(ian_nodes, ian) -> None:
+    """A follower becomes the fourth authority, then an original one is removed; the network
+    commits throughout; a second add, an unknown removal and a change asked of a non-leader are
+    refused with the reason."""
+    q = start_quorum(ian_nodes, authorities=3, followers=1)
+    leader = node_by_id(q.nodes, wait_leader(q.nodes))
+    newcomer = q.followers[0]
+    on_leader = ("--data-dir", str(leader.data_dir), "--node-url", leader.api_url)
+
+    added = ian("network", "authorities", "add", str(newcomer.data_dir), *on_leader, "--json")
+    assert added.returncode == 0, added.stderr
+    doc = json.loads(added.stdout)
+    assert newcomer.node_id in doc["authorities"] and len(doc["authorities"]) == 4
+    wait_until(lambda: newcomer.status()["role"] == "authority", what="the newcomer votes")
+    assert len(newcomer.status()["authorities"]) == 4
+
+    again = ian("network", "authorities", "add", str(newcomer.data_dir), *on_leader)
+    assert again.returncode != 0 and "already an authority" in again.stderr
+    unknown = ian("network", "authorities", "remove", "ab" * 20, *on_leader)
+    assert unknown.returncode != 0 and "is not an authority" in unknown.stderr
+    other = next(n for n in q.authorities if n is not leader)
+    elsewhere = ian(
+        "network",
+        "authorities",
+        "remove",
+        other.node_id,
+        *("--data-dir", str(other.data_dir), "--node-url", other.api_url),
+    )
+    assert elsewhere.returncode != 0 and "run it on the leader" in elsewhere.stderr
+
+    removed = ian("network", "authorities", "remove", other.node_id, *on_leader)
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed authority {other.node_id}" in removed.stdout
+    wait_until(lambda: other.status()["role"] == "follower", what="the removed one stops voting")
+    r = submit(newcomer, contribution(0, tag="members"))
+    assert r.status_code == 200 and r.json()["accepted"] is True, r.text
+    wait_same_log(q, {r.json()["log_index"]: r.json()["contribution_hash"]})

@@ -8,7 +8,7 @@ read from a core object's dict keep pydantic's default ``extra="ignore"`` unless
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
@@ -143,6 +143,29 @@ class PeerCounts(BaseModel):
     connected: int = 0
     known: int = 0
     banned: int = 0
+
+
+class AuthorityChangeRequest(BaseModel):
+    """Add or remove one authority (``ian network authorities add/remove``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["add", "remove"]
+    node_id: str = Field(min_length=40, max_length=40, pattern="^[0-9a-f]{40}$")
+    public_key: str | None = Field(
+        default=None,
+        min_length=64,
+        max_length=64,
+        pattern="^[0-9a-f]{64}$",
+        description="the added authority's raw Ed25519 public key (hex); add only",
+    )
+
+
+class AuthorityChangeResponse(BaseModel):
+    op: Literal["add", "remove"]
+    node_id: str
+    height: int = Field(description="the consensus height of the committed change")
+    authorities: list[str] = Field(description="the authority set now in force")
 
 
 class AuthorityStatus(BaseModel):

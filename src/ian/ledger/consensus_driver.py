@@ -35,6 +35,7 @@ from ian.consensus import (
     AppendLog,
     AppendResponse,
     Apply,
+    AuthorityChange,
     Block,
     CertifiedBlocks,
     ConsensusCore,
@@ -45,6 +46,7 @@ from ian.consensus import (
     Outcome,
     Persisted,
     Propose,
+    ProposeChange,
     Received,
     Restart,
     Role,
@@ -127,6 +129,8 @@ class ConsensusDriver:
         self.elections = 0
         self._stepped = anyio.Event()  # set (and replaced) after every step
         self._running = False
+        self._connected: frozenset[str] = frozenset()
+        self._members = frozenset(core.authorities())
         switch.on(Consensus.TYPE, self._on_message)
 
     # ------------------------------------------------------------------ views
@@ -150,9 +154,12 @@ class ConsensusDriver:
             await self._stepped.wait()
         return True
 
-    def set_learners(self, node_ids: set[str]) -> None:
-        """The connected non-authorities: a leader sends them certified blocks."""
-        learners = node_ids - set(self.core.authorities())
+    def set_learners(self, connected: set[str]) -> None:
+        """The node's connected peers: the non-authorities among them are learners, which a
+        leader sends certified blocks (recomputed when the authority set changes, so a removed
+        authority learns of its removal at once)."""
+        self._connected = frozenset(connected)
+        learners = self._connected - self.core.authorities().keys()
         if learners != self.core.learners:
             self.core.set_learners(learners)
 
@@ -161,12 +168,19 @@ class ConsensusDriver:
     async def propose(self, payload: bytes) -> Outcome:
         """Propose ``payload``; returns once it is committed *and applied here*, or refused
         (:class:`~ian.consensus.Redirect`, :class:`~ian.consensus.Unavailable`, ...)."""
+        return await self._ask(lambda request_id: Propose(request_id, payload))
+
+    async def propose_change(self, change: AuthorityChange) -> Outcome:
+        """Add or remove one authority (leader only); answered like :meth:`propose`."""
+        return await self._ask(lambda request_id: ProposeChange(request_id, change))
+
+    async def _ask(self, make: Callable[[str], Event]) -> Outcome:
         if not self._running:
             return Unavailable(1.0)
         request_id = f"p{next(self._ids)}"
         waiter = self._waiters[request_id] = _Waiter()
         try:
-            self._events_in.send_nowait(Propose(request_id, payload))
+            self._events_in.send_nowait(make(request_id))
         except anyio.WouldBlock:
             del self._waiters[request_id]
             raise UnavailableError("consensus is busy", retry_after=1.0) from None
@@ -231,6 +245,10 @@ class ConsensusDriver:
 
     async def _step(self, event: Event) -> None:
         await self._perform(self.core.step(event))
+        members = frozenset(self.core.authorities())
+        if members != self._members:
+            self._members = members
+            self.set_learners(set(self._connected))
         self._stepped.set()
         self._stepped = anyio.Event()
 

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ian.api.routes import admin, certs, contribute, limits, peers, probes, reads, status, tau
+from ian.api.routes import (
+    admin,
+    certs,
+    consensus,
+    contribute,
+    limits,
+    peers,
+    probes,
+    reads,
+    status,
+    tau,
+)
 
 #: Every router of the API, in the order their routes appear in the OpenAPI document.
 ROUTERS: tuple[APIRouter, ...] = (
@@ -17,6 +28,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     contribute.router,
     reads.router,
     admin.router,
+    consensus.router,
     limits.router,
     peers.router,
     tau.router,
