@@ -36,6 +36,7 @@ from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import LeaderboardEntry
 from ian.chain.state import ChainState, Outcome
 from ian.config import Settings
+from ian.consensus import ForkEvidence
 from ian.consensus import Role as ConsensusRole
 from ian.errors import AuthError, DataDirError, GenesisError, IanError, UnavailableError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
@@ -364,6 +365,7 @@ class Node:
             switch=self.p2p,
             apply=self._apply_committed,
             tick_interval=min(0.05, p.heartbeat_ms / 2000),
+            on_fork=self._keep_consensus_fork,
         )
         self.bridge = ChainBridge(
             state=self.state,
@@ -419,6 +421,26 @@ class Node:
             "no leader could commit the change now (an election, or another change not yet "
             "committed); it may still commit: check `ian status`",
             retry_after=outcome.retry_after,
+        )
+
+    def _keep_consensus_fork(self, evidence: ForkEvidence) -> None:
+        """Two valid commit certificates at one height: keep both blocks and certificates
+        (the same file and counter as a one-authority fork)."""
+        from ian.consensus.codec import block_to_doc, commit_certificate_to_doc
+
+        self._keep_fork_evidence(
+            {
+                "height": evidence.height,
+                "kind": "commit_certificates",
+                "ours": {
+                    "block": block_to_doc(evidence.our_block),
+                    "certificate": commit_certificate_to_doc(evidence.ours),
+                },
+                "theirs": {
+                    "block": block_to_doc(evidence.their_block),
+                    "certificate": commit_certificate_to_doc(evidence.theirs),
+                },
+            }
         )
 
     async def _apply_committed(self, block: Any) -> None:

@@ -43,6 +43,7 @@ from ian.consensus import (
     DurableState,
     Event,
     ForkDetected,
+    ForkEvidence,
     Outcome,
     Persisted,
     Propose,
@@ -108,6 +109,7 @@ class ConsensusDriver:
         switch: P2PService,
         apply: Callable[[Block], Awaitable[None]],
         tick_interval: float = 0.05,
+        on_fork: Callable[[ForkEvidence], None] | None = None,
     ) -> None:
         self.core = core
         self.log_store = log_store
@@ -115,6 +117,7 @@ class ConsensusDriver:
         self._last_leader: str | None = None
         self.switch = switch
         self._apply_block = apply
+        self._on_fork = on_fork
         self.tick_interval = tick_interval
         self._events_in: MemoryObjectSendStream[Event]
         self._events_out: MemoryObjectReceiveStream[Event]
@@ -269,6 +272,8 @@ class ConsensusDriver:
                 self._on_role(action)
             elif isinstance(action, ForkDetected):
                 log.critical("fork evidence at height %d: applying stopped", action.evidence.height)
+                if self._on_fork is not None:
+                    self._on_fork(action.evidence)
             elif isinstance(action, Answer):
                 waiter = self._waiters.pop(action.request_id, None)
                 if waiter is not None:

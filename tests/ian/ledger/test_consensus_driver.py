@@ -5,6 +5,7 @@ consensus log and catches up."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,12 +17,16 @@ from tests.ian.p2p.conftest import Cluster, Node
 
 from ian.consensus import (
     Accepted,
+    Ack,
     AppendBlocks,
     Block,
     BlockKind,
+    CertifiedBlocks,
+    CommitCertificate,
     ConsensusCore,
     ConsensusParams,
     ElectionCertificate,
+    ForkEvidence,
     IdentitySigner,
     Outcome,
     Redirect,
@@ -65,10 +70,16 @@ class Authority:
     scope: anyio.CancelScope | None = None
     applied: list[bytes] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    forks: list[ForkEvidence] = field(default_factory=list)
 
     async def apply(self, block: Block) -> None:
         if block.kind is BlockKind.DATA:
             self.applied.append(block.payload)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def on_fork(self, evidence: ForkEvidence) -> None:
+        self.forks.append(evidence)
         self.changed.set()
         self.changed = anyio.Event()
 
@@ -94,7 +105,12 @@ async def start_driver(
     )
     a.applied = []  # a restart applies its committed blocks again from the log's applied mark
     a.driver = ConsensusDriver(
-        core=core, log_store=log_store, state=state, switch=a.node.service, apply=a.apply
+        core=core,
+        log_store=log_store,
+        state=state,
+        switch=a.node.service,
+        apply=a.apply,
+        on_fork=a.on_fork,
     )
     a.scope = anyio.CancelScope()
     driver = a.driver
@@ -269,3 +285,50 @@ async def test_blocks_waiting_for_the_core_are_bounded_in_bytes(tmp_path: Path) 
         await driver._on_message(sender, message)
     assert driver.inbox_bytes == INBOX_BYTES  # 8 messages of 8 MiB
     assert driver.dropped_messages == 12
+
+
+async def test_two_certified_blocks_at_one_height_stop_applying_and_are_kept(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Fork evidence: a certificate signed by a majority for another block at a committed
+    height (two authorities' keys signing two histories) stops the node and hands over both."""
+    members = await three_authorities(cluster, tmp_path)
+    assert isinstance(await propose(members, b"first"), Accepted)
+    leader_id = next(m.driver.view().leader for m in members if m.driver)
+    target = next(m for m in members if m.node.node_id != leader_id)
+    sender = next(m for m in members if m not in (target,) and m.node.node_id != leader_id)
+    assert target.driver is not None
+    with anyio.fail_after(5):
+        await target.until_applied(1)
+    core = target.driver.core
+    ours = core.block(2)
+    assert ours.kind is BlockKind.DATA and ours.payload == b"first"
+    term = ours.term
+    theirs = Block.build(
+        CHAIN, height=2, term=term, parent_hash=ours.parent_hash, kind=BlockKind.DATA,
+        payload=b"another history",
+    )  # fmt: skip
+    acks = []
+    for m in (sender, next(m for m in members if m.node.node_id == leader_id)):
+        draft = Ack(CHAIN, term, 2, theirs.hash, m.node.node_id)
+        acks.append(
+            dataclasses.replace(draft, signature=m.node.init.identity.sign(draft.signed_bytes()))
+        )
+    cert = CommitCertificate(
+        CHAIN, term, 2, theirs.hash, tuple(sorted(acks, key=lambda a: a.signer))
+    )
+    election = ElectionCertificate(CHAIN, term, sender.node.node_id, 0, 0, ())
+    message = CertifiedBlocks(term, sender.node.node_id, (theirs,), cert, election)
+    await sender.node.service.send(target.node.node_id, Consensus(msg=encode(message)))
+    with anyio.fail_after(5):
+        while not target.forks:
+            await target.changed.wait()
+    assert target.driver.view().forked
+    [evidence] = target.forks
+    assert evidence.height == 2
+    assert evidence.our_block.hash == ours.hash and evidence.their_block.hash == theirs.hash
+    assert evidence.theirs == cert
+    # Forked: it applies nothing more and takes no proposal.
+    outcome = await target.driver.propose(b"later")
+    assert isinstance(outcome, Unavailable)
+    assert target.applied == [b"first"]
