@@ -480,6 +480,52 @@ def check_sync(node: NodeFacts, threshold: int = 10, has_seeds: bool = False) ->
     return Check(SYNC, "sync", title, OK, found)
 
 
+def check_consensus(node: NodeFacts) -> Check:
+    """Leader known, a majority of the authorities reachable, not forked (several
+    authorities); on a one-authority chain: the sequencer known."""
+    title = "consensus"
+    st = node.status
+    if st is None:
+        return _skip_down(SYNC, "consensus", title, node)
+    authorities = [a for a in st.get("authorities") or [] if isinstance(a, Mapping)]
+    leader = st.get("leader_id")
+    if st.get("consensus_state") == "FORKED":
+        return Check(
+            SYNC,
+            "consensus",
+            title,
+            FAIL,
+            "FORKED: two certified histories; applying has stopped",
+            "keep the fork-evidence-*.json files, stop writes, escalate (runbook: Fork evidence)",
+        )
+    if len(authorities) <= 1:
+        if leader:
+            return Check(SYNC, "consensus", title, OK, f"one authority: {leader}")
+        return Check(
+            SYNC, "consensus", title, WARN, "the sequencer is not known yet",
+            "check the seeds above: a follower learns its chain from them",
+        )  # fmt: skip
+    reachable = sum(1 for a in authorities if a.get("reachable"))
+    need = len(authorities) // 2 + 1
+    found = (
+        f"{st.get('role')} in term {st.get('term')}, leader {leader or 'unknown'}, "
+        f"{reachable} of {len(authorities)} authorities reachable (majority {need})"
+    )
+    if leader is None:
+        return Check(
+            SYNC, "consensus", title, FAIL, found,
+            "no leader: a majority of authorities must be up and connected; "
+            "watch ian status --watch (runbook: Leader lost)",
+        )  # fmt: skip
+    if st.get("role") in ("leader", "authority") and reachable < need:
+        return Check(
+            SYNC, "consensus", title, WARN, found,
+            "this authority reaches no majority: check the other authorities and the network "
+            "between them",
+        )  # fmt: skip
+    return Check(SYNC, "consensus", title, OK, found)
+
+
 def check_clock_skew(node: NodeFacts) -> Check:
     """Skew vs peers, when the peers API reports it (``clock_skew_s`` per connection)."""
     title = "clock skew"

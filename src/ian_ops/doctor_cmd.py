@@ -72,6 +72,7 @@ def doctor(
         checks.append(
             dc.check_sync(node, settings.sync_lag_ready_threshold, bool(settings.seed_nodes))
         )
+        checks.append(dc.check_consensus(node))
         checks.append(dc.check_clock_skew(node))
         checks.append(dc.check_tau_endpoint(settings))
         checks.append(dc.check_breaker(node))

@@ -279,6 +279,31 @@ def test_disk_backup_and_sync_verdicts() -> None:
     assert dc.check_clock_skew(skew).verdict == dc.FAIL
 
 
+def test_consensus_verdicts() -> None:
+    def facts(**status: Any) -> dc.NodeFacts:
+        return dc.NodeFacts(url="u", answers=True, status=status)
+
+    three = [
+        {"node_id": "a", "reachable": True},
+        {"node_id": "b", "reachable": True},
+        {"node_id": "c", "reachable": False},
+    ]
+    ok = dc.check_consensus(facts(role="authority", term=3, leader_id="a", authorities=three))
+    assert ok.verdict == dc.OK and "2 of 3 authorities reachable" in ok.found
+    lone = [{**three[0]}, {**three[1], "reachable": False}, three[2]]
+    cut_off = dc.check_consensus(facts(role="authority", term=3, leader_id="a", authorities=lone))
+    assert cut_off.verdict == dc.WARN
+    follower = dc.check_consensus(facts(role="follower", term=3, leader_id="a", authorities=lone))
+    assert follower.verdict == dc.OK  # a follower needs the leader, not a majority
+    leaderless = dc.check_consensus(facts(role="authority", term=4, authorities=three))
+    assert leaderless.verdict == dc.FAIL and "Leader lost" in (leaderless.fix or "")
+    forked = dc.check_consensus(facts(consensus_state="FORKED", leader_id="a", authorities=three))
+    assert forked.verdict == dc.FAIL and "fork-evidence" in (forked.fix or "")
+    one = [{"node_id": "a", "reachable": True}]
+    assert dc.check_consensus(facts(leader_id="a", authorities=one)).verdict == dc.OK
+    assert dc.check_consensus(facts(authorities=one)).verdict == dc.WARN
+
+
 def test_exit_code_ignores_skips() -> None:
     def c(v: str) -> dc.Check:
         return dc.Check(dc.START, v, v, v, "")
