@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ian_ops import cli
+
+if TYPE_CHECKING:
+    from ian.chain.genesis import Genesis
+    from ian.ledger.consensus_verify import CertifiedReport
+    from ian.storage.datadir import DataDir
+    from ian.storage.store import Store
 
 app = typer.Typer(help="Run, initialise and verify the node.", no_args_is_help=True)
 
@@ -82,8 +88,10 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
     """Recompute every root from the store and compare (the data corruption drill).
 
     Also checks every block's signature, and that the chain's authority (from the pinned
-    genesis.json) signed it. Works while the node runs (read-only). Exit code 0 when
-    everything matches, 1 otherwise.
+    genesis.json) signed it. With several authorities: the consensus log's hash links, every
+    commit certificate (a majority of the authorities in force signed it), and that every
+    block in the store is a certified one signed by an authority. Works while the node runs
+    (read-only). Exit code 0 when everything matches, 1 otherwise.
 
     Example: ian node verify --data-dir /data
     """
@@ -116,20 +124,60 @@ def verify(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> No
                     sequencer=signer,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
+        certified = _verify_certificates(dd, genesis, store) if report.ok else None
     finally:
         store.close()
+    if certified is not None and not certified.ok:
+        report.ok = False
+        report.problem = certified.problem
     if json_out:
-        cli.print_json(report.to_doc())
+        doc = report.to_doc()
+        if certified is not None:
+            doc["certificates"] = certified.to_doc()
+        cli.print_json(doc)
     elif report.ok:
         cli.stdout().print(
             f"ok: {report.blocks} blocks and {report.contributions} contributions verified"
         )
         for gid, roots in sorted(report.roots.items()):
             cli.stdout().print(f"  {gid}: log size {roots['log_size']} root {roots['log_root']}")
+        if certified is not None:
+            cli.stdout().print(
+                f"  certified: {certified.chain_blocks} blocks under {certified.certificates} "
+                f"commit certificates (consensus height {certified.certified_height})"
+            )
+    elif certified is not None and not certified.ok:
+        cli.stdout().print(f"NOT CERTIFIED: {certified.problem}")
     else:
         cli.stdout().print(f"MISMATCH at block {report.first_bad_height}: {report.problem}")
     if not report.ok:
         raise typer.Exit(cli.EXIT_FAILURE)
+
+
+def _verify_certificates(
+    dd: DataDir, genesis: Genesis | None, store: Store
+) -> CertifiedReport | None:
+    """The consensus-log half of verify (several authorities), or None on a one-authority
+    chain."""
+    from ian.ledger.consensus_verify import verify_certified_chain
+    from ian.storage.consensus_log import ConsensusLog
+
+    if genesis is None or len(genesis.authorities) == 1:
+        return None
+    if not dd.consensus_file.exists():
+        cli.exit_with_error(
+            f"no consensus log at {dd.consensus_file}: this chain has "
+            f"{len(genesis.authorities)} authorities and every node keeps one",
+            code=cli.EXIT_DATA_DIR,
+            fix="check --data-dir; a node that lost it takes certified blocks again on start",
+        )
+    log_store = ConsensusLog(dd.consensus_file, readonly=True)
+    try:
+        durable = log_store.load()
+    finally:
+        log_store.close()
+    hashes = [store.block_hash(h) or b"" for h in range(1, store.head()[0] + 1)]
+    return verify_certified_chain(durable, genesis, hashes)
 
 
 @app.command("resync")

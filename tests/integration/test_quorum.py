@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -52,7 +53,7 @@ def wait_same_log(q: Quorum, expected: dict[int, str], timeout: float = 30.0) ->
         raise
 
 
-def test_contributions_commit_on_a_majority_and_reach_every_node(ian_nodes) -> None:
+def test_contributions_commit_on_a_majority_and_reach_every_node(ian_nodes, ian) -> None:
     q = start_quorum(ian_nodes, authorities=3, followers=2)
     leader = node_by_id(q.nodes, wait_leader(q.nodes))
     st = leader.status()
@@ -76,6 +77,28 @@ def test_contributions_commit_on_a_majority_and_reach_every_node(ian_nodes) -> N
     assert metrics["ian_consensus_term"] == st["term"]
     assert metrics["ian_consensus_role"] == 2  # leader
     assert metrics["ian_commit_height"] >= len(q.nodes)
+    # `ian node verify`: every block in each store is certified by a majority (while running).
+    for n in (q.authorities[1], q.followers[1]):
+        checked = ian("node", "verify", "--data-dir", str(n.data_dir), "--json")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        doc = json.loads(checked.stdout)
+        assert doc["ok"] and doc["certificates"]["chain_blocks"] == views[n.data_dir.name]["height"]
+        assert doc["certificates"]["certificates"] >= 1
+    # A certificate whose ack signature was tampered with is caught.
+    follower = q.followers[1]
+    assert follower.terminate() == 0
+    db = sqlite3.connect(follower.data_dir / "consensus.db")
+    height, text = db.execute(
+        "SELECT height, doc FROM certificates ORDER BY height DESC"
+    ).fetchone()
+    cert = json.loads(text)
+    sig = cert["acks"][0]["signature"]
+    cert["acks"][0]["signature"] = ("0" if sig[0] != "0" else "1") + sig[1:]
+    db.execute("UPDATE certificates SET doc = ? WHERE height = ?", (json.dumps(cert), height))
+    db.commit()
+    db.close()
+    bad = ian("node", "verify", "--data-dir", str(follower.data_dir))
+    assert bad.returncode == 1 and "NOT CERTIFIED" in bad.stdout, bad.stdout + bad.stderr
 
 
 class Load:

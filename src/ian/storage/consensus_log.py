@@ -54,10 +54,17 @@ class ConsensusLog:
     """Durable consensus state of one node. Methods are safe from one thread at a time (the
     driver calls them from a worker thread, in order); a lock makes misuse harmless."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: only :meth:`load` (e.g. ``ian node verify`` beside a running node);
+        the file must exist."""
         self.path = path
         self._lock = threading.Lock()
         try:
+            if readonly:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False
+                )
+                return
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
