@@ -307,3 +307,29 @@ def test_authorities_are_added_and_removed_one_at_a_time(ian_nodes, ian) -> None
     r = submit(newcomer, contribution(0, tag="members"))
     assert r.status_code == 200 and r.json()["accepted"] is True, r.text
     wait_same_log(q, {r.json()["log_index"]: r.json()["contribution_hash"]})
+
+
+def test_an_authority_restored_from_an_old_backup_catches_up(ian_nodes, ian, tmp_path) -> None:
+    """Restore on an authority (here the leader): its chain is older than the network's; it
+    comes back as a follower of the others, takes the certified blocks it lacks, and no log
+    index is given twice."""
+    q = start_quorum(ian_nodes, authorities=3, followers=0)
+    leader = node_by_id(q.nodes, wait_leader(q.nodes))
+    first = [submit(leader, contribution(i, tag="pre")).json() for i in range(3)]
+    archive = tmp_path / "old.tar"
+    made = ian("backup", "--data-dir", str(leader.data_dir), "-o", str(archive))
+    assert made.returncode == 0, made.stderr
+    later = [submit(leader, contribution(i, tag="post")).json() for i in range(3, 6)]
+    accepted = {a["log_index"]: a["contribution_hash"] for a in first + later}
+    assert sorted(accepted) == list(range(6))
+    assert leader.terminate() == 0
+    restored = ian("restore", str(archive), "--data-dir", str(leader.data_dir), "--yes")
+    assert restored.returncode == 0, restored.stderr
+    again = ian_nodes.restart(leader)
+    q.authorities[q.authorities.index(leader)] = again
+    wait_same_log(q, accepted)
+    nxt = submit(again, contribution(99, tag="after-restore")).json()
+    assert nxt["accepted"] and nxt["log_index"] == 6
+    accepted[6] = nxt["contribution_hash"]
+    wait_same_log(q, accepted)
+    assert not list(again.data_dir.glob("fork-evidence-*.json"))
