@@ -443,9 +443,9 @@ class Node:
             }
         )
 
-    async def _apply_committed(self, block: Any) -> None:
+    async def _apply_committed(self, blocks: list[Any]) -> None:
         assert self.bridge is not None
-        await self.bridge.apply(block)
+        await self.bridge.apply(blocks)
 
     async def _commit_batch(self, contributions: list[Contribution]) -> BatchResult:
         if self.bridge is None:

@@ -581,11 +581,15 @@ class ConsensusCore:
             payload=payload,
             change=change,
         )
-        self._append_own(block, out)
+        # Sent before the leader's own write is durable (Raft thesis §10.2.1): the followers
+        # store it meanwhile; the leader counts its own ack only once Persisted says so.
+        self._log.append(block)
+        self._note_config(block)
         self._pending[request_id] = (block.height, block.hash)
         if change is not None:
             self._sync_peers()
         self._broadcast(out)
+        out.append(AppendLog((block,)))
 
     def _change_refusal(self, change: AuthorityChange) -> str:
         if any(at > self._commit for at, _ in self._configs):
@@ -750,6 +754,9 @@ class ConsensusCore:
                 self._become_follower(self._term, None, out)
             else:
                 self._sync_peers()
+                # Tell everyone now, not at the next heartbeat: authorities apply as soon as
+                # they learn the commit, learners get the newly certified blocks.
+                self._broadcast(out)
 
     def _apply_committed(self, out: list[Action]) -> None:
         while self._applied < self._commit:

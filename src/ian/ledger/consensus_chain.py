@@ -101,51 +101,66 @@ class ChainBridge:
         self.skipped_blocks = 0  # committed payloads that were not valid chain blocks
 
     # -- every node ---------------------------------------------------------------------------
-    async def apply(self, block: ConsensusBlock) -> None:
-        """The driver's ``apply``: one committed consensus block, in order."""
-        if block.kind is not BlockKind.DATA:
-            if block.change is not None:
+    async def apply(self, blocks: list[ConsensusBlock]) -> None:
+        """The driver's ``apply``: committed consensus blocks, in order."""
+        work: list[tuple[bytes, dict[str, bytes], int]] = []
+        for block in blocks:
+            if block.kind is BlockKind.DATA:
+                authorities = self.driver.core.authorities_at(block.height)
+                work.append((block.payload, authorities, block.height))
+            elif block.change is not None:
                 log.warning(
                     "authority change committed at height %d: %s %s",
                     block.height,
                     block.change.op,
                     block.change.node_id,
                 )
+        if not work:
             return
-        authorities = self.driver.core.authorities_at(block.height)
         async with self._lock:
-            chain_block = await anyio.to_thread.run_sync(
-                self._apply_payload, block.payload, authorities, block.height
-            )
-        if chain_block is not None:
+            applied = await anyio.to_thread.run_sync(self._apply_payloads, work)
+        for chain_block in applied:
             self._on_applied(chain_block)
 
-    def _apply_payload(
-        self, payload: bytes, authorities: dict[str, bytes], height: int
-    ) -> Block | None:
-        """Worker thread: verify and write the chain block in ``payload``; None when it was
-        applied before or is skipped."""
-        try:
-            block = block_from_payload(payload)
-            signer = block.header.sequencer
-            if authorities.get(signer) != block.header.sequencer_key:
-                raise InvalidBlockError(
-                    f"chain block {block.height} is signed by {signer[:12]}…, not an authority"
-                )
+    def _apply_payloads(self, work: list[tuple[bytes, dict[str, bytes], int]]) -> list[Block]:
+        """Worker thread: verify and write the chain blocks in ``work`` — consecutive valid ones
+        in one transaction — skipping what was applied before and what is not valid; the
+        blocks written."""
+        todo: list[tuple[Block, int]] = []
+        for payload, authorities, height in work:
+            try:
+                block = block_from_payload(payload)
+                signer = block.header.sequencer
+                if authorities.get(signer) != block.header.sequencer_key:
+                    raise InvalidBlockError(
+                        f"chain block {block.height} is signed by {signer[:12]}…, not an authority"
+                    )
+            except InvalidBlockError as exc:
+                self._skip(height, exc)
+                continue
+            todo.append((block, height))
+        written: list[Block] = []
+        while todo:
+            block, height = todo[0]
             if block.height <= self.state.height:
-                if self.store.block_hash(block.height) == block.hash:
-                    return None  # applied before a crash lost the applied mark
-                raise InvalidBlockError(
-                    f"chain block {block.height} is not the one this node holds at that height"
-                )
-            applied, error = apply_blocks(self.state, self.store, [block], sequencer=signer)
+                todo.pop(0)
+                if self.store.block_hash(block.height) != block.hash:
+                    self._skip(height, InvalidBlockError(
+                        f"chain block {block.height} is not the one this node holds there"
+                    ))  # fmt: skip
+                continue  # else applied before a crash lost the applied mark
+            run = [b for b, _ in todo]
+            done, error = apply_blocks(self.state, self.store, run, sequencer=None)
+            written.extend(run[:done])
+            del todo[:done]
             if error is not None:
-                raise error
-        except InvalidBlockError as exc:
-            self.skipped_blocks += 1
-            log.error("committed block %d skipped: %s", height, exc)
-            return None
-        return block if applied else None
+                self._skip(todo[0][1], error)
+                todo.pop(0)
+        return written
+
+    def _skip(self, height: int, exc: InvalidBlockError) -> None:
+        self.skipped_blocks += 1
+        log.error("committed block %d skipped: %s", height, exc)
 
     # -- the leader ---------------------------------------------------------------------------
     async def commit_batch(self, contributions: list[Contribution]) -> BatchResult:

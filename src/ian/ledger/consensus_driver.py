@@ -5,9 +5,10 @@ messages from authenticated peers, client proposals, and ``Persisted`` after eac
 performs the actions it returns, in order. Durable actions go to the :class:`ConsensusLog`
 (fsynced) before any later action of the same step, so a vote or an ack never leaves the node
 before what it promises is on disk. Sends never wait: each peer has a small bounded outbox, and
-a message that does not fit is dropped (the core retries; Raft tolerates loss). ``Apply`` hands
-each committed block, once and in order, to the ``apply`` callback, then records the applied
-height; a proposal is answered only after its block has been applied here. An ``apply`` that
+a message that does not fit is dropped (the core retries; Raft tolerates loss). ``Apply``
+actions hand each committed block, once and in order, to the ``apply`` callback — consecutive
+ones together, so a catching-up node writes many blocks in one transaction — then record the
+applied height; a proposal is answered only after its block has been applied here. An ``apply`` that
 raises stops the driver: a committed block this node cannot apply needs an operator, not a retry.
 
 Authorities exchange every consensus message; a non-authority (a learner: the node's followers)
@@ -107,7 +108,7 @@ class ConsensusDriver:
         log_store: ConsensusLog,
         state: DurableState,
         switch: P2PService,
-        apply: Callable[[Block], Awaitable[None]],
+        apply: Callable[[list[Block]], Awaitable[None]],
         tick_interval: float = 0.05,
         on_fork: Callable[[ForkEvidence], None] | None = None,
     ) -> None:
@@ -116,7 +117,7 @@ class ConsensusDriver:
         self._state = state  # what the log held at start-up (fed to the core as a Restart)
         self._last_leader: str | None = None
         self.switch = switch
-        self._apply_block = apply
+        self._apply_blocks = apply
         self._on_fork = on_fork
         self.tick_interval = tick_interval
         self._events_in: MemoryObjectSendStream[Event]
@@ -257,7 +258,14 @@ class ConsensusDriver:
 
     async def _perform(self, actions: list[Action]) -> None:
         persisted: list[Persisted] = []
+        applying: list[Block] = []
         for action in actions:
+            if isinstance(action, Apply):
+                applying.append(action.block)
+                continue
+            if applying:
+                await self._apply(applying)
+                applying = []
             if isinstance(action, Durable):
                 await anyio.to_thread.run_sync(self.log_store.perform, action)
                 if isinstance(action, AppendLog) and action.blocks:
@@ -265,9 +273,6 @@ class ConsensusDriver:
                     persisted.append(Persisted(last.height, last.hash))
             elif isinstance(action, Send):
                 self._send(action.to, action.message)
-            elif isinstance(action, Apply):
-                await self._apply_block(action.block)
-                await anyio.to_thread.run_sync(self.log_store.set_applied, action.block.height)
             elif isinstance(action, RoleChanged):
                 self._on_role(action)
             elif isinstance(action, ForkDetected):
@@ -279,8 +284,14 @@ class ConsensusDriver:
                 if waiter is not None:
                     waiter.outcome = action.outcome
                     waiter.done.set()
+        if applying:
+            await self._apply(applying)
         for event in persisted:
             await self._step(event)
+
+    async def _apply(self, blocks: list[Block]) -> None:
+        await self._apply_blocks(blocks)
+        await anyio.to_thread.run_sync(self.log_store.set_applied, blocks[-1].height)
 
     def _on_role(self, change: RoleChanged) -> None:
         if change.role is Role.CANDIDATE:

@@ -8,11 +8,17 @@ What :class:`~ian.consensus.events.Durable` actions make durable, and what
 - ``blocks``: the log, one row per height (the codec's block document as JSON);
 - ``certificates``: commit certificates by height.
 
-Every write is one transaction with ``synchronous = FULL``, so an action is on stable storage
-when its method returns (the durability contract of :mod:`ian.consensus.events`): an append of
-several blocks survives a crash whole or not at all. Nothing committed is ever removed: a
-truncation at or below the highest stored certificate is refused (:class:`StoreError`) —
-the core never asks for one, so such a request is a bug, not something to carry out.
+Every write is one transaction. Term, vote, blocks and truncations are written with
+``synchronous = FULL``, so such an action is on stable storage when its method returns (the
+durability contract of :mod:`ian.consensus.events`): an append of several blocks survives a
+crash whole or not at all. Certificates and the applied mark are written without their own
+fsync: the write-ahead log keeps transactions in order, so the next synced write makes them
+durable too, and a crash can lose only the newest of them — harmlessly: a lost certificate is
+re-made (the blocks it covered are on a majority), and a lost applied mark makes the node apply
+again blocks its chain store recognises by hash. That keeps two fsyncs off every commit.
+Nothing committed is ever removed: a truncation at or below the highest stored certificate is
+refused (:class:`StoreError`) — the core never asks for one, so such a request is a bug, not
+something to carry out.
 """
 
 from __future__ import annotations
@@ -141,6 +147,7 @@ class ConsensusLog:
         self._write(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             [("applied_height", str(height))],
+            sync=False,
         )
 
     def append(self, blocks: Iterable[Block]) -> None:
@@ -152,6 +159,7 @@ class ConsensusLog:
         self._write(
             "INSERT OR REPLACE INTO certificates (height, doc) VALUES (?, ?)",
             [(certificate.height, doc)],
+            sync=False,
         )
 
     def truncate(self, from_height: int) -> None:
@@ -172,15 +180,20 @@ class ConsensusLog:
                 self._rollback()
                 raise StoreError(f"cannot truncate the consensus log: {exc}") from exc
 
-    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]], *, sync: bool = True) -> None:
         with self._lock:
             try:
+                if not sync:
+                    self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StoreError(f"cannot write the consensus log {self.path}: {exc}") from exc
+            finally:
+                if not sync:
+                    self._db.execute("PRAGMA synchronous = FULL")
 
     def _rollback(self) -> None:
         if self._db.in_transaction:

@@ -72,9 +72,8 @@ class Authority:
     changed: anyio.Event = field(default_factory=anyio.Event)
     forks: list[ForkEvidence] = field(default_factory=list)
 
-    async def apply(self, block: Block) -> None:
-        if block.kind is BlockKind.DATA:
-            self.applied.append(block.payload)
+    async def apply(self, blocks: list[Block]) -> None:
+        self.applied += [b.payload for b in blocks if b.kind is BlockKind.DATA]
         self.changed.set()
         self.changed = anyio.Event()
 
@@ -228,7 +227,7 @@ async def test_a_stranger_cannot_talk_consensus(cluster: Cluster, tmp_path: Path
     assert isinstance(await propose(members, b"second"), Accepted)
 
 
-async def _never_called(block: Block) -> None:
+async def _never_called(blocks: list[Block]) -> None:
     raise AssertionError("nothing is applied by a driver that does not run")
 
 

@@ -1,0 +1,423 @@
+"""Networks of three authorities (CONSENSUS.md): failover, majority-durable HTTP, propagation and
+a fresh follower's catch-up, every node a real ``ian node run`` on loopback.
+
+(a) **failover**: a leader is killed (SIGKILL) again and again (20 times in a full run); each
+    time a client keeps submitting to the surviving authorities every 20 ms and the figure is
+    kill -> first ``accepted`` answer (a new leader was elected *and* committed). The killed node
+    is restarted on its ports and rejoins before the next kill. Target: p99 < 3 s.
+(b) **HTTP**, durable on a majority: the open-loop client of ``http_bench.py`` offers 500/s of
+    demo-goal contributions to the leader of 3 authorities, then the same to a lone node (one
+    authority) in the same run.
+(c) **propagation**: one contribution at a time to the leader; client answer -> each of 5
+    followers publishes ``block``/``applied`` for it on its event stream (``ian events``).
+    Target: all five, p99 < 25 ms.
+(d) **catch-up**: contributions loaded through the API (1000 per block at most), then a fresh
+    follower starts and takes every certified block from the leader (certificates checked, every
+    block re-executed). Target: >= 20,000 contributions/s.
+
+    .venv/bin/python bench/consensus_bench.py [--quick] [--json-only] [--kills N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from common import base_parser, emit, environment, percentile, render_table, trivial_parameters
+from http_bench import drive
+from ian.chain.genesis import Authority, Genesis
+from ian.chain.goals import BUILTIN_GOALS, GoalSpec
+from ian.storage.datadir import init_data_dir
+from replication_bench import GOAL_ID, Node, body
+
+NAME = "consensus"
+TARGET_FAILOVER_S = 3.0
+TARGET_PROPAGATION_P99_MS = 25.0
+TARGET_CATCH_UP_PER_S = 20_000.0
+WS_LINE = re.compile(r"events on ws://([^:\s]+):(\d+)")
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class Network:
+    """``authorities`` authorities from one genesis, plus followers; all on loopback."""
+
+    def __init__(self, work: Path, tag: str, authorities: int = 3) -> None:
+        self.work = work
+        self.tag = tag
+        dirs = [work / f"{tag}-auth{i}" for i in range(authorities)]
+        members = []
+        for d in dirs:
+            identity = init_data_dir(d).identity
+            members.append(
+                Authority(node_id=identity.node_id, public_key=identity.public_key.hex())
+            )
+        goals = [*BUILTIN_GOALS, GoalSpec(id=GOAL_ID, evaluator="trivial")]
+        genesis = Genesis(created_at=datetime.now(UTC), goals=goals, authorities=members)
+        self.genesis = work / f"{tag}-genesis.json"
+        self.genesis.write_text(genesis.to_json())
+        self.authorities: list[Node] = []
+        for i in range(authorities):
+            seeds = ",".join(n.p2p for n in self.authorities)
+            env = {"IAN_GENESIS": str(self.genesis)}
+            if seeds:
+                env["IAN_SEED_NODES"] = seeds
+            node = Node(work, f"{tag}-auth{i}", env)
+            node.wait_ready()
+            self.authorities.append(node)
+        self.followers: list[Node] = []
+
+    def seeds(self) -> str:
+        return ",".join(n.p2p for n in self.authorities if n.proc.poll() is None)
+
+    def add_follower(self, name: str) -> Node:
+        env = {"IAN_GENESIS": str(self.genesis), "IAN_SEED_NODES": self.seeds()}
+        node = Node(self.work, f"{self.tag}-{name}", env)
+        node.wait_ready()
+        self.followers.append(node)
+        return node
+
+    def live(self) -> list[Node]:
+        return [n for n in [*self.authorities, *self.followers] if n.proc.poll() is None]
+
+    def leader(self, client: httpx.Client, within: float = 30.0) -> Node:
+        """The node every live node names as leader."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                named = {
+                    client.get(n.api + "/api/v1/status").json()["leader_id"] for n in self.live()
+                }
+            except httpx.HTTPError:
+                named = set()
+            if len(named) == 1 and None not in named:
+                leader_id = named.pop()
+                for n in self.authorities:
+                    if n.node_id == leader_id and n.proc.poll() is None:
+                        return n
+            time.sleep(0.05)
+        raise SystemExit(f"no agreed leader within {within} s")
+
+    def restart(self, node: Node) -> Node:
+        """A new process on ``node``'s data dir and ports (its peers keep its address)."""
+        env = {
+            "IAN_GENESIS": str(self.genesis),
+            "IAN_SEED_NODES": self.seeds(),
+            "IAN_API_PORT": node.api.rsplit(":", 1)[1],
+            "IAN_P2P_PORT": node.p2p.rsplit(":", 1)[1],
+        }
+        again = Node(self.work, node.name, env)
+        again.wait_ready()
+        self.authorities[self.authorities.index(node)] = again
+        return again
+
+    def stop(self) -> None:
+        for n in [*self.followers, *self.authorities]:
+            n.stop()
+
+
+# --------------------------------------------------------------------------- (a) failover
+
+
+def measure_failover(work: Path, kills: int) -> dict[str, Any]:
+    net = Network(work, "fo")
+    seconds: list[float] = []
+    statuses: dict[str, int] = {}
+    try:
+        with httpx.Client(timeout=5) as client:
+            leader = net.leader(client)
+            n = 0
+            for _ in range(kills):
+                os.killpg(leader.proc.pid, signal.SIGKILL)
+                leader.proc.wait()
+                killed_at = time.monotonic()
+                survivors = [a for a in net.authorities if a is not leader]
+                while True:
+                    n += 1
+                    target = survivors[n % len(survivors)]
+                    try:
+                        r = client.post(
+                            target.api + "/api/v1/contribute",
+                            json=body(GOAL_ID, trivial_parameters(n), n, "failover"),
+                        )
+                        statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+                        if r.status_code == 200 and r.json()["accepted"]:
+                            break
+                    except httpx.HTTPError as exc:
+                        statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+                    if time.monotonic() - killed_at > 60:
+                        raise SystemExit("no commit within 60 s of a leader kill")
+                    time.sleep(0.02)
+                seconds.append(time.monotonic() - killed_at)
+                net.restart(leader)
+                leader = net.leader(client)  # every node, the restarted one too, agrees
+        ordered = sorted(seconds)
+        return {
+            "kills": kills,
+            "p50_s": percentile(ordered, 50),
+            "p99_s": percentile(ordered, 99),
+            "max_s": ordered[-1],
+            "each_s": [round(s, 3) for s in seconds],
+            "answers": statuses,
+            "target_s": TARGET_FAILOVER_S,
+        }
+    finally:
+        net.stop()
+
+
+# --------------------------------------------------------------------------- (b) HTTP
+
+
+def measure_http(work: Path, rate: float, duration: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with ProcessPoolExecutor(1) as pool:
+        net = Network(work, "http")
+        try:
+            with httpx.Client(timeout=5) as client:
+                leader = net.leader(client)
+            host, port = leader.api.removeprefix("http://").rsplit(":", 1)
+            drive(pool, host, int(port), mode="open", kind="contribute", workers=1,
+                  duration=2, tag="warm3", rate=rate, max_conns=256)  # fmt: skip
+            out["three_authorities"] = drive(
+                pool, host, int(port), mode="open", kind="contribute", workers=1,
+                duration=duration, tag="quorum", rate=rate, max_conns=256,
+            )  # fmt: skip
+        finally:
+            net.stop()
+        lone = Node(work, "http-lone", {})
+        lone.wait_ready()
+        try:
+            host, port = lone.api.removeprefix("http://").rsplit(":", 1)
+            drive(pool, host, int(port), mode="open", kind="contribute", workers=1,
+                  duration=2, tag="warm1", rate=rate, max_conns=256)  # fmt: skip
+            out["one_authority"] = drive(
+                pool, host, int(port), mode="open", kind="contribute", workers=1,
+                duration=duration, tag="lone", rate=rate, max_conns=256,
+            )  # fmt: skip
+        finally:
+            lone.stop()
+    for doc in out.values():
+        doc.pop("latencies_ms", None)
+    return out
+
+
+# --------------------------------------------------------------------------- (c) propagation
+
+
+class Applied:
+    """When each follower applied each height, from its event stream (``block``/``applied``
+    events on ``ws_port``): what an operator's ``ian events`` sees."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int], float] = {}
+        self.heights: dict[str, int] = {}
+        self.changed = anyio.Event()
+
+    async def follow(self, node: Node, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        import websockets
+
+        m = WS_LINE.search(node.log_path.read_text(errors="replace"))
+        if m is None:
+            raise SystemExit(f"{node.name} logged no event stream address")
+        token = (node.data_dir / "api_token").read_text().strip()
+        async with websockets.connect(f"ws://{m.group(1)}:{m.group(2)}/events") as ws:
+            await ws.send(json.dumps({"type": "subscribe", "token": token, "topics": ["block"]}))
+            json.loads(await ws.recv())  # subscribed
+            task_status.started()
+            async for raw in ws:
+                now = time.perf_counter()
+                event = json.loads(raw)
+                if event.get("type") != "applied":
+                    continue
+                height = int(event["data"]["height"])
+                self.seen.setdefault((node.name, height), now)
+                self.heights[node.name] = max(self.heights.get(node.name, 0), height)
+                self.changed.set()
+                self.changed = anyio.Event()
+
+    async def wait_all(self, names: list[str], height: int, within: float = 10.0) -> None:
+        with anyio.fail_after(within):
+            while not all(self.heights.get(n, 0) >= height for n in names):
+                await self.changed.wait()
+
+
+async def measure_propagation(work: Path, followers: int, n: int) -> dict[str, Any]:
+    net = Network(work, "prop")
+    try:
+        nodes = [net.add_follower(f"f{k}") for k in range(followers)]
+        with httpx.Client(timeout=5) as sync_client:
+            leader = net.leader(sync_client)
+        names = [f.name for f in nodes]
+        applied = Applied()
+        async with anyio.create_task_group() as tg:
+            for f in nodes:
+                await tg.start(applied.follow, f)
+            async with httpx.AsyncClient(base_url=leader.api, timeout=30) as client:
+                r = await client.post("/api/v1/contribute", json=body(GOAL_ID, b"warm", 0, "w"))
+                r.raise_for_status()
+                h0 = (await client.get("/api/v1/status")).json()["height"]
+                await applied.wait_all(names, h0, within=30)
+                sent: dict[int, float] = {}
+                for i in range(n):
+                    r = await client.post(
+                        "/api/v1/contribute", json=body(GOAL_ID, trivial_parameters(i), i, "prop")
+                    )
+                    t_ok = time.perf_counter()
+                    r.raise_for_status()
+                    if not r.json()["accepted"]:
+                        raise SystemExit(r.text)
+                    sent[h0 + i + 1] = t_ok
+                    await applied.wait_all(names, h0 + i + 1)
+            tg.cancel_scope.cancel()
+        per_block = sorted(
+            (max(applied.seen[(name, h)] for name in names) - t) * 1e3 for h, t in sent.items()
+        )
+        return {
+            "followers": followers,
+            "contributions": n,
+            "all_p50_ms": percentile(per_block, 50),
+            "all_p99_ms": percentile(per_block, 99),
+            "all_max_ms": per_block[-1],
+            "negative_samples": sum(1 for x in per_block if x < 0),
+            "target_p99_ms": TARGET_PROPAGATION_P99_MS,
+        }
+    finally:
+        net.stop()
+
+
+# --------------------------------------------------------------------------- (d) catch-up
+
+
+async def _load(api: str, n: int, concurrency: int = 64) -> float:
+    """Submit ``n`` distinct trivial contributions; seconds it took."""
+    started = time.perf_counter()
+    counter = iter(range(n))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            while True:
+                r = await client.post(
+                    "/api/v1/contribute", json=body(GOAL_ID, trivial_parameters(i), i, "load")
+                )
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)  # 503 while a block is committing: the client retries
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with (
+        httpx.AsyncClient(base_url=api, timeout=60, limits=limits) as client,
+        anyio.create_task_group() as tg,
+    ):
+        for _ in range(concurrency):
+            tg.start_soon(worker, client)
+    return time.perf_counter() - started
+
+
+def measure_catch_up(work: Path, n: int) -> dict[str, Any]:
+    net = Network(work, "cu")
+    try:
+        with httpx.Client(timeout=10) as client:
+            leader = net.leader(client)
+            load_s = asyncio.run(_load(leader.api, n))
+            target = client.get(leader.api + "/api/v1/status").json()
+            started = time.perf_counter()
+            fresh = net.add_follower("fresh")
+            while True:
+                st = client.get(fresh.api + "/api/v1/status").json()
+                if st["height"] >= target["height"]:
+                    break
+                if time.perf_counter() - started > 600:
+                    raise SystemExit("the fresh follower did not catch up within 600 s")
+                time.sleep(0.05)
+            took = time.perf_counter() - started
+            peak_kib = fresh.proc_status("VmHWM")
+        return {
+            "contributions": n,
+            "blocks": target["height"],
+            "load_s": load_s,
+            "load_per_s": n / load_s,
+            "catch_up_s": took,
+            "catch_up_per_s": n / took,
+            "follower_peak_rss_mib": peak_kib / 1024,
+            "target_per_s": TARGET_CATCH_UP_PER_S,
+        }
+    finally:
+        net.stop()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = base_parser(__doc__ or "")
+    parser.add_argument("--kills", type=int, default=None, help="leader kills (default 20)")
+    args = parser.parse_args()
+    quick = args.quick
+    kills = args.kills or (5 if quick else 20)
+    work = Path(tempfile.mkdtemp(prefix="ian-consensus-bench-"))
+    doc: dict[str, Any] = {"environment": environment(work)}
+    doc["failover"] = measure_failover(work, kills)
+    doc["http"] = measure_http(work, rate=500.0, duration=5 if quick else 20)
+    doc["propagation"] = asyncio.run(measure_propagation(work, 5, 50 if quick else 300))
+    doc["catch_up"] = measure_catch_up(work, 10_000 if quick else 100_000)
+    fo, prop, cu = doc["failover"], doc["propagation"], doc["catch_up"]
+    tables = [
+        render_table(
+            "failover: leader kill -9 -> first accepted answer (3 authorities)",
+            ["kills", "p50 s", "p99 s", "max s", "target"],
+            [[fo["kills"], fo["p50_s"], fo["p99_s"], fo["max_s"], f"p99 < {TARGET_FAILOVER_S}"]],
+        ),
+        render_table(
+            "HTTP POST /contribute, open loop 500/s (demo goal)",
+            ["network", "200/s", "p50 ms", "p99 ms", "statuses"],
+            [
+                [name, h["rate_ok_per_s"], h["p50_ms"], h["p99_ms"], json.dumps(h["statuses"])]
+                for name, h in doc["http"].items()
+            ],
+        ),
+        render_table(
+            "propagation: answer -> all 5 followers applied (3 authorities)",
+            ["contributions", "p50 ms", "p99 ms", "max ms", "target"],
+            [
+                [
+                    prop["contributions"],
+                    prop["all_p50_ms"],
+                    prop["all_p99_ms"],
+                    prop["all_max_ms"],
+                    f"p99 < {TARGET_PROPAGATION_P99_MS}",
+                ]
+            ],
+        ),
+        render_table(
+            "fresh follower catch-up (certified blocks from the leader)",
+            ["contributions", "blocks", "seconds", "per s", "peak RSS MiB", "target"],
+            [
+                [
+                    cu["contributions"],
+                    cu["blocks"],
+                    cu["catch_up_s"],
+                    cu["catch_up_per_s"],
+                    cu["follower_peak_rss_mib"],
+                    f">= {TARGET_CATCH_UP_PER_S:,.0f}/s",
+                ]
+            ],
+        ),
+    ]
+    emit(NAME, doc, tables, json_only=args.json_only)
+
+
+if __name__ == "__main__":
+    main()
