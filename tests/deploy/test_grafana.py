@@ -243,3 +243,67 @@ def test_dashboard_layout() -> None:
             refs = [t["refId"] for t in p["targets"]]
             assert len(refs) == len(set(refs)), (uid, p["title"])
         assert dash["schemaVersion"] >= 36
+
+
+# --------------------------------------------------------------------------- consensus panel
+
+
+def effective_mappings(panel: dict[str, Any], ref_id: str) -> dict[str, str]:
+    """value -> text that the panel's value mappings give the series of query ``ref_id``: the
+    defaults, replaced by the mappings of an override matching that query (byFrameRefID)."""
+    mappings = panel["fieldConfig"]["defaults"].get("mappings", [])
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref_id}:
+            for prop in override["properties"]:
+                if prop["id"] == "mappings":
+                    mappings = prop["value"]
+    out: dict[str, str] = {}
+    for mapping in mappings:
+        assert mapping["type"] == "value", mapping
+        out.update({value: result["text"] for value, result in mapping["options"].items()})
+    return out
+
+
+def test_overrides_name_queries_of_their_panel() -> None:
+    for uid, dash in load_dashboards().items():
+        for panel in iter_panels(dash["panels"]):
+            refs = {t["refId"] for t in panel["targets"]}
+            for override in panel.get("fieldConfig", {}).get("overrides", []):
+                if override["matcher"]["id"] == "byFrameRefID":
+                    assert override["matcher"]["options"] in refs, (uid, panel["title"])
+
+
+def test_consensus_panel_shows_state_role_and_term() -> None:
+    """The Node Health consensus panel: state, role and term per node, with the node's own
+    codes (ian.metrics) mapped to names; the term stays a number."""
+    from ian.metrics import CONSENSUS_ROLES, CONSENSUS_STATES
+
+    dash = load_dashboards()["ian-node-health"]
+    (panel,) = [
+        p for p in iter_panels(dash["panels"]) if p["title"].lower().startswith("consensus state")
+    ]
+    by_metric: dict[str, dict[str, Any]] = {}
+    for target in panel["targets"]:
+        (name,) = metric_names(target["expr"])
+        by_metric[name] = target
+    assert set(by_metric) == {"ian_consensus_state", "ian_consensus_role", "ian_consensus_term"}
+
+    def names(metric: str) -> dict[str, str]:
+        return effective_mappings(panel, by_metric[metric]["refId"])
+
+    assert names("ian_consensus_role") == {str(i): n for i, n in enumerate(CONSENSUS_ROLES)}
+    assert names("ian_consensus_role") == {"0": "follower", "1": "authority", "2": "leader"}
+    assert names("ian_consensus_state") == {str(i): n for i, n in enumerate(CONSENSUS_STATES)}
+    assert names("ian_consensus_term") == {}
+    legends = [t["legendFormat"] for t in panel["targets"]]
+    assert len(set(legends)) == len(legends), legends  # one stat per node and metric
+    assert all("{{instance}}" in legend for legend in legends)
+
+
+def test_node_health_shows_leader_changes() -> None:
+    dash = load_dashboards()["ian-node-health"]
+    exprs = [t["expr"] for p in iter_panels(dash["panels"]) for t in p["targets"]]
+    changes = [e for e in exprs if "ian_leader_changes_total" in e]
+    assert changes, "no panel shows ian_leader_changes_total"
+    # A counter: shown as its increase or rate, never the raw total since the last restart.
+    assert all(re.match(r"(increase|rate)\(ian_leader_changes_total\{", e) for e in changes)

@@ -24,6 +24,8 @@ EXTRA_ALERTS = {
     "IANBackupTooOld",
     "IANNodeDiverged",
     "IANForkEvidence",
+    "IANNoLeader",
+    "IANFrequentElections",
 }
 
 
@@ -75,6 +77,36 @@ def test_runbook_thresholds(rules) -> None:
     assert "< 7 * 86400" in expr("IANCertificateExpiryCritical")
     assert "> 86400" in expr("IANBackupTooOld")
     assert expr("IANNodeDiverged") == "ian_consensus_state == 3"
+
+
+def test_consensus_alerts_match_the_node_codes(rules) -> None:
+    """The numbers in the consensus alerts are the node's own codes (ian.metrics)."""
+    from ian.metrics import CONSENSUS_ROLES, CONSENSUS_STATES
+
+    def expr(name: str) -> str:
+        return " ".join(rules[name]["expr"].split())
+
+    leader = CONSENSUS_ROLES.index("leader")
+    no_leader = expr("IANNoLeader")
+    assert f'max by (job) (ian_consensus_role{{job="ian-nodes"}}) < {leader}' in no_leader
+    assert 'or absent(ian_consensus_role{job="ian-nodes"})' in no_leader
+    assert rules["IANNoLeader"]["for"] == "30s"
+    assert rules["IANNoLeader"]["labels"]["severity"] == "critical"
+    forked = CONSENSUS_STATES.index("FORKED")
+    assert expr("IANForkEvidence") == (
+        f"increase(ian_fork_evidence_total[15m]) > 0 or ian_consensus_state == {forked}"
+    )
+    assert rules["IANForkEvidence"]["for"] == "0m"
+    assert CONSENSUS_STATES.index("DIVERGED") == 3
+    assert "increase(ian_leader_changes_total" in expr("IANFrequentElections")
+
+
+def test_rule_tests_evaluate_like_prometheus() -> None:
+    """rules_test.yml evaluates as often as prometheus.yml does: a 30 s `for` tested at a
+    one-minute interval would not prove the 30 s."""
+    config = yaml.safe_load((PROM / "prometheus.yml").read_text(encoding="utf-8"))
+    tests = yaml.safe_load((PROM / "rules_test.yml").read_text(encoding="utf-8"))
+    assert tests["evaluation_interval"] == config["global"]["evaluation_interval"]
 
 
 def test_every_alert_is_tested_firing_and_silent(rules) -> None:

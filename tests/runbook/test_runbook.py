@@ -42,8 +42,22 @@ PAGES = [*RUNBOOK_PAGES, ROOT / "README.md"]
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
 IMAGE = "ian-network/ian-node"
 
+
+def _authority_spec(seed: int) -> str:
+    """A NODE_ID:PUBLIC_KEY_HEX that `ian` accepts (the id is the key's: sha256(key)[:20])."""
+    from ian.identity import node_id_for
+
+    key = bytes([seed]) * 32
+    return f"{node_id_for(key)}:{key.hex()}"
+
+
 #: Placeholders the pages may use inside commands, with values that parse like real ones.
 DUMMY: dict[str, str] = {
+    "<authority>": _authority_spec(4),
+    "<authority_a>": _authority_spec(1),
+    "<authority_b>": _authority_spec(2),
+    "<authority_c>": _authority_spec(3),
+    "<chain_id>": "0123456789abcdef" * 4,
     "<node_id>": "0123456789abcdef0123456789abcdef01234567",
     "<peer_id>": "0123456789abcdef0123456789abcdef01234567",
     "<ip>": "203.0.113.7",
@@ -75,6 +89,8 @@ READ_ONLY: dict[tuple[str, ...], Any] = {
     ("backup", "verify"): True,
     ("backup", "inspect"): True,
     ("completions",): True,
+    # The node's pinned genesis; a --file of the page's own (genesis.json) is not on the node.
+    ("network", "show"): lambda args: "--file" not in args and "-f" not in args,
 }
 #: Documented exit codes per command path (default: 0). `ian doctor`: 0 ok, 1 warnings.
 EXIT_CODES: dict[tuple[str, ...], set[int]] = {("doctor",): {0, 1}}
@@ -262,6 +278,7 @@ def parse(args: tuple[str, ...]) -> Parsed:
 
 def check_values(parsed: Parsed) -> None:
     """The values `ian` validates itself at run time (before any I/O)."""
+    from ian.chain.genesis import parse_authority_spec
     from ian.p2p.peer_book import parse_ban_target
     from ian_ops.durations import parse_duration
 
@@ -275,6 +292,22 @@ def check_values(parsed: Parsed) -> None:
         assert re.fullmatch(r"[0-9a-f]{40}", params["node_id"]), params["node_id"]
     if parsed.path in (("peers", "ban"), ("peers", "unban")):
         parse_ban_target(params["target"])
+    if parsed.path in (("network", "authorities", "remove"),):
+        assert re.fullmatch(r"[0-9a-f]{40}", params["node_id"]), params["node_id"]
+    specs = {
+        ("network", "init"): params.get("authority") or [],
+        ("network", "authorities", "add"): [params.get("authority")],
+    }.get(parsed.path, [])
+    for spec in specs:
+        if not spec.startswith("/"):  # a data dir on the node's host, or NODE_ID:KEY here
+            parse_authority_spec(spec, _no_identity_files)
+    if parsed.path == ("network", "init"):
+        count = len(params["authority"])
+        assert count in (1, 3, 5, 7), f"{count} authorities: a chain has 1, 3, 5 or 7"
+
+
+def _no_identity_files(path: Path) -> tuple[str, bytes]:
+    raise AssertionError(f"an authority spec that is neither NODE_ID:KEY nor /path: {path}")
 
 
 def test_runbook_has_commands() -> None:
@@ -513,3 +546,41 @@ def test_no_manual_state_editing(page: Path) -> None:
         for i, word in enumerate(everything[:-1]):
             if word in (">", ">>") and everything[i + 1].startswith("/data"):
                 pytest.fail(f"{line.where}: writes into the data directory: {line.text}")
+
+
+# --------------------------------------------------------------------------- named sections
+
+#: Where alerts, dashboards and `ian doctor` send the operator: "runbook: X" and the like.
+SECTION_REFERENCES = [
+    re.compile(r'[Rr]unbook: "([^"]+)"'),
+    re.compile(r'runbook\'s "([^"]+)" section'),
+    re.compile(r"\([Rr]unbook: ([^)\"]+)\)"),
+    re.compile(r"see the runbook's ([A-Z][A-Za-z ]+)"),
+]
+REFERRING_FILES = [
+    ROOT / "deploy" / "prometheus" / "rules.yml",
+    *sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")),
+    ROOT / "src" / "ian_ops" / "doctor_checks.py",
+]
+
+
+def test_sections_named_by_alerts_dashboards_and_doctor_exist() -> None:
+    headings = [
+        line.lstrip("#").strip().lower()
+        for page in RUNBOOK_PAGES
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    ]
+    named: dict[str, set[str]] = {}
+    for path in REFERRING_FILES:
+        text = path.read_text(encoding="utf-8")
+        for pattern in SECTION_REFERENCES:
+            for m in pattern.finditer(text):
+                named.setdefault(m.group(1).strip(), set()).add(path.name)
+    assert {"Leader lost", "Fork evidence"} <= set(named), named
+    missing = {
+        ref: sorted(where)
+        for ref, where in named.items()
+        if not any(h.startswith(ref.lower()) for h in headings)
+    }
+    assert not missing, f"runbook sections named but missing: {missing}"
