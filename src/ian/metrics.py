@@ -92,7 +92,7 @@ class _StateCollector(Collector):
         )
         consensus = GaugeMetricFamily(
             "ian_consensus_state",
-            "Consensus state: 0 ISOLATED, 1 SYNCING, 2 SYNCED, 3 DIVERGED",
+            "Consensus state: 0 ISOLATED, 1 SYNCING, 2 SYNCED, 3 DIVERGED, 4 FORKED",
             value=CONSENSUS_STATES.index(s.consensus_state),
         )
         yield consensus

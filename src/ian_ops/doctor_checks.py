@@ -680,7 +680,9 @@ def check_chain(datadir: DataDir, settings: Settings) -> list[Check]:
                 )
             )
         else:
-            found = f"chain {genesis.chain_id()[:16]}…, sequencer {genesis.authority_ids[0]}"
+            n = len(genesis.authorities)
+            who = f"sequencer {genesis.authority_ids[0]}" if n == 1 else f"{n} authorities"
+            found = f"chain {genesis.chain_id()[:16]}…, {who}"
             checks.append(Check(CORRUPTION, "genesis", title, OK, found))
     evidence = sorted(
         p.name for p in _children(datadir.root) if p.name.startswith("fork-evidence-")

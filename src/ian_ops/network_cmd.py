@@ -177,7 +177,10 @@ def authorities_add(
 
     Replacing a lost authority: add the new one, then remove the old one.
 
-    Example: ian network authorities add 3f1c…:9a2b… --node-url http://leader:8080
+    Admin calls answer on loopback only (unless admin_allow_remote): run it on the leader's
+    machine or container, e.g. docker exec / kubectl exec.
+
+    Example: ian network authorities add 3f1c…:9a2b… --data-dir /data
     """
     from ian.chain.genesis import parse_authority_spec
 
@@ -197,7 +200,7 @@ def authorities_remove(
     """Remove one authority (it stays a follower until stopped). Run it against the leader; a
     leader cannot remove itself (stop it: another is elected, then remove it there).
 
-    Example: ian network authorities remove 3f1c… --node-url http://leader:8080
+    Example: ian network authorities remove 3f1c… --data-dir /data
     """
     from ian.errors import InputError
 

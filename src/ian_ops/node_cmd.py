@@ -69,6 +69,8 @@ def init(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None
     doc = {
         "data_dir": str(settings.data_dir),
         "node_id": result.identity.node_id,
+        "public_key": result.identity.public_key.hex(),
+        "authority_spec": f"{result.identity.node_id}:{result.identity.public_key.hex()}",
         "created": result.created,
         "cert_not_after": result.cert.not_after.isoformat(),
     }
@@ -81,6 +83,7 @@ def init(data_dir: cli.DataDirOpt = None, json_out: cli.JsonOpt = False) -> None
     else:
         out.print(f"{settings.data_dir} is already initialised; nothing changed")
     out.print(f"node id: {result.identity.node_id}")
+    out.print(f"as an authority (ian network init -a): {doc['authority_spec']}", markup=False)
 
 
 @app.command("verify")
