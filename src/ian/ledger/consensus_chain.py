@@ -5,9 +5,11 @@ leaderboards) is what clients see. A ``data`` block's payload is one chain block
 document as JSON), signed by the authority that led when it was built.
 
 - The leader builds a chain block on its *applied* state (every committed block applied, none
-  pending: :meth:`ConsensusDriver.ready_to_propose`), rolls the in-memory state back, proposes
-  the block and waits: its submitters are answered only once the block is committed by a
-  majority of authorities and applied here (:meth:`ChainBridge.commit_batch`).
+  pending: :meth:`ConsensusDriver.ready_to_propose`), proposes it and waits: its submitters are
+  answered only once the block is committed by a majority of authorities and applied here
+  (:meth:`ChainBridge.commit_batch`). The in-memory state keeps the block's changes meanwhile
+  (nothing reads them: views are published on apply), so applying its own block costs the
+  leader one write, not a second evaluation; any other block to apply first undoes them.
 - Every node — leader, authorities and followers alike — applies committed blocks in order
   through :meth:`ChainBridge.apply`: it re-executes the chain block and writes it, exactly as a
   follower verifies a block today, and checks its signer is an authority at that height.
@@ -36,7 +38,7 @@ from ian.ledger.block_apply import apply_blocks
 from ian.ledger.consensus_driver import ConsensusDriver
 from ian.ledger.sequencer import BatchResult, build_block
 from ian.p2p import messages as msg
-from ian.storage.store import Store
+from ian.storage.store import NewEntry, Store
 
 __all__ = ["ChainBridge", "applied_mark", "block_from_payload", "payload_of"]
 
@@ -99,6 +101,8 @@ class ChainBridge:
         #: held while the chain state is being changed (an apply) or read for a build
         self._lock = anyio.Lock()
         self.skipped_blocks = 0  # committed payloads that were not valid chain blocks
+        #: the block this leader built and proposed, its changes held in the state (see above)
+        self._pending: tuple[Block, list[NewEntry]] | None = None
 
     # -- every node ---------------------------------------------------------------------------
     async def apply(self, blocks: list[ConsensusBlock]) -> None:
@@ -142,6 +146,18 @@ class ChainBridge:
         written: list[Block] = []
         while todo:
             block, height = todo[0]
+            if self._pending is not None:
+                own, entries = self._pending
+                if block.hash == own.hash and block.height == self.state.height + 1:
+                    self.store.append_block(block, entries)  # evaluated when it was built
+                    self.state.height, self.state.head_hash = block.height, block.hash
+                    self.state.head_timestamp_ms = block.header.timestamp_ms
+                    self.state.begin()
+                    self._pending = None
+                    written.append(block)
+                    todo.pop(0)
+                    continue
+                self._discard_pending()
             if block.height <= self.state.height:
                 todo.pop(0)
                 if self.store.block_hash(block.height) != block.hash:
@@ -157,6 +173,13 @@ class ChainBridge:
                 self._skip(todo[0][1], error)
                 todo.pop(0)
         return written
+
+    def _discard_pending(self) -> None:
+        """Undo the changes of the block this leader built (another block comes first, or
+        its proposal failed)."""
+        self.state.rollback()
+        self.state.begin()
+        self._pending = None
 
     def _skip(self, height: int, exc: InvalidBlockError) -> None:
         self.skipped_blocks += 1
@@ -175,6 +198,10 @@ class ChainBridge:
         if block is None:
             return BatchResult(outcomes=outcomes, block=None)
         outcome = await self.driver.propose(payload_of(block))
+        if not isinstance(outcome, Accepted):
+            async with self._lock:
+                if self._pending is not None and self._pending[0].hash == block.hash:
+                    await anyio.to_thread.run_sync(self._discard_pending)
         if isinstance(outcome, Accepted):
             if self.store.block_hash(block.height) != block.hash:
                 raise UnavailableError("the committed block was not applied here", retry_after=1)
@@ -194,14 +221,20 @@ class ChainBridge:
         raise StoreError(f"the block was refused: {outcome.reason}")
 
     def _build(self, contributions: list[Contribution]) -> tuple[list[Outcome], Block | None]:
-        """Worker thread: the block for ``contributions`` on the applied state, which is left
-        as it was (the block changes it only when it commits and is applied)."""
+        """Worker thread: the block for ``contributions`` on the applied state; its changes
+        stay in the state as :attr:`_pending` until it is applied or discarded."""
+        if self._pending is not None:
+            self._discard_pending()
         self.state.begin()
         try:
-            outcomes, block, _ = build_block(
+            outcomes, block, entries = build_block(
                 self.state, self.identity, contributions, store=self.store
             )
-        finally:
-            self.state.rollback()
-            self.state.begin()
+        except BaseException:
+            self._discard_pending()
+            raise
+        if block is None:
+            self._discard_pending()
+        else:
+            self._pending = (block, entries)
         return outcomes, block
