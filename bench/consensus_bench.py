@@ -36,7 +36,7 @@ import anyio
 import httpx
 
 from common import base_parser, emit, environment, percentile, render_table, trivial_parameters
-from http_bench import drive
+from http_bench import Connection, drive, make_request
 from ian.chain.genesis import Authority, Genesis
 from ian.chain.goals import BUILTIN_GOALS, GoalSpec
 from ian.storage.datadir import init_data_dir
@@ -302,27 +302,31 @@ async def measure_propagation(work: Path, followers: int, n: int) -> dict[str, A
 
 
 async def _load(api: str, n: int, concurrency: int = 64) -> float:
-    """Submit ``n`` distinct trivial contributions; seconds it took."""
+    """Submit ``n`` distinct trivial contributions over ``concurrency`` keep-alive connections
+    (the hand-written HTTP/1.1 client of ``http_bench.py``; a 503 is retried); seconds taken."""
+    host, port = api.removeprefix("http://").rsplit(":", 1)
     started = time.perf_counter()
     counter = iter(range(n))
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        for i in counter:
-            while True:
-                r = await client.post(
-                    "/api/v1/contribute", json=body(GOAL_ID, trivial_parameters(i), i, "load")
+    async def worker() -> None:
+        conn = await Connection.open(host, int(port))
+        try:
+            for i in counter:
+                data = make_request(
+                    "/api/v1/contribute",
+                    json.dumps(body(GOAL_ID, trivial_parameters(i), i, "load")).encode(),
                 )
-                if r.status_code == 200:
-                    break
-                await asyncio.sleep(0.05)  # 503 while a block is committing: the client retries
+                while True:
+                    status, text = await conn.request(data)
+                    if status == 200:
+                        break
+                    if status != 503:
+                        raise SystemExit(f"load: HTTP {status}: {text[:200]!r}")
+                    await asyncio.sleep(0.05)  # the node asked to come back (a leader change)
+        finally:
+            conn.close()
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with (
-        httpx.AsyncClient(base_url=api, timeout=60, limits=limits) as client,
-        anyio.create_task_group() as tg,
-    ):
-        for _ in range(concurrency):
-            tg.start_soon(worker, client)
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - started
 
 

@@ -75,9 +75,10 @@ SHUTDOWN_GRACE_S = 10.0
 CATCH_UP_WAIT_S = 10.0
 #: after the first peer, how long it listens for the others before it compares heights
 CATCH_UP_SETTLE_S = 1.0
-#: consensus blocks in one AppendBlocks / CertifiedBlocks message; a chain block is kept small
-#: enough that this many fit in one P2P frame (base64 and JSON included)
-CONSENSUS_BLOCKS_PER_MESSAGE = 16
+#: consensus blocks in one AppendBlocks / CertifiedBlocks message, at most (a catching-up node
+#: takes many small blocks per round trip); their payload bytes are bounded too, so that one
+#: message fits in a P2P frame (see :func:`consensus_message_bytes`)
+CONSENSUS_BLOCKS_PER_MESSAGE = 256
 
 
 def package_version() -> str:
@@ -355,6 +356,7 @@ class Node:
                 election_timeout_max=p.election_timeout_max_ms / 1000,
                 heartbeat_interval=p.heartbeat_ms / 1000,
                 max_blocks_per_message=CONSENSUS_BLOCKS_PER_MESSAGE,
+                max_message_bytes=consensus_message_bytes(self.settings),
             ),
             state=durable,
         )
@@ -938,16 +940,22 @@ def is_multi_authority(genesis: Genesis | None) -> bool:
     return genesis is not None and len(genesis.authorities) > 1
 
 
+def consensus_message_bytes(settings: Settings) -> int:
+    """Payload bytes of one consensus message: base64 in JSON (4/3) plus the certificates and
+    message fields must still fit one P2P frame."""
+    return (settings.max_frame_bytes - FRAME_OVERHEAD) * 5 // 8
+
+
 def block_bytes_for(settings: Settings, genesis: Genesis | None) -> int:
     """The most wire bytes of contributions one block takes: one P2P frame for a lone
-    sequencer; with consensus, a share of a frame small enough that a full message of blocks
-    (base64 in JSON: 4/3, plus certificates) fits, yet never below one largest contribution."""
+    sequencer; with consensus, a quarter of a message's payload budget (a message carries
+    several), never below one largest contribution."""
     from ian.chain.contributions import wire_size_bound
 
     frame = settings.max_frame_bytes - FRAME_OVERHEAD
     if not is_multi_authority(genesis):
         return frame
-    share = frame * 2 // (3 * CONSENSUS_BLOCKS_PER_MESSAGE)
+    share = consensus_message_bytes(settings) // 4
     return max(share, wire_size_bound(settings.max_parameters_bytes))
 
 

@@ -104,6 +104,7 @@ class ConsensusParams:
         "election_timeout_min",
         "heartbeat_interval",
         "max_blocks_per_message",
+        "max_message_bytes",
     )
 
     def __init__(
@@ -113,6 +114,7 @@ class ConsensusParams:
         election_timeout_max: float = 2.0,
         heartbeat_interval: float = 0.2,
         max_blocks_per_message: int = 32,
+        max_message_bytes: int = 1 << 62,
     ) -> None:
         if not 0 < heartbeat_interval < election_timeout_min <= election_timeout_max:
             raise ValueError("need 0 < heartbeat_interval < election_timeout_min <= max")
@@ -120,6 +122,8 @@ class ConsensusParams:
         self.election_timeout_max = election_timeout_max
         self.heartbeat_interval = heartbeat_interval
         self.max_blocks_per_message = max_blocks_per_message
+        #: payload bytes one message carries at most (one block is always sent, whatever size)
+        self.max_message_bytes = max_message_bytes
 
 
 class ConsensusCore:
@@ -620,7 +624,7 @@ class ConsensusCore:
         if peer in members and peer not in self._learner_mode:
             nxt = min(self._next[peer], len(self._log) + 1)
             prev = nxt - 1
-            blocks = tuple(self._log[prev : prev + self.params.max_blocks_per_message])
+            blocks = tuple(self._log[prev : self._batch_end(prev + 1)])
             cert = self._certs.get(self._commit)
             out.append(
                 Send(
@@ -641,8 +645,9 @@ class ConsensusCore:
         heights = sorted(h for h in self._certs if nxt <= h <= self._commit)
         if not heights:
             return
-        wanted = nxt + self.params.max_blocks_per_message - 1
-        target = next((h for h in heights if h >= wanted), heights[-1])
+        # The furthest certified height within one message's limits, else the nearest one.
+        end = self._batch_end(nxt)
+        target = max((h for h in heights if h <= end), default=heights[0])
         out.append(
             Send(
                 peer,
@@ -655,6 +660,18 @@ class ConsensusCore:
                 ),
             )
         )
+
+    def _batch_end(self, first: int) -> int:
+        """The last height a message starting at ``first`` carries: at most
+        ``max_blocks_per_message`` blocks and ``max_message_bytes`` of payload (at least one)."""
+        p = self.params
+        last = min(len(self._log), first + p.max_blocks_per_message - 1)
+        size = 0
+        for h in range(first, last + 1):
+            size += len(self._log[h - 1].payload)
+            if size > p.max_message_bytes and h > first:
+                return h - 1
+        return last
 
     def _on_append_response(self, sender: str, resp: AppendResponse, out: list[Action]) -> None:
         members = self._authorities_at(len(self._log))
