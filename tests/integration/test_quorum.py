@@ -322,9 +322,14 @@ def test_an_authority_restored_from_an_old_backup_catches_up(ian_nodes, ian, tmp
     later = [submit(leader, contribution(i, tag="post")).json() for i in range(3, 6)]
     accepted = {a["log_index"]: a["contribution_hash"] for a in first + later}
     assert sorted(accepted) == list(range(6))
+    term = leader.status()["term"]
     assert leader.terminate() == 0
     restored = ian("restore", str(archive), "--data-dir", str(leader.data_dir), "--yes")
     assert restored.returncode == 0, restored.stderr
+    # The consensus log stays with the node: its term and vote never go back.
+    with sqlite3.connect(leader.data_dir / "consensus.db") as db:
+        kept = db.execute("SELECT value FROM meta WHERE key = 'term'").fetchone()
+    assert kept is not None and int(kept[0]) == term
     again = ian_nodes.restart(leader)
     q.authorities[q.authorities.index(leader)] = again
     wait_same_log(q, accepted)

@@ -26,7 +26,8 @@ Sequence (each step either completes or leaves the original data dir untouched):
 4. ``node_state.json`` is deliberately **not** restored: without it the node replays and fully
    verifies the whole store on its first start (the documented behaviour of a missing state
    file), which is what a restore after suspected corruption needs. The archived copy is still
-   checksummed. ``api_token`` and ``backup_state.json`` stay with the data dir (copied into the
+   checksummed. ``api_token``, ``backup_state.json`` and the consensus log (``consensus.db``,
+   not with ``force``) stay with the data dir (copied into the
    swapped-in directory, or simply left in place), so the operator's token keeps working;
    ``backups/`` stays too (the archives are not part of the node's state).
 5. Every staged file and directory is fsynced, then the swap:
@@ -98,8 +99,13 @@ __all__ = [
 
 #: archived files that are checked but not put back (see the module docstring)
 SKIPPED_ON_RESTORE = frozenset({"node_state.json"})
-#: files of the replaced data dir that the restored one keeps
-CARRIED_OVER = ("api_token", "backup_state.json")
+#: the consensus log (several authorities): never archived, it stays with the node — an
+#: authority's term and vote must never go back (it would vote twice in a term), and blocks its
+#: restored chain store lacks are applied again from it
+CONSENSUS_FILES = ("consensus.db", "consensus.db-wal", "consensus.db-shm")
+#: files of the replaced data dir that the restored one keeps (the consensus log only when the
+#: restored identity is this node's: not with ``force``)
+CARRIED_OVER = ("api_token", "backup_state.json", *CONSENSUS_FILES)
 _SECRET = frozenset({"identity.json", "certs/node_key.pem", "api_token"})
 
 #: the in-place journal, inside the data dir
@@ -342,6 +348,8 @@ def restore_archive(
             plan.mode_reason = reason
             if existing:
                 for name in CARRIED_OVER:
+                    if force and name in CONSENSUS_FILES:
+                        continue
                     _carry(target / name, staging / name)
             # Locked before it becomes the data dir: a node starting right after the swap
             # waits for us instead of seeing a half-finished restore.
@@ -427,19 +435,21 @@ def _stage(
 
 
 def _carry(source: Path, dest: Path) -> None:
-    """Copy a small file from the replaced data dir into staging (exclusive, fsynced)."""
+    """Copy a file of the replaced data dir into staging (exclusive, streamed, fsynced)."""
     try:
-        data = source.read_bytes()
-        mode = source.stat().st_mode & 0o777
+        src = source.open("rb")
     except FileNotFoundError:
         return
     except OSError as exc:
         raise DataDirError(f"cannot read {source}: {exc.strerror or exc}") from None
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    with src:
+        mode = os.fstat(src.fileno()).st_mode & 0o777
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(dest, flags, mode)
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(src, fh, 1 << 20)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _remove_tree(path: Path) -> None:
