@@ -333,8 +333,17 @@ def listener_address(listener: anyio.abc.Listener[Any]) -> tuple[str, int]:
 
 
 def remote_ip(stream: anyio.TypedAttributeProvider) -> str:
-    """The peer's IP address in canonical form (IPv4-mapped IPv6 shown as IPv4)."""
-    addr = stream.extra(SocketAttribute.remote_address)
+    """The peer's IP address in canonical form (IPv4-mapped IPv6 shown as IPv4).
+
+    :class:`HandshakeError` (``connect``) when the socket has none any more: a peer that hung
+    up between connect/accept and this call (seen under load) is a failed connection, never
+    an error that escapes into the node."""
+    try:
+        addr = stream.extra(SocketAttribute.remote_address)
+    except (anyio.TypedAttributeLookupError, OSError):
+        raise HandshakeError(
+            "the connection closed before it could be used", reason="connect"
+        ) from None
     ip = ipaddress.ip_address(addr[0] if isinstance(addr, tuple) else str(addr))
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -457,7 +466,7 @@ class _TcpListener:
         async def accept(sock: anyio.abc.SocketStream) -> None:
             try:
                 conn = _TcpConnection(sock, self._credentials)
-            except (OSError, ValueError):  # no usable remote address
+            except (HandshakeError, OSError, ValueError):  # no usable remote address
                 await sock.aclose()
                 return
             await handler(conn)
