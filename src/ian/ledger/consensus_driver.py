@@ -19,6 +19,7 @@ while the core counts it as a learner (:meth:`ConsensusDriver.set_learners`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -267,7 +268,10 @@ class ConsensusDriver:
                 await self._apply(applying)
                 applying = []
             if isinstance(action, Durable):
-                await anyio.to_thread.run_sync(self.log_store.perform, action)
+                learner = self.core.role is Role.LEARNER
+                await anyio.to_thread.run_sync(
+                    functools.partial(self.log_store.perform, action, learner=learner)
+                )
                 if isinstance(action, AppendLog) and action.blocks:
                     last = action.blocks[-1]
                     persisted.append(Persisted(last.height, last.hash))

@@ -124,14 +124,16 @@ class ConsensusLog:
 
     # ------------------------------------------------------------------ durable actions
 
-    def perform(self, action: Durable) -> None:
-        """Make one durable action durable (returns once it is on stable storage)."""
+    def perform(self, action: Durable, *, learner: bool = False) -> None:
+        """Make one durable action durable (returns once it is on stable storage). A learner's
+        appends are not synced: it votes for nothing and acks nothing, and blocks a crash loses
+        are certified ones it takes again (its chain store recognises them by hash)."""
         if isinstance(action, PersistHardState):
             self.persist_hard_state(action.term, action.voted_for)
         elif isinstance(action, TruncateLog):
             self.truncate(action.from_height)
         elif isinstance(action, AppendLog):
-            self.append(action.blocks)
+            self.append(action.blocks, sync=not learner)
         elif isinstance(action, StoreCertificate):
             self.store_certificate(action.certificate)
         else:  # pragma: no cover - every Durable subclass is handled above
@@ -150,9 +152,9 @@ class ConsensusLog:
             sync=False,
         )
 
-    def append(self, blocks: Iterable[Block]) -> None:
+    def append(self, blocks: Iterable[Block], *, sync: bool = True) -> None:
         rows = [(b.height, json.dumps(block_to_doc(b), separators=(",", ":"))) for b in blocks]
-        self._write("INSERT OR REPLACE INTO blocks (height, doc) VALUES (?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO blocks (height, doc) VALUES (?, ?)", rows, sync=sync)
 
     def store_certificate(self, certificate: CommitCertificate) -> None:
         doc = json.dumps(commit_certificate_to_doc(certificate), separators=(",", ":"))
