@@ -2,9 +2,10 @@
 
 :class:`NodeClient` (httpx) serves every command. :func:`get_json_once` is the one-shot GET of
 ``ian status`` without httpx: importing httpx costs ~90 ms, more than the whole request should
-take. It sends the same request over :mod:`http.client` (TLS verified as httpx verifies it) and
+take. It sends the same request over a plain socket (TLS verified as httpx verifies it) and
 reports failures with the same errors and messages; where httpx would route through a proxy
-(``*_PROXY`` in the environment) it hands the call to :class:`NodeClient`.
+(``*_PROXY`` in the environment), or for a URL with credentials or a non-ASCII host, it hands
+the call to :class:`NodeClient`.
 """
 
 from __future__ import annotations
@@ -80,48 +81,107 @@ class NodeClient:
 
 def get_json_once(base_url: str, path: str, *, timeout: float = 5.0) -> Any:
     """``NodeClient(base_url, timeout=timeout).get_json(path)``, without importing httpx."""
-    from urllib.parse import urlsplit
+    from urllib.parse import quote, urlsplit
 
     parts = urlsplit(base_url)
     try:
         port = parts.port
     except ValueError:
-        port, parts = None, None  # type: ignore[assignment]
+        port = -1
+    host = parts.hostname or ""
     light = (
-        parts is not None
-        and parts.scheme in ("http", "https")
-        and parts.hostname
-        and not parts.query
-        and not parts.fragment
+        parts.scheme in ("http", "https")
+        and host.isascii()
+        and port != -1
+        and not (parts.query or parts.fragment or parts.username or parts.password)
         and not any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS)
     )
-    if not light:
+    if not (light and host):
         with NodeClient(base_url, timeout=timeout) as client:
             return client.get_json(path)
-    import http.client
-
-    host = parts.hostname or ""
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, port, timeout=timeout, context=_tls_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    target = parts.path.rstrip("/") + path
+    tls = parts.scheme == "https"
+    port = port or (443 if tls else 80)
+    # the path as httpx sends it: characters outside RFC 3986 percent-encoded
+    target = quote(parts.path.rstrip("/") + path, safe="/%:@!$&'()*+,;=-._~")
+    netloc = f"[{host}]" if ":" in host else host
+    if port != (443 if tls else 80):
+        netloc += f":{port}"
     try:
-        conn.request("GET", target, headers={"Accept": "*/*", "User-Agent": "ian"})
-        response = conn.getresponse()
-        body = response.read()
-    except http.client.RemoteDisconnected:
-        raise _unreachable(base_url, "Server disconnected without sending a response.") from None
-    except (OSError, http.client.HTTPException) as exc:
+        status, body = _get(host, port, netloc, target, timeout=timeout, tls=tls)
+    except OSError as exc:
         raise _unreachable(base_url, exc) from None
-    finally:
-        conn.close()
-    if response.status >= 400:
+    if status >= 400:
         text = body.decode("utf-8", "replace")
-        raise _refused("GET", path, response.status, lambda: json.loads(body), text)
+        raise _refused("GET", path, status, lambda: json.loads(body), text)
     return json.loads(body)
+
+
+class _BadResponse(OSError):
+    pass
+
+
+def _get(
+    host: str, port: int, netloc: str, target: str, *, timeout: float, tls: bool
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 ``GET`` (``Connection: close``): the status and the body. A plain socket
+    rather than :mod:`http.client`, whose import (email parsing, ssl) costs ~15 ms."""
+    import socket
+
+    # a bytes host skips the idna codec (and its unicodedata import); the host is ASCII
+    sock = socket.create_connection((host.encode("ascii"), port), timeout=timeout)
+    try:
+        if tls:
+            sock = _tls_context().wrap_socket(sock, server_hostname=host)
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {netloc}\r\nAccept: */*\r\n"
+            "User-Agent: ian\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(request.encode("ascii"))
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    if not raw:
+        raise _BadResponse("Server disconnected without sending a response.")
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if not (sep and version.startswith("HTTP/1.") and code.isdigit()):
+        raise _BadResponse(f"malformed answer: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    elif headers.get("content-length", "").isdigit():
+        length = int(headers["content-length"])
+        if len(body) < length:
+            raise _BadResponse("Server disconnected before the end of the answer.")
+        body = body[:length]
+    return int(code), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, at = [], 0
+    while True:
+        line_end = data.find(b"\r\n", at)
+        if line_end < 0:
+            raise _BadResponse("Server disconnected before the end of the answer.")
+        try:
+            size = int(data[at:line_end].split(b";")[0], 16)
+        except ValueError:
+            raise _BadResponse("malformed chunked answer") from None
+        if size == 0:
+            return b"".join(out)
+        start = line_end + 2
+        if len(data) < start + size:
+            raise _BadResponse("Server disconnected before the end of the answer.")
+        out.append(data[start : start + size])
+        at = start + size + 2
 
 
 def _tls_context() -> Any:

@@ -206,13 +206,24 @@ def test_one_shot_get_over_tls_verifies_as_httpx_does(tmp_path: Path, monkeypatc
     )
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self) -> None:
-            body = json.dumps({"path": self.path}).encode()
+            body = json.dumps({"path": self.path, "pad": "x" * 3000}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            if self.path.endswith("/chunked"):  # the body in chunks of 1000 bytes
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for at in range(0, len(body), 1000):
+                    part = body[at : at + 1000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            self.close_connection = True
 
         def log_message(self, *args: object) -> None:
             pass
@@ -226,18 +237,21 @@ def test_one_shot_get_over_tls_verifies_as_httpx_does(tmp_path: Path, monkeypatc
     try:
         url = f"https://127.0.0.1:{server.server_address[1]}/base"
 
-        def both() -> tuple[tuple, tuple]:
+        def both(path: str = "/api/v1/status") -> tuple[tuple, tuple]:
             def full():
                 with NodeClient(url, timeout=5) as client:
-                    return client.get_json("/api/v1/status")
+                    return client.get_json(path)
 
-            light = _outcome(lambda: get_json_once(url, "/api/v1/status", timeout=5))
+            light = _outcome(lambda: get_json_once(url, path, timeout=5))
             return light, _outcome(full)
 
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-        light, full = both()
-        assert light == full == ("ok", {"path": "/base/api/v1/status"})
+        for path in ("/api/v1/status", "/api/v1/chunked", "/api/v1/status/é x"):
+            light, full = both(path)
+            assert light == full, path
+            assert light[0] == "ok" and light[1]["pad"] == "x" * 3000, path
+        assert light[1]["path"] == "/base/api/v1/status/%C3%A9%20x"
         monkeypatch.delenv("SSL_CERT_FILE")
         for cert_dir in (None, tmp_path):  # certifi's bundle; a directory without the cert
             if cert_dir is not None:
