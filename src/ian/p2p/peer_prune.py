@@ -127,7 +127,7 @@ class _Sink:
     def __init__(self, fh: IO[bytes] | None) -> None:
         self._fh = fh
         self._first = True
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=12)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if fh is not None:
@@ -151,7 +151,9 @@ class _Sink:
 
     def records(self, pieces: list[bytes | bytearray]) -> None:
         if pieces:
-            self.write((b'"' if self._first else b',"') + _SEP.join(pieces) + b"}")
+            self.write(b'"' if self._first else b',"')
+            self.write(_SEP.join(pieces))
+            self.write(b"}")
             self._first = False
 
     def __enter__(self) -> _Sink:
