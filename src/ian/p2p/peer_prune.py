@@ -3,18 +3,21 @@
 :func:`prune_file` gives the result :meth:`PeerBook.load` + :meth:`PeerBook.prune` +
 :meth:`PeerBook.save` would (same rule, same :class:`PruneResult`, same file), in a fraction of
 the time and memory: the peers are read in chunks of whole records, msgspec parses only
-``score``, ``last_seen`` and ``banned_until`` of each record into a small struct (validated as
-the loader does), and the bytes of every kept record are copied unchanged into a temp file that
-replaces the old one atomically (:func:`ian.atomic.atomic_writer`: a crash at any point leaves
-the old file). Memory is a few chunks plus the ids; nothing is written when nothing goes.
+``score``, ``last_seen``, ``score_updated_at`` and ``banned_until`` of each record into a small
+struct (validated as the loader does), and the bytes of every kept record are copied unchanged
+into a temp file that replaces the old one atomically (:func:`ian.atomic.atomic_writer`: a crash
+at any point leaves the old file). Memory is a few chunks plus the ids; nothing is written when
+nothing goes.
 
 Streaming applies to a file in the node's own layout, the one :func:`encode_book` writes:
-compact JSON with ``version`` 1, ``saved_at``, ``peers`` and ``ip_bans`` in that order. For such
-a file the result is byte for byte what the full path writes (a record of the earlier
-implementation that lacks keys is completed and re-encoded exactly as the loader would). Any
-other file -- the indented one the runbook's snippet writes, duplicate ids, a top level in
-another order, anything invalid -- takes the full path, which rewrites it in the node's layout
-or raises the loader's error, as before.
+compact JSON with ``version`` 1, ``saved_at``, ``peers`` and ``ip_bans`` in that order, every
+record with ``score_updated_at``. For such a file the result is byte for byte what the full path
+writes. Any other file -- the indented one the runbook's snippet writes, records of the earlier
+implementation, duplicate ids, a top level in another order, anything invalid -- takes the full
+path, which rewrites it in the node's layout or raises the loader's error, as before. Records
+are not re-encoded: one edited by hand in that layout keeps its spelling (numbers as written,
+raw UTF-8) and, should it lack a key other than those four, stays without it (the loader fills
+it in on the next load).
 """
 
 from __future__ import annotations
