@@ -14,12 +14,13 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ian.errors import CorruptFileError, DataDirError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_writer", "read_bytes", "read_json"]
 
 
 def _os_error(action: str, path: Path, exc: OSError) -> DataDirError:
@@ -43,6 +44,38 @@ def _fsync_dir(directory: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically through a file object: what the ``with`` block writes goes to
+    a temp file in the same directory, which on success is flushed, given ``mode``, fsynced
+    and renamed over ``path`` (then the directory is fsynced). If the block raises, or the
+    process dies, ``path`` keeps its old content; the temp file is removed on every failure
+    this process sees. ``OSError`` becomes :class:`DataDirError` naming the file.
+    """
+    path = Path(path)
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        # Created 0600 and fchmod'ed before the rename, so a secret is never briefly readable.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _os_error("write", path, exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        _fsync_dir(directory)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _os_error("write", path, exc) from exc
+        raise
 
 
 def atomic_write_bytes(
@@ -97,16 +130,12 @@ def atomic_write_json(
     atomic_write_bytes(path, (text + "\n").encode("utf-8"), mode=mode, exclusive=exclusive)
 
 
-def read_json(path: Path, *, recovery: str) -> Any:
-    """Read and parse a JSON file.
-
-    A missing file raises :class:`FileNotFoundError` unchanged; any other read failure raises
-    :class:`DataDirError`; invalid or torn content raises :class:`CorruptFileError` whose ``fix``
-    is ``recovery``.
-    """
+def read_bytes(path: Path) -> bytes:
+    """The bytes of ``path``: a missing file raises :class:`FileNotFoundError` unchanged, any
+    other read failure :class:`DataDirError`."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise
     except PermissionError as exc:
@@ -116,6 +145,17 @@ def read_json(path: Path, *, recovery: str) -> Any:
         ) from exc
     except OSError as exc:
         raise _os_error("read", path, exc) from exc
+
+
+def read_json(path: Path, *, recovery: str) -> Any:
+    """Read and parse a JSON file.
+
+    A missing file raises :class:`FileNotFoundError` unchanged; any other read failure raises
+    :class:`DataDirError`; invalid or torn content raises :class:`CorruptFileError` whose ``fix``
+    is ``recovery``.
+    """
+    path = Path(path)
+    raw = read_bytes(path)
     if not raw.strip():
         raise CorruptFileError(f"{path} is corrupt: the file is empty", fix=recovery)
     try:

@@ -157,8 +157,96 @@ def ian_error_in(exc: BaseException) -> Any:
     return None
 
 
+def install_fast_coercion() -> bool:
+    """Coerce ``str`` and ``Path`` parameters without pydantic; True when installed.
+
+    Typer turns every non-flag parameter value into its annotated type through a pydantic
+    ``TypeAdapter``: the first one costs the pydantic import (~100 ms, more than a whole
+    ``ian status --json`` should take). For the two types nearly all ``ian`` options have, this
+    does exactly what those adapters do (Typer's own ``_parse_cli_str``; Typer's path checks
+    and messages, then ``Path(value)``, which is pydantic's conversion of a string); every
+    other type (numbers with bounds, lists, a custom parser) still goes to Typer, built only when
+    a value is given (Typer builds it for an absent value too, then returns None). Reaches into
+    Typer internals: when they are not what this expects, nothing is installed and Typer works
+    as shipped (tests/ian_ops/test_startup.py compares both ways on every parameter).
+    """
+    try:
+        from typer import _coercion, core
+        from typer._click import _compat
+        from typer._param_types import coerce_cli_path, lenient_issubclass
+    except ImportError:
+        return False
+    original = core.build_runtime_param
+    if getattr(original, "ian_fast", False):
+        return True
+    if not (
+        getattr(_coercion, "RuntimeParam", None) is not None
+        and hasattr(_compat, "_get_argv_encoding")
+        and original is _coercion.build_runtime_param
+    ):
+        return False
+
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class StrParam(_coercion.RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            return _parse_cli_str(value, _compat._get_argv_encoding)
+
+    @dataclass(frozen=True)
+    class PathParam(_coercion.RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            path_type = self.annotation
+            checked = coerce_cli_path(
+                value, self.parameter_info, path_type=None, param=param, ctx=ctx
+            )
+            return checked if isinstance(checked, path_type) else path_type(checked)
+
+    @dataclass(frozen=True)
+    class LaterParam(_coercion.RuntimeParam):
+        """Typer's own coercion, built when a value needs it (an absent value does not)."""
+
+        descriptor: Any
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            return original(self.descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    def build_runtime_param(descriptor: Any) -> Any:
+        info, annotation = descriptor.parameter_info, descriptor.annotation
+        if descriptor.file_annotation is None and info.parser is None:
+            if annotation is str:
+                return StrParam(parameter_info=info, annotation=annotation)
+            if lenient_issubclass(annotation, Path) and info.path_type is None:
+                return PathParam(parameter_info=info, annotation=annotation)
+        return LaterParam(parameter_info=info, annotation=annotation, descriptor=descriptor)
+
+    build_runtime_param.ian_fast = True  # type: ignore[attr-defined]
+    core.build_runtime_param = build_runtime_param
+    return True
+
+
+def _parse_cli_str(value: Any, argv_encoding: Any) -> str:
+    """Typer's ``typer._adapters._parse_cli_str`` (that module imports pydantic)."""
+    if value is None:
+        raise ValueError("None is not a valid string")
+    if isinstance(value, bytes):
+        enc = argv_encoding()
+        try:
+            return value.decode(enc)
+        except UnicodeError:
+            fs_enc = sys.getfilesystemencoding()
+            if fs_enc != enc:
+                try:
+                    return value.decode(fs_enc)
+                except UnicodeError:
+                    return value.decode("utf-8", "replace")
+            return value.decode("utf-8", "replace")
+    return str(value)
+
+
 def run(app: typer.Typer) -> NoReturn:
     """Run the Typer app behind the one error boundary."""
+    install_fast_coercion()
     try:
         app()
     except (Exception, BaseExceptionGroup) as raised:

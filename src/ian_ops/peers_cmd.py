@@ -467,13 +467,16 @@ def prune(
             place, "/api/v1/admin/peers/prune", {"older_than_s": seconds, "dry_run": dry_run}
         )
     else:
-        if dry_run:
-            from ian.p2p.peer_book import PeerBook
+        # streamed: a million-peer file is never loaded whole (ian.p2p.peer_prune)
+        from ian.p2p.peer_prune import prune_file
+        from ian.storage.lock import NodeLock
 
-            book = PeerBook.load(_scores(place), ban_seconds=place.settings.ban_seconds)
-            result = book.prune(seconds, dry_run=True)
+        ban_seconds = place.settings.ban_seconds
+        if dry_run:
+            result = prune_file(_scores(place), seconds, dry_run=True, ban_seconds=ban_seconds)
         else:
-            result = _offline_write(place, lambda b: b.prune(seconds))
+            with NodeLock(place.datadir.lock_file):
+                result = prune_file(_scores(place), seconds, ban_seconds=ban_seconds)
         doc = {
             "kept": result.kept,
             "removed": len(result.removed),

@@ -123,18 +123,14 @@ def prune_peers(target: Target, older_than_s: float, *, dry_run: bool) -> dict[s
         with target.client(admin=False, timeout=PEER_PRUNE_TIMEOUT_S) as client:
             answer: dict[str, Any] = client.post_json("/api/v1/admin/peers/prune", body)
             return answer
-    from ian.p2p.peer_book import PeerBook
+    from ian.p2p.peer_prune import prune_file
     from ian.storage.lock import NodeLock
 
     path = target.datadir.peer_scores_file
     if dry_run:
-        return PeerBook.load(path).prune(older_than_s, dry_run=True).to_dict()
+        return prune_file(path, older_than_s, dry_run=True).to_dict()
     with NodeLock(target.datadir.lock_file):
-        book = PeerBook.load(path)
-        result = book.prune(older_than_s, dry_run=False)
-        if result.removed:
-            book.save()
-        return result.to_dict()
+        return prune_file(path, older_than_s).to_dict()
 
 
 def plan_prune(target: Target, older_than_s: float, now: float) -> PrunePlan:

@@ -58,7 +58,7 @@ def status(
 
     Example: ian status --watch --interval 5s
     """
-    from ian_ops.target import read_client, read_node_url
+    from ian_ops.target import read_node_url
 
     url = read_node_url(node_url, data_dir)
     if watch:
@@ -72,8 +72,10 @@ def status(
             feed.close()
         return
 
-    with read_client(url) as client:
-        doc = client.get_json(f"/api/v1/status/{goal}" if goal else "/api/v1/status")
+    from ian_ops.client import get_json_once
+
+    # one GET: http.client, not httpx (whose import alone costs more than the request)
+    doc = get_json_once(url, f"/api/v1/status/{goal}" if goal else "/api/v1/status")
     if json_out:
         cli.print_json(doc)
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ian.atomic import atomic_write_bytes, atomic_write_json, read_json
+from ian.atomic import atomic_write_bytes, atomic_write_json, atomic_writer, read_json
 from ian.errors import CorruptFileError, DataDirError
 
 
@@ -33,6 +33,36 @@ def test_mode_is_not_filtered_by_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert _mode(tmp_path / "pub") == 0o644
+
+
+def test_writer_replaces_on_success_with_mode(tmp_path: Path) -> None:
+    target = tmp_path / "big.json"
+    target.write_bytes(b"old")
+    with atomic_writer(target, mode=0o640) as fh:
+        fh.write(b"new ")
+        assert target.read_bytes() == b"old"  # nothing visible before the block ends
+        fh.write(b"content")
+    assert target.read_bytes() == b"new content"
+    assert _mode(target) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["big.json"]
+
+
+def test_writer_that_raises_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "big.json"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyError), atomic_writer(target) as fh:
+        fh.write(b"half of the new")
+        raise KeyError("stop")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["big.json"]
+
+
+def test_writer_in_a_missing_directory_is_a_data_dir_error(tmp_path: Path) -> None:
+    with (
+        pytest.raises(DataDirError, match="No such file or directory"),
+        atomic_writer(tmp_path / "nope" / "f"),
+    ):
+        pass
 
 
 def test_exclusive_refuses_existing_file(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ invocation runs in a worker thread through main(), the CLI's real error boundary
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ian.node import Node
 pytestmark = pytest.mark.anyio
 
 DEMO = "DEMO_TRADING_AGENT"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture
@@ -114,3 +116,183 @@ async def test_status_against_a_dead_url_is_exit_6(ian) -> None:
     assert out == ""
     line = one_error_line(err)
     assert "cannot reach the node" in line and url in line
+
+
+# --------------------------------------------------------------------------- the one-shot GET
+
+
+def _outcome(call) -> tuple:
+    """What a client call gives: the JSON, or the error's kind and every field it reports."""
+    from ian.errors import IanError
+
+    try:
+        return ("ok", call())
+    except IanError as exc:
+        return (type(exc).__name__, exc.message, exc.fix, *sorted(vars(exc).items()))
+
+
+async def test_one_shot_get_answers_as_the_httpx_client_does(live_node) -> None:
+    """get_json_once (http.client, what `ian status` uses) against NodeClient (httpx, every
+    other command): the same JSON, the same refusal, the same unreachable error."""
+    from ian_ops.client import NodeClient, get_json_once
+
+    _, url = live_node
+    with socket.socket() as s:  # bound but not listening: connection refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+        for base, path in [
+            (url, f"/api/v1/status/{DEMO}"),
+            (url + "/", "/api/v1/goals"),
+            (url, "/api/v1/status/NO_SUCH_GOAL"),
+            (url, "/api/v1/nowhere"),
+            (dead, "/api/v1/status"),
+        ]:
+
+            def light(base: str = base, path: str = path) -> tuple:
+                return _outcome(lambda: get_json_once(base, path, timeout=5))
+
+            def full(base: str = base, path: str = path) -> tuple:
+                def call():
+                    with NodeClient(base, timeout=5) as client:
+                        return client.get_json(path)
+
+                return _outcome(call)
+
+            assert await anyio.to_thread.run_sync(light) == await anyio.to_thread.run_sync(full)
+
+
+def test_one_shot_get_over_tls_verifies_as_httpx_does(tmp_path: Path, monkeypatch) -> None:
+    """https: trusted through SSL_CERT_FILE both answer; a certificate nobody vouches for is
+    refused by both (the same error)."""
+    import datetime
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from ian_ops.client import NodeClient, get_json_once
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = json.dumps({"path": self.path, "pad": "x" * 3000}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if self.path.endswith("/chunked"):  # the body in chunks of 1000 bytes
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for at in range(0, len(body), 1000):
+                    part = body[at : at + 1000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/base"
+
+        def both(path: str = "/api/v1/status") -> tuple[tuple, tuple]:
+            def full():
+                with NodeClient(url, timeout=5) as client:
+                    return client.get_json(path)
+
+            light = _outcome(lambda: get_json_once(url, path, timeout=5))
+            return light, _outcome(full)
+
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        for path in ("/api/v1/status", "/api/v1/chunked", "/api/v1/status/é x"):
+            light, full = both(path)
+            assert light == full, path
+            assert light[0] == "ok" and light[1]["pad"] == "x" * 3000, path
+        assert light[1]["path"] == "/base/api/v1/status/%C3%A9%20x"
+        monkeypatch.delenv("SSL_CERT_FILE")
+        for cert_dir in (None, tmp_path):  # certifi's bundle; a directory without the cert
+            if cert_dir is not None:
+                monkeypatch.setenv("SSL_CERT_DIR", str(cert_dir))
+            light, full = both()
+            assert light == full and light[0] == "NodeUnreachableError"
+            assert "CERTIFICATE_VERIFY_FAILED" in light[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_status_json_imports_no_pydantic_httpx_or_rich(live_node) -> None:
+    """What makes `ian status --json` slow to start stays out of it (bench/cli_bench.py has
+    the time): Typer's pydantic coercion, httpx, Rich."""
+    import subprocess
+    import sys
+
+    _, url = live_node
+    code = (
+        "import sys\n"
+        f"sys.argv = ['ian', 'status', '--json', '--node-url', {url!r}]\n"
+        "from ian_ops.app import main\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    heavy = [m for m in ('pydantic', 'httpx', 'rich', 'ian.config') if m in sys.modules]\n"
+        "    sys.stderr.write(f'heavy={heavy}\\n')\n"
+    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, "PYTHONPATH": str(SRC)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    proc = await anyio.to_thread.run_sync(run)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["height"] == 2
+    assert "heavy=[]" in proc.stderr

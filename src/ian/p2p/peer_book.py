@@ -19,11 +19,14 @@ a score below :data:`DISCONNECT_BELOW` asks the caller to disconnect and one bel
 :data:`BAN_BELOW` bans the peer for ``ban_seconds``. Positive events never disconnect, so a peer
 whose ban expired can earn its way back while its score recovers.
 
-Records are plain dicts internally (a million-peer file loads, prunes and saves with the stdlib
-``json`` C codec, no per-peer objects); callers see frozen :class:`PeerRecord` snapshots. The book
-is guarded by one re-entrant lock, so it may be used from the event loop and worker threads.
-Nothing here does network I/O; file I/O happens only in :meth:`PeerBook.load`, :meth:`save` and
-:meth:`flush_if_due`.
+Records are plain dicts internally; callers see frozen :class:`PeerRecord` snapshots. The file
+is read with msgspec (several times faster than the stdlib and lighter in memory; anything msgspec
+refuses is handed to ``json``, so what loads and every error message are as before) and written
+by :func:`encode_book`: exactly the bytes ``json.dumps(doc, separators=(",", ":"))`` writes,
+produced by msgspec whenever that is provably the same, else by ``json``. The book is guarded by
+one re-entrant lock, so it may be used from the event loop and worker threads. Nothing here does
+network I/O; file I/O happens only in :meth:`PeerBook.load`, :meth:`save` and
+:meth:`flush_if_due` (:mod:`ian.p2p.peer_prune` prunes a file without loading it).
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from ian.atomic import atomic_write_bytes, read_json
+import msgspec
+
+from ian.atomic import atomic_write_bytes, read_bytes
 from ian.errors import CorruptFileError, InputError, NotFoundError, SchemaError
 
 __all__ = [
@@ -67,6 +74,8 @@ __all__ = [
     "PruneResult",
     "Verdict",
     "decayed_score",
+    "decode_json",
+    "encode_book",
     "parse_ban_target",
 ]
 
@@ -299,6 +308,125 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# --------------------------------------------------------------------------- file codec
+
+#: record fields holding a time or a score (float, int or None)
+_FLOAT_FIELDS: tuple[str, ...] = (
+    "score",
+    "banned_until",
+    "first_seen",
+    "last_seen",
+    "last_connected",
+    "score_updated_at",
+)
+_get_floats = itemgetter(*_FLOAT_FIELDS)
+_get_counters = itemgetter(*COUNTERS)
+_get_reason = itemgetter("ban_reason")
+_get_addresses = itemgetter("addresses")
+_NONE_TYPE = type(None)
+#: msgspec and ``repr`` spell every float in this range (and 0) alike; outside it they differ
+#: (``1e-05`` vs ``0.00001``, ``1e+16`` vs ``1e16``)
+_PLAIN_MIN, _PLAIN_MAX = 1e-4, 1e16
+
+
+def _plain_float(value: float) -> bool:
+    return value == 0 or (_PLAIN_MIN <= abs(value) < _PLAIN_MAX)
+
+
+def _plain(value: object) -> bool:
+    """True when msgspec encodes ``value`` exactly as ``json.dumps`` does (strings aside: the
+    caller checks that the output is ASCII without DEL). A plain walk: for small values."""
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value) and _plain_float(value)  # type: ignore[arg-type]
+    if kind is list:
+        return all(map(_plain, value))  # type: ignore[call-overload]
+    if kind is dict:
+        items: dict[Any, Any] = value  # type: ignore[assignment]
+        return all(type(k) is str for k in items) and all(map(_plain, items.values()))
+    return False
+
+
+def _plain_peers(peers: dict[str, dict[str, Any]]) -> bool:
+    """:func:`_plain` for the ``peers`` map, in C-level passes (a million records in about half
+    a second): every record has exactly the 16 keys, times and scores are numbers in the plain
+    range (or None/0), counters integers, ``ban_reason`` a string or None, ``addresses`` a list
+    of strings. Anything else (a hand-edited file) is not plain, which only means slow."""
+    recs = peers.values()
+    if not recs:
+        return True
+    try:
+        if set(map(len, recs)) != {len(_RECORD_KEYS)} or set(map(type, peers)) != {str}:
+            return False
+        # None, 0 and False drop out; sum() refuses what is not a number
+        numbers = list(filter(None, chain.from_iterable(map(_get_floats, recs))))
+        if numbers and not (
+            math.isfinite(sum(numbers))  # NaN or infinity anywhere
+            and min(numbers) >= _PLAIN_MIN
+            and max(numbers) < _PLAIN_MAX
+        ):
+            return False
+        del numbers
+        # an int sum: ints and bools only (one float makes it a float)
+        if type(sum(chain.from_iterable(map(_get_counters, recs)))) is not int:
+            return False
+        if not set(map(type, map(_get_reason, recs))) <= {str, _NONE_TYPE}:
+            return False
+        addresses = list(map(_get_addresses, recs))
+        if set(map(type, addresses)) != {list}:
+            return False
+        "".join(chain.from_iterable(addresses))  # strings only
+    except (KeyError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def encode_book(saved_at: float, peers: dict[str, Any], ip_bans: dict[str, Any]) -> bytes:
+    """The file's bytes: exactly ``json.dumps(doc, separators=(",", ":"), allow_nan=False)``
+    plus a newline, for ``doc = {"version": 1, "saved_at", "peers", "ip_bans"}``.
+
+    msgspec writes it (about 10x faster) when that provably gives the same bytes: numbers in
+    the range where msgspec and ``repr`` agree, no NaN, only JSON types, and an ASCII result
+    without DEL (``json`` escapes the rest as ``\\uXXXX``); otherwise ``json`` does. Raises
+    ``ValueError`` for NaN/infinity, like ``json``.
+    """
+    doc = {"version": FILE_VERSION, "saved_at": saved_at, "peers": peers, "ip_bans": ip_bans}
+    if _plain(saved_at) and _plain(ip_bans) and _plain_peers(peers):
+        try:
+            data = msgspec.json.encode(doc)
+        except (TypeError, ValueError, OverflowError):  # e.g. a lone surrogate in a string
+            pass
+        else:
+            if data.isascii() and b"\x7f" not in data:
+                return data + b"\n"
+    with _gc_paused():
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False, check_circular=False)
+    return (text + "\n").encode("utf-8")
+
+
+def decode_json(raw: bytes, path: Path, recovery: str) -> Any:
+    """Parse a peer-book file's bytes: msgspec, or for what it refuses (NaN literals, a BOM,
+    UTF-16, invalid JSON) the stdlib, whose result or :class:`CorruptFileError` message
+    stands, as before msgspec."""
+    if not raw.strip():
+        raise CorruptFileError(f"{path} is corrupt: the file is empty", fix=recovery)
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptFileError(f"{path} is corrupt: {exc}", fix=recovery) from exc
+
+
+def read_book_json(path: Path, recovery: str) -> Any:
+    """:func:`ian.atomic.read_json` with :func:`decode_json` (same errors)."""
+    return decode_json(read_bytes(path), path, recovery)
+
+
 class PeerBook:
     """All known peers with scores, counters, addresses and bans (node-id and IP/CIDR).
 
@@ -354,7 +482,7 @@ class PeerBook:
         book = cls(path, ban_seconds=ban_seconds, clock=clock)
         try:
             with _gc_paused():
-                data = read_json(book.path, recovery=RECOVERY)
+                data = read_book_json(book.path, RECOVERY)
                 book._adopt(data)
         except FileNotFoundError:
             return book
@@ -421,16 +549,9 @@ class PeerBook:
 
     def _serialize(self) -> bytes:
         with self._lock:
-            doc = {
-                "version": FILE_VERSION,
-                "saved_at": self._clock(),
-                "peers": self._peers,
-                "ip_bans": self._ip_bans,
-            }
-            with _gc_paused():
-                text = json.dumps(doc, separators=(",", ":"), allow_nan=False, check_circular=False)
+            data = encode_book(self._clock(), self._peers, self._ip_bans)
             self._dirty = False
-        return (text + "\n").encode("utf-8")
+        return data
 
     def save(self) -> None:
         """Write the whole book atomically now (compact JSON); durable when this returns."""
