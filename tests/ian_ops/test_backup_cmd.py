@@ -5,13 +5,13 @@ data dir."""
 from __future__ import annotations
 
 import json
-import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.archives import open_tar, write_legacy
 from tests.support.nodes import NETWORK_ENV, TRIVIAL_GOAL, NodeFactory, NodeProcess, contribution
 
 from ian.storage.store import Store
@@ -90,7 +90,8 @@ def test_backup_during_sustained_ingest_then_restore(
     doc = json.loads(result.stdout)
     archive = Path(doc["path"])
     assert archive.parent == tmp_path / "live" / "backups"
-    with tarfile.open(archive) as tar:
+    assert archive.name.endswith(".tar.zst")
+    with open_tar(archive) as tar:
         assert tar.getnames()[0] == "manifest.json"
     state = json.loads((tmp_path / "live" / "backup_state.json").read_text())
     assert state["path"] == str(archive) and state["height"] == doc["height"]
@@ -134,7 +135,7 @@ def stopped_dir(node: NodeProcess, tmp_path: Path) -> Path:
 @pytest.mark.integration
 def test_inspect_verify_and_errors(stopped_dir: Path, tmp_path: Path, ian) -> None:
     env = env_for(stopped_dir)
-    out = tmp_path / "b.tar"
+    out = tmp_path / "b.tar.zst"
     made = ian("backup", "--output", str(out), env=env)
     assert made.exit_code == 0, made.stderr
     assert f"backup written: {out}" in made.stdout
@@ -150,7 +151,15 @@ def test_inspect_verify_and_errors(stopped_dir: Path, tmp_path: Path, ian) -> No
     ok = ian("backup", "verify", str(out), env=env)
     assert ok.exit_code == 0 and ok.stdout.startswith("ok:"), ok.stderr
 
-    broken = tmp_path / "broken.tar"
+    # an archive of the previous format (plain tar) is inspected and verified the same way
+    old = tmp_path / "old.tar"
+    write_legacy(out, old)
+    old_doc = json.loads(ian("backup", "inspect", str(old), "--json", env=env).stdout)
+    assert old_doc == doc
+    old_ok = ian("backup", "verify", str(old), env=env)
+    assert old_ok.exit_code == 0 and old_ok.stdout.startswith("ok:"), old_ok.stderr
+
+    broken = tmp_path / "broken.tar.zst"
     broken.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
     bad = ian("backup", "verify", str(broken), env=env)
     assert bad.exit_code == 1
@@ -162,6 +171,6 @@ def test_inspect_verify_and_errors(stopped_dir: Path, tmp_path: Path, ian) -> No
     assert "already exists" in again.stderr and "fix:" in again.stderr
     missing = ian("backup", env=env_for(tmp_path / "nowhere"))
     assert missing.exit_code == 4 and "does not exist" in missing.stderr
-    gone = ian("backup", "inspect", str(tmp_path / "nope.tar"), env=env)
+    gone = ian("backup", "inspect", str(tmp_path / "nope.tar.zst"), env=env)
     assert gone.exit_code == 4 and "does not exist" in gone.stderr
     assert "Traceback" not in again.stderr + missing.stderr + gone.stderr

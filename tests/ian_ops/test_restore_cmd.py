@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from tests.ian.maintenance.test_restore import crash_restore
+from tests.support.archives import read_members, write_members
 
 from ian.config import load_settings
 from ian.maintenance.backup import create_backup
@@ -76,13 +76,8 @@ def test_refused_while_the_node_runs(setup: tuple[Path, Path], ian) -> None:
 
 def test_unsafe_archive_one_line_exit_4(setup: tuple[Path, Path], tmp_path: Path, ian) -> None:
     src, archive = setup
-    evil = tmp_path / "evil.tar"
-    with tarfile.open(archive) as good, tarfile.open(evil, "w") as out:
-        for m in good.getmembers():
-            out.addfile(m, good.extractfile(m))
-        info = tarfile.TarInfo("../escaped")
-        info.size = 1
-        out.addfile(info, io.BytesIO(b"x"))
+    evil = tmp_path / "evil.tar.zst"
+    write_members(evil, [*read_members(archive), (tarfile.TarInfo("../escaped"), b"x")])
     before = listing(tmp_path)
     r = ian("restore", str(evil), "--yes", env={"IAN_DATA_DIR": str(src)})
     assert r.exit_code == 4

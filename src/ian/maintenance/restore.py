@@ -15,14 +15,16 @@ Sequence (each step either completes or leaves the original data dir untouched):
    otherwise take that lock and the exclusive maintenance lock and hold them to the end. Refuse
    while an interrupted in-place restore left its journal (see below).
 2. Stream the archive once into the staging directory, checking every member before writing it
-   and its SHA-256 while writing (see :func:`.backup.read_archive`). Unsafe archives (absolute
+   and its SHA-256 while writing (see :func:`.backup.read_archive`; a ``.tar.zst`` archive is
+   decompressed on another thread, ahead of the hashing and writing). Unsafe archives (absolute
    paths, ``..``, links, devices/FIFOs, unlisted members, checksum mismatch, truncation, newer
    format or schema) are refused before anything of theirs is written; nothing is written
    outside staging. Members named like the data dir's own bookkeeping (:data:`RESERVED`) are
    checked but never written.
 3. Quick root check of the staged store (:func:`ian.ledger.recovery.load_chain_state`) against the
    manifest's height, head and per-goal roots; the identity inside must be the manifest's node,
-   and must equal the existing data dir's identity unless ``force``.
+   and must equal the existing data dir's identity unless ``force``. Meanwhile each staged file
+   is fsynced once, on another thread, from the moment it is complete; step 5 waits for that.
 4. ``node_state.json`` is deliberately **not** restored: without it the node replays and fully
    verifies the whole store on its first start (the documented behaviour of a missing state
    file), which is what a restore after suspected corruption needs. The archived copy is still
@@ -30,7 +32,7 @@ Sequence (each step either completes or leaves the original data dir untouched):
    not with ``force``) stay with the data dir (copied into the
    swapped-in directory, or simply left in place), so the operator's token keeps working;
    ``backups/`` stays too (the archives are not part of the node's state).
-5. Every staged file and directory is fsynced, then the swap:
+5. Every staged file is durable and every staged directory is fsynced, then the swap:
 
    - swap mode: the journal ``<data-dir>.restore-journal.json`` is written atomically next to
      the data dir (the staging and aside names), the data dir is renamed aside (never deleted:
@@ -61,10 +63,11 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from ian.atomic import _fsync_dir
 from ian.errors import CorruptFileError, DataDirError, IdentityError, StoreError
@@ -224,11 +227,17 @@ def _reserved_member(name: str) -> bool:
 
 
 class _Stager:
-    """Creates staged files (exclusive, no symlink following) below one directory."""
+    """Creates staged files (exclusive, no symlink following) below one directory.
+
+    Each file is fsynced once, on a background thread as soon as it is complete, so the disk
+    writes overlap reading the rest of the archive and the checks of the staged store;
+    :meth:`wait` returns when every staged file is durable."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dirs: set[Path] = {root}
+        self._syncs: list[Future[None]] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ian-restore-fsync")
 
     def open(self, entry: FileEntry) -> MemberWriter | None:
         if entry.name in SKIPPED_ON_RESTORE or _reserved_member(entry.name):
@@ -250,14 +259,41 @@ class _Stager:
                 f"cannot create {path}: {exc.strerror or exc}",
                 fix=f"check free space and permissions of {self.root.parent}",
             ) from None
-        return _SyncedFile(fd)
+        return _SyncedFile(fd, path, self)
+
+    def sync_later(self, fh: BinaryIO, path: Path) -> None:
+        """fsync and close ``fh`` (flushed) on the background thread."""
+
+        def sync() -> None:
+            try:
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                raise DataDirError(
+                    f"cannot write {path}: {exc.strerror or exc}",
+                    fix=f"check free space and the file system holding {self.root}",
+                ) from None
+            finally:
+                fh.close()
+
+        self._syncs.append(self._pool.submit(sync))
+
+    def wait(self) -> None:
+        """Return when every staged file is on stable storage (raises the first failure)."""
+        for done in self._syncs:
+            done.result()
+
+    def close(self) -> None:
+        """Wait for the background fsyncs (their errors are not raised here) and stop."""
+        self._pool.shutdown(wait=True)
 
 
 class _SyncedFile:
-    """A write-only file that is fsynced when closed."""
+    """A write-only staged file, fsynced (once, in the background) when closed."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path, stager: _Stager) -> None:
         self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._path = path
+        self._stager = stager
 
     def write(self, data: bytes) -> int:
         return self._fh.write(data)
@@ -267,9 +303,10 @@ class _SyncedFile:
             return
         try:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
-        finally:
+        except BaseException:
             self._fh.close()
+            raise
+        self._stager.sync_later(self._fh, self._path)
 
 
 def restore_archive(
@@ -388,10 +425,35 @@ def _stage(
     progress: Progress | None,
     when: datetime,
 ) -> RestorePlan:
+    """Steps 2-3: the archive read once into ``staging`` and checked; the staged files are
+    durable when this returns."""
+    stager = _Stager(staging)
+    try:
+        plan = _check_staged(
+            archive, target, staging, stager, existing, force, dry_run, when, progress
+        )
+        stager.wait()  # every staged file is durable before anything is moved
+    finally:
+        stager.close()
+    return plan
+
+
+def _check_staged(
+    archive: Path,
+    target: Path,
+    staging: Path,
+    stager: _Stager,
+    existing: bool,
+    force: bool,
+    dry_run: bool,
+    when: datetime,
+    progress: Progress | None,
+) -> RestorePlan:
+    """Read ``archive`` into ``staging`` through ``stager``, then check what was staged (while
+    the staged files are being fsynced)."""
     from ian.certs import load_certificate
     from ian.identity import load_identity
 
-    stager = _Stager(staging)
     manifest = read_archive(archive, stager.open, progress=progress)
     identity = load_identity(staging / "identity.json")
     if identity.node_id != manifest.node_id:

@@ -6,7 +6,8 @@ is there and :func:`remove` deletes a plan's items; nothing else here touches th
 
 Rules (ARCHITECTURE §11, runbook "Cleaning Up Old Data"):
 
-- backups: archives named ``ian-backup-*.tar`` in ``<data-dir>/backups/``; the newest
+- backups: archives named ``ian-backup-*.tar.zst`` (or ``ian-backup-*.tar``, the previous,
+  uncompressed format) in ``<data-dir>/backups/``; the newest
   ``backups_keep`` (``settings.backup_retention``) by modification time stay. Other files
   there (an operator's own names) are never touched.
 - certificate pairs: directories in ``certs-old/``; the newest ``cert_pairs_keep`` by name (the
@@ -54,7 +55,8 @@ __all__ = [
 ]
 
 LEFTOVER_SUFFIXES = (".part", ".tmp")
-BACKUP_GLOB = "ian-backup-*.tar"
+#: archive names: the current format (ian.maintenance.backup.ARCHIVE_SUFFIX) and the previous
+BACKUP_GLOBS = ("ian-backup-*.tar.zst", "ian-backup-*.tar")
 PRE_RESTORE_MARK = ".pre-restore-"
 RESYNC_PREFIX = (
     "resync-"  # ian.maintenance.resync.RESYNC_PREFIX (not imported: keep this module light)
@@ -217,7 +219,7 @@ def scan(datadir: DataDir) -> Inventory:
     backups = [
         e
         for p in _children(datadir.backups_dir)
-        if p.match(BACKUP_GLOB) and (e := _entry(p)) is not None and not e.is_dir
+        if any(p.match(g) for g in BACKUP_GLOBS) and (e := _entry(p)) is not None and not e.is_dir
     ]
     cert_pairs = [
         e for p in _children(datadir.certs_old_dir) if (e := _entry(p)) is not None and e.is_dir

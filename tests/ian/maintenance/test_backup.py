@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import stat
-import tarfile
 import threading
 from pathlib import Path
 
 import pytest
+import zstandard
+from tests.support.archives import (
+    is_compressed,
+    open_tar,
+    read_members,
+    write_legacy,
+    write_members,
+)
 
 from ian.chain.contributions import make_contribution
 from ian.chain.goals import GoalSpec
@@ -23,6 +29,7 @@ from ian.maintenance import backup as backup_mod
 from ian.maintenance.backup import (
     MANIFEST_NAME,
     create_backup,
+    list_members,
     read_last_backup,
     read_manifest,
     verify_archive,
@@ -85,8 +92,7 @@ def populated(root: Path, blocks: int = 4) -> list[GoalSpec]:
 
 
 def members(archive: Path) -> dict[str, bytes]:
-    with tarfile.open(archive) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    return {m.name: data for m, data in read_members(archive)}
 
 
 def test_archive_layout_manifest_first_and_digests(tmp_path: Path) -> None:
@@ -98,7 +104,8 @@ def test_archive_layout_manifest_first_and_digests(tmp_path: Path) -> None:
     assert result.path.parent == root / "backups"
     assert stat.S_IMODE(result.path.stat().st_mode) == 0o600
     assert stat.S_IMODE((root / "backups").stat().st_mode) == 0o700
-    with tarfile.open(result.path) as tar:
+    assert result.path.name.endswith(".tar.zst") and is_compressed(result.path)
+    with open_tar(result.path) as tar:  # one tar stream, across every frame
         names = tar.getnames()
     assert names[0] == MANIFEST_NAME
     data = members(result.path)
@@ -171,15 +178,16 @@ def test_failure_mid_write_leaves_previous_state(
     specs = populated(root)
     first = create_backup(DataDir(root), specs)
     before = (root / "backup_state.json").read_bytes()
-    real_addfile = tarfile.TarFile.addfile
+    real_stream = backup_mod._stream_member
 
-    def addfile(self: tarfile.TarFile, info: tarfile.TarInfo, fileobj=None) -> None:
-        if info.name == "chain.sqlite":
+    def stream_member(out, name, path, size, mtime, advance):  # type: ignore[no-untyped-def]
+        if name == "chain.sqlite":
+            out.write(b"x" * 4096)  # part of it is written, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_addfile(self, info, fileobj)
+        return real_stream(out, name, path, size, mtime, advance)
 
-    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
-    target = tmp_path / "second.tar"
+    monkeypatch.setattr(backup_mod, "_stream_member", stream_member)
+    target = tmp_path / "second.tar.zst"
     with pytest.raises(DataDirError, match="No space left") as info:
         create_backup(DataDir(root), specs, output=target)
     assert "free space" in (info.value.fix or "")
@@ -192,7 +200,7 @@ def test_failure_mid_write_leaves_previous_state(
 def test_refuses_to_overwrite_and_bad_data_dirs(tmp_path: Path) -> None:
     root = tmp_path / "data"
     specs = populated(root, blocks=1)
-    out = tmp_path / "b.tar"
+    out = tmp_path / "b.tar.zst"
     out.write_bytes(b"mine")
     with pytest.raises(DataDirError, match="already exists"):
         create_backup(DataDir(root), specs, output=out)
@@ -204,7 +212,7 @@ def test_refuses_to_overwrite_and_bad_data_dirs(tmp_path: Path) -> None:
     with pytest.raises(DataDirError, match="no store"):
         create_backup(DataDir(empty), specs)
     with pytest.raises(DataDirError, match=r"directory .* does not exist"):
-        create_backup(DataDir(root), specs, output=tmp_path / "missing" / "b.tar")
+        create_backup(DataDir(root), specs, output=tmp_path / "missing" / "b.tar.zst")
 
 
 def test_output_directory_gets_the_default_name(tmp_path: Path) -> None:
@@ -214,7 +222,7 @@ def test_output_directory_gets_the_default_name(tmp_path: Path) -> None:
     volume.mkdir()
     result = create_backup(DataDir(root), specs, output=volume)
     assert result.path.parent == volume
-    assert result.path.name.startswith("ian-backup-") and result.path.suffix == ".tar"
+    assert result.path.name.startswith("ian-backup-") and result.path.name.endswith(".tar.zst")
 
 
 def test_unconfigured_goal_is_refused(tmp_path: Path) -> None:
@@ -226,33 +234,35 @@ def test_unconfigured_goal_is_refused(tmp_path: Path) -> None:
     assert not list((root / "backups").glob("*")) if (root / "backups").exists() else True
 
 
-def _rewrite(archive: Path, target: Path, change) -> None:
+def _rewrite(archive: Path, target: Path, change, *, compressed: bool = True) -> None:
     """Copy ``archive`` to ``target`` passing (name, data) through ``change``."""
-    with tarfile.open(archive) as src, tarfile.open(target, "w") as dst:
-        for m in src.getmembers():
-            data = src.extractfile(m).read()  # type: ignore[union-attr]
-            data = change(m.name, data)
-            m.size = len(data)
-            dst.addfile(m, io.BytesIO(data))
+    members = [(m, change(m.name, data)) for m, data in read_members(archive)]
+    write_members(target, members, compressed=compressed)
 
 
-def test_verify_names_the_first_problem(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compressed", [True, False], ids=["tar.zst", "legacy-tar"])
+def test_verify_names_the_first_problem(tmp_path: Path, compressed: bool) -> None:
     root = tmp_path / "data"
     specs = populated(root)
     good = create_backup(DataDir(root), specs).path
+    ext = ".tar.zst" if compressed else ".tar"
+    if not compressed:
+        write_legacy(good, tmp_path / "old.tar")
+        good = tmp_path / "old.tar"
+        assert verify_archive(good).ok
 
-    flipped = tmp_path / "flipped.tar"
+    flipped = tmp_path / f"flipped{ext}"
 
     def flip(name: str, data: bytes) -> bytes:
         if name == "chain.sqlite":
             return data[:-1] + bytes([data[-1] ^ 1])
         return data
 
-    _rewrite(good, flipped, flip)
+    _rewrite(good, flipped, flip, compressed=compressed)
     result = verify_archive(flipped)
     assert not result.ok and "SHA-256" in (result.problem or "")
 
-    lying = tmp_path / "lying.tar"
+    lying = tmp_path / f"lying{ext}"
 
     def lie(name: str, data: bytes) -> bytes:
         if name == MANIFEST_NAME:
@@ -261,17 +271,72 @@ def test_verify_names_the_first_problem(tmp_path: Path) -> None:
             return json.dumps(doc).encode()
         return data
 
-    _rewrite(good, lying, lie)
+    _rewrite(good, lying, lie, compressed=compressed)
     result = verify_archive(lying)
     assert not result.ok and f"roots of goal {GOAL}" in (result.problem or "")
 
-    truncated = tmp_path / "truncated.tar"
+    truncated = tmp_path / f"truncated{ext}"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     result = verify_archive(truncated)
     assert not result.ok and "truncated" in (result.problem or "")
 
-    result = verify_archive(tmp_path / "absent.tar")
+    result = verify_archive(tmp_path / f"absent{ext}")
     assert not result.ok and "does not exist" in (result.problem or "")
+
+
+def first_frame_length(raw: bytes) -> int:
+    """Bytes of the first Zstandard frame of ``raw``."""
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    dobj.decompress(raw)
+    return len(raw) - len(dobj.unused_data)
+
+
+def test_the_manifest_is_the_first_frame_alone(tmp_path: Path) -> None:
+    """Reading the manifest decompresses nothing else: an archive cut right after its first
+    frame still shows its manifest (and fails verification)."""
+    root = tmp_path / "data"
+    specs = populated(root)
+    good = create_backup(DataDir(root), specs)
+    raw = good.path.read_bytes()
+    head = first_frame_length(raw)
+    assert raw[head : head + 4] == (0x184D2A50).to_bytes(4, "little")  # the skippable frame
+    first = zstandard.ZstdDecompressor().decompressobj().decompress(raw[:head])
+    assert first[257:262] == b"ustar" and first[:13] == MANIFEST_NAME.encode()
+    cut = tmp_path / "cut.tar.zst"
+    cut.write_bytes(raw[:head])
+    assert read_manifest(cut) == good.manifest
+    result = verify_archive(cut)
+    assert not result.ok and "missing" in (result.problem or "")
+
+
+def test_damaged_compressed_data_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    specs = populated(root)
+    good = create_backup(DataDir(root), specs).path
+    raw = bytearray(good.read_bytes())
+    raw[len(raw) - 200] ^= 0xFF  # inside the last block of the body
+    damaged = tmp_path / "damaged.tar.zst"
+    damaged.write_bytes(bytes(raw))
+    result = verify_archive(damaged)
+    assert not result.ok
+    assert "damaged" in (result.problem or "") or "SHA-256" in (result.problem or "")
+
+
+def test_archives_of_the_previous_format_still_read(tmp_path: Path) -> None:
+    """A plain, uncompressed tar as ``ian backup`` wrote before: verified, inspected, and
+    listed exactly like the compressed archive it was made from."""
+    root = tmp_path / "data"
+    specs = populated(root)
+    good = create_backup(DataDir(root), specs)
+    old = tmp_path / "ian-backup-old.tar"
+    write_legacy(good.path, old)
+    assert not is_compressed(old)
+    assert read_manifest(old) == good.manifest
+    assert list_members(old) == list_members(good.path)
+    assert list_members(old)[0]["name"] == MANIFEST_NAME
+    check = verify_archive(old)
+    assert check.ok, check.problem
+    assert check.blocks == 4 and check.to_doc()["goals"] == good.manifest.goals
 
 
 def test_read_last_backup_never_raises(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.support.archives import read_members, write_legacy, write_members
 
 from ian.chain.contributions import make_contribution
 from ian.chain.goals import GoalSpec
@@ -269,21 +270,6 @@ def test_failed_swap_puts_the_original_back(
 Member = tuple[tarfile.TarInfo, bytes]
 
 
-def read_members(archive: Path) -> list[Member]:
-    out = []
-    with tarfile.open(archive) as tar:
-        for m in tar.getmembers():
-            out.append((m, tar.extractfile(m).read()))  # type: ignore[union-attr]
-    return out
-
-
-def write_members(path: Path, members: list[Member]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for info, data in members:
-            info.size = len(data) if info.isreg() else 0
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-
-
 def relist(members: list[Member]) -> list[Member]:
     """Recompute the manifest's size/sha256 for every listed member (a consistent forgery)."""
     manifest = json.loads(members[0][1])
@@ -424,7 +410,7 @@ def test_unsafe_archives_are_refused(
     forge, error, fragment = UNSAFE[case]
     members = read_members(good)
     forged = forge(members, tmp_path) if forge is newer_db_schema else forge(members)
-    archive = tmp_path / "forged.tar"
+    archive = tmp_path / "forged.tar.zst"
     write_members(archive, forged)
     work = tmp_path / "work"
     work.mkdir()
@@ -469,7 +455,7 @@ def test_reserved_member_names_are_checked_but_never_written(
         )
     members = [(members[0][0], json.dumps(doc).encode()), *members[1:]]
     members += [regular(name, data) for name, data in planted]
-    archive = tmp_path / "planted.tar"
+    archive = tmp_path / "planted.tar.zst"
     write_members(archive, members)
     for in_place in (False, True):
         target = tmp_path / f"data-{in_place}"
@@ -484,21 +470,57 @@ def test_reserved_member_names_are_checked_but_never_written(
         assert (target / "node.lock").read_bytes() == b""  # the real lock file, released
 
 
-def test_truncated_archive_is_refused(source: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("compressed", [True, False], ids=["tar.zst", "legacy-tar"])
+def test_truncated_archive_is_refused(
+    source: tuple[Path, Path], tmp_path: Path, compressed: bool
+) -> None:
     _root, good = source
-    raw = good.read_bytes()
-    with tarfile.open(good) as tar:
-        last = tar.getmembers()[-1]
-    end = last.offset_data + last.size
+    if compressed:
+        raw = good.read_bytes()
+        # The body's last block holds the end of chain.sqlite (and the tar's zero blocks): a
+        # block is decoded whole or not at all, so any cut into it loses data.
+        cuts = (100, 1500, len(raw) // 2, len(raw) - 8)
+    else:
+        old = tmp_path / "old.tar"
+        write_legacy(good, old)
+        raw = old.read_bytes()
+        old.unlink()
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            last = tar.getmembers()[-1]
+        # Cutting only the zero padding after the last member loses nothing; cutting data
+        # must fail.
+        cuts = (100, 1500, len(raw) // 2, last.offset_data + last.size - 1)
     target = tmp_path / "data"
-    # Cutting only the zero padding after the last member loses nothing; cutting data must fail.
-    for cut in (100, 1500, len(raw) // 2, end - 1):
-        archive = tmp_path / f"cut{cut}.tar"
+    for cut in cuts:
+        archive = tmp_path / f"cut{cut}"
         archive.write_bytes(raw[:cut])
         with pytest.raises(DataDirError, match=r"truncated|missing|not a tar"):
             restore_archive(archive, target)
         assert not target.exists()
         assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == []
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["swap", "in-place"])
+def test_archive_of_the_previous_format_restores(
+    source: tuple[Path, Path], tmp_path: Path, in_place: bool
+) -> None:
+    """A plain, uncompressed tar as ``ian backup`` wrote before restores exactly like the
+    compressed archive it was made from, with every check (a forged one is refused)."""
+    _root, good = source
+    old = tmp_path / "ian-backup-old.tar"
+    write_legacy(good, old)
+    target = tmp_path / "data"
+    restore_archive(good, target)
+    by_new = without(tree(target), "node.lock")
+    plan = restore_archive(old, target, in_place=in_place, now=T2)
+    assert plan.done and plan.manifest.height == 3
+    assert without(tree(target), "node.lock", ".pre-restore-") == by_new
+    forged = tmp_path / "forged.tar"
+    write_members(forged, flip_store_byte(read_members(old)), compressed=False)
+    before = tree(target)
+    with pytest.raises(DataDirError, match="SHA-256"):
+        restore_archive(forged, target, in_place=in_place)
+    assert tree(target) == before
 
 
 # --------------------------------------------------------------------------- in place

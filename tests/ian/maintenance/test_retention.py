@@ -123,7 +123,8 @@ def test_scan_finds_only_prunable_things(tmp_path: Path) -> None:
     touch(root / "chain.sqlite", 0)
     touch(root / ".node_state.json.ab.tmp", 7200)
     touch(root / "backups" / "ian-backup-n-1.tar", 100, b"12345")
-    touch(root / "backups" / "ian-backup-n-2.tar.part", 7200)
+    touch(root / "backups" / "ian-backup-n-3.tar.zst", 50, b"123")
+    touch(root / "backups" / "ian-backup-n-2.tar.zst.part", 7200)
     touch(root / "backups" / "my-own.tar", 9999)
     touch(root / "certs-old" / "20250101T000000Z" / "node_cert.pem", 0, b"abc")
     touch(tmp_path / "data.pre-restore-20250101T000000Z" / "chain.sqlite", 0, b"abcd")
@@ -132,8 +133,10 @@ def test_scan_finds_only_prunable_things(tmp_path: Path) -> None:
     (root / "backups" / "ian-backup-link.tar").symlink_to("/etc/passwd")
 
     inv = scan(dd)
-    assert [e.path.name for e in inv.backups] == ["ian-backup-n-1.tar"]
-    assert inv.backups[0].size == 5
+    assert sorted((e.path.name, e.size) for e in inv.backups) == [
+        ("ian-backup-n-1.tar", 5),
+        ("ian-backup-n-3.tar.zst", 3),
+    ]
     assert [(e.path.name, e.size) for e in inv.cert_pairs] == [("20250101T000000Z", 3)]
     assert [(e.path.name, e.size) for e in inv.pre_restore] == [
         ("data.pre-restore-20250101T000000Z", 4)
@@ -141,7 +144,7 @@ def test_scan_finds_only_prunable_things(tmp_path: Path) -> None:
     assert sorted(e.path.name for e in inv.leftovers) == [
         ".node_state.json.ab.tmp",
         "data.restore-tmp",
-        "ian-backup-n-2.tar.part",
+        "ian-backup-n-2.tar.zst.part",
     ]
 
     items = plan(inv, RetentionPolicy(backups_keep=0, cert_pairs_keep=0, pre_restore_keep=0), NOW)
