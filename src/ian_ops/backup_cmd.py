@@ -82,7 +82,7 @@ def backup(
             "--output",
             "-o",
             help="Archive file, or an existing directory to write the default name into "
-            "(default: `<data-dir>/backups/ian-backup-<id>-<UTC time>.tar`).",
+            "(default: `<data-dir>/backups/ian-backup-<id>-<UTC time>.tar.zst`).",
             show_default=False,
         ),
     ] = None,
@@ -90,8 +90,8 @@ def backup(
 ) -> None:
     """Write a consistent archive of the data directory; the node may keep running.
 
-    The archive (plain tar, mode 0600: it holds the node's private keys) starts with
-    manifest.json: node id, height, per-goal roots and the SHA-256 of every file.
+    The archive (a zstd-compressed tar, mode 0600: it holds the node's private keys) starts
+    with manifest.json: node id, height, per-goal roots and the SHA-256 of every file.
 
     Example: ian backup --data-dir /data
     """
@@ -124,7 +124,13 @@ def backup(
         )
 
 
-ArchiveArg = Annotated[Path, typer.Argument(help="The backup archive (.tar).", show_default=False)]
+ArchiveArg = Annotated[
+    Path,
+    typer.Argument(
+        help="The backup archive (.tar.zst; a plain .tar of older versions also works).",
+        show_default=False,
+    ),
+]
 
 
 @app.command("verify")
@@ -133,7 +139,7 @@ def verify(archive: ArchiveArg, json_out: cli.JsonOpt = False) -> None:
 
     Exit code 0 when the archive is sound, 1 with the first problem otherwise.
 
-    Example: ian backup verify /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar
+    Example: ian backup verify /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar.zst
     """
     from ian.maintenance.backup import verify_archive
 
@@ -165,7 +171,7 @@ def verify(archive: ArchiveArg, json_out: cli.JsonOpt = False) -> None:
 def inspect(archive: ArchiveArg, json_out: cli.JsonOpt = False) -> None:
     """Show the manifest and the member list without extracting anything.
 
-    Example: ian backup inspect backup.tar --json
+    Example: ian backup inspect backup.tar.zst --json
     """
     from ian.maintenance.backup import list_members, read_manifest
 

@@ -91,7 +91,7 @@ def restore(
     store on its next start. A restore that was interrupted (killed, power cut) blocks
     further restores, and the node's start, until --resume or --rollback settles it.
 
-    Example: ian restore /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar --dry-run
+    Example: ian restore /data/backups/ian-backup-0123456789ab-20250101T000000Z.tar.zst --dry-run
     """
     if resume and rollback:
         cli.exit_with_error("--resume and --rollback exclude each other", code=cli.EXIT_USAGE)

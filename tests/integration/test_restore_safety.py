@@ -19,7 +19,7 @@ def test_a_restored_sequencer_catches_up_before_it_sequences(ian_nodes, tmp_path
     seq, fol = ian_nodes.start_network(2, NETWORK_ENV)
     for i in range(2):
         submit(seq, contribution(i, tag="before-backup"))
-    archive = tmp_path / "old.tar"
+    archive = tmp_path / "old.tar.zst"
     made = run_ian("backup", "--data-dir", str(seq.data_dir), "-o", str(archive))
     assert made.returncode == 0, made.stderr
     answers = [submit(seq, contribution(i, tag="after-backup")) for i in range(2, 6)]

@@ -63,7 +63,7 @@ DUMMY: dict[str, str] = {
     "<ip>": "203.0.113.7",
     "<cidr>": "203.0.113.0/24",
     "<address>": "tcp://seed1.ian.network:9000",
-    "<archive>": "/data/backups/ian-backup-0123456789ab-20250101T000000Z.tar",
+    "<archive>": "/data/backups/ian-backup-0123456789ab-20250101T000000Z.tar.zst",
     "<goal_id>": "DEMO_TRADING_AGENT",
     "<pid>": "4242",
     "<pod>": "ian-node-0",
@@ -413,7 +413,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     try:
         seed, follower = factory.start_network(2)
         env = {k: v for k, v in seed.env.items() if k.startswith("IAN_")}
-        archive = seed.data_dir.parent / "runbook-backup.tar"
+        archive = seed.data_dir.parent / "runbook-backup.tar.zst"
         made = run_ian(
             "backup", "--output", str(archive), "--data-dir", str(seed.data_dir), env=env
         )
