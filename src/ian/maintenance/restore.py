@@ -60,6 +60,7 @@ After step 5 the node starts with the archived roots and resyncs the rest from i
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -291,12 +292,19 @@ class _SyncedFile:
     """A write-only staged file, fsynced (once, in the background) when closed."""
 
     def __init__(self, fd: int, path: Path, stager: _Stager) -> None:
-        self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
+        # Unbuffered: the archive reader hands over whole chunks of up to 1 MiB.
+        self._fh = os.fdopen(fd, "wb", buffering=0)
         self._path = path
         self._stager = stager
 
     def write(self, data: bytes) -> int:
-        return self._fh.write(data)
+        view = memoryview(data)
+        while view:
+            written = self._fh.write(view)
+            if not written:
+                raise OSError(errno.EIO, f"short write to {self._path}")
+            view = view[written:]
+        return len(data)
 
     def close(self) -> None:
         if self._fh.closed:
