@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import sqlite3
 import stat
 import threading
 from pathlib import Path
@@ -369,3 +370,30 @@ def test_maintenance_lock_shared_and_exclusive(tmp_path: Path) -> None:
         maintenance_lock(tmp_path / "nope", exclusive=False),
     ):
         pass
+
+
+def test_another_database_is_one_more_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database listed in DATABASES is archived as a consistent snapshot (with its digest)
+    while a writer holds it open in WAL mode, and is left out when the data dir has none."""
+    root = tmp_path / "data"
+    specs = populated(root)
+    monkeypatch.setattr(backup_mod, "DATABASES", (*backup_mod.DATABASES, "extra.db"))
+    absent = create_backup(DataDir(root), specs, output=tmp_path / "absent.tar.zst")
+    assert absent.manifest.file("extra.db") is None
+
+    live = sqlite3.connect(root / "extra.db", isolation_level=None)
+    live.execute("PRAGMA journal_mode = WAL")
+    live.execute("CREATE TABLE t (v INTEGER)")
+    live.execute("INSERT INTO t VALUES (42)")
+    result = create_backup(DataDir(root), specs, output=tmp_path / "with.tar.zst")
+    live.close()
+    data = members(result.path)
+    entry = result.manifest.file("extra.db")
+    assert entry is not None and entry.sha256 == hashlib.sha256(data["extra.db"]).hexdigest()
+    copy = tmp_path / "extra-copy.db"
+    copy.write_bytes(data["extra.db"])
+    conn = sqlite3.connect(copy)
+    assert conn.execute("SELECT v FROM t").fetchall() == [(42,)]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+    assert verify_archive(result.path).ok
