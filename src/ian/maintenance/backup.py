@@ -112,8 +112,6 @@ MANIFEST_NAME = "manifest.json"
 STORE_NAME = "chain.sqlite"
 ARCHIVE_PREFIX = "ian-backup-"
 ARCHIVE_SUFFIX = ".tar.zst"
-#: the name of archives written before compression (plain tar); still read everywhere
-LEGACY_SUFFIX = ".tar"
 STATE_FILE = "backup_state.json"
 #: a manifest larger than this is refused (a real one is a few KiB)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
