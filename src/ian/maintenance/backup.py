@@ -127,7 +127,9 @@ SMALL_FILES: tuple[str, ...] = (
 )
 #: SQLite databases, relative to the data dir, each archived as a consistent snapshot taken
 #: through SQLite's online backup API (never blocking the node's writer); the store is
-#: required, any other is archived when it exists. A new one is one more name here.
+#: required, any other is archived when it exists, so a new one is one more name here. The
+#: consensus log (``consensus.db``) is deliberately not one: it stays with the node
+#: (:data:`ian.maintenance.restore.CONSENSUS_FILES`).
 DATABASES: tuple[str, ...] = (STORE_NAME,)
 REQUIRED_FILES = frozenset({"identity.json", STORE_NAME})
 SECRET_FILES = frozenset({"identity.json", "certs/node_key.pem"})
