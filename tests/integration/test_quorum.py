@@ -18,6 +18,7 @@ from tests.support.hostile import HostilePeer, frame
 from tests.support.nodes import NodeProcess, contribution, wait_until
 from tests.support.quorum import (
     Quorum,
+    commit,
     dump,
     log_of,
     node_by_id,
@@ -63,9 +64,7 @@ def test_contributions_commit_on_a_majority_and_reach_every_node(ian_nodes, ian)
     accepted: dict[int, str] = {}
     # Through every node: the leader sequences, the others forward to it.
     for i, node in enumerate(q.nodes):
-        r = submit(node, contribution(i, tag="quorum"))
-        assert r.status_code == 200, r.text
-        doc = r.json()
+        doc = commit(node, contribution(i, tag="quorum"))
         assert doc["accepted"] is True, doc
         accepted[doc["log_index"]] = doc["contribution_hash"]
     assert sorted(accepted) == list(range(len(q.nodes)))
@@ -192,7 +191,7 @@ def test_a_leader_cut_off_from_the_majority_stops_accepting(ian_nodes) -> None:
     q = start_quorum(ian_nodes, authorities=3, followers=0)
     leader = node_by_id(q.nodes, wait_leader(q.nodes))
     others = [n for n in q.authorities if n is not leader]
-    assert submit(leader, contribution(0, tag="cq")).json()["accepted"] is True
+    assert commit(leader, contribution(0, tag="cq"))["accepted"] is True
     for n in others:
         n.signal(signal.SIGSTOP)
     try:
@@ -267,7 +266,7 @@ def test_liars_change_no_leader_term_or_readiness(ian_nodes, tmp_path) -> None:
         st = n.status()
         assert st["leader_id"] == leader and st["term"] == before[n.data_dir.name], dump(q)
         assert n.get("/readyz").status_code == 200, n.get("/readyz").text
-    assert submit(q.followers[0], contribution(0, tag="after-liar")).json()["accepted"] is True
+    assert commit(q.followers[0], contribution(0, tag="after-liar"))["accepted"] is True
 
 
 def test_authorities_are_added_and_removed_one_at_a_time(ian_nodes, ian) -> None:
@@ -304,9 +303,9 @@ def test_authorities_are_added_and_removed_one_at_a_time(ian_nodes, ian) -> None
     assert removed.returncode == 0, removed.stderr
     assert f"removed authority {other.node_id}" in removed.stdout
     wait_until(lambda: other.status()["role"] == "follower", what="the removed one stops voting")
-    r = submit(newcomer, contribution(0, tag="members"))
-    assert r.status_code == 200 and r.json()["accepted"] is True, r.text
-    wait_same_log(q, {r.json()["log_index"]: r.json()["contribution_hash"]})
+    doc = commit(newcomer, contribution(0, tag="members"))
+    assert doc["accepted"] is True, doc
+    wait_same_log(q, {doc["log_index"]: doc["contribution_hash"]})
 
 
 def test_an_authority_restored_from_an_old_backup_catches_up(ian_nodes, ian, tmp_path) -> None:
@@ -315,11 +314,11 @@ def test_an_authority_restored_from_an_old_backup_catches_up(ian_nodes, ian, tmp
     index is given twice."""
     q = start_quorum(ian_nodes, authorities=3, followers=0)
     leader = node_by_id(q.nodes, wait_leader(q.nodes))
-    first = [submit(leader, contribution(i, tag="pre")).json() for i in range(3)]
+    first = [commit(leader, contribution(i, tag="pre")) for i in range(3)]
     archive = tmp_path / "old.tar"
     made = ian("backup", "--data-dir", str(leader.data_dir), "-o", str(archive))
     assert made.returncode == 0, made.stderr
-    later = [submit(leader, contribution(i, tag="post")).json() for i in range(3, 6)]
+    later = [commit(leader, contribution(i, tag="post")) for i in range(3, 6)]
     accepted = {a["log_index"]: a["contribution_hash"] for a in first + later}
     assert sorted(accepted) == list(range(6))
     term = leader.status()["term"]
@@ -333,7 +332,7 @@ def test_an_authority_restored_from_an_old_backup_catches_up(ian_nodes, ian, tmp
     again = ian_nodes.restart(leader)
     q.authorities[q.authorities.index(leader)] = again
     wait_same_log(q, accepted)
-    nxt = submit(again, contribution(99, tag="after-restore")).json()
+    nxt = commit(again, contribution(99, tag="after-restore"))
     assert nxt["accepted"] and nxt["log_index"] == 6
     accepted[6] = nxt["contribution_hash"]
     wait_same_log(q, accepted)

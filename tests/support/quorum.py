@@ -162,6 +162,19 @@ def submit(node: NodeProcess, body: dict[str, Any], timeout: float = 15.0) -> ht
     return httpx.post(node.api_url + "/api/v1/contribute", json=body, timeout=timeout)
 
 
+def commit(node: NodeProcess, body: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
+    """Submit like a client: a 503 (an election, a new leader not ready yet) is retried after
+    its Retry-After; returns the final answer's JSON (status 200)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = submit(node, body)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            assert r.status_code == 200, (r.status_code, r.text)
+            doc: dict[str, Any] = r.json()
+            return doc
+        time.sleep(min(float(r.headers.get("Retry-After", "0.2")), 0.5))
+
+
 def elapsed_since(t0: float) -> float:
     return time.monotonic() - t0
 
