@@ -181,6 +181,16 @@ def measure_failover(work: Path, kills: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- (b) HTTP
 
 
+def _offer(pool: ProcessPoolExecutor, api: str, tag: str, rate: float, duration: float) -> Any:
+    """A 2 s warm-up, then ``duration`` s of the open-loop client at ``rate``/s."""
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+    phase = {"mode": "open", "kind": "contribute", "workers": 1, "rate": rate, "max_conns": 256}
+    drive(pool, host, int(port), duration=2, tag=f"warm-{tag}", **phase)
+    doc = drive(pool, host, int(port), duration=duration, tag=tag, **phase)
+    doc.pop("latencies_ms", None)
+    return doc
+
+
 def measure_http(work: Path, rate: float, duration: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with ProcessPoolExecutor(1) as pool:
@@ -188,29 +198,15 @@ def measure_http(work: Path, rate: float, duration: float) -> dict[str, Any]:
         try:
             with httpx.Client(timeout=5) as client:
                 leader = net.leader(client)
-            host, port = leader.api.removeprefix("http://").rsplit(":", 1)
-            drive(pool, host, int(port), mode="open", kind="contribute", workers=1,
-                  duration=2, tag="warm3", rate=rate, max_conns=256)  # fmt: skip
-            out["three_authorities"] = drive(
-                pool, host, int(port), mode="open", kind="contribute", workers=1,
-                duration=duration, tag="quorum", rate=rate, max_conns=256,
-            )  # fmt: skip
+            out["three_authorities"] = _offer(pool, leader.api, "quorum", rate, duration)
         finally:
             net.stop()
         lone = Node(work, "http-lone", {})
         lone.wait_ready()
         try:
-            host, port = lone.api.removeprefix("http://").rsplit(":", 1)
-            drive(pool, host, int(port), mode="open", kind="contribute", workers=1,
-                  duration=2, tag="warm1", rate=rate, max_conns=256)  # fmt: skip
-            out["one_authority"] = drive(
-                pool, host, int(port), mode="open", kind="contribute", workers=1,
-                duration=duration, tag="lone", rate=rate, max_conns=256,
-            )  # fmt: skip
+            out["one_authority"] = _offer(pool, lone.api, "lone", rate, duration)
         finally:
             lone.stop()
-    for doc in out.values():
-        doc.pop("latencies_ms", None)
     return out
 
 

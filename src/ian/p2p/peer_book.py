@@ -41,7 +41,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import chain
 from operator import itemgetter
@@ -291,7 +291,7 @@ def _new_record(now: float) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Any:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: parsing a million-peer file creates ~20 M objects, and the
     collections that triggers (all futile: JSON has no cycles) cost more than the parse."""
     enabled = gc.isenabled()
@@ -401,7 +401,7 @@ def encode_book(saved_at: float, peers: dict[str, Any], ip_bans: dict[str, Any])
         else:
             if data.isascii() and b"\x7f" not in data:
                 return data + b"\n"
-    with _gc_paused():
+    with gc_paused():
         text = json.dumps(doc, separators=(",", ":"), allow_nan=False, check_circular=False)
     return (text + "\n").encode("utf-8")
 
@@ -481,7 +481,7 @@ class PeerBook:
         """
         book = cls(path, ban_seconds=ban_seconds, clock=clock)
         try:
-            with _gc_paused():
+            with gc_paused():
                 data = read_book_json(book.path, RECOVERY)
                 book._adopt(data)
         except FileNotFoundError:

@@ -22,15 +22,13 @@ it in on the next load).
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import math
 import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import compress, repeat
 from operator import attrgetter, is_not, not_
 from pathlib import Path
@@ -40,7 +38,7 @@ import msgspec
 
 from ian.atomic import atomic_writer
 from ian.errors import InputError
-from ian.p2p.peer_book import RECOVERY, PeerBook, PruneResult, decode_json
+from ian.p2p.peer_book import RECOVERY, PeerBook, PruneResult, decode_json, gc_paused
 
 __all__ = ["CHUNK_BYTES", "prune_file"]
 
@@ -82,17 +80,6 @@ class _Unchanged(Exception):
     """Nothing to remove: drop the temp file, keep the old one."""
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def prune_file(
     path: Path,
     older_than_s: float,
@@ -110,7 +97,7 @@ def prune_file(
         raise InputError("older_than_s must be a non-negative number", field="older_than_s")
     path = Path(path)
     try:
-        with _gc_paused():
+        with gc_paused():
             return _stream(path, older_than_s, dry_run=dry_run, clock=clock)
     except (_NotStreamable, FileNotFoundError):
         pass
