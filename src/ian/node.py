@@ -317,7 +317,9 @@ class Node:
     async def resync(self) -> dict[str, Any]:
         """Drop the chain and fetch it again from peers (followers only)."""
         if self.consensus is not None:
-            raise UnavailableError(
+            from ian.errors import ConflictError
+
+            raise ConflictError(
                 "resync is for one-authority chains: on this network a node takes certified "
                 "blocks from the leader and never drops what it has"
             )
