@@ -47,12 +47,15 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, *, mode: int = 0o644, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Write ``path`` atomically through a file object: what the ``with`` block writes goes to
     a temp file in the same directory, which on success is flushed, given ``mode``, fsynced
     and renamed over ``path`` (then the directory is fsynced). If the block raises, or the
     process dies, ``path`` keeps its old content; the temp file is removed on every failure
     this process sees. ``OSError`` becomes :class:`DataDirError` naming the file.
+
+    With ``exclusive=True`` the file is only created, never replaced: :class:`FileExistsError`
+    if ``path`` already exists.
     """
     path = Path(path)
     directory = path.parent
@@ -65,39 +68,6 @@ def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        _fsync_dir(directory)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise _os_error("write", path, exc) from exc
-        raise
-
-
-def atomic_write_bytes(
-    path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False
-) -> None:
-    """Atomically replace ``path`` with ``data``; the file has ``mode`` from its first byte on.
-
-    With ``exclusive=True`` the file is only created, never replaced: :class:`FileExistsError`
-    if ``path`` already exists. Any other ``OSError`` becomes :class:`DataDirError` naming the
-    file; the temp file is removed on every failure.
-    """
-    path = Path(path)
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    try:
-        # Created 0600 and fchmod'ed before the rename, so a secret is never briefly readable.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise _os_error("write", path, exc) from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
@@ -115,6 +85,16 @@ def atomic_write_bytes(
         if isinstance(exc, OSError):
             raise _os_error("write", path, exc) from exc
         raise
+
+
+def atomic_write_bytes(
+    path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False
+) -> None:
+    """Atomically replace ``path`` with ``data`` (:func:`atomic_writer`); the file has
+    ``mode`` from its first byte on. With ``exclusive=True`` it is only created, never
+    replaced (:class:`FileExistsError` if ``path`` exists)."""
+    with atomic_writer(path, mode=mode, exclusive=exclusive) as fh:
+        fh.write(data)
 
 
 def atomic_write_json(
