@@ -270,6 +270,8 @@ class ConsensusCore:
         self._next: dict[str, int] = {}
         self._match: dict[str, int] = {}
         self._learner_mode: set[str] = set()
+        #: certified blocks sent to a peer and not answered yet: (last height, when sent)
+        self._in_flight: dict[str, tuple[int, float]] = {}
         self._active: set[str] = set()
         self._acks: dict[int, dict[str, Ack]] = {}
         self._ack_cache: dict[tuple[int, int], Ack] = {}
@@ -514,6 +516,7 @@ class ConsensusCore:
         self._next = {}
         self._match = {}
         self._learner_mode = set()
+        self._in_flight = {}
         self._acks = {}
         self._active = {self.node_id}
         self._quorum_check_due = self._clock + self.params.election_timeout_min
@@ -551,6 +554,7 @@ class ConsensusCore:
             del self._next[gone]
             del self._match[gone]
             self._learner_mode.discard(gone)
+            self._in_flight.pop(gone, None)
 
     def _append_own(self, block: Block, out: list[Action]) -> None:
         self._log.append(block)
@@ -642,12 +646,20 @@ class ConsensusCore:
             )
             return
         nxt = self._next[peer]
+        sent = self._in_flight.get(peer)
+        if (
+            sent is not None
+            and sent[0] >= nxt
+            and self._clock - sent[1] < self.params.election_timeout_min
+        ):
+            return  # still taking the last batch: sending it again would only cost both sides
         heights = sorted(h for h in self._certs if nxt <= h <= self._commit)
         if not heights:
             return
         # The furthest certified height within one message's limits, else the nearest one.
         end = self._batch_end(nxt)
         target = max((h for h in heights if h <= end), default=heights[0])
+        self._in_flight[peer] = (target, self._clock)
         out.append(
             Send(
                 peer,
@@ -683,6 +695,7 @@ class ConsensusCore:
             return
         self._active.add(sender)
         if resp.learner:
+            self._in_flight.pop(sender, None)
             self._learner_mode.add(sender)
             self._match[sender] = min(resp.match_height, self._commit)
             self._next[sender] = self._match[sender] + 1
