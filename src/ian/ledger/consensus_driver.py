@@ -164,9 +164,14 @@ class ConsensusDriver:
         leader sends certified blocks (recomputed when the authority set changes, so a removed
         authority learns of its removal at once)."""
         self._connected = frozenset(connected)
-        learners = self._connected - self.core.authorities().keys()
+        members = self.core.authorities().keys()
+        learners = self._connected - members
         if learners != self.core.learners:
             self.core.set_learners(learners)
+        # A gone follower's outbox and delivery task go with it (authorities' stay: the core
+        # keeps sending to them, and they come back).
+        for gone in [p for p in self._outboxes if p not in self._connected and p not in members]:
+            self._outboxes.pop(gone).close()
 
     # ------------------------------------------------------------------ inputs
 
@@ -211,8 +216,8 @@ class ConsensusDriver:
             return
         try:
             self._events_in.send_nowait(Received(peer.node_id, decoded))
-        except anyio.WouldBlock:
-            self.dropped_messages += 1
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.dropped_messages += 1  # full, or the driver has stopped
             return
         self.inbox_bytes += size
 

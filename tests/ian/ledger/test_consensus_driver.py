@@ -331,3 +331,26 @@ async def test_two_certified_blocks_at_one_height_stop_applying_and_are_kept(
     outcome = await target.driver.propose(b"later")
     assert isinstance(outcome, Unavailable)
     assert target.applied == [b"first"]
+
+
+async def test_a_gone_followers_outbox_goes_with_it(cluster: Cluster, tmp_path: Path) -> None:
+    """Outboxes are per peer; a follower that disconnects must not leave one behind (else
+    every throwaway identity that ever connected would keep a queue and a task)."""
+    members = await three_authorities(cluster, tmp_path)
+    assert isinstance(await propose(members, b"first"), Accepted)
+    leader_id = next(m.driver.view().leader for m in members if m.driver)
+    leader = next(m for m in members if m.node.node_id == leader_id)
+    driver = leader.driver
+    assert driver is not None
+    follower = await cluster.start("follower")
+    await follower.service.connect(leader.node.address)
+    await leader.node.wait_for(lambda: leader.node.connected(follower))
+    connected = {p.node_id for p in leader.node.service.peers()}
+    driver.set_learners(connected)
+    assert follower.node_id in driver.core.learners
+    assert isinstance(await propose(members, b"second"), Accepted)  # certified blocks go out
+    assert follower.node_id in driver._outboxes
+    driver.set_learners(connected - {follower.node_id})
+    assert follower.node_id not in driver._outboxes
+    assert follower.node_id not in driver.core.learners
+    assert {m.node.node_id for m in members} - {leader_id} <= set(driver._outboxes)
