@@ -22,6 +22,7 @@ from ian.api import models as m
 from ian.api.auth import AdminGuard, BanGuard
 from ian.api.responses import error_response, request_error_response
 from ian.api.routes import ROUTERS
+from ian.api.routes.contribute import ContributeFastPath
 from ian.errors import RequestError
 
 if TYPE_CHECKING:
@@ -38,9 +39,13 @@ def create_app(node: Node) -> FastAPI:
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
         redoc_url=None,
+        # The node exports its own Prometheus metrics; FastAPI's OpenTelemetry hooks would only
+        # cost a provider lookup per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.node = node
     app.add_middleware(AdminGuard)
+    app.add_middleware(ContributeFastPath)
     app.add_middleware(BanGuard)  # added last: runs first
     install_error_handlers(app)
     for router in ROUTERS:

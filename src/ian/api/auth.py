@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
+from collections.abc import Sequence
 
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,19 +47,35 @@ async def require_admin(request: Request) -> None:
     check_token(request, node.admin_token)
 
 
+@functools.lru_cache(maxsize=8)
+def trusted_networks(
+    proxies: Sequence[str],
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The ``trusted_proxies`` setting as networks (parsed once per distinct setting)."""
+    return [ipaddress.ip_network(p, strict=False) for p in proxies]
+
+
 def client_address(
     request: Request, proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 ) -> str:
     """The client's address; X-Forwarded-For is believed only from a trusted proxy."""
     host = request.client.host if request.client else "unknown"
-    if proxies and host != "unknown":
-        forwarded = request.headers.get("x-forwarded-for")
-        try:
-            trusted = any(ipaddress.ip_address(host) in net for net in proxies)
-        except ValueError:
-            trusted = False
-        if trusted and forwarded:
-            return forwarded.split(",")[-1].strip() or host
+    if not proxies or host == "unknown":
+        return host
+    return _forwarded_address(host, request.headers.get("x-forwarded-for"), proxies)
+
+
+def _forwarded_address(
+    host: str,
+    forwarded: str | None,
+    proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    try:
+        trusted = any(ipaddress.ip_address(host) in net for net in proxies)
+    except ValueError:
+        trusted = False
+    if trusted and forwarded:
+        return forwarded.split(",")[-1].strip() or host
     return host
 
 
@@ -71,10 +89,15 @@ class BanGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            request = Request(scope)
-            node = request.app.state.node
-            proxies = [ipaddress.ip_network(p, strict=False) for p in node.settings.trusted_proxies]
-            why = node.http_ban_reason(client_address(request, proxies))
+            node = scope["app"].state.node
+            client = scope.get("client")
+            host = client[0] if client else "unknown"
+            proxies = trusted_networks(tuple(node.settings.trusted_proxies))
+            if proxies and host != "unknown":
+                host = _forwarded_address(
+                    host, Request(scope).headers.get("x-forwarded-for"), proxies
+                )
+            why = node.http_ban_reason(host)
             if why is not None:
                 exc = AuthError(f"this address is banned: {why}", forbidden=True, code="banned")
                 await request_error_response(exc)(scope, receive, send)
