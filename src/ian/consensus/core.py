@@ -272,6 +272,8 @@ class ConsensusCore:
         self._learner_mode: set[str] = set()
         #: certified blocks sent to a peer and not answered yet: (last height, when sent)
         self._in_flight: dict[str, tuple[int, float]] = {}
+        #: where the last AppendBlocks sent to each authority ended (see _on_append_response)
+        self._sent_end: dict[str, int] = {}
         self._active: set[str] = set()
         self._acks: dict[int, dict[str, Ack]] = {}
         self._ack_cache: dict[tuple[int, int], Ack] = {}
@@ -517,6 +519,7 @@ class ConsensusCore:
         self._match = {}
         self._learner_mode = set()
         self._in_flight = {}
+        self._sent_end = {}
         self._acks = {}
         self._active = {self.node_id}
         self._quorum_check_due = self._clock + self.params.election_timeout_min
@@ -555,6 +558,7 @@ class ConsensusCore:
             del self._match[gone]
             self._learner_mode.discard(gone)
             self._in_flight.pop(gone, None)
+            self._sent_end.pop(gone, None)
 
     def _append_own(self, block: Block, out: list[Action]) -> None:
         self._log.append(block)
@@ -626,9 +630,13 @@ class ConsensusCore:
             # catching up on certified blocks (so a joining authority sees its own addition).
             self._learner_mode.discard(peer)
         if peer in members and peer not in self._learner_mode:
-            nxt = min(self._next[peer], len(self._log) + 1)
+            # Blocks already sent go unsent: messages to a peer arrive in order, and one that
+            # was lost shows up as a refusal (below its prev), which sends from the gap again.
+            first = max(self._next[peer], self._sent_end.get(peer, 0) + 1)
+            nxt = min(first, len(self._log) + 1)
             prev = nxt - 1
             blocks = tuple(self._log[prev : self._batch_end(prev + 1)])
+            self._sent_end[peer] = prev + len(blocks)
             cert = self._certs.get(self._commit)
             out.append(
                 Send(
@@ -709,6 +717,7 @@ class ConsensusCore:
         self._learner_mode.discard(sender)
         if not resp.success:
             self._next[sender] = max(1, min(self._next[sender] - 1, resp.match_height + 1))
+            self._sent_end.pop(sender, None)  # what was on its way did not all arrive
             self._send_to_peer(sender, out)
             return
         match = min(resp.match_height, len(self._log))
@@ -717,7 +726,10 @@ class ConsensusCore:
         for ack in resp.acks:
             self._record_ack(sender, ack)
         self._advance_leader_commit(out)
-        if self._role is Role.LEADER and self._next[sender] <= len(self._log):
+        # More only if some block was never sent: an answer to an older message arriving while
+        # newer blocks are on their way must not send them again (and have them answered again).
+        unsent = max(self._next[sender], self._sent_end.get(sender, 0) + 1)
+        if self._role is Role.LEADER and unsent <= len(self._log):
             self._send_to_peer(sender, out)
 
     def _record_ack(self, sender: str, ack: Ack) -> None:

@@ -481,3 +481,37 @@ def test_every_cluster_size_elects_and_commits(n: int) -> None:
     out += c.deliver()
     assert [o for o in answers(out) if isinstance(o, Accepted)]
     assert all(core.term == 1 for core in c.cores.values())
+
+
+def test_an_older_answer_does_not_resend_blocks_already_on_their_way() -> None:
+    """Two proposals in a row: a1's answer to the first commits it, and the news goes out
+    without the second block, which is in the message a1 has not answered yet; a lost message
+    is recovered from a1's refusal; both commit."""
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r1", b"x"))
+    c.step("a0", Propose("r2", b"y"))
+    to_a1 = [w for w in c.wire if w.to == "a1"]
+    assert [[b.payload for b in w.message.blocks] for w in to_a1] == [[b"x"], [b"y"]]
+    c.wire = [w for w in c.wire if w.to != "a1"]
+    first_answer = next(
+        a.message
+        for a in c.step("a1", Received(to_a1[0].sender, to_a1[0].message))
+        if isinstance(a, Send)
+    )
+    c.wire = [w for w in c.wire if w.sender != c.id("a1")]
+    out = c.step("a0", Received(c.id("a1"), first_answer))  # commits x: tells everyone
+    [commit_news] = [a.message for a in out if isinstance(a, Send) and a.to == c.id("a1")]
+    assert isinstance(commit_news, AppendBlocks) and commit_news.blocks == ()
+    c.step("a1", Received(to_a1[1].sender, to_a1[1].message))
+    c.deliver()
+    assert [b.payload for b in c.applied["a1"]][-2:] == [b"x", b"y"]
+    # A message lost on the way: a1 refuses the next one (its prev is beyond a1's log), and
+    # the leader sends from the gap.
+    c.step("a0", Propose("r3", b"z"))
+    c.wire = [w for w in c.wire if w.to != "a1"]
+    c.step("a0", Propose("r4", b"w"))
+    c.deliver()
+    c.heartbeat("a0")
+    assert [b.payload for b in c.applied["a1"]][-2:] == [b"z", b"w"]
+    assert c.cores["a0"].commit_height == c.cores["a0"].last_height
