@@ -268,7 +268,9 @@ class Node:
                 log.info("created %s", item)
             genesis = settle_genesis(settings, datadir, init.identity)
             role = role_for(settings, init.identity.node_id, genesis)[0]
-            store = Store(datadir.store_file)
+            # With several authorities the fsynced consensus log is the record and the store is
+            # re-applied from it after a crash: its commits need not wait for the disk too.
+            store = Store(datadir.store_file, durable_commits=not is_multi_authority(genesis))
             specs = goals_of(genesis, settings.all_goals())
             saved = node_state_mod.read_node_state(datadir.node_state_file)
             if saved is not None and not saved.clean_shutdown:

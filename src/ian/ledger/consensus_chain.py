@@ -17,6 +17,9 @@ document as JSON), signed by the authority that led when it was built.
   deterministic), and counted: a faulty or hostile authority cannot stop the chain with one.
 - Applying is idempotent: a block already in the store (applied before a crash, and the
   applied mark lost with it) is recognised by its hash and not applied twice.
+- The consensus log, fsynced by a majority before any answer, is the durable record; the chain
+  store is derived from it, so its commits are not fsynced (``Store(durable_commits=False)``):
+  after a crash, blocks the store lost are applied again from the log (:func:`applied_mark`).
 """
 
 from __future__ import annotations

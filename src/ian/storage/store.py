@@ -116,7 +116,11 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 class Store:
     """SQLite store. Writes go through :meth:`append_block`/:meth:`truncate_above` only."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, durable_commits: bool = True) -> None:
+        """``durable_commits=False``: a commit returns before the disk has it (WAL mode keeps
+        the file consistent; a crash may lose the last blocks). Only for a store that is
+        rebuilt from another durable record after a crash: on a network of several
+        authorities the consensus log is that record (``ian.ledger.consensus_chain``)."""
         self.path = path
         self.readonly = readonly
         self._write_lock = threading.Lock()
@@ -128,7 +132,8 @@ class Store:
             else:
                 self._w = _connect(path)
                 self._w.execute("PRAGMA journal_mode = WAL")
-                self._w.execute("PRAGMA synchronous = FULL")
+                sync = "FULL" if durable_commits else "NORMAL"
+                self._w.execute(f"PRAGMA synchronous = {sync}")
                 self._w.execute("PRAGMA cache_size = -65536")
                 # Checkpoint the WAL every ~32 MiB rather than 4 MiB: fewer stalls under ingest.
                 self._w.execute("PRAGMA wal_autocheckpoint = 8192")

@@ -37,6 +37,19 @@ def test_new_store_records_its_schema_and_uses_wal(tmp_path) -> None:
     ro.close()
 
 
+@pytest.mark.parametrize(("durable", "synchronous"), [(True, 2), (False, 1)])
+def test_commits_wait_for_the_disk_unless_the_store_is_derived(
+    tmp_path, durable: bool, synchronous: int
+) -> None:
+    """FULL (fsync per commit) by default; NORMAL for a store rebuilt from the consensus log."""
+    store = Store(tmp_path / "chain.sqlite", durable_commits=durable)
+    try:
+        assert store._w is not None
+        assert store._w.execute("PRAGMA synchronous").fetchone() == (synchronous,)
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("readonly", [False, True])
 def test_newer_schema_is_refused_and_left_alone(tmp_path, readonly) -> None:
     path = tmp_path / "chain.sqlite"
