@@ -229,7 +229,9 @@ def test_ping_flood_is_rate_limited_and_cut_off(pair: Pair) -> None:
         "ian_rate_limit_violations_total", 0.0
     )
     assert violations > 1000, violations
-    assert peer.goodbye in ("score too low", "banned"), peer.goodbye
+    # Cut off for its score; or, when the flooder (a Python thread) reads its pongs slower
+    # than the bucket lets them out (a loaded machine), for not reading: both end the flood.
+    assert peer.goodbye in ("score too low", "banned", "send queue full"), peer.goodbye
     wait_until(
         lambda: set(pair.a.connected()) == {pair.b.node_id},
         timeout=5,
