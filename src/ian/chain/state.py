@@ -82,7 +82,8 @@ class ChainState:
     height: int = 0
     head_hash: bytes = GENESIS_HASH
     head_timestamp_ms: int = 0
-    _saved: dict[str, tuple[MMR, Leaderboard]] = field(default_factory=dict)
+    #: undo layers, oldest first: the goals each batch touched, as they were before it
+    _saved: list[dict[str, tuple[MMR, Leaderboard]]] = field(default_factory=lambda: [{}])
 
     @classmethod
     def genesis(cls, specs: list[GoalSpec]) -> ChainState:
@@ -95,28 +96,52 @@ class ChainState:
         self.height = other.height
         self.head_hash = other.head_hash
         self.head_timestamp_ms = other.head_timestamp_ms
-        self._saved = {}
+        self._saved = [{}]
 
     def goal(self, goal_id: str) -> GoalState | None:
         return self.goals.get(goal_id)
 
     # -- rollback ------------------------------------------------------------------------------
+    # A batch's changes can be undone until they are settled. Batches can be stacked: a leader
+    # builds the next block on top of blocks still waiting for their commit (``push``), then
+    # settles them oldest first as they commit, or rolls back the newest ones.
     def begin(self) -> None:
-        """Start a batch: goals touched from now on can be rolled back with :meth:`rollback`."""
-        self._saved = {}
+        """Start a batch: goals touched from now on can be rolled back with :meth:`rollback`.
+        Earlier batches' changes are kept (settled)."""
+        self._saved = [{}]
+
+    def push(self) -> None:
+        """Start a batch on top of the unsettled ones (each can be rolled back on its own)."""
+        self._saved.append({})
+
+    @property
+    def batches(self) -> int:
+        """How many batches' changes can be rolled back (the current one included)."""
+        return len(self._saved)
 
     def touch(self, goal: GoalState) -> None:
-        if goal.spec.id not in self._saved:
-            self._saved[goal.spec.id] = (goal.mmr.copy(), goal.leaderboard.copy())
+        layer = self._saved[-1]
+        if goal.spec.id not in layer:
+            layer[goal.spec.id] = (goal.mmr.copy(), goal.leaderboard.copy())
 
-    def rollback(self) -> None:
-        for gid, (mmr, board) in self._saved.items():
-            self.goals[gid].mmr = mmr
-            self.goals[gid].leaderboard = board
-        self._saved = {}
+    def rollback(self, keep: int = 0) -> None:
+        """Undo the batches above the ``keep`` oldest, newest first (all of them by default)."""
+        while len(self._saved) > keep:
+            for gid, (mmr, board) in self._saved.pop().items():
+                self.goals[gid].mmr = mmr
+                self.goals[gid].leaderboard = board
+        if not self._saved:
+            self._saved = [{}]
+
+    def settle_oldest(self) -> None:
+        """The oldest batch's changes stay: it can no longer be rolled back."""
+        del self._saved[0]
+        if not self._saved:
+            self._saved = [{}]
 
     def touched(self) -> list[str]:
-        return sorted(self._saved)
+        """The goals the current (newest) batch changed."""
+        return sorted(self._saved[-1])
 
 
 def evaluate(goal: GoalState, c: Contribution) -> tuple[Metrics | None, goals_mod.Rejection | None]:

@@ -5,11 +5,14 @@ leaderboards) is what clients see. A ``data`` block's payload is one chain block
 document as JSON), signed by the authority that led when it was built.
 
 - The leader builds a chain block on its *applied* state (every committed block applied, none
-  pending: :meth:`ConsensusDriver.ready_to_propose`), proposes it and waits: its submitters are
-  answered only once the block is committed by a majority of authorities and applied here
-  (:meth:`ChainBridge.commit_batch`). The in-memory state keeps the block's changes meanwhile
-  (nothing reads them: views are published on apply), so applying its own block costs the
-  leader one write, not a second evaluation; any other block to apply first undoes them.
+  pending: :meth:`ConsensusDriver.ready_to_propose`), or on top of the blocks it proposed in
+  this term that are still waiting for their commit (up to :data:`MAX_IN_FLIGHT`), proposes it
+  and waits: its submitters are answered only once the block is committed by a majority of
+  authorities and applied here (:meth:`ChainBridge.commit_batch`). The in-memory state keeps
+  each block's changes meanwhile, one undo layer per block (nothing reads them: views are
+  published on apply), so applying its own block costs the leader one write, not a second
+  evaluation; any other block to apply first undoes them all, and a block that fails to
+  commit undoes itself and every block built on it.
 - Every node — leader, authorities and followers alike — applies committed blocks in order
   through :meth:`ChainBridge.apply`: it re-executes the chain block and writes it, exactly as a
   follower verifies a block today, and checks its signer is an authority at that height.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
@@ -33,7 +37,7 @@ import anyio.to_thread
 from ian.chain.blocks import Block, InvalidBlockError
 from ian.chain.contributions import Contribution
 from ian.chain.state import ChainState, Outcome
-from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Unavailable
+from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Role, Unavailable
 from ian.consensus import Block as ConsensusBlock
 from ian.errors import StoreError, UnavailableError
 from ian.identity import Identity
@@ -43,9 +47,12 @@ from ian.ledger.sequencer import BatchResult, build_block
 from ian.p2p import messages as msg
 from ian.storage.store import NewEntry, Store
 
-__all__ = ["ChainBridge", "applied_mark", "block_from_payload", "payload_of"]
+__all__ = ["MAX_IN_FLIGHT", "ChainBridge", "applied_mark", "block_from_payload", "payload_of"]
 
 log = logging.getLogger("ian.consensus")
+
+#: blocks a leader may have proposed and not yet seen committed (each batch waits for its own)
+MAX_IN_FLIGHT = 4
 
 
 def payload_of(block: Block) -> bytes:
@@ -82,6 +89,15 @@ def applied_mark(log: list[ConsensusBlock], applied: int, chain_height: int) -> 
     return top
 
 
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A block this leader proposed, waiting for its commit."""
+
+    block: Block
+    entries: list[NewEntry]
+    term: int
+
+
 class ChainBridge:
     """Applies committed blocks to the chain and turns a leader's batches into proposals."""
 
@@ -94,6 +110,7 @@ class ChainBridge:
         driver: ConsensusDriver,
         on_applied: Callable[[Block], None],
         ready_timeout: float = 2.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.state = state
         self.store = store
@@ -104,8 +121,15 @@ class ChainBridge:
         #: held while the chain state is being changed (an apply) or read for a build
         self._lock = anyio.Lock()
         self.skipped_blocks = 0  # committed payloads that were not valid chain blocks
-        #: the block this leader built and proposed, its changes held in the state (see above)
-        self._pending: tuple[Block, list[NewEntry]] | None = None
+        #: the blocks this leader built and proposed, oldest first, their changes held in the
+        #: state (one undo layer each, see above)
+        self._pending: list[_InFlight] = []
+        self.max_in_flight = max_in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Blocks this leader proposed whose commit it has not seen yet."""
+        return len(self._pending)
 
     # -- every node ---------------------------------------------------------------------------
     async def apply(self, blocks: list[ConsensusBlock]) -> None:
@@ -149,14 +173,14 @@ class ChainBridge:
         written: list[Block] = []
         while todo:
             block, height = todo[0]
-            if self._pending is not None:
-                own, entries = self._pending
+            if self._pending:
+                own, entries = self._pending[0].block, self._pending[0].entries
                 if block.hash == own.hash and block.height == self.state.height + 1:
                     self.store.append_block(block, entries)  # evaluated when it was built
                     self.state.height, self.state.head_hash = block.height, block.hash
                     self.state.head_timestamp_ms = block.header.timestamp_ms
-                    self.state.begin()
-                    self._pending = None
+                    self.state.settle_oldest()
+                    self._pending.pop(0)
                     written.append(block)
                     todo.pop(0)
                     continue
@@ -177,12 +201,11 @@ class ChainBridge:
                 todo.pop(0)
         return written
 
-    def _discard_pending(self) -> None:
-        """Undo the changes of the block this leader built (another block comes first, or
-        its proposal failed)."""
-        self.state.rollback()
-        self.state.begin()
-        self._pending = None
+    def _discard_pending(self, start: int = 0) -> None:
+        """Undo the changes of the blocks this leader built from ``start`` on (another block
+        comes first, or a proposal failed: the blocks built on it go with it)."""
+        self.state.rollback(keep=start)
+        del self._pending[start:]
 
     def _skip(self, height: int, exc: InvalidBlockError) -> None:
         self.skipped_blocks += 1
@@ -190,21 +213,34 @@ class ChainBridge:
 
     # -- the leader ---------------------------------------------------------------------------
     async def commit_batch(self, contributions: list[Contribution]) -> BatchResult:
-        """The sequencer's step on a leader: decide, build, propose, wait for the commit."""
-        ready = False
-        with anyio.move_on_after(self.ready_timeout):
-            ready = await self.driver.wait_ready()
-        if not ready:
-            raise UnavailableError("no leader is ready to take contributions", retry_after=1.0)
-        async with self._lock:
-            outcomes, block = await anyio.to_thread.run_sync(self._build, contributions)
-        if block is None:
-            return BatchResult(outcomes=outcomes, block=None)
-        outcome = await self.driver.propose(payload_of(block))
+        """The sequencer's step on a leader: decide, build, propose, wait for the commit.
+
+        Batches may overlap (up to :attr:`max_in_flight`): a block is built on top of the ones
+        still waiting for their commit, so the next block is on its way while the authorities
+        store the last one. Proposals enter the log in the order their blocks were built."""
+        deadline = anyio.current_time() + self.ready_timeout
+        while True:
+            async with self._lock:
+                if self._can_build():
+                    outcomes, block = await anyio.to_thread.run_sync(self._build, contributions)
+                    if block is None:
+                        return BatchResult(outcomes=outcomes, block=None)
+                    try:
+                        answer = self.driver.enqueue_proposal(payload_of(block))
+                    except BaseException:
+                        await anyio.to_thread.run_sync(self._discard_from, block)
+                        raise
+                    break
+            stepped = False
+            if self.driver.core.role is Role.LEADER:
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    stepped = await self.driver.wait_step()
+            if not stepped:
+                raise UnavailableError("no leader is ready to take contributions", retry_after=1)
+        outcome = await answer()
         if not isinstance(outcome, Accepted):
             async with self._lock:
-                if self._pending is not None and self._pending[0].hash == block.hash:
-                    await anyio.to_thread.run_sync(self._discard_pending)
+                await anyio.to_thread.run_sync(self._discard_from, block)
         if isinstance(outcome, Accepted):
             if self.store.block_hash(block.height) != block.hash:
                 raise UnavailableError("the committed block was not applied here", retry_after=1)
@@ -223,21 +259,56 @@ class ChainBridge:
         assert isinstance(outcome, Rejected)
         raise StoreError(f"the block was refused: {outcome.reason}")
 
+    def _can_build(self) -> bool:
+        """(Lock held) Whether a block built now lands where every node will apply it: on the
+        applied state with the whole log applied, or on this term's blocks still in flight."""
+        core = self.driver.core
+        if self._pending:
+            return (
+                core.role is Role.LEADER
+                and not core.forked
+                and core.term == self._pending[-1].term  # else they fail: their batches undo them
+                and len(self._pending) < self.max_in_flight
+            )
+        return self.driver.ready_to_propose()
+
     def _build(self, contributions: list[Contribution]) -> tuple[list[Outcome], Block | None]:
-        """Worker thread: the block for ``contributions`` on the applied state; its changes
-        stay in the state as :attr:`_pending` until it is applied or discarded."""
-        if self._pending is not None:
-            self._discard_pending()
-        self.state.begin()
+        """Worker thread: the block for ``contributions`` on the applied state and the blocks
+        in flight; its changes stay in the state (an undo layer) until it is applied or
+        discarded."""
+        term = self.driver.core.term
+        if self._pending:
+            self.state.push()
+            parent: Block | None = self._pending[-1].block
+            unstored: dict[str, set[bytes]] = {}
+            for p in self._pending:
+                for e in p.entries:
+                    unstored.setdefault(e.contribution.goal_id, set()).add(e.contribution.pack_hash)
+        else:
+            self.state.begin()
+            parent, unstored = None, {}
+        keep = len(self._pending)
         try:
             outcomes, block, entries = build_block(
-                self.state, self.identity, contributions, store=self.store
+                self.state,
+                self.identity,
+                contributions,
+                store=self.store,
+                parent=parent,
+                unstored_packs=unstored,
             )
         except BaseException:
-            self._discard_pending()
+            self._discard_pending(keep)
             raise
         if block is None:
-            self._discard_pending()
+            self._discard_pending(keep)
         else:
-            self._pending = (block, entries)
+            self._pending.append(_InFlight(block, entries, term))
         return outcomes, block
+
+    def _discard_from(self, block: Block) -> None:
+        """Worker thread: ``block`` failed to commit: undo it and the blocks built on it."""
+        for i, p in enumerate(self._pending):
+            if p.block.hash == block.hash:
+                self._discard_pending(i)
+                return

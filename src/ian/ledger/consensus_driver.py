@@ -91,6 +91,13 @@ class ConsensusView:
     forked: bool
 
 
+def _answered(outcome: Outcome) -> Callable[[], Awaitable[Outcome]]:
+    async def answer() -> Outcome:
+        return outcome
+
+    return answer
+
+
 class _Waiter:
     __slots__ = ("done", "outcome")
 
@@ -136,6 +143,9 @@ class ConsensusDriver:
         self._running = False
         self._connected: frozenset[str] = frozenset()
         self._members = frozenset(core.authorities())
+        #: the height through which ``apply`` has returned (the core counts a block applied
+        #: when it hands it out, before the callback has run)
+        self.applied_through = core.applied_height
         switch.on(Consensus.TYPE, self._on_message)
 
     # ------------------------------------------------------------------ views
@@ -148,16 +158,14 @@ class ConsensusDriver:
         """This node leads and has applied its whole log: a block built on the applied state
         now is built on the state every node will have when it applies that block."""
         c = self.core
-        return c.role is Role.LEADER and not c.forked and c.applied_height == c.last_height
+        return c.role is Role.LEADER and not c.forked and self.applied_through == c.last_height
 
-    async def wait_ready(self) -> bool:
-        """Wait for :meth:`ready_to_propose` (a new leader's first block commits first);
-        False as soon as this node does not lead (callers bound the wait)."""
-        while not self.ready_to_propose():
-            if self.core.role is not Role.LEADER or not self._running:
-                return False
-            await self._stepped.wait()
-        return True
+    async def wait_step(self) -> bool:
+        """Wait for the next step of the core; False at once when the driver is not running."""
+        if not self._running:
+            return False
+        await self._stepped.wait()
+        return self._running
 
     def set_learners(self, connected: set[str]) -> None:
         """The node's connected peers: the non-authorities among them are learners, which a
@@ -178,15 +186,21 @@ class ConsensusDriver:
     async def propose(self, payload: bytes) -> Outcome:
         """Propose ``payload``; returns once it is committed *and applied here*, or refused
         (:class:`~ian.consensus.Redirect`, :class:`~ian.consensus.Unavailable`, ...)."""
-        return await self._ask(lambda request_id: Propose(request_id, payload))
+        return await self.enqueue_proposal(payload)()
+
+    def enqueue_proposal(self, payload: bytes) -> Callable[[], Awaitable[Outcome]]:
+        """:meth:`propose` in two steps: queued now (proposals reach the log in the order they
+        are queued), answered by awaiting the returned function. Raises
+        :class:`~ian.errors.UnavailableError` when the queue is full."""
+        return self._enqueue(lambda request_id: Propose(request_id, payload))
 
     async def propose_change(self, change: AuthorityChange) -> Outcome:
         """Add or remove one authority (leader only); answered like :meth:`propose`."""
-        return await self._ask(lambda request_id: ProposeChange(request_id, change))
+        return await self._enqueue(lambda request_id: ProposeChange(request_id, change))()
 
-    async def _ask(self, make: Callable[[str], Event]) -> Outcome:
+    def _enqueue(self, make: Callable[[str], Event]) -> Callable[[], Awaitable[Outcome]]:
         if not self._running:
-            return Unavailable(1.0)
+            return _answered(Unavailable(1.0))
         request_id = f"p{next(self._ids)}"
         waiter = self._waiters[request_id] = _Waiter()
         try:
@@ -194,9 +208,13 @@ class ConsensusDriver:
         except anyio.WouldBlock:
             del self._waiters[request_id]
             raise UnavailableError("consensus is busy", retry_after=1.0) from None
-        await waiter.done.wait()
-        assert waiter.outcome is not None
-        return waiter.outcome
+
+        async def answer() -> Outcome:
+            await waiter.done.wait()
+            assert waiter.outcome is not None
+            return waiter.outcome
+
+        return answer
 
     async def _on_message(self, peer: PeerInfo, message: Consensus) -> None:
         # Authorities take part; a learner only answers certified blocks: a stranger cannot
@@ -300,6 +318,7 @@ class ConsensusDriver:
 
     async def _apply(self, blocks: list[Block]) -> None:
         await self._apply_blocks(blocks)
+        self.applied_through = blocks[-1].height
         await anyio.to_thread.run_sync(self.log_store.set_applied, blocks[-1].height)
 
     def _on_role(self, change: RoleChanged) -> None:

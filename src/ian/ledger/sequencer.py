@@ -52,11 +52,15 @@ def build_block(
     *,
     store: Store | None = None,
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    parent: Block | None = None,
+    unstored_packs: dict[str, set[bytes]] | None = None,
 ) -> tuple[list[Outcome], Block | None, list[NewEntry]]:
     """Decide every contribution and, if any is accepted, make the signed block for them.
 
     Mutates ``state`` (call ``state.begin()`` first so the caller can roll back).
-    Duplicates of already-accepted packs (in ``store`` or earlier in this batch) are refused.
+    Duplicates of already-accepted packs (in ``store``, in ``unstored_packs`` or earlier in
+    this batch) are refused. The block follows the state's head, or ``parent`` when given (a
+    block built but not yet stored, whose changes ``state`` holds).
     """
     outcomes: list[Outcome] = []
     accepted: list[NewEntry] = []
@@ -66,6 +70,8 @@ def build_block(
         for c in contributions:
             by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
         known = {g: store.has_packs(g, hs, writer=True) for g, hs in by_goal.items()}
+    for gid, packs in (unstored_packs or {}).items():
+        known[gid] = known.get(gid, set()) | packs
     for c in contributions:
         seen = known.setdefault(c.goal_id, set())
         if c.pack_hash in seen:
@@ -85,10 +91,15 @@ def build_block(
             accepted.append(NewEntry.accepted(c, outcome))
     if not accepted:
         return outcomes, None, []
+    if parent is None:
+        height, parent_hash, parent_ms = state.height, state.head_hash, state.head_timestamp_ms
+    else:
+        height, parent_hash = parent.height, parent.hash
+        parent_ms = parent.header.timestamp_ms
     header = BlockHeader(
-        height=state.height + 1,
-        parent_hash=state.head_hash,
-        timestamp_ms=max(now_ms(), state.head_timestamp_ms),
+        height=height + 1,
+        parent_hash=parent_hash,
+        timestamp_ms=max(now_ms(), parent_ms),
         sequencer=identity.node_id,
         sequencer_key=identity.public_key,
         entries_hash=blocks.entries_hash([e.contribution_hash for e in accepted]),
@@ -141,6 +152,7 @@ class Sequencer:
         max_block_bytes: int = 16 * 1024 * 1024,
         on_batch: Callable[[BatchResult, float], None] | None = None,
         commit: Callable[[list[Contribution]], Awaitable[BatchResult]] | None = None,
+        in_flight: int = 1,
     ) -> None:
         self.state = state
         self.store = store
@@ -156,6 +168,8 @@ class Sequencer:
         #: how a batch becomes a block: by default sealed here (one authority); on a network
         #: of several, proposed and committed by a majority (ChainBridge.commit_batch)
         self._commit = commit
+        #: batches handed to ``commit`` and not answered yet, at most (sealing here: one)
+        self._slots = anyio.Semaphore(max(1, in_flight) if commit is not None else 1)
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             max_buffer_size=100_000
         )
@@ -192,31 +206,46 @@ class Sequencer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with self._receive:
+        async with self._receive, anyio.create_task_group() as tg:
             while True:
-                if self._carry is not None:
-                    first, self._carry = self._carry, None
-                else:
-                    try:
-                        first = await self._receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                batch = [first]
-                size = first.size
-                while len(batch) < self.max_entries:
-                    try:
-                        nxt = self._receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    size += nxt.size
-                    if size > self.max_block_bytes:
-                        self._carry = nxt  # first of the next block
-                        break
-                    batch.append(nxt)
-                self._queued_bytes -= sum(p.size for p in batch)
-                # Shielded: a batch that started is finished and answered even during shutdown.
-                with anyio.CancelScope(shield=True):
-                    await self._process(batch)
+                await self._slots.acquire()
+                batch = await self._next_batch()
+                if batch is None:
+                    self._slots.release()
+                    return
+                tg.start_soon(self._process_in_slot, batch)
+
+    async def _next_batch(self) -> list[_Pending] | None:
+        """Everything waiting (up to a block's worth); None once the queue is closed and empty."""
+        if self._carry is not None:
+            first, self._carry = self._carry, None
+        else:
+            try:
+                first = await self._receive.receive()
+            except anyio.EndOfStream:
+                return None
+        batch = [first]
+        size = first.size
+        while len(batch) < self.max_entries:
+            try:
+                nxt = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            size += nxt.size
+            if size > self.max_block_bytes:
+                self._carry = nxt  # first of the next block
+                break
+            batch.append(nxt)
+        self._queued_bytes -= sum(p.size for p in batch)
+        return batch
+
+    async def _process_in_slot(self, batch: list[_Pending]) -> None:
+        # Shielded: a batch that started is finished and answered even during shutdown.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._process(batch)
+            finally:
+                self._slots.release()
 
     async def _process(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
