@@ -983,8 +983,9 @@ def main_etcd(args) -> None:
         doc.update(run_etcd_comparison(args, runs, duration, out_dir))
     except RuntimeError as exc:  # etcd missing or not starting: say so, one line
         raise SystemExit(f"etcd comparison: {exc}") from exc
+    finally:  # node data and logs (a failed start already printed its log)
+        shutil.rmtree(out_dir, ignore_errors=True)
     doc["environment"]["loadavg_at_end"] = os.getloadavg()
-    shutil.rmtree(out_dir, ignore_errors=True)
     load = doc["environment"]
     footer = (
         f"load average at start {load['loadavg_at_start']}, at end {load['loadavg_at_end']}; "
