@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/http_bench.py [--quick] [--json-only] [--workers N] [--runs N]
                                          [--duration S] [--rate R] [--py-spy] [--wrk]
+    .venv/bin/python bench/http_bench.py --etcd [--quick] [--runs N] [--duration S] [--no-install]
 
 Starts the node in a temporary data dir (``IAN_API_PORT=0``; the port is read from its
 "serving the API on http://HOST:PORT" log line; per-client and per-contributor rate limits
@@ -24,6 +25,15 @@ Measured:
 - ``--wrk``: a wrk cross-check with unique bodies from a Lua script, when wrk is installed.
 
 Results: ``bench/results/http.json``. The node's log is scanned for errors afterwards.
+
+``--etcd`` runs a comparison instead: the same closed-loop client, 32 connections, against one
+IAN node, one etcd member (``bench/etcd_cluster.py``; Debian's ``etcd-server`` is installed when
+missing, as root, unless ``--no-install``), three IAN authorities and three etcd members, all
+on loopback, one after the other, writes sent to the leader in the replicated cases. etcd gets
+``POST /v3/kv/put`` (gRPC-gateway JSON, base64 key and value) with a distinct key and a distinct
+300-byte value per request; an answer counts once etcd returns 200, i.e. committed. IAN and etcd
+are printed side by side with the ratios and the goals (IAN >= 1.0x etcd's rate, p99 <= 2x
+etcd's). Results: ``bench/results/http_etcd.json``.
 """
 
 from __future__ import annotations
