@@ -655,6 +655,7 @@ def comparison_table(doc: dict[str, Any]) -> str:
                 f"{cmp_['throughput_ratio']:.2f}x",
                 f"{cmp_['p99_ratio']:.2f}x",
                 "yes" if cmp_["goal_met"] else "no",
+                f"{_load(ian):.1f} / {_load(etcd):.1f}",
             ]
         )
     return render_table(
@@ -672,9 +673,15 @@ def comparison_table(doc: dict[str, Any]) -> str:
             "IAN/etcd /s",
             "IAN/etcd p99",
             "goal met",
+            "load 1m IAN / etcd",
         ],
         rows,
     )
+
+
+def _load(side: dict[str, Any]) -> float:
+    """The median 1-minute load average when the side's rounds started."""
+    return median([r["loadavg_1m_at_start"] for r in side.get("rounds", [])])
 
 
 def _cpu_s(pids: list[int]) -> float:

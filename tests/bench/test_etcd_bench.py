@@ -96,8 +96,9 @@ class _NullWriter:
         pass
 
 
-def _side(rate: float, p50: float, p99: float) -> dict[str, float]:
-    return {"rate_ok_per_s": rate, "p50_ms": p50, "p99_ms": p99}
+def _side(rate: float, p50: float, p99: float) -> dict[str, object]:
+    rounds = [{"loadavg_1m_at_start": 1.25}]
+    return {"rate_ok_per_s": rate, "p50_ms": p50, "p99_ms": p99, "rounds": rounds}
 
 
 def test_compare_applies_the_issue_goals() -> None:
@@ -121,9 +122,14 @@ def test_comparison_table_puts_ian_and_etcd_side_by_side() -> None:
     doc = {"connections": 32, "runs": 3, "duration_s": 10.0, "scenarios": scenarios}
     lines = http_bench.comparison_table(doc).splitlines()
     assert "32 keep-alive connections" in lines[0]
-    assert "IAN 200/s" in lines[1] and "etcd 200/s" in lines[1] and "goal met" in lines[1]
+    assert (
+        "IAN 200/s" in lines[1]
+        and "etcd 200/s" in lines[1]
+        and "goal met" in lines[1]
+        and "load" in lines[1]
+    )
     single = next(ln for ln in lines if ln.startswith("single"))
     assert "764" in single and "2,077" in single and "0.37x" in single
-    assert single.rstrip().endswith("no")
+    assert single.split()[-4:] == ["no", "1.2", "/", "1.2"]
     replicated = next(ln for ln in lines if ln.startswith("replicated"))
-    assert "1.72x" in replicated and replicated.rstrip().endswith("yes")
+    assert "1.72x" in replicated and replicated.split()[-4] == "yes"
