@@ -750,6 +750,27 @@ def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict
     }
     measured: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        # The client's own ceiling with etcd's (larger) bodies: a server that answers at once.
+        port_q = ctx.Queue()
+        stub = ctx.Process(target=stub_server_main, args=(port_q,), daemon=True)
+        stub.start()
+        try:
+            ceiling = drive(
+                pool,
+                "127.0.0.1",
+                port_q.get(timeout=10),
+                mode="closed",
+                kind="etcd",
+                workers=1,
+                duration=min(duration, 3.0),
+                tag="stub",
+                connections=COMPARE_CONNECTIONS,
+            )
+        finally:
+            stub.terminate()
+            stub.join()
+        ceiling["loadavg_1m_at_start"] = os.getloadavg()[0]
+        doc["client_vs_stub"] = ceiling
         work = out_dir / "ian1"
         work.mkdir()
         node = NodeProcess(work)
@@ -1005,10 +1026,13 @@ def main_etcd(args) -> None:
     doc["environment"]["loadavg_at_end"] = os.getloadavg()
     load = doc["environment"]
     footer = (
-        f"load average at start {load['loadavg_at_start']}, at end {load['loadavg_at_end']}; "
+        f"client ceiling (same client, {COMPARE_CONNECTIONS} connections, a stub server that "
+        f"answers at once): {doc['client_vs_stub']['rate_ok_per_s']:,.0f}/s\n"
+        f"load average (1, 5, 15 min) at start {_loads(load['loadavg_at_start'])}, at end "
+        f"{_loads(load['loadavg_at_end'])}\n"
         f"etcd {doc.get('etcd_version')}; bodies: IAN {doc['ian_body_bytes']} B, etcd "
-        f"{doc['etcd_body_bytes']} B ({doc['etcd_value_bytes']}-byte values); "
-        "server CPU ms per answer: "
+        f"{doc['etcd_body_bytes']} B ({doc['etcd_value_bytes']}-byte values)\n"
+        "server CPU ms per answer (all its processes): "
         + ", ".join(
             f"{who} {k} {sc[who]['server_cpu_ms_per_ok']:.2f}"
             for k, sc in doc["scenarios"].items()
@@ -1021,6 +1045,10 @@ def main_etcd(args) -> None:
         [comparison_table(doc), footer],
         json_only=args.json_only,
     )
+
+
+def _loads(values: Any) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "?"
 
 
 def _summarise(rounds: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
