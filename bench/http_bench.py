@@ -736,8 +736,9 @@ def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict
     import httpx
 
     from consensus_bench import Network  # imports this module: imported here, not on top
-    from etcd_cluster import EtcdCluster
+    from etcd_cluster import EtcdCluster, ensure_etcd
 
+    ensure_etcd(allow_install=not args.no_install)  # before any IAN phase: fail early
     ctx = multiprocessing.get_context("fork")
     doc: dict[str, Any] = {
         "connections": COMPARE_CONNECTIONS,
