@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/http_bench.py [--quick] [--json-only] [--workers N] [--runs N]
                                          [--duration S] [--rate R] [--py-spy] [--wrk]
+    .venv/bin/python bench/http_bench.py --etcd [--quick] [--runs N] [--duration S] [--no-install]
 
 Starts the node in a temporary data dir (``IAN_API_PORT=0``; the port is read from its
 "serving the API on http://HOST:PORT" log line; per-client and per-contributor rate limits
@@ -24,6 +25,15 @@ Measured:
 - ``--wrk``: a wrk cross-check with unique bodies from a Lua script, when wrk is installed.
 
 Results: ``bench/results/http.json``. The node's log is scanned for errors afterwards.
+
+``--etcd`` runs a comparison instead: the same closed-loop client, 32 connections, against one
+IAN node, one etcd member (``bench/etcd_cluster.py``; Debian's ``etcd-server`` is installed when
+missing, as root, unless ``--no-install``), three IAN authorities and three etcd members, all
+on loopback, one after the other, writes sent to the leader in the replicated cases. etcd gets
+``POST /v3/kv/put`` (gRPC-gateway JSON, base64 key and value) with a distinct key and a distinct
+300-byte value per request; an answer counts once etcd returns 200, i.e. committed. IAN and etcd
+are printed side by side with the ratios and the goals (IAN >= 1.0x etcd's rate, p99 <= 2x
+etcd's). Results: ``bench/results/http_etcd.json``.
 """
 
 from __future__ import annotations
@@ -65,6 +75,10 @@ SERVING = re.compile(r"serving the API on http://([^:\s]+):(\d+)")
 _ACCEPTED = b'"accepted":true'
 _REJECTION = re.compile(rb'"rejection_type":"([a-z_]+)"')
 _ERROR_CODE = re.compile(rb'"code":"([a-z_]+)"')
+_ETCD_HEADER = b'{"header"'
+ETCD_PUT = "/v3/kv/put"
+ETCD_PREFIX = "bench/"
+ETCD_VALUE_BYTES = 300
 
 STUB_RESPONSE = (
     b'{"accepted":true,"reason":"accepted","rejection_type":null,"score":0.01,'
@@ -82,6 +96,26 @@ def contribute_body(run_tag: str, index: int) -> bytes:
         "agent_pack": {"version": "1.0", "parameters": b64(demo_parameters(index))},
         "contributor_id": f"bench-{run_tag}-{index}",
         "seed": index,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+_FILLER = bytes(range(33, 127)) * 4  # printable, longer than any value
+
+
+def etcd_value(tag: str, index: int, size: int = ETCD_VALUE_BYTES) -> bytes:
+    """``size`` bytes, distinct per (tag, index): the index up front, then filler."""
+    head = f"{tag}:{index}:".encode()
+    if len(head) >= size:
+        raise ValueError(f"value prefix {head!r} does not fit in {size} bytes")
+    return head + _FILLER[: size - len(head)]
+
+
+def etcd_put_body(tag: str, index: int) -> bytes:
+    """An etcd v3 gRPC-gateway ``PUT`` body: a distinct key and a distinct 300-byte value."""
+    doc = {
+        "key": b64(f"{ETCD_PREFIX}{tag}/{index}".encode()),
+        "value": b64(etcd_value(tag, index)),
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -116,13 +150,30 @@ class Connection:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
+        chunked = False
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value)
                 break
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if chunked:
+            return status, await self._read_chunked()
         body = await self.reader.readexactly(length) if length else b""
         return status, body
+
+    async def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
 
     def close(self) -> None:
         self.writer.close()
@@ -144,6 +195,8 @@ class Tally:
         if status == 200:
             if _ACCEPTED in body:
                 self.outcomes["accepted"] += 1
+            elif body.startswith(_ETCD_HEADER):
+                self.outcomes["etcd put"] += 1
             else:
                 m = _REJECTION.search(body)
                 self.outcomes[f"rejected:{m.group(1).decode() if m else '?'}"] += 1
@@ -170,6 +223,10 @@ def _requests(kind: str, tag: str, worker: int, workers: int, base: int):
         while True:
             yield data
     k = base + worker
+    if kind == "etcd":
+        while True:
+            yield make_request(ETCD_PUT, etcd_put_body(tag, k))
+            k += workers
     while True:
         yield make_request(CONTRIBUTE, contribute_body(tag, k))
         k += workers
@@ -183,22 +240,22 @@ async def closed_loop(
     conns = [await Connection.open(host, port) for _ in range(connections)]
     tally.max_connections = connections
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    clock = time.perf_counter
+    started = clock()
     deadline = started + duration
 
     async def drive(conn: Connection) -> None:
-        while loop.time() < deadline:
-            t0 = loop.time()
+        while clock() < deadline:
+            t0 = clock()
             try:
                 status, body = await conn.request(next(requests))
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 tally.errors[type(exc).__name__] += 1
                 return
-            tally.record(status, body, loop.time() - t0)
+            tally.record(status, body, clock() - t0)
 
     await asyncio.gather(*(drive(c) for c in conns))
-    elapsed = loop.time() - started
+    elapsed = clock() - started
     for c in conns:
         c.close()
     return tally.to_doc(elapsed)
@@ -415,6 +472,9 @@ class NodeProcess:
             "IAN_DATA_DIR": str(self.work / "data"),
             "IAN_API_HOST": "127.0.0.1",
             "IAN_API_PORT": "0",
+            "IAN_P2P_HOST": "127.0.0.1",
+            "IAN_P2P_PORT": "0",  # free ports: runs beside other nodes
+            "IAN_WS_PORT": "0",
             "IAN_LOG_LEVEL": "INFO",
             "IAN_CLIENT_RATE": "1000000",
             "IAN_CLIENT_BURST": "1000000",
@@ -546,6 +606,249 @@ def wrk_cross_check(host, port, out_dir, threads, connections, duration) -> dict
     }
 
 
+# --------------------------------------------------------------------------- etcd comparison
+
+COMPARE_CONNECTIONS = 32
+GOAL_THROUGHPUT_RATIO = 1.0  # IAN >= 1.0x etcd's durable answers per second
+GOAL_P99_RATIO = 2.0  # IAN's p99 <= 2x etcd's
+SCENARIOS = (
+    ("single", "IAN 1 node (demo goal)", "etcd 1 member"),
+    ("replicated", "IAN 3 authorities, to the leader", "etcd 3 members, to the leader"),
+)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and a == a and b == b else float("nan")
+
+
+def compare(ian: dict[str, Any], etcd: dict[str, Any]) -> dict[str, Any]:
+    """IAN against etcd on one scenario: the ratios and whether the issue's goals are met
+    (IAN throughput >= 1.0x etcd's, IAN p99 <= 2x etcd's)."""
+    throughput = _ratio(ian["rate_ok_per_s"], etcd["rate_ok_per_s"])
+    p99 = _ratio(ian["p99_ms"], etcd["p99_ms"])
+    return {
+        "throughput_ratio": throughput,
+        "p99_ratio": p99,
+        "throughput_goal_met": throughput >= GOAL_THROUGHPUT_RATIO,
+        "p99_goal_met": p99 <= GOAL_P99_RATIO,
+        "goal_met": throughput >= GOAL_THROUGHPUT_RATIO and p99 <= GOAL_P99_RATIO,
+    }
+
+
+def comparison_table(doc: dict[str, Any]) -> str:
+    """One row per scenario, IAN and etcd side by side."""
+    rows = []
+    for key, ian_name, etcd_name in SCENARIOS:
+        sc = doc["scenarios"].get(key)
+        if sc is None:
+            continue
+        ian, etcd, cmp_ = sc["ian"], sc["etcd"], sc["comparison"]
+        rows.append(
+            [
+                f"{key}: {ian_name} vs {etcd_name}",
+                ian["rate_ok_per_s"],
+                ian["p50_ms"],
+                ian["p99_ms"],
+                etcd["rate_ok_per_s"],
+                etcd["p50_ms"],
+                etcd["p99_ms"],
+                f"{cmp_['throughput_ratio']:.2f}x",
+                f"{cmp_['p99_ratio']:.2f}x",
+                "yes" if cmp_["goal_met"] else "no",
+                f"{_load(ian):.1f} / {_load(etcd):.1f}",
+            ]
+        )
+    return render_table(
+        f"durable writes, closed loop, {doc['connections']} keep-alive connections, same client, "
+        f"median of {doc['runs']} x {doc['duration_s']:g} s (goal: IAN >= "
+        f"{GOAL_THROUGHPUT_RATIO:g}x etcd/s and p99 <= {GOAL_P99_RATIO:g}x etcd's)",
+        [
+            "scenario",
+            "IAN 200/s",
+            "IAN p50 ms",
+            "IAN p99 ms",
+            "etcd 200/s",
+            "etcd p50 ms",
+            "etcd p99 ms",
+            "IAN/etcd /s",
+            "IAN/etcd p99",
+            "goal met",
+            "load 1m IAN / etcd",
+        ],
+        rows,
+    )
+
+
+def _load(side: dict[str, Any]) -> float:
+    """The median 1-minute load average when the side's rounds started."""
+    return median([r["loadavg_1m_at_start"] for r in side.get("rounds", [])])
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (and their waited-for children)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _measure(pool, host, port, pids, *, kind, label, runs, duration) -> dict[str, Any]:
+    """A 1 s warm-up, then ``runs`` closed-loop rounds of ``duration`` s; server CPU per
+    answer (all its processes) from /proc."""
+    phase = {"mode": "closed", "workers": 1, "connections": COMPARE_CONNECTIONS}
+    warm = drive(pool, host, port, kind=kind, duration=1.0, tag=f"{label}-warm", **phase)
+    rounds = []
+    for r in range(runs):
+        cpu0 = _cpu_s(pids)
+        load = os.getloadavg()[0]
+        out = drive(pool, host, port, kind=kind, duration=duration, tag=f"{label}-r{r}", **phase)
+        out["server_cpu_ms_per_ok"] = 1000 * (_cpu_s(pids) - cpu0) / out["ok"] if out["ok"] else 0
+        out["loadavg_1m_at_start"] = load
+        rounds.append(out)
+    summary = _summarise(rounds, target=f"{host}:{port}")
+    summary["server_cpu_ms_per_ok"] = median([r["server_cpu_ms_per_ok"] for r in rounds])
+    summary["ok_with_warm_up"] = warm["ok"] + sum(r["ok"] for r in rounds)
+    return summary
+
+
+def _etcd_keys(member_url: str) -> int | None:
+    """How many benchmark keys etcd holds (a count-only range over the bench prefix)."""
+    import urllib.request
+
+    end = ETCD_PREFIX[:-1] + chr(ord(ETCD_PREFIX[-1]) + 1)
+    req = urllib.request.Request(
+        member_url + "/v3/kv/range",
+        data=json.dumps(
+            {"key": b64(ETCD_PREFIX.encode()), "range_end": b64(end.encode()), "count_only": True}
+        ).encode(),
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(json.loads(r.read()).get("count", 0))
+    except (OSError, ValueError):
+        return None
+
+
+def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict[str, Any]:
+    """IAN and etcd, one node/member then three, one after the other with the same client."""
+    import httpx
+
+    from consensus_bench import Network  # imports this module: imported here, not on top
+    from etcd_cluster import EtcdCluster, ensure_etcd
+
+    ensure_etcd(allow_install=not args.no_install)  # before any IAN phase: fail early
+    ctx = multiprocessing.get_context("fork")
+    doc: dict[str, Any] = {
+        "connections": COMPARE_CONNECTIONS,
+        "runs": runs,
+        "duration_s": duration,
+        "ian_body_bytes": len(contribute_body("size", 12345)),
+        "etcd_body_bytes": len(etcd_put_body("size", 12345)),
+        "etcd_value_bytes": ETCD_VALUE_BYTES,
+        "scenarios": {},
+    }
+    measured: dict[str, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        # The client's own ceiling with etcd's (larger) bodies: a server that answers at once.
+        port_q = ctx.Queue()
+        stub = ctx.Process(target=stub_server_main, args=(port_q,), daemon=True)
+        stub.start()
+        try:
+            ceiling = drive(
+                pool,
+                "127.0.0.1",
+                port_q.get(timeout=10),
+                mode="closed",
+                kind="etcd",
+                workers=1,
+                duration=min(duration, 3.0),
+                tag="stub",
+                connections=COMPARE_CONNECTIONS,
+            )
+        finally:
+            stub.terminate()
+            stub.join()
+        ceiling["loadavg_1m_at_start"] = os.getloadavg()[0]
+        doc["client_vs_stub"] = ceiling
+        work = out_dir / "ian1"
+        work.mkdir()
+        node = NodeProcess(work)
+        try:
+            node.start()
+            measured["ian single"] = _measure(
+                pool,
+                node.host,
+                node.port,
+                [node.proc.pid],
+                kind="contribute",
+                label="ian1",
+                runs=runs,
+                duration=duration,
+            )
+        finally:
+            node.stop()
+        measured["ian single"]["node_log"] = node.log_problems()
+
+        with EtcdCluster(1, allow_install=not args.no_install) as cluster:
+            doc["etcd_version"] = cluster.version
+            m = cluster.leader()
+            measured["etcd single"] = _measure(
+                pool,
+                "127.0.0.1",
+                m.client_port,
+                cluster.pids(),
+                kind="etcd",
+                label="etcd1",
+                runs=runs,
+                duration=duration,
+            )
+            measured["etcd single"]["keys_stored"] = _etcd_keys(m.client_url)
+
+        net = Network(out_dir, "cmp")
+        try:
+            with httpx.Client(timeout=5) as client:
+                leader = net.leader(client)
+            host, port = leader.api.removeprefix("http://").rsplit(":", 1)
+            measured["ian replicated"] = _measure(
+                pool,
+                host,
+                int(port),
+                [n.proc.pid for n in net.authorities],
+                kind="contribute",
+                label="ian3",
+                runs=runs,
+                duration=duration,
+            )
+            measured["ian replicated"]["sent_to"] = f"leader {leader.name}"
+            measured["ian replicated"]["node_log"] = [
+                ln for n in net.authorities for ln in n.log_problems()
+            ][:5]
+        finally:
+            net.stop()
+
+        with EtcdCluster(3, allow_install=not args.no_install) as cluster:
+            m = cluster.leader()
+            measured["etcd replicated"] = _measure(
+                pool,
+                "127.0.0.1",
+                m.client_port,
+                cluster.pids(),
+                kind="etcd",
+                label="etcd3",
+                runs=runs,
+                duration=duration,
+            )
+            measured["etcd replicated"]["sent_to"] = f"leader {m.name}"
+            measured["etcd replicated"]["keys_stored"] = _etcd_keys(m.client_url)
+
+    for key, _, _ in SCENARIOS:
+        ian, etcd = measured[f"ian {key}"], measured[f"etcd {key}"]
+        doc["scenarios"][key] = {"ian": ian, "etcd": etcd, "comparison": compare(ian, etcd)}
+    return doc
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -560,7 +863,23 @@ def main() -> None:
     )
     parser.add_argument("--py-spy", action="store_true", help="profile the node under load")
     parser.add_argument("--wrk", action="store_true", help="wrk cross-check (if installed)")
+    parser.add_argument(
+        "--etcd",
+        action="store_true",
+        help="instead of the phases above: IAN against etcd (1 node/member, then 3), closed "
+        f"loop, {COMPARE_CONNECTIONS} connections, side by side (results: http_etcd.json)",
+    )
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="with --etcd: do not apt-get install etcd-server when etcd is missing",
+    )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C: every node and etcd member started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.etcd:
+        main_etcd(args)
+        return
     runs = args.runs or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 5.0)
     conn_levels = args.connections or ([64] if args.quick else [32, 128])
@@ -691,6 +1010,46 @@ def main() -> None:
             doc["node_log_path"] = str(node.log_path)
 
     emit("http", _strip_latencies(doc), _tables(doc), json_only=args.json_only)
+
+
+def main_etcd(args) -> None:
+    runs = args.runs or (1 if args.quick else 3)
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    out_dir = Path(tempfile.mkdtemp(prefix="ian-http-etcd-bench-"))
+    doc: dict[str, Any] = {"benchmark": "http_etcd", "quick": args.quick}
+    doc["environment"] = environment(out_dir)
+    try:
+        doc.update(run_etcd_comparison(args, runs, duration, out_dir))
+    except RuntimeError as exc:  # etcd missing or not starting: say so, one line
+        raise SystemExit(f"etcd comparison: {exc}") from exc
+    finally:  # node data and logs (a failed start already printed its log)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    doc["environment"]["loadavg_at_end"] = os.getloadavg()
+    load = doc["environment"]
+    footer = (
+        f"client ceiling (same client, {COMPARE_CONNECTIONS} connections, a stub server that "
+        f"answers at once): {doc['client_vs_stub']['rate_ok_per_s']:,.0f}/s\n"
+        f"load average (1, 5, 15 min) at start {_loads(load['loadavg_at_start'])}, at end "
+        f"{_loads(load['loadavg_at_end'])}\n"
+        f"etcd {doc.get('etcd_version')}; bodies: IAN {doc['ian_body_bytes']} B, etcd "
+        f"{doc['etcd_body_bytes']} B ({doc['etcd_value_bytes']}-byte values)\n"
+        "server CPU ms per answer (all its processes): "
+        + ", ".join(
+            f"{who} {k} {sc[who]['server_cpu_ms_per_ok']:.2f}"
+            for k, sc in doc["scenarios"].items()
+            for who in ("ian", "etcd")
+        )
+    )
+    emit(
+        "http_etcd",
+        _strip_latencies(doc),
+        [comparison_table(doc), footer],
+        json_only=args.json_only,
+    )
+
+
+def _loads(values: Any) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "?"
 
 
 def _summarise(rounds: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
