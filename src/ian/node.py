@@ -41,7 +41,7 @@ from ian.consensus import Role as ConsensusRole
 from ian.errors import AuthError, DataDirError, GenesisError, IanError, UnavailableError
 from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
-from ian.ledger.consensus_chain import MAX_IN_FLIGHT, ChainBridge, applied_mark
+from ian.ledger.consensus_chain import ChainBridge, applied_mark
 from ian.ledger.consensus_driver import ConsensusDriver
 from ian.ledger.genesis_exchange import GenesisExchange
 from ian.ledger.intake import Intake
@@ -166,7 +166,7 @@ class Node:
             max_block_bytes=block_bytes_for(settings, genesis),
             on_batch=self._on_batch,
             commit=self._commit_batch if is_multi_authority(genesis) else None,
-            in_flight=MAX_IN_FLIGHT,
+            in_flight=settings.consensus_in_flight,
         )
         self.intake = Intake(
             state.goals,
@@ -381,6 +381,7 @@ class Node:
             driver=self.consensus,
             on_applied=self._on_block_applied,
             ready_timeout=p.election_timeout_max_ms / 1000,
+            max_in_flight=self.settings.consensus_in_flight,
         )
         self.consensus.set_learners({peer.node_id for peer in self.p2p.peers()})
         log.info(

@@ -312,6 +312,7 @@ def test_seed_nodes_toml_error_names_file_and_key(tmp_path: Path) -> None:
         ({"IAN_CLIENT_RATE": "0"}, "IAN_CLIENT_RATE: must be a number > 0"),
         ({"IAN_BLOCK_MAX_ENTRIES": "10001"}, "IAN_BLOCK_MAX_ENTRIES: must be an integer 1..10000"),
         ({"IAN_BLOCK_MAX_ENTRIES": "0"}, "IAN_BLOCK_MAX_ENTRIES: must be an integer 1..10000"),
+        ({"IAN_CONSENSUS_IN_FLIGHT": "0"}, "IAN_CONSENSUS_IN_FLIGHT: must be an integer 1..16"),
         ({"IAN_SEQUENCER": "leader"}, "IAN_SEQUENCER: must be '', 'self' or a 40-hex node id"),
         ({"IAN_TRUSTED_PROXIES": "10.0.0.0/8,proxy"}, "IAN_TRUSTED_PROXIES: 'proxy' is not an IP"),
         ({"IAN_TAU_ENDPOINT": "http://tau:1"}, "IAN_TAU_ENDPOINT: invalid peer address"),

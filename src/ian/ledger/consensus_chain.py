@@ -6,7 +6,8 @@ document as JSON), signed by the authority that led when it was built.
 
 - The leader builds a chain block on its *applied* state (every committed block applied, none
   pending: :meth:`ConsensusDriver.ready_to_propose`), or on top of the blocks it proposed in
-  this term that are still waiting for their commit (up to :data:`MAX_IN_FLIGHT`), proposes it
+  this term that are still waiting for their commit (up to ``max_in_flight``, the
+  ``consensus_in_flight`` setting), proposes it
   and waits: its submitters are answered only once the block is committed by a majority of
   authorities and applied here (:meth:`ChainBridge.commit_batch`). The in-memory state keeps
   each block's changes meanwhile, one undo layer per block (nothing reads them: views are
@@ -47,12 +48,9 @@ from ian.ledger.sequencer import BatchResult, build_block
 from ian.p2p import messages as msg
 from ian.storage.store import NewEntry, Store
 
-__all__ = ["MAX_IN_FLIGHT", "ChainBridge", "applied_mark", "block_from_payload", "payload_of"]
+__all__ = ["ChainBridge", "applied_mark", "block_from_payload", "payload_of"]
 
 log = logging.getLogger("ian.consensus")
-
-#: blocks a leader may have proposed and not yet seen committed (each batch waits for its own)
-MAX_IN_FLIGHT = 4
 
 
 def payload_of(block: Block) -> bytes:
@@ -110,7 +108,7 @@ class ChainBridge:
         driver: ConsensusDriver,
         on_applied: Callable[[Block], None],
         ready_timeout: float = 2.0,
-        max_in_flight: int = MAX_IN_FLIGHT,
+        max_in_flight: int = 1,
     ) -> None:
         self.state = state
         self.store = store

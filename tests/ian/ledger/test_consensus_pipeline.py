@@ -63,6 +63,7 @@ class ChainAuthority(Authority):
             identity=self.node.init.identity,
             driver=self.driver,
             on_applied=lambda block: None,
+            max_in_flight=4,
         )
 
 
