@@ -296,7 +296,7 @@ class Settings(BaseSettings):
     consensus_in_flight: Int = _f(
         1,
         # Measured on one 2-core machine running all three authorities (CPU-bound): 4 in
-        # flight made smaller blocks and cost ~40 % more CPU per answer than 1.
+        # flight was no faster than 1 (smaller blocks, the same CPU per answer within noise).
         "Chain blocks a leader of several authorities may have proposed and not yet seen "
         "committed; raise it where network round trips, not CPU, bound the commits.",
         "an integer 1..16",
