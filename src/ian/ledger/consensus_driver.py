@@ -19,7 +19,6 @@ while the core counts it as a learner (:meth:`ConsensusDriver.set_learners`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -61,7 +60,7 @@ from ian.consensus import (
 from ian.consensus import Message as ConsensusMessage
 from ian.consensus.codec import decode, encode
 from ian.consensus.errors import CodecError
-from ian.errors import UnavailableError
+from ian.errors import StoreError, UnavailableError
 from ian.p2p.connection import PeerInfo
 from ian.p2p.errors import InvalidMessage, P2PError
 from ian.p2p.messages import Consensus
@@ -78,6 +77,7 @@ INBOX_EVENTS = 1024  # events waiting for the core; a message beyond it is dropp
 #: blocks (no copies), encoded one message at a time, so they need no byte bound of their own.
 INBOX_BYTES = 64 * 1024 * 1024
 OUTBOX_MESSAGES = 64  # messages waiting for one peer; beyond it they are dropped
+MARK_INTERVAL_S = 1.0  # the applied mark is saved at least this often while blocks apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +146,8 @@ class ConsensusDriver:
         #: the height through which ``apply`` has returned (the core counts a block applied
         #: when it hands it out, before the callback has run)
         self.applied_through = core.applied_height
+        self._unsaved_mark: int | None = None  # applied, not yet saved in the log (_apply)
+        self._mark_saved_at = 0.0
         switch.on(Consensus.TYPE, self._on_message)
 
     # ------------------------------------------------------------------ views
@@ -258,6 +260,9 @@ class ConsensusDriver:
         finally:
             # Stopped (shutting down, or an apply failed): nobody waits for a step any more.
             self._running = False
+            if self._unsaved_mark is not None:
+                with contextlib.suppress(StoreError):  # a lagging mark costs a re-apply only
+                    self.log_store.set_applied(self._unsaved_mark)
             for waiter in self._waiters.values():
                 waiter.outcome = Unavailable(1.0)
                 waiter.done.set()
@@ -283,22 +288,27 @@ class ConsensusDriver:
     async def _perform(self, actions: list[Action]) -> None:
         persisted: list[Persisted] = []
         applying: list[Block] = []
+        durable: list[Durable] = []  # made durable together, in order, in one thread hop
         for action in actions:
+            if isinstance(action, Durable):
+                if applying:
+                    await self._apply(applying)
+                    applying = []
+                durable.append(action)
+                if isinstance(action, AppendLog) and action.blocks:
+                    last = action.blocks[-1]
+                    persisted.append(Persisted(last.height, last.hash))
+                continue
+            if durable:  # what follows (a send, an answer, an apply) may rely on it
+                await self._make_durable(durable)
+                durable = []
             if isinstance(action, Apply):
                 applying.append(action.block)
                 continue
             if applying:
                 await self._apply(applying)
                 applying = []
-            if isinstance(action, Durable):
-                learner = self.core.role is Role.LEARNER
-                await anyio.to_thread.run_sync(
-                    functools.partial(self.log_store.perform, action, learner=learner)
-                )
-                if isinstance(action, AppendLog) and action.blocks:
-                    last = action.blocks[-1]
-                    persisted.append(Persisted(last.height, last.hash))
-            elif isinstance(action, Send):
+            if isinstance(action, Send):
                 self._send(action.to, action.message)
             elif isinstance(action, RoleChanged):
                 self._on_role(action)
@@ -311,15 +321,44 @@ class ConsensusDriver:
                 if waiter is not None:
                     waiter.outcome = action.outcome
                     waiter.done.set()
+        if durable:
+            await self._make_durable(durable)
         if applying:
             await self._apply(applying)
         for event in persisted:
             await self._step(event)
 
+    async def _make_durable(self, actions: list[Durable]) -> None:
+        """Each action durable in order (one thread hop for all); the applied mark goes along
+        when it moved (see :meth:`_apply`)."""
+        learner = self.core.role is Role.LEARNER
+        mark, self._unsaved_mark = self._unsaved_mark, None
+
+        def perform() -> None:
+            for action in actions:
+                self.log_store.perform(action, learner=learner)
+            if mark is not None:
+                self.log_store.set_applied(mark)
+
+        await anyio.to_thread.run_sync(perform)
+        if mark is not None:
+            self._mark_saved_at = anyio.current_time()
+
     async def _apply(self, blocks: list[Block]) -> None:
         await self._apply_blocks(blocks)
         self.applied_through = blocks[-1].height
-        await anyio.to_thread.run_sync(self.log_store.set_applied, blocks[-1].height)
+        # The applied mark is saved with the next durable action, or here once a second when
+        # none comes: after a crash, blocks above a lagging mark are applied again, which the
+        # chain recognises by hash (ChainBridge.apply), so it costs time, never correctness.
+        self._unsaved_mark = self.applied_through
+        if anyio.current_time() - self._mark_saved_at >= MARK_INTERVAL_S:
+            await self._save_mark()
+
+    async def _save_mark(self) -> None:
+        mark, self._unsaved_mark = self._unsaved_mark, None
+        if mark is not None:
+            await anyio.to_thread.run_sync(self.log_store.set_applied, mark)
+            self._mark_saved_at = anyio.current_time()
 
     def _on_role(self, change: RoleChanged) -> None:
         if change.role is Role.CANDIDATE:

@@ -354,3 +354,25 @@ async def test_a_gone_followers_outbox_goes_with_it(cluster: Cluster, tmp_path: 
     assert follower.node_id not in driver._outboxes
     assert follower.node_id not in driver.core.learners
     assert {m.node.node_id for m in members} - {leader_id} <= set(driver._outboxes)
+
+
+async def test_the_applied_mark_is_saved_with_the_next_write_and_at_stop(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    members = await three_authorities(cluster, tmp_path)
+    for p in (b"one", b"two", b"three"):
+        assert isinstance(await propose(members, p), Accepted)
+    with anyio.fail_after(5):
+        for m in members:
+            await m.until_applied(3)
+    # Applied blocks are not marked one write each: the mark goes with the next append (or
+    # once a second), and whatever is left when the driver stops is saved then.
+    for m in members:
+        assert m.driver is not None and m.scope is not None
+        applied = m.driver.applied_through
+        assert applied >= 4  # the leader's first block and the three proposals
+        m.scope.cancel()
+    await anyio.wait_all_tasks_blocked()
+    for m in members:
+        assert m.driver is not None
+        assert ConsensusLog(m.db).load().applied_height == m.driver.applied_through
