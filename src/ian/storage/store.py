@@ -419,7 +419,25 @@ class Store:
             "WHERE goal_id = ? AND log_index >= ? ORDER BY log_index LIMIT ?",
             (goal_id, start, limit),
         ).fetchall()
-        return [_log_entry(r) for r in rows]
+        if not rows:
+            return []
+        # One JSON document for the whole page's metrics: one decoder call, not one per row.
+        metrics = json.loads("[" + ",".join([r[8] for r in rows]) + "]")
+        return [
+            LogEntry(
+                goal_id=r[0],
+                log_index=r[1],
+                contribution_hash=r[2],
+                pack_hash=r[3],
+                contributor_id=r[4],
+                seed=r[5],
+                version=r[6],
+                score=r[7],
+                metrics=m,
+                block_height=r[9],
+            )
+            for r, m in zip(rows, metrics, strict=True)
+        ]
 
     def log_entry(self, goal_id: str, log_index: int) -> LogEntry | None:
         entries = self.log_entries(goal_id, log_index, 1)
@@ -450,26 +468,23 @@ class Store:
             conn.close()
 
     def goal_ids(self) -> list[str]:
-        return [g for (g,) in self._r.execute("SELECT DISTINCT goal_id FROM contributions")]
+        """The goals that have entries, in id order: one index seek per goal (a skip scan of
+        the ``(goal_id, log_index)`` index), not a scan of every row."""
+        out: list[str] = []
+        row = self._r.execute(
+            "SELECT goal_id FROM contributions ORDER BY goal_id LIMIT 1"
+        ).fetchone()
+        while row is not None:
+            out.append(row[0])
+            row = self._r.execute(
+                "SELECT goal_id FROM contributions WHERE goal_id > ? ORDER BY goal_id LIMIT 1",
+                (row[0],),
+            ).fetchone()
+        return out
 
     def count_contributions(self) -> int:
         count: int = self._r.execute("SELECT COUNT(*) FROM contributions").fetchone()[0]
         return count
-
-
-def _log_entry(r: tuple[Any, ...]) -> LogEntry:
-    return LogEntry(
-        goal_id=r[0],
-        log_index=r[1],
-        contribution_hash=r[2],
-        pack_hash=r[3],
-        contributor_id=r[4],
-        seed=r[5],
-        version=r[6],
-        score=r[7],
-        metrics=json.loads(r[8]),
-        block_height=r[9],
-    )
 
 
 class _Transaction:

@@ -168,3 +168,52 @@ def test_block_header_is_stored_as_canonical_json(chain, packs) -> None:
     doc = json.loads(text)
     assert text == json.dumps(doc, sort_keys=True, separators=(",", ":"))
     assert doc["height"] == 1 and doc["sequencer"] == chain.identity.node_id
+
+
+def test_goal_ids_are_found_by_index_seeks_in_id_order(tmp_path) -> None:
+    """Goal ids come from the (goal_id, log_index) index one seek per goal: ids that share a
+    prefix, sort around each other or hold many rows are each listed once, in id order."""
+    store = Store(tmp_path / "chain.sqlite")
+    assert store.goal_ids() == []
+    goals = ["B", "A", "AA", "A_", "b", "Z" * 64]
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.executemany(
+        "INSERT INTO contributions (goal_id, log_index, contribution_hash, pack_hash, "
+        "contributor_id, seed, version, parameters, metadata, score, metrics, block_height, "
+        "mmr_nodes) VALUES (?, ?, x'00', ?, 'c', 0, '1', x'00', '{}', 0, '{}', 1, x'')",
+        [(g, i, f"{g}/{i}".encode()) for g in goals for i in range(50 if g == "A" else 2)],
+    )
+    conn.close()
+    assert store.goal_ids() == sorted(goals)
+    assert store.goal_ids() == sorted(
+        g for (g,) in sql(store.path, "SELECT DISTINCT goal_id FROM contributions")
+    )
+    store.close()
+
+
+def test_goal_ids_do_not_scan_the_contributions(chain, packs) -> None:
+    chain.commit([packs.contribution(1), packs.contribution(2, goal_id=TRIVIAL)])
+    plans: list[str] = []
+    conn = chain.store._r
+    conn.set_trace_callback(plans.append)
+    try:
+        assert chain.store.goal_ids() == sorted([DEMO, TRIVIAL])
+    finally:
+        conn.set_trace_callback(None)
+    # One statement per goal and one to find there is none after the last: each reads one
+    # entry of the covering (goal_id, log_index) index.
+    assert len(plans) == 3
+    for statement in plans:
+        assert statement.rstrip().endswith("LIMIT 1"), statement
+        detail = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {statement}"))
+        assert "COVERING INDEX contributions_log" in detail, detail
+
+
+def test_a_page_of_log_entries_decodes_each_row_s_metrics(chain, packs) -> None:
+    outs = chain.commit([packs.contribution(n) for n in range(1, 8)])
+    accepted = [o for o in outs if o.accepted]
+    assert len(accepted) >= 2
+    page = chain.store.log_entries(DEMO, 0, 100)
+    assert [e.metrics for e in page] == [o.metrics for o in accepted]
+    assert [e.score for e in page] == [o.score for o in accepted]
+    assert chain.store.log_entries(DEMO, len(accepted), 10) == []
