@@ -76,6 +76,11 @@ class LogEntry:
     block_height: int
 
 
+#: a log entry as :meth:`Store.log_rows` reads it: ``(goal_id, log_index, contribution_hash,
+#: pack_hash, contributor_id, seed, version, score, metrics JSON text, block_height)``
+LogRow = tuple[str, int, bytes, bytes, str, int, str, float, str, int]
+
+
 @dataclass(slots=True)
 class NewEntry:
     """An accepted contribution as the sequencer hands it to :meth:`Store.append_block`."""
@@ -412,13 +417,19 @@ class Store:
             )
         return found
 
-    def log_entries(self, goal_id: str, start: int, limit: int) -> list[LogEntry]:
-        rows = self._r.execute(
+    def log_rows(self, goal_id: str, start: int, limit: int) -> list[LogRow]:
+        """A page of the log as stored: :class:`LogEntry`'s fields in its order, with
+        ``metrics`` still the canonical JSON text it was hashed as (an encoder can copy it)."""
+        rows: list[LogRow] = self._r.execute(
             "SELECT goal_id, log_index, contribution_hash, pack_hash, contributor_id, seed, "
             "version, score, metrics, block_height FROM contributions "
             "WHERE goal_id = ? AND log_index >= ? ORDER BY log_index LIMIT ?",
             (goal_id, start, limit),
         ).fetchall()
+        return rows
+
+    def log_entries(self, goal_id: str, start: int, limit: int) -> list[LogEntry]:
+        rows = self.log_rows(goal_id, start, limit)
         if not rows:
             return []
         # One JSON document for the whole page's metrics: one decoder call, not one per row.
