@@ -16,10 +16,11 @@ Usage::
    block's, and the builder compares them with the roots it computed; with ``--verify`` the full
    ``verify_store`` replay runs too (minutes at 10M). A ``complete`` marker is written last, so
    an interrupted build is started again.
-2. Starts a real ``ian node run`` on it ``--runs`` times (default 3; each run after the previous
-   one's clean shutdown) and measures start-up, from the process start to the first ``200`` of
-   ``GET /health`` (wall, and the node's CPU time by then from ``/proc``), and its RSS right after
-   (``VmRSS``) and peak (``VmHWM``).
+2. Starts a real ``ian node run`` on it once untimed (bytecode compiled and cached, as an
+   installed ian has it; store pages read), then ``--runs`` times (default 3; each run after
+   the previous one's clean shutdown) and measures start-up, from the process start to the
+   first ``200`` of ``GET /health`` (wall, and the node's CPU time by then from ``/proc``), and
+   its RSS right after (``VmRSS``) and peak (``VmHWM``).
 3. On the last run: ``GET /api/v1/log/BENCH`` pages of 100 and of 1,000 entries at random
    offsets, and ``GET /api/v1/proof/BENCH/<i>`` at random indices, ``--requests`` each (default
    400; ``--quick`` 150), one keep-alive connection, p50/p99; then RSS again.
@@ -256,7 +257,12 @@ class NodeProcess:
 
     def start(self, timeout: float = 300.0) -> dict[str, Any]:
         ian = Path(sys.executable).with_name("ian")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+        # Bytecode caching on, as an installed ian has it (its modules compiled at install).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("IAN_") and k != "PYTHONDONTWRITEBYTECODE"
+        }
         env.update(
             IAN_DATA_DIR=str(self.data),
             IAN_GOALS=GOALS_ENV,
@@ -450,6 +456,10 @@ def main() -> None:
         doc["profile_start"] = profile_start(data)
 
     log_path = data.parent / "node.log"
+    # One untimed start first: modules compiled and cached, the store's pages read once.
+    warm = NodeProcess(data, log_path)
+    doc["warm_up_start"] = warm.start()
+    warm.stop()
     starts = []
     node = None
     for run in range(args.runs):
