@@ -28,6 +28,12 @@ from ian.errors import SchemaError, StoreError
 
 SCHEMA_VERSION = 1
 
+#: MMR nodes this high or higher are kept in memory once read: a node never changes until a
+#: truncation removes it (which empties the cache), a log of n leaves has about 2n / 2**h of them
+#: (~20,000 for 10,000,000 leaves), and a proof then reads the rows near its leaf instead of one
+#: row per level of a tree spread over the whole table.
+CACHED_NODE_HEIGHT = 10
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
@@ -129,6 +135,11 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._write_lock = threading.Lock()
+        # (goal_id, position) -> hash of MMR nodes at CACHED_NODE_HEIGHT and above; the
+        # generation changes with every truncation, so a read that raced one adds nothing.
+        self._node_cache: dict[tuple[str, int], bytes] = {}
+        self._node_cache_gen = 0
+        self._node_cache_lock = threading.Lock()
         try:
             if readonly:
                 self._w = None
@@ -253,6 +264,17 @@ class Store:
         """Remove every block above ``height`` and what they added; returns blocks removed."""
         if self._w is None:
             raise StoreError("store is open read-only")
+        try:
+            return self._truncate_above(height)
+        finally:
+            # After the commit: a reader that fetched a removed node before it, and adds it to
+            # the cache after this, finds another generation and adds nothing.
+            with self._node_cache_lock:
+                self._node_cache.clear()
+                self._node_cache_gen += 1
+
+    def _truncate_above(self, height: int) -> int:
+        assert self._w is not None
         with self._write_lock, self._tx():
             removed: int = self._w.execute(
                 "SELECT COUNT(*) FROM blocks WHERE height > ?", (height,)
@@ -367,14 +389,21 @@ class Store:
     def nodes(self, goal_id: str, positions: Sequence[int]) -> dict[int, bytes]:
         """MMR node hashes by position. Each contribution row holds the nodes its append added
         (its leaf, then the parents it completed), concatenated."""
+        cache = self._node_cache
+        out: dict[int, bytes] = {}
         wanted: dict[int, list[tuple[int, int]]] = {}
         for pos in positions:
-            leaf, offset = mmr.appended_by(pos)
+            hit = cache.get((goal_id, pos))
+            if hit is not None:
+                out[pos] = hit
+                continue
+            leaf, offset = mmr.appended_by(pos)  # offset = the node's height
             wanted.setdefault(leaf, []).append((pos, offset))
         if not wanted:
-            return {}
+            return out
+        generation = self._node_cache_gen
         marks = ",".join("?" * len(wanted))
-        out: dict[int, bytes] = {}
+        fresh: dict[tuple[str, int], bytes] = {}
         for log_index, blob in self._r.execute(
             f"SELECT log_index, mmr_nodes FROM contributions "
             f"WHERE goal_id = ? AND log_index IN ({marks})",
@@ -384,6 +413,12 @@ class Store:
                 node = blob[offset * 32 : offset * 32 + 32]
                 if len(node) == 32:
                     out[pos] = node
+                    if offset >= CACHED_NODE_HEIGHT:
+                        fresh[(goal_id, pos)] = node
+        if fresh:
+            with self._node_cache_lock:
+                if self._node_cache_gen == generation:
+                    cache.update(fresh)
         return out
 
     def top_entries(self, goal_id: str, limit: int) -> list[tuple[int, float, bytes, str]]:

@@ -217,3 +217,67 @@ def test_a_page_of_log_entries_decodes_each_row_s_metrics(chain, packs) -> None:
     assert [e.metrics for e in page] == [o.metrics for o in accepted]
     assert [e.score for e in page] == [o.score for o in accepted]
     assert chain.store.log_entries(DEMO, len(accepted), 10) == []
+
+
+def all_nodes(store, goal_id: str, size: int) -> dict[int, bytes]:
+    from ian.chain import mmr
+
+    return store.nodes(goal_id, range(mmr.node_count(size)))
+
+
+def test_high_mmr_nodes_are_cached_and_a_truncation_forgets_them(chain, packs, monkeypatch) -> None:
+    """Nodes at CACHED_NODE_HEIGHT and above are served from memory once read; after a
+    truncation the same positions hold other nodes, and those are what is served."""
+    from ian.chain import mmr
+    from ian.storage import store as store_mod
+
+    monkeypatch.setattr(store_mod, "CACHED_NODE_HEIGHT", 1)
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(8)])
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(8, 12)])
+    store = chain.store
+    before = all_nodes(store, TRIVIAL, 12)
+    assert len(before) == mmr.node_count(12)
+    cached = dict(store._node_cache)
+    assert cached and all(g == TRIVIAL for g, _ in cached)
+    assert all(mmr.appended_by(pos)[1] >= 1 for _, pos in cached)  # no leaves
+    assert {pos: h for (_, pos), h in cached.items()} == {pos: before[pos] for _, pos in cached}
+    # Served from memory: a row's nodes changed behind the store's back are not read again.
+    sql(store.path, "UPDATE contributions SET mmr_nodes = x'' WHERE goal_id = ?", TRIVIAL)
+    assert all_nodes(store, TRIVIAL, 12) == {pos: before[pos] for _, pos in cached}
+    sql(store.path, "DELETE FROM contributions WHERE goal_id = ?", TRIVIAL)
+    sql(store.path, "DELETE FROM blocks")
+    chain.state = chain.state.genesis(chain.specs)
+
+    # Truncated and grown again with other entries: the cache must not serve the old nodes.
+    assert store.truncate_above(0) == 0
+    assert store._node_cache == {}
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(100, 112)])
+    after = all_nodes(store, TRIVIAL, 12)
+    assert after.keys() == before.keys()
+    top = mmr.peak_positions(12)[0]
+    assert after[top] != before[top]
+    assert after == all_nodes(store, TRIVIAL, 12)  # from the cache this time
+    root = mmr.bag_peaks([after[p] for p in mmr.peak_positions(12)])
+    assert root == chain.state.goals[TRIVIAL].mmr.root()
+
+
+def test_a_node_read_that_races_a_truncation_is_not_cached(chain, packs, monkeypatch) -> None:
+    from ian.storage import store as store_mod
+
+    monkeypatch.setattr(store_mod, "CACHED_NODE_HEIGHT", 1)
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(8)])
+    store = chain.store
+    reads = 0
+
+    def truncate_during_the_read(_statement: str) -> None:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            store.truncate_above(1)  # a truncation between the read and the cache update
+
+    store._r.set_trace_callback(truncate_during_the_read)
+    try:
+        assert all_nodes(store, TRIVIAL, 8)
+    finally:
+        store._r.set_trace_callback(None)
+    assert reads == 1 and store._node_cache == {}
