@@ -22,8 +22,9 @@ Usage::
    first ``200`` of ``GET /health`` (wall, and the node's CPU time by then from ``/proc``), and
    its RSS right after (``VmRSS``) and peak (``VmHWM``).
 3. On the last run: ``GET /api/v1/log/BENCH`` pages of 100 and of 1,000 entries at random
-   offsets, and ``GET /api/v1/proof/BENCH/<i>`` at random indices, ``--requests`` each (default
-   400; ``--quick`` 150), one keep-alive connection, p50/p99; then RSS again.
+   offsets (then the same pages again: cached), and ``GET /api/v1/proof/BENCH/<i>`` at random
+   indices, ``--requests`` each (default 400; ``--quick`` 150), one keep-alive connection,
+   p50/p99; then RSS again.
 
 ``--profile-start`` runs the start-up once in process under cProfile (``Node.open`` and the
 imports before it) and prints the top functions. The machine is shared: the load average is
@@ -380,6 +381,9 @@ def measure_reads(node: NodeProcess, n: int, requests: int, rng: random.Random) 
             for _ in range(requests)
         ]
         out[f"log_page_{limit}"] = timed_gets(node, paths, page_check(limit))
+        # The same pages again: their store pages are now in the OS cache (and SQLite's), so
+        # the difference to the first pass is what reading the disk cost.
+        out[f"log_page_{limit}_again"] = timed_gets(node, paths, page_check(limit))
 
     from ian.chain import mmr
 
