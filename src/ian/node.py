@@ -281,6 +281,7 @@ class Node:
                 specs,
                 full=saved is None and store.head()[0] > 0,
                 repair=role != "sequencer",
+                saved_boards=node_state_mod.saved_leaderboards(saved),
                 keep_copy=lambda: store.copy_to(
                     datadir.root
                     / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
@@ -796,6 +797,10 @@ class Node:
                     leaderboard_size=len(v.leaderboard),
                     leaderboard_root=v.leaderboard_root.hex(),
                     last_tau_commit=self.tau.last_commit(gid),
+                    leaderboard=[
+                        (e.log_index, e.score, e.contribution_hash.hex(), e.contributor_id)
+                        for e in v.leaderboard
+                    ],
                 )
                 for gid, v in self.views.items()
             },

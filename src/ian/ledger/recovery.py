@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,24 @@ log = logging.getLogger("ian.storage.store")
 _RECOVER_FIX = "run `ian node verify` to find the damage, then `ian restore` a backup"
 
 
-def load_chain_state(store: Store, specs: list[GoalSpec]) -> ChainState:
-    """The chain state as the store holds it; raises StoreError if roots disagree."""
+#: a saved leaderboard: (the root it was saved with, entries in rank order as
+#: ``(log_index, score, contribution_hash hex, contributor_id)``), see ``node_state.GoalSummary``
+SavedBoard = tuple[str, Sequence[tuple[int, float, str, str]]]
+
+
+def load_chain_state(
+    store: Store,
+    specs: list[GoalSpec],
+    saved_boards: Mapping[str, SavedBoard] | None = None,
+) -> ChainState:
+    """The chain state as the store holds it; raises StoreError if roots disagree.
+
+    ``saved_boards`` (from ``node_state.json``) spares ranking every contribution of a goal:
+    a saved leaderboard is taken only when it hashes to the root saved with it and to the root
+    the store's newest block recorded for the goal, i.e. when it is exactly the leaderboard
+    the store's rows rank. Otherwise (missing, stale after a crash between the store's commit
+    and the file's rewrite, edited) the leaderboard is ranked from the store.
+    """
     check_goals_configured(store, specs)
     state = ChainState.genesis(specs)
     height, head_hash, head_ts = store.head()
@@ -47,15 +63,39 @@ def load_chain_state(store: Store, specs: list[GoalSpec]) -> ChainState:
         if len(nodes) != len(positions):
             raise StoreError(f"goal {spec.id}: MMR nodes are missing", fix=_RECOVER_FIX)
         goal.mmr = mmr.MMR.from_peaks(size, [nodes[p] for p in positions])
-        goal.leaderboard = Leaderboard.from_entries(
-            spec.leaderboard_capacity,
-            [
-                LeaderboardEntry(i, s, h, c)
-                for i, s, h, c in store.top_entries(spec.id, spec.leaderboard_capacity)
-            ],
-        )
+        board = _saved_board(spec, (saved_boards or {}).get(spec.id), recorded.get(spec.id))
+        if board is None:
+            board = Leaderboard.from_entries(
+                spec.leaderboard_capacity,
+                [
+                    LeaderboardEntry(i, s, h, c)
+                    for i, s, h, c in store.top_entries(spec.id, spec.leaderboard_capacity)
+                ],
+            )
+        goal.leaderboard = board
         _check_roots(goal, recorded.get(spec.id))
     return state
+
+
+def _saved_board(
+    spec: GoalSpec, saved: SavedBoard | None, recorded: dict[str, Any] | None
+) -> Leaderboard | None:
+    """The saved leaderboard of ``spec`` if it is the one the newest block recorded, else None."""
+    if saved is None or recorded is None:
+        return None
+    saved_root, entries = saved
+    if saved_root != recorded["leaderboard_root"] or len(entries) != recorded["leaderboard_size"]:
+        return None
+    try:
+        board = Leaderboard.from_entries(
+            spec.leaderboard_capacity,
+            [LeaderboardEntry(i, s, bytes.fromhex(h), c) for i, s, h, c in entries],
+        )
+    except (ValueError, TypeError):
+        return None
+    if len(board) != len(entries) or board.root().hex() != saved_root:
+        return None
+    return board
 
 
 def check_goals_configured(store: Store, specs: list[GoalSpec]) -> None:
@@ -75,6 +115,7 @@ def open_chain_state(
     full: bool,
     keep_copy: Callable[[], Path],
     repair: bool = True,
+    saved_boards: Mapping[str, SavedBoard] | None = None,
 ) -> ChainState:
     """The chain state to start from, repairing a damaged store instead of refusing to start.
 
@@ -83,12 +124,13 @@ def open_chain_state(
     from the first bad one on are removed after ``keep_copy()`` saved the damaged store, and
     the node's peers provide them again. Without it (the sequencer, whose blocks no peer can
     give back) a damaged store is a StoreError naming the copy and the way out.
+    ``saved_boards``: see :func:`load_chain_state` (used by the quick check only).
     """
     check_goals_configured(store, specs)
     reason = "node_state.json is missing"
     if not full:
         try:
-            return load_chain_state(store, specs)
+            return load_chain_state(store, specs, saved_boards)
         except StoreError as exc:
             reason = f"the quick root check failed ({exc.message})"
     log.warning("%s: verifying the whole store from genesis", reason)

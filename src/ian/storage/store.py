@@ -28,6 +28,12 @@ from ian.errors import SchemaError, StoreError
 
 SCHEMA_VERSION = 1
 
+#: MMR nodes this high or higher are kept in memory once read: a node never changes until a
+#: truncation removes it (which empties the cache), a log of n leaves has about 2n / 2**h of them
+#: (~20,000 for 10,000,000 leaves), and a proof then reads the rows near its leaf instead of one
+#: row per level of a tree spread over the whole table.
+CACHED_NODE_HEIGHT = 10
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
@@ -74,6 +80,11 @@ class LogEntry:
     score: float
     metrics: dict[str, float]
     block_height: int
+
+
+#: a log entry as :meth:`Store.log_rows` reads it: ``(goal_id, log_index, contribution_hash,
+#: pack_hash, contributor_id, seed, version, score, metrics JSON text, block_height)``
+LogRow = tuple[str, int, bytes, bytes, str, int, str, float, str, int]
 
 
 @dataclass(slots=True)
@@ -124,6 +135,11 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._write_lock = threading.Lock()
+        # (goal_id, position) -> hash of MMR nodes at CACHED_NODE_HEIGHT and above; the
+        # generation changes with every truncation, so a read that raced one adds nothing.
+        self._node_cache: dict[tuple[str, int], bytes] = {}
+        self._node_cache_gen = 0
+        self._node_cache_lock = threading.Lock()
         try:
             if readonly:
                 self._w = None
@@ -248,6 +264,17 @@ class Store:
         """Remove every block above ``height`` and what they added; returns blocks removed."""
         if self._w is None:
             raise StoreError("store is open read-only")
+        try:
+            return self._truncate_above(height)
+        finally:
+            # After the commit: a reader that fetched a removed node before it, and adds it to
+            # the cache after this, finds another generation and adds nothing.
+            with self._node_cache_lock:
+                self._node_cache.clear()
+                self._node_cache_gen += 1
+
+    def _truncate_above(self, height: int) -> int:
+        assert self._w is not None
         with self._write_lock, self._tx():
             removed: int = self._w.execute(
                 "SELECT COUNT(*) FROM blocks WHERE height > ?", (height,)
@@ -362,14 +389,21 @@ class Store:
     def nodes(self, goal_id: str, positions: Sequence[int]) -> dict[int, bytes]:
         """MMR node hashes by position. Each contribution row holds the nodes its append added
         (its leaf, then the parents it completed), concatenated."""
+        cache = self._node_cache
+        out: dict[int, bytes] = {}
         wanted: dict[int, list[tuple[int, int]]] = {}
         for pos in positions:
-            leaf, offset = mmr.appended_by(pos)
+            hit = cache.get((goal_id, pos))
+            if hit is not None:
+                out[pos] = hit
+                continue
+            leaf, offset = mmr.appended_by(pos)  # offset = the node's height
             wanted.setdefault(leaf, []).append((pos, offset))
         if not wanted:
-            return {}
+            return out
+        generation = self._node_cache_gen
         marks = ",".join("?" * len(wanted))
-        out: dict[int, bytes] = {}
+        fresh: dict[tuple[str, int], bytes] = {}
         for log_index, blob in self._r.execute(
             f"SELECT log_index, mmr_nodes FROM contributions "
             f"WHERE goal_id = ? AND log_index IN ({marks})",
@@ -379,6 +413,12 @@ class Store:
                 node = blob[offset * 32 : offset * 32 + 32]
                 if len(node) == 32:
                     out[pos] = node
+                    if offset >= CACHED_NODE_HEIGHT:
+                        fresh[(goal_id, pos)] = node
+        if fresh:
+            with self._node_cache_lock:
+                if self._node_cache_gen == generation:
+                    cache.update(fresh)
         return out
 
     def top_entries(self, goal_id: str, limit: int) -> list[tuple[int, float, bytes, str]]:
@@ -412,14 +452,38 @@ class Store:
             )
         return found
 
-    def log_entries(self, goal_id: str, start: int, limit: int) -> list[LogEntry]:
-        rows = self._r.execute(
+    def log_rows(self, goal_id: str, start: int, limit: int) -> list[LogRow]:
+        """A page of the log as stored: :class:`LogEntry`'s fields in its order, with
+        ``metrics`` still the canonical JSON text it was hashed as (an encoder can copy it)."""
+        rows: list[LogRow] = self._r.execute(
             "SELECT goal_id, log_index, contribution_hash, pack_hash, contributor_id, seed, "
             "version, score, metrics, block_height FROM contributions "
             "WHERE goal_id = ? AND log_index >= ? ORDER BY log_index LIMIT ?",
             (goal_id, start, limit),
         ).fetchall()
-        return [_log_entry(r) for r in rows]
+        return rows
+
+    def log_entries(self, goal_id: str, start: int, limit: int) -> list[LogEntry]:
+        rows = self.log_rows(goal_id, start, limit)
+        if not rows:
+            return []
+        # One JSON document for the whole page's metrics: one decoder call, not one per row.
+        metrics = json.loads("[" + ",".join([r[8] for r in rows]) + "]")
+        return [
+            LogEntry(
+                goal_id=r[0],
+                log_index=r[1],
+                contribution_hash=r[2],
+                pack_hash=r[3],
+                contributor_id=r[4],
+                seed=r[5],
+                version=r[6],
+                score=r[7],
+                metrics=m,
+                block_height=r[9],
+            )
+            for r, m in zip(rows, metrics, strict=True)
+        ]
 
     def log_entry(self, goal_id: str, log_index: int) -> LogEntry | None:
         entries = self.log_entries(goal_id, log_index, 1)
@@ -450,26 +514,23 @@ class Store:
             conn.close()
 
     def goal_ids(self) -> list[str]:
-        return [g for (g,) in self._r.execute("SELECT DISTINCT goal_id FROM contributions")]
+        """The goals that have entries, in id order: one index seek per goal (a skip scan of
+        the ``(goal_id, log_index)`` index), not a scan of every row."""
+        out: list[str] = []
+        row = self._r.execute(
+            "SELECT goal_id FROM contributions ORDER BY goal_id LIMIT 1"
+        ).fetchone()
+        while row is not None:
+            out.append(row[0])
+            row = self._r.execute(
+                "SELECT goal_id FROM contributions WHERE goal_id > ? ORDER BY goal_id LIMIT 1",
+                (row[0],),
+            ).fetchone()
+        return out
 
     def count_contributions(self) -> int:
         count: int = self._r.execute("SELECT COUNT(*) FROM contributions").fetchone()[0]
         return count
-
-
-def _log_entry(r: tuple[Any, ...]) -> LogEntry:
-    return LogEntry(
-        goal_id=r[0],
-        log_index=r[1],
-        contribution_hash=r[2],
-        pack_hash=r[3],
-        contributor_id=r[4],
-        seed=r[5],
-        version=r[6],
-        score=r[7],
-        metrics=json.loads(r[8]),
-        block_height=r[9],
-    )
 
 
 class _Transaction:

@@ -209,3 +209,29 @@ async def test_peers_lists_nobody_on_a_lone_node(api) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["connected"] == [] and body["known"] == 0 and body["banned"] == 0
+
+
+async def test_a_log_page_is_the_document_the_model_describes(api, packs) -> None:
+    """The log route encodes its page itself (metrics JSON copied from the store): the bytes
+    decode to exactly what ``LogResponse`` makes of the same entries, content type included."""
+    from ian.api import models as m
+
+    for n in range(6):
+        await api.contribute(packs.body(n))  # demo goal: real metrics, some rejected
+        await api.contribute(packs.body(n, goal_id=TRIVIAL, contributor=f'ü"\\{n}'))
+    for goal in (DEMO, TRIVIAL):
+        view = api.node.views[goal]
+        for start, limit in ((0, 100), (1, 2), (view.log_size - 1, 5), (view.log_size, 5)):
+            r = await api.client.get(f"/api/v1/log/{goal}?from={start}&limit={limit}")
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            entries = api.node.store.log_entries(goal, start, limit)
+            nxt = start + len(entries)
+            expected = m.LogResponse(
+                goal_id=goal,
+                size=view.log_size,
+                root=view.log_root.hex(),
+                entries=entries,
+                next=nxt if nxt < view.log_size else None,
+            ).model_dump(mode="json")
+            assert r.json() == expected, (goal, start, limit)
+            assert m.LogResponse.model_validate_json(r.content).model_dump(mode="json") == expected

@@ -220,3 +220,103 @@ def test_load_chain_state_refuses_unconfigured_goals(filled) -> None:
         load_chain_state(filled.store, [DEMO_GOAL])
     assert TRIVIAL in info.value.message
     assert "goals" in (info.value.fix or "")
+
+
+# -- the saved leaderboards of node_state.json -----------------------------------------------
+
+
+def saved_boards_of(state) -> dict:
+    """What node_state.json carries per goal: the root and the entries in rank order."""
+    return {
+        gid: (
+            g.leaderboard.root().hex(),
+            [
+                (e.log_index, e.score, e.contribution_hash.hex(), e.contributor_id)
+                for e in g.leaderboard.entries
+            ],
+        )
+        for gid, g in state.goals.items()
+    }
+
+
+def no_ranking(store, monkeypatch) -> None:
+    def refuse(*_args):
+        raise AssertionError("the leaderboard was ranked from the store")
+
+    monkeypatch.setattr(store, "top_entries", refuse)
+
+
+def assert_same_state(loaded, live) -> None:
+    for gid, goal in live.goals.items():
+        assert loaded.goals[gid].roots() == goal.roots(), gid
+        assert list(loaded.goals[gid].leaderboard.entries) == list(goal.leaderboard.entries)
+
+
+def test_a_saved_leaderboard_that_matches_the_store_is_used(filled, monkeypatch) -> None:
+    boards = saved_boards_of(filled.state)
+    no_ranking(filled.store, monkeypatch)
+    assert_same_state(load_chain_state(filled.store, filled.specs, boards), filled.state)
+
+
+def test_a_stale_saved_leaderboard_is_ranked_again(filled, packs, monkeypatch) -> None:
+    """Saved, then more blocks (a crash before the next checkpoint): the saved root is not
+    the newest block's, so the leaderboard comes from the store."""
+    boards = saved_boards_of(filled.state)
+    filled.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(40, 45)])
+    ranked: list[str] = []
+    real = filled.store.top_entries
+    monkeypatch.setattr(
+        filled.store, "top_entries", lambda gid, k: ranked.append(gid) or real(gid, k)
+    )
+    assert_same_state(load_chain_state(filled.store, filled.specs, boards), filled.state)
+    assert ranked == [TRIVIAL]  # the untouched goal's saved board still matched its root
+
+
+def test_a_saved_leaderboard_after_a_truncation_is_ranked_again(filled) -> None:
+    boards = saved_boards_of(filled.state)
+    filled.store.truncate_above(2)
+    live = load_chain_state(filled.store, filled.specs)  # ranked from the store
+    loaded = load_chain_state(filled.store, filled.specs, boards)
+    assert_same_state(loaded, live)
+    assert loaded.goals[TRIVIAL].roots() != filled.state.goals[TRIVIAL].roots()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["entry", "score", "order", "drop", "root", "hex", "types"],
+)
+def test_a_saved_leaderboard_that_does_not_hash_to_the_root_is_ignored(filled, damage) -> None:
+    boards = saved_boards_of(filled.state)
+    root, entries = boards[TRIVIAL]
+    entries = list(entries)
+    assert len(entries) >= 3
+    i, score, chash, who = entries[0]
+    if damage == "entry":  # a forged contributor under the right claimed root
+        entries[0] = (i, score, chash, "mallory")
+    elif damage == "score":
+        entries[0] = (i, score + 1.0, chash, who)
+    elif damage == "order":
+        entries[0], entries[1] = entries[1], entries[0]
+    elif damage == "drop":
+        entries.pop()
+    elif damage == "root":
+        root = "00" * 32
+    elif damage == "hex":
+        entries[0] = (i, score, "zz", who)
+    else:
+        entries[0] = (None, score, chash, who)
+    boards[TRIVIAL] = (root, entries)
+    assert_same_state(load_chain_state(filled.store, filled.specs, boards), filled.state)
+
+
+def test_without_saved_leaderboards_they_are_ranked(filled) -> None:
+    assert_same_state(load_chain_state(filled.store, filled.specs, {}), filled.state)
+    assert_same_state(load_chain_state(filled.store, filled.specs, None), filled.state)
+
+
+def test_a_saved_leaderboard_never_hides_a_damaged_log(filled) -> None:
+    """The cache spares the ranking only: MMR peaks are still read and checked."""
+    boards = saved_boards_of(filled.state)
+    sql(filled.store.path, "UPDATE contributions SET mmr_nodes = x'' WHERE goal_id=?", TRIVIAL)
+    with pytest.raises(StoreError, match="MMR nodes are missing"):
+        load_chain_state(filled.store, filled.specs, boards)

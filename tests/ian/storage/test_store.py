@@ -168,3 +168,116 @@ def test_block_header_is_stored_as_canonical_json(chain, packs) -> None:
     doc = json.loads(text)
     assert text == json.dumps(doc, sort_keys=True, separators=(",", ":"))
     assert doc["height"] == 1 and doc["sequencer"] == chain.identity.node_id
+
+
+def test_goal_ids_are_found_by_index_seeks_in_id_order(tmp_path) -> None:
+    """Goal ids come from the (goal_id, log_index) index one seek per goal: ids that share a
+    prefix, sort around each other or hold many rows are each listed once, in id order."""
+    store = Store(tmp_path / "chain.sqlite")
+    assert store.goal_ids() == []
+    goals = ["B", "A", "AA", "A_", "b", "Z" * 64]
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.executemany(
+        "INSERT INTO contributions (goal_id, log_index, contribution_hash, pack_hash, "
+        "contributor_id, seed, version, parameters, metadata, score, metrics, block_height, "
+        "mmr_nodes) VALUES (?, ?, x'00', ?, 'c', 0, '1', x'00', '{}', 0, '{}', 1, x'')",
+        [(g, i, f"{g}/{i}".encode()) for g in goals for i in range(50 if g == "A" else 2)],
+    )
+    conn.close()
+    assert store.goal_ids() == sorted(goals)
+    assert store.goal_ids() == sorted(
+        g for (g,) in sql(store.path, "SELECT DISTINCT goal_id FROM contributions")
+    )
+    store.close()
+
+
+def test_goal_ids_do_not_scan_the_contributions(chain, packs) -> None:
+    chain.commit([packs.contribution(1), packs.contribution(2, goal_id=TRIVIAL)])
+    plans: list[str] = []
+    conn = chain.store._r
+    conn.set_trace_callback(plans.append)
+    try:
+        assert chain.store.goal_ids() == sorted([DEMO, TRIVIAL])
+    finally:
+        conn.set_trace_callback(None)
+    # One statement per goal and one to find there is none after the last: each reads one
+    # entry of the covering (goal_id, log_index) index.
+    assert len(plans) == 3
+    for statement in plans:
+        assert statement.rstrip().endswith("LIMIT 1"), statement
+        detail = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {statement}"))
+        assert "COVERING INDEX contributions_log" in detail, detail
+
+
+def test_a_page_of_log_entries_decodes_each_row_s_metrics(chain, packs) -> None:
+    outs = chain.commit([packs.contribution(n) for n in range(1, 8)])
+    accepted = [o for o in outs if o.accepted]
+    assert len(accepted) >= 2
+    page = chain.store.log_entries(DEMO, 0, 100)
+    assert [e.metrics for e in page] == [o.metrics for o in accepted]
+    assert [e.score for e in page] == [o.score for o in accepted]
+    assert chain.store.log_entries(DEMO, len(accepted), 10) == []
+
+
+def all_nodes(store, goal_id: str, size: int) -> dict[int, bytes]:
+    from ian.chain import mmr
+
+    return store.nodes(goal_id, range(mmr.node_count(size)))
+
+
+def test_high_mmr_nodes_are_cached_and_a_truncation_forgets_them(chain, packs, monkeypatch) -> None:
+    """Nodes at CACHED_NODE_HEIGHT and above are served from memory once read; after a
+    truncation the same positions hold other nodes, and those are what is served."""
+    from ian.chain import mmr
+    from ian.storage import store as store_mod
+
+    monkeypatch.setattr(store_mod, "CACHED_NODE_HEIGHT", 1)
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(8)])
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(8, 12)])
+    store = chain.store
+    before = all_nodes(store, TRIVIAL, 12)
+    assert len(before) == mmr.node_count(12)
+    cached = dict(store._node_cache)
+    assert cached and all(g == TRIVIAL for g, _ in cached)
+    assert all(mmr.appended_by(pos)[1] >= 1 for _, pos in cached)  # no leaves
+    assert {pos: h for (_, pos), h in cached.items()} == {pos: before[pos] for _, pos in cached}
+    # Served from memory: a row's nodes changed behind the store's back are not read again.
+    sql(store.path, "UPDATE contributions SET mmr_nodes = x'' WHERE goal_id = ?", TRIVIAL)
+    assert all_nodes(store, TRIVIAL, 12) == {pos: before[pos] for _, pos in cached}
+    sql(store.path, "DELETE FROM contributions WHERE goal_id = ?", TRIVIAL)
+    sql(store.path, "DELETE FROM blocks")
+    chain.state = chain.state.genesis(chain.specs)
+
+    # Truncated and grown again with other entries: the cache must not serve the old nodes.
+    assert store.truncate_above(0) == 0
+    assert store._node_cache == {}
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(100, 112)])
+    after = all_nodes(store, TRIVIAL, 12)
+    assert after.keys() == before.keys()
+    top = mmr.peak_positions(12)[0]
+    assert after[top] != before[top]
+    assert after == all_nodes(store, TRIVIAL, 12)  # from the cache this time
+    root = mmr.bag_peaks([after[p] for p in mmr.peak_positions(12)])
+    assert root == chain.state.goals[TRIVIAL].mmr.root()
+
+
+def test_a_node_read_that_races_a_truncation_is_not_cached(chain, packs, monkeypatch) -> None:
+    from ian.storage import store as store_mod
+
+    monkeypatch.setattr(store_mod, "CACHED_NODE_HEIGHT", 1)
+    chain.commit([packs.contribution(n, goal_id=TRIVIAL) for n in range(8)])
+    store = chain.store
+    reads = 0
+
+    def truncate_during_the_read(_statement: str) -> None:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            store.truncate_above(1)  # a truncation between the read and the cache update
+
+    store._r.set_trace_callback(truncate_during_the_read)
+    try:
+        assert all_nodes(store, TRIVIAL, 8)
+    finally:
+        store._r.set_trace_callback(None)
+    assert reads == 1 and store._node_cache == {}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+import msgspec
+from fastapi import APIRouter, Path, Query, Response
 
 from ian.api import models as m
 from ian.api.deps import NodeDep, goal_view
@@ -20,6 +21,7 @@ from ian.errors import NotFoundError
 MAX_INDEX = 2**63 - 1
 
 router = APIRouter(tags=["goals"])
+_encode = msgspec.json.Encoder().encode
 
 
 @router.get("/api/v1/goals", response_model=m.GoalsResponse)
@@ -76,19 +78,38 @@ async def log_entries(
     node: NodeDep,
     start: Annotated[int, Query(alias="from", ge=0, le=MAX_INDEX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> m.LogResponse:
+) -> Response:
     """A page of the goal's log from index ``from``; ``next`` is the following page's ``from``."""
     view = goal_view(node, goal_id)
     size = view.log_size
-    entries = [e for e in node.store.log_entries(goal_id, start, limit) if e.log_index < size]
-    nxt = start + len(entries)
-    return m.LogResponse(
-        goal_id=goal_id,
-        size=size,
-        root=view.log_root.hex(),
-        entries=entries,
-        next=nxt if nxt < size else None,
+    rows = [r for r in node.store.log_rows(goal_id, start, limit) if r[1] < size]
+    nxt = start + len(rows)
+    # Encoded here, in one pass, the stored metrics JSON copied as is: the same document as
+    # m.LogResponse (tests compare them) at a fraction of the cost on 1,000-entry pages.
+    body = _encode(
+        {
+            "goal_id": goal_id,
+            "size": size,
+            "root": view.log_root.hex(),
+            "entries": [
+                {
+                    "goal_id": g,
+                    "log_index": i,
+                    "contribution_hash": ch.hex(),
+                    "pack_hash": ph.hex(),
+                    "contributor_id": who,
+                    "seed": seed,
+                    "version": version,
+                    "score": score,
+                    "metrics": msgspec.Raw(metrics),
+                    "block_height": height,
+                }
+                for g, i, ch, ph, who, seed, version, score, metrics, height in rows
+            ],
+            "next": nxt if nxt < size else None,
+        }
     )
+    return Response(body, media_type="application/json")
 
 
 @router.get(
