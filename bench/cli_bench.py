@@ -7,7 +7,10 @@ to a busy machine than wall time):
 - ``ian --help`` and ``ian status --help`` (Typer + Rich help formatting, no node needed);
 - ``python -c "import typer"`` and ``python -c "import typer.rich_utils"``: the floor that
   Typer and its Rich help formatting cost before any `ian` code runs;
-- ``ian status --json`` against a running ``ian node run`` on free loopback ports;
+- ``ian status --json --node-url URL`` against a running ``ian node run`` on free loopback
+  ports, and ``ian status --json (config)``: the same without ``--node-url``, with only
+  ``IAN_DATA_DIR`` set, so the API port comes from the data dir's ``config.toml`` (what
+  ``ian config init`` writes, with ``api_port`` uncommented);
 - ``ian doctor --quick --json`` on that node's data dir.
 
 Writes bench/results/cli.json. Usage: python bench/cli_bench.py [--quick] [--runs N]
@@ -68,6 +71,20 @@ def measure(argv: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
     }
 
 
+def write_config(data_dir: Path, api_port: str) -> None:
+    """``ian config init`` in ``data_dir``, with ``api_port`` set (uncommented)."""
+    subprocess.run(
+        [str(IAN), "config", "init", "--data-dir", str(data_dir)],
+        env=clean_env(),
+        capture_output=True,
+        check=True,
+    )
+    path = data_dir / "config.toml"
+    text = path.read_text()
+    assert "\n# api_port = 8000\n" in text
+    path.write_text(text.replace("\n# api_port = 8000\n", f"\napi_port = {api_port}\n"))
+
+
 def start_node(data_dir: Path, ports: dict[str, str]) -> subprocess.Popen[str]:
     env = clean_env(
         {
@@ -120,6 +137,7 @@ def main() -> None:
             "IAN_WS_PORT": str(free_port()),
         }
         data_dir = Path(tmp) / "data"
+        write_config(data_dir, ports["IAN_API_PORT"])
         node = start_node(data_dir, ports)
         try:
             url = f"http://127.0.0.1:{ports['IAN_API_PORT']}"
@@ -128,6 +146,11 @@ def main() -> None:
             )
             cases += [
                 ("ian status --json", [str(IAN), "status", "--json", "--node-url", url], env),
+                (
+                    "ian status --json (config)",
+                    [str(IAN), "status", "--json"],
+                    clean_env({"IAN_DATA_DIR": str(data_dir)}),
+                ),
                 ("ian doctor --quick", [str(IAN), "doctor", "--quick", "--json"], node_env),
             ]
             for name, argv, case_env in cases:
