@@ -1,7 +1,10 @@
 """The `ian` command: node and maintenance commands for IAN operators.
 
-One module per command group; each registers a Typer sub-app here. Keep imports at module level
-light (typer and the standard library only): ``ian --help`` must start fast.
+One module per command group or command (:data:`COMMANDS`). They are imported, and turned into
+click commands, only when the command line reaches them: ``ian status`` imports and builds
+``status`` alone; ``ian --help``, shell completion and ``tools/gen_cli_docs.py`` list every
+command and so load them all (:class:`LazyGroup`). Keep imports at module level light (typer
+and the standard library only): ``ian --help`` must start fast.
 
 Typer's own ``--install-completion`` / ``--show-completion`` options are off: building them costs
 a pydantic import on every invocation (~80 ms). ``ian completions SHELL`` prints the same
@@ -10,26 +13,78 @@ scripts, and ``completions/`` holds them pre-generated (``make completions``).
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Annotated
+from collections.abc import Iterator, MutableMapping
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from ian_ops import (
-    backup_cmd,
-    certs_cmd,
-    cli,
-    config_cmd,
-    doctor_cmd,
-    events_cmd,
-    network_cmd,
-    node_cmd,
-    peers_cmd,
-    prune_cmd,
-    restore_cmd,
-    status_cmd,
-    tau_cmd,
-)
+from ian_ops import cli
+
+#: Every top-level command: name -> (module, attribute, is a Typer sub-app). The order is the
+#: order ``ian --help`` lists them: commands first, then groups, each in the order they were
+#: registered (Typer's order when it built the whole app at once).
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "status": ("ian_ops.status_cmd", "status", False),
+    "restore": ("ian_ops.restore_cmd", "restore", False),
+    "prune": ("ian_ops.prune_cmd", "prune", False),
+    "doctor": ("ian_ops.doctor_cmd", "doctor", False),
+    "events": ("ian_ops.events_cmd", "events", False),
+    "completions": ("ian_ops.app", "completions", False),
+    "node": ("ian_ops.node_cmd", "app", True),
+    "peers": ("ian_ops.peers_cmd", "app", True),
+    "certs": ("ian_ops.certs_cmd", "app", True),
+    "backup": ("ian_ops.backup_cmd", "app", True),
+    "tau": ("ian_ops.tau_cmd", "app", True),
+    "network": ("ian_ops.network_cmd", "app", True),
+    "config": ("ian_ops.config_cmd", "app", True),
+}
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root group's ``commands``: every name of :data:`COMMANDS` from the start (listing,
+    suggestions for a typo), each click command built on first access (:func:`build_command`)."""
+
+    def __init__(self, built: MutableMapping[str, Any]) -> None:
+        self._built = dict(built)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = build_command(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("the commands of `ian` cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from COMMANDS
+        yield from (name for name in self._built if name not in COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS) + sum(name not in COMMANDS for name in self._built)
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or name in self._built
+
+
+class LazyGroup(TyperGroup):
+    """The root ``ian`` group: its commands are built when first looked up."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _LazyCommands(self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        # the names only: building every command is for whoever asks for each one (help)
+        return list(self.commands)
+
 
 app = typer.Typer(
     name="ian",
@@ -38,6 +93,7 @@ app = typer.Typer(
     epilog="Exit codes: 0 ok, 1 failure, 2 usage error, 3 invalid configuration, 4 data "
     "directory problem, 5 data dir in use by a running node, 6 node unreachable, 7 request "
     "refused by the node, 130 interrupted. `ian doctor`: 0 ok, 1 warnings, 2 failures.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,6 +101,24 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def build_command(name: str) -> Any:
+    """The click command of the top-level command ``name``, built by Typer as it builds it
+    inside the whole app: with the root's markup mode, exception and suggestion settings."""
+    module, attribute, is_group = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    holder = typer.Typer(
+        add_completion=False,
+        rich_markup_mode=app.rich_markup_mode,
+        pretty_exceptions_short=app.pretty_exceptions_short,
+        suggest_commands=app.suggest_commands,
+    )
+    if is_group:
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
 
 
 def _version(value: bool) -> None:
@@ -85,24 +159,10 @@ def root(
     cli.state.debug = debug
 
 
-app.add_typer(node_cmd.app, name="node")
-app.command("status")(status_cmd.status)
-app.add_typer(peers_cmd.app, name="peers")
-app.add_typer(certs_cmd.app, name="certs")
-app.add_typer(backup_cmd.app, name="backup")
-app.command("restore")(restore_cmd.restore)
-app.command("prune")(prune_cmd.prune)
-app.add_typer(tau_cmd.app, name="tau")
-app.add_typer(network_cmd.app, name="network")
-app.add_typer(config_cmd.app, name="config")
-app.command("doctor")(doctor_cmd.doctor)
-app.command("events")(events_cmd.events)
-
 SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_IAN_COMPLETE"
 
 
-@app.command("completions")
 def completions(
     shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False)],
 ) -> None:
