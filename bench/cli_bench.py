@@ -2,7 +2,10 @@
 
 Runs each command N times as a fresh process (subprocess + time.perf_counter, wall clock) and
 reports median / min / p90 in milliseconds, plus the CPU time the children used (less sensitive
-to a busy machine than wall time):
+to a busy machine than wall time). Each command first runs once untimed, with bytecode writing
+allowed (``PYTHONDONTWRITEBYTECODE`` is dropped from the children's environment): an installed
+``ian`` has its ``.pyc`` files, and an editable checkout would otherwise compile every module it
+imports on every run.
 
 - ``ian --help`` and ``ian status --help`` (Typer + Rich help formatting, no node needed);
 - ``python -c "import typer"`` and ``python -c "import typer.rich_utils"``: the floor that
@@ -36,7 +39,11 @@ IAN = BIN / "ian"
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("IAN_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update({"NO_COLOR": "1", "COLUMNS": "120"})
     env.update(extra or {})
     return env
@@ -52,6 +59,7 @@ def measure(argv: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
     walls: list[float] = []
     cpus: list[float] = []
     codes: set[int] = set()
+    subprocess.run(argv, env=env, capture_output=True, check=False)  # warm-up: .pyc files
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
