@@ -11,15 +11,17 @@ anything it does not fully understand, and the caller then loads the configurati
 back to the default URL, so a bad ``IAN_LOG_LEVEL`` changes which port ``ian status`` asks. So
 every value that reaches the settings is checked here, not only ``api_port``: each field has a
 check that accepts only inputs the full loader certainly accepts (plain digits for a number,
-the exact spellings ``log_level`` takes, ...); any other input, a field without such a check
-(lists of peers, goals, the fields of cross-field rules), an unknown key, a config file that
-cannot be read or parsed: ``None``. ``tests/ian_ops/test_light_config.py`` compares both ways on
+the exact spellings ``log_level`` takes, peer addresses by the loader's own parser in
+:mod:`ian.peer_address`, ...); any other input, the fields of cross-field rules, goals and
+proxy/forwarding lists unless empty, an unknown key, a config file that cannot be read or
+parsed: ``None``. ``tests/ian_ops/test_light_config.py`` compares both ways on
 a table of environments and config files and checks the field list and bounds against
 :class:`ian.config.Settings`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -34,11 +36,6 @@ CONFIG_FILE_NAME = "config.toml"
 DEFAULT_DATA_DIR = ".ian-data"
 DEFAULT_API_PORT = 8000
 
-#: ian.config._HOSTNAME_RE (the test compares them)
-HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
-)
 #: ian.config._NODE_ID_RE
 NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{40}$")
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -78,9 +75,8 @@ NUMBERS: dict[str, tuple[type, float | None, float | None, float | None]] = {
     "peer_prune_days": (float, None, 0, None),
 }
 
-#: Fields this module leaves to the full loader whenever they are given (a value of their own
-#: or a cross-field rule): their presence alone means ``None``, except an empty value where
-#: that is plainly valid (see :func:`_empty_list`, :func:`_blank_or_unknown`).
+#: Fields this module leaves to the full loader whenever they are given (they are in a
+#: cross-field rule): their presence alone means ``None``.
 FULL_LOADER_ONLY = frozenset(
     {
         "max_request_bytes",
@@ -120,20 +116,56 @@ def _path(value: Any, *, optional: bool) -> bool:
 
 
 def _host(value: Any) -> bool:
+    """A bind address as Settings checks it (brackets around IPv6 allowed)."""
     if not isinstance(value, str):
         return False
     text = value.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    if HOSTNAME_RE.match(text):
-        return True
-    import ipaddress
+    from ian.peer_address import check_host
 
     try:
-        ipaddress.ip_address(text)
+        check_host(text)
     except ValueError:
         return False
     return True
+
+
+def _peer(value: Any, *, blank: bool) -> bool:
+    """One ``tcp://host:port`` (``blank``: or nothing) as Settings parses it."""
+    if not isinstance(value, str):
+        return False
+    if not value.strip():
+        return blank
+    from ian.peer_address import parse_peer_address
+
+    try:
+        parse_peer_address(value)
+    except ValueError:  # PeerAddressError is one
+        return False
+    return True
+
+
+def _peers(value: Any) -> bool:
+    """``seed_nodes``: ``a,b``, a JSON list or a TOML list of addresses (split as Settings
+    splits them), each one valid and none twice."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if not text.startswith("["):
+                raise ValueError(text)
+            value = json.loads(text)
+        except ValueError:  # json.JSONDecodeError is one
+            value = [item.strip() for item in text.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return False
+    from ian.peer_address import parse_peer_address
+
+    try:
+        parsed = [parse_peer_address(item) for item in value]
+    except ValueError:
+        return False
+    return len(set(parsed)) == len(parsed)
 
 
 def _sequencer(value: Any) -> bool:
@@ -158,11 +190,6 @@ def _empty_list(value: Any) -> bool:
     return isinstance(value, list) and not value
 
 
-def _blank_or_unknown(value: Any) -> bool:
-    """An address setting left blank (a set one needs the full parser of peer addresses)."""
-    return isinstance(value, str) and not value.strip()
-
-
 def _is_str(value: Any) -> bool:
     return isinstance(value, str)
 
@@ -185,13 +212,13 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "admin_allow_remote": lambda value: (
         isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOLS)
     ),
-    "seed_nodes": _empty_list,
+    "seed_nodes": _peers,
     "trusted_proxies": _empty_list,
     "forward_from": _empty_list,
     # IAN_GOALS is decoded as JSON before validation (see read_api_url); in TOML, a list
     "goals": lambda value: isinstance(value, list) and not value,
-    "p2p_advertise": _blank_or_unknown,
-    "tau_endpoint": _blank_or_unknown,
+    "p2p_advertise": partial(_peer, blank=True),
+    "tau_endpoint": partial(_peer, blank=True),
 }
 
 

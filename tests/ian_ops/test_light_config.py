@@ -65,7 +65,6 @@ def test_numbers_have_the_settings_types_and_bounds() -> None:
 
 
 def test_names_patterns_and_defaults_are_the_configs() -> None:
-    assert light_config.HOSTNAME_RE.pattern == config._HOSTNAME_RE.pattern
     assert light_config.NODE_ID_RE.pattern == config._NODE_ID_RE.pattern
     assert light_config.ENV_PREFIX == config.ENV_PREFIX
     assert light_config.CONFIG_ENV == config.CONFIG_ENV
@@ -122,7 +121,9 @@ NODE_ENV = {  # a node's environment as deployments set it (values the light che
     "IAN_GENESIS": "",
     "IAN_API_TOKEN": "s3cret",
     "IAN_ADMIN_ALLOW_REMOTE": "yes",
-    "IAN_SEED_NODES": "",
+    "IAN_SEED_NODES": "tcp://10.0.0.2:9000, seed.example:9000,tcp://[fd00::1]:9000",
+    "IAN_P2P_ADVERTISE": "tcp://203.0.113.7:9000",
+    "IAN_FORWARD_FROM": "",
     "IAN_TRUSTED_PROXIES": "[]",
     "IAN_GOALS": "[]",
     "IAN_TAU_ENDPOINT": " ",
@@ -223,8 +224,20 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str | None, int | None]] 
     ("port too big", {"IAN_API_PORT": "65536"}, {}, None, None),
     ("port negative", {"IAN_API_PORT": "-1"}, {}, None, None),
     ("bad log level", {"IAN_API_PORT": "8123", "IAN_LOG_LEVEL": "loud"}, {}, None, None),
-    ("seed nodes", {"IAN_API_PORT": "8123", "IAN_SEED_NODES": "tcp://a:1"}, {}, None, None),
+    ("seed nodes", {"IAN_API_PORT": "8123", "IAN_SEED_NODES": "tcp://a:1,b:2"}, {}, None, 8123),
+    ("seed nodes json", {"IAN_API_PORT": "8123", "IAN_SEED_NODES": '["a:1"]'}, {}, None, 8123),
+    ("seed ipv6 first", {"IAN_API_PORT": "8123", "IAN_SEED_NODES": "[::1]:9"}, {}, None, 8123),
     ("bad seed nodes", {"IAN_API_PORT": "8123", "IAN_SEED_NODES": "a"}, {}, None, None),
+    ("seed twice", {"IAN_API_PORT": "8123", "IAN_SEED_NODES": "a:1,tcp://A:1"}, {}, None, None),
+    ("tau endpoint", {"IAN_API_PORT": "8123", "IAN_TAU_ENDPOINT": "tau:12345"}, {}, None, 8123),
+    (
+        "bad tau endpoint",
+        {"IAN_API_PORT": "8123", "IAN_TAU_ENDPOINT": "http://t:1"},
+        {},
+        None,
+        None,
+    ),
+    ("proxies", {"IAN_API_PORT": "8123", "IAN_TRUSTED_PROXIES": "10.0.0.0/8"}, {}, None, None),
     ("cross-field", {"IAN_API_PORT": "8123", "IAN_MAX_PEERS": "10"}, {}, None, None),
     ("cross-field bad", {"IAN_API_PORT": "8123", "IAN_MIN_PEERS": "99"}, {}, None, None),
     ("goals", {"IAN_API_PORT": "8123", "IAN_GOALS": "[1]"}, {}, None, None),
@@ -321,6 +334,17 @@ STRINGS = [
     "a" * 64,
     "a" * 65,
     "tcp://a:1",
+    "a:1",
+    "tcp://a:1,b:2",
+    "a:1,a:1",
+    "tcp://[::1]:9000",
+    "[::1]:9000",
+    "a:0",
+    "udp://a:1",
+    "tcp://a:1/x",
+    '["a:1"]',
+    '["a:1", 1]',
+    "[1]",
     "[]",
     "[ ]",
     "a,b",
