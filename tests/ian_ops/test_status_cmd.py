@@ -269,8 +269,9 @@ async def test_status_json_imports_no_pydantic_httpx_or_rich(
     live_node, from_config: bool, tmp_path: Path
 ) -> None:
     """What makes `ian status --json` slow to start stays out of it (bench/cli_bench.py has
-    the time): Typer's pydantic coercion, httpx, Rich; without --node-url, also the settings
-    loader (the port comes from the data dir's config.toml through ian_ops.light_config)."""
+    the time): Typer (ian_ops.status_fast answers without it), pydantic, httpx, Rich; without
+    --node-url, also the settings loader (the port comes from the data dir's config.toml
+    through ian_ops.light_config)."""
     import subprocess
     import sys
     from urllib.parse import urlsplit
@@ -292,7 +293,8 @@ async def test_status_json_imports_no_pydantic_httpx_or_rich(
         "try:\n"
         "    main()\n"
         "finally:\n"
-        "    heavy = [m for m in ('pydantic', 'httpx', 'rich', 'ian.config') if m in sys.modules]\n"
+        "    heavy = ('pydantic', 'httpx', 'rich', 'ian.config', 'typer')\n"
+        "    heavy = [m for m in heavy if m in sys.modules]\n"
         "    sys.stderr.write(f'heavy={heavy}\\n')\n"
     )
 
