@@ -59,6 +59,8 @@ def plain_form(args: Sequence[str]) -> tuple[str | None, Path | None] | None:
 def answer_status_json(args: Sequence[str]) -> None:
     """Answer ``ian ARGS`` and exit when they are the plain form of ``ian status --json`` (see
     the module); otherwise return without any effect."""
+    if os.name == "nt":  # click expands wildcards in Windows arguments; not done here
+        return
     plain = plain_form(args)
     if plain is None:
         return
