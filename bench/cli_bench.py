@@ -2,12 +2,18 @@
 
 Runs each command N times as a fresh process (subprocess + time.perf_counter, wall clock) and
 reports median / min / p90 in milliseconds, plus the CPU time the children used (less sensitive
-to a busy machine than wall time):
+to a busy machine than wall time). Each command first runs once untimed, with bytecode writing
+allowed (``PYTHONDONTWRITEBYTECODE`` is dropped from the children's environment): an installed
+``ian`` has its ``.pyc`` files, and an editable checkout would otherwise compile every module it
+imports on every run.
 
 - ``ian --help`` and ``ian status --help`` (Typer + Rich help formatting, no node needed);
 - ``python -c "import typer"`` and ``python -c "import typer.rich_utils"``: the floor that
   Typer and its Rich help formatting cost before any `ian` code runs;
-- ``ian status --json`` against a running ``ian node run`` on free loopback ports;
+- ``ian status --json --node-url URL`` against a running ``ian node run`` on free loopback
+  ports, and ``ian status --json (config)``: the same without ``--node-url``, with only
+  ``IAN_DATA_DIR`` set, so the API port comes from the data dir's ``config.toml`` (what
+  ``ian config init`` writes, with ``api_port`` uncommented);
 - ``ian doctor --quick --json`` on that node's data dir.
 
 Writes bench/results/cli.json. Usage: python bench/cli_bench.py [--quick] [--runs N]
@@ -33,7 +39,11 @@ IAN = BIN / "ian"
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("IAN_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update({"NO_COLOR": "1", "COLUMNS": "120"})
     env.update(extra or {})
     return env
@@ -49,6 +59,7 @@ def measure(argv: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
     walls: list[float] = []
     cpus: list[float] = []
     codes: set[int] = set()
+    subprocess.run(argv, env=env, capture_output=True, check=False)  # warm-up: .pyc files
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -66,6 +77,20 @@ def measure(argv: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
         "cpu_median_ms": median(cpus),
         "exit_codes": sorted(codes),
     }
+
+
+def write_config(data_dir: Path, api_port: str) -> None:
+    """``ian config init`` in ``data_dir``, with ``api_port`` set (uncommented)."""
+    subprocess.run(
+        [str(IAN), "config", "init", "--data-dir", str(data_dir)],
+        env=clean_env(),
+        capture_output=True,
+        check=True,
+    )
+    path = data_dir / "config.toml"
+    text = path.read_text()
+    assert "\n# api_port = 8000\n" in text
+    path.write_text(text.replace("\n# api_port = 8000\n", f"\napi_port = {api_port}\n"))
 
 
 def start_node(data_dir: Path, ports: dict[str, str]) -> subprocess.Popen[str]:
@@ -120,6 +145,7 @@ def main() -> None:
             "IAN_WS_PORT": str(free_port()),
         }
         data_dir = Path(tmp) / "data"
+        write_config(data_dir, ports["IAN_API_PORT"])
         node = start_node(data_dir, ports)
         try:
             url = f"http://127.0.0.1:{ports['IAN_API_PORT']}"
@@ -128,6 +154,11 @@ def main() -> None:
             )
             cases += [
                 ("ian status --json", [str(IAN), "status", "--json", "--node-url", url], env),
+                (
+                    "ian status --json (config)",
+                    [str(IAN), "status", "--json"],
+                    clean_env({"IAN_DATA_DIR": str(data_dir)}),
+                ),
                 ("ian doctor --quick", [str(IAN), "doctor", "--quick", "--json"], node_env),
             ]
             for name, argv, case_env in cases:

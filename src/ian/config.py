@@ -20,7 +20,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,6 +39,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ian.chain.contributions import FRAME_OVERHEAD, wire_size_bound
 from ian.chain.goals import BUILTIN_GOALS, GoalSpec
 from ian.errors import ConfigError
+from ian.peer_address import PEER_FORM as _PEER_FORM
+from ian.peer_address import PeerAddress, PeerAddressError, parse_peer_address
+from ian.peer_address import check_host as _check_host
 
 __all__ = [
     "ENV_PREFIX",
@@ -57,99 +59,7 @@ CONFIG_ENV = "IAN_CONFIG"
 CONFIG_FILE_NAME = "config.toml"
 MIB = 1024 * 1024
 
-_PEER_FORM = "tcp://host:port (IPv6 as tcp://[addr]:port)"
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
-)
 _NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{40}$")
-
-
-# --------------------------------------------------------------------------- peer addresses
-
-
-class PeerAddressError(ConfigError, ValueError):
-    """A peer address that is not ``tcp://host:port``; also a ``ValueError`` for validators."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAddress:
-    """A dialable P2P address; ``str()`` gives the canonical ``tcp://host:port`` form."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
-
-
-def _check_host(host: str) -> str:
-    """Return ``host`` normalised (lower-case name or canonical IP); raise ``ValueError``."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if not _HOSTNAME_RE.match(host):
-        raise ValueError(f"{host!r} is not a valid host name or IP address")
-    return host.lower()
-
-
-def parse_peer_address(text: str) -> PeerAddress:
-    """Parse ``tcp://host:port`` (``tcp://`` may be omitted; IPv6 hosts in brackets).
-
-    Raises :class:`PeerAddressError` (a ``ConfigError`` and a ``ValueError``) with a one-line
-    reason for another scheme, an empty host, a missing, non-numeric or out-of-range port.
-    """
-
-    def bad(reason: str) -> PeerAddressError:
-        return PeerAddressError(f"invalid peer address {text!r}: {reason}; expected {_PEER_FORM}")
-
-    if not isinstance(text, str):
-        raise bad("not a string")
-    raw = text.strip()
-    if not raw:
-        raise bad("empty")
-    rest = raw
-    if "://" in raw:
-        scheme, rest = raw.split("://", 1)
-        if scheme.lower() != "tcp":
-            raise bad(f"scheme {scheme!r} is not supported")
-    if any(ch in rest for ch in "/?#@ \t"):
-        raise bad("unexpected path, credentials or spaces")
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end < 0:
-            raise bad("unclosed '[' around the IPv6 host")
-        host, after = rest[1:end], rest[end + 1 :]
-        if not after.startswith(":"):
-            raise bad("missing port")
-        port_text = after[1:]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise bad(f"{host!r} is not an IPv6 address") from None
-    else:
-        colons = rest.count(":")
-        if colons == 0:
-            raise bad("missing port")
-        if colons > 1:
-            raise bad("IPv6 hosts must be in brackets")
-        host, port_text = rest.split(":", 1)
-        if not host:
-            raise bad("empty host")
-        try:
-            host = _check_host(host)
-        except ValueError as exc:
-            raise bad(str(exc)) from None
-    if not port_text:
-        raise bad("missing port")
-    if not (port_text.isascii() and port_text.isdigit()):
-        raise bad(f"port {port_text!r} is not a number")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise bad(f"port {port} is out of range 1..65535")
-    return PeerAddress(host=host, port=port)
 
 
 # --------------------------------------------------------------------------- field helpers

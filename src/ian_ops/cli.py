@@ -7,7 +7,6 @@ Heavy modules (httpx, the node core) are imported inside commands so ``ian --hel
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,20 +14,27 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from ian_ops import boundary
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from ian.config import Settings
 
-# Exit codes, documented in the README; doctor uses 0/1/2 for ok/warnings/failures.
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_DATA_DIR = 4
-EXIT_LOCKED = 5
-EXIT_UNREACHABLE = 6
-EXIT_REJECTED = 7
+# Exit codes (documented in the README) and the error boundary's pieces live in
+# ian_ops.boundary, without Typer; commands use them as cli.*.
+EXIT_OK = boundary.EXIT_OK
+EXIT_FAILURE = boundary.EXIT_FAILURE
+EXIT_USAGE = boundary.EXIT_USAGE
+EXIT_CONFIG = boundary.EXIT_CONFIG
+EXIT_DATA_DIR = boundary.EXIT_DATA_DIR
+EXIT_LOCKED = boundary.EXIT_LOCKED
+EXIT_UNREACHABLE = boundary.EXIT_UNREACHABLE
+EXIT_REJECTED = boundary.EXIT_REJECTED
+print_json = boundary.print_json
+exit_code_for = boundary.exit_code_for
+error_text = boundary.error_text
+ian_error_in = boundary.ian_error_in
 
 DEFAULT_NODE_URL = "http://127.0.0.1:8000"
 
@@ -89,38 +95,12 @@ _out: Console | None = None
 _err: Console | None = None
 
 
-def print_json(value: Any) -> None:
-    """Write ``value`` as JSON on stdout (no colour, stable key order)."""
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    sys.stdout.flush()
-
-
 def exit_with_error(message: str, *, code: int = EXIT_FAILURE, fix: str | None = None) -> NoReturn:
     text = f"error: {message}"
     if fix:
         text += f"\n  fix: {fix}"
     stderr().print(text, markup=False)
     raise typer.Exit(code)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    from ian import errors
-
-    table: list[tuple[type[BaseException], int]] = [
-        (errors.ConfigError, EXIT_CONFIG),
-        (errors.NodeLockedError, EXIT_LOCKED),
-        (errors.DataDirError, EXIT_DATA_DIR),
-        (errors.NodeUnreachableError, EXIT_UNREACHABLE),
-        (errors.NodeRefusedError, EXIT_REJECTED),
-        (errors.NotFoundError, EXIT_REJECTED),  # e.g. an unknown peer, online or offline
-        # A request error raised here, before anything reached a node: bad input on the
-        # command line (a duration, a ban target, an address) is a usage error.
-        (errors.RequestError, EXIT_USAGE),
-    ]
-    for cls, code in table:
-        if isinstance(exc, cls):
-            return code
-    return EXIT_FAILURE
 
 
 def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
@@ -131,30 +111,6 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     if data_dir is not None:
         given["data_dir"] = data_dir
     return _load(overrides=given)
-
-
-def error_text(exc: Any) -> str:
-    """How the error boundary reports an :class:`ian.errors.IanError`: ``error: MESSAGE`` and,
-    when it has one, a second line ``  fix: FIX``."""
-    text = f"error: {exc.message}"
-    if exc.fix:
-        text += f"\n  fix: {exc.fix}"
-    return text
-
-
-def ian_error_in(exc: BaseException) -> Any:
-    """The IanError behind ``exc``: itself, or the first one inside (nested) exception groups,
-    which is how a failure inside the node's task groups arrives."""
-    from ian.errors import IanError
-
-    if isinstance(exc, IanError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = ian_error_in(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def install_fast_coercion() -> bool:

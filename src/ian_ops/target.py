@@ -3,7 +3,8 @@
 * **URL** of the node's HTTP API: ``--node-url``, else ``IAN_NODE_URL`` (both arrive as the
   ``explicit`` option), else the configured API port (``IAN_API_PORT`` / ``config.toml``) on
   loopback. See :func:`node_url` and, for read commands that must work with a broken config,
-  :func:`read_node_url`.
+  :func:`read_node_url` (which reads the port without pydantic when it can:
+  :mod:`ian_ops.light_config`).
 * **Admin token**: ``IAN_API_TOKEN`` (or ``api_token`` in ``config.toml``), else the data dir's
   ``api_token`` file when the data dir exists here; see :func:`find_token`.
 * **Online or offline** (state-changing commands): a node that runs holds ``node.lock``; then
@@ -54,9 +55,19 @@ def node_url(explicit: str | None, settings: Settings | None = None) -> str:
 
 def read_node_url(explicit: str | None, data_dir: Path | None = None) -> str:
     """:func:`node_url` for read commands: the configured API port when the config can be
-    read, else the default; a broken config does not stop a read."""
+    read, else the default; a broken config does not stop a read. Found without pydantic when
+    :func:`ian_ops.light_config.read_api_url` understands the configuration (the same answer),
+    else by :func:`configured_url`."""
     if explicit:
         return node_url(explicit)
+    from ian_ops.light_config import read_api_url
+
+    return read_api_url(data_dir) or configured_url(data_dir)
+
+
+def configured_url(data_dir: Path | None = None) -> str:
+    """The configured API port on loopback, from the whole configuration
+    (:func:`ian_ops.cli.load_settings`); the default URL when it is invalid."""
     from ian.errors import IanError
 
     try:

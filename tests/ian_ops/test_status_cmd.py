@@ -264,26 +264,41 @@ def test_one_shot_get_over_tls_verifies_as_httpx_does(tmp_path: Path, monkeypatc
         server.server_close()
 
 
-async def test_status_json_imports_no_pydantic_httpx_or_rich(live_node) -> None:
+@pytest.mark.parametrize("from_config", [False, True], ids=["--node-url", "config"])
+async def test_status_json_imports_no_pydantic_httpx_or_rich(
+    live_node, from_config: bool, tmp_path: Path
+) -> None:
     """What makes `ian status --json` slow to start stays out of it (bench/cli_bench.py has
-    the time): Typer's pydantic coercion, httpx, Rich."""
+    the time): Typer (ian_ops.status_fast answers without it), pydantic, httpx, Rich; without
+    --node-url, also the settings loader (the port comes from the data dir's config.toml
+    through ian_ops.light_config)."""
     import subprocess
     import sys
+    from urllib.parse import urlsplit
 
     _, url = live_node
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    argv = ["ian", "status", "--json"]
+    if from_config:
+        data = tmp_path / "elsewhere"
+        data.mkdir()
+        (data / "config.toml").write_text(f"api_port = {urlsplit(url).port}\n")
+        env["IAN_DATA_DIR"] = str(data)
+    else:
+        argv += ["--node-url", url]
     code = (
         "import sys\n"
-        f"sys.argv = ['ian', 'status', '--json', '--node-url', {url!r}]\n"
+        f"sys.argv = {argv!r}\n"
         "from ian_ops.app import main\n"
         "try:\n"
         "    main()\n"
         "finally:\n"
-        "    heavy = [m for m in ('pydantic', 'httpx', 'rich', 'ian.config') if m in sys.modules]\n"
+        "    heavy = ('pydantic', 'httpx', 'rich', 'ian.config', 'typer')\n"
+        "    heavy = [m for m in heavy if m in sys.modules]\n"
         "    sys.stderr.write(f'heavy={heavy}\\n')\n"
     )
 
     def run() -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
         return subprocess.run(
             [sys.executable, "-c", code],
             env={**env, "PYTHONPATH": str(SRC)},
