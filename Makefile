@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint tools format bench clean completions
+.PHONY: run test lint tools format bench bench-all clean completions
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,21 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_bench.py
+
+# Every benchmark, one after the other (~35 min once bigstore's 10M store is cached, which
+# takes ~20 min to build the first time; the README's performance section comes from one run). Tables go to the terminal and bench/results/all.txt, JSON to bench/results/.
+BENCHES := pipeline http http:--etcd consensus replication cli bigstore backup prune p2p hostile
+
+bench-all: $(STAMP)
+	@mkdir -p bench/results
+	@: > bench/results/all.txt
+	@for b in $(BENCHES); do \
+	  name=$${b%%:*}; args=$$(echo "$${b#$$name}" | tr -d :); \
+	  echo "== bench/$${name}_bench.py $$args ($$(date -u +%H:%M:%S), load $$(cut -d' ' -f1-3 /proc/loadavg))" \
+	    | tee -a bench/results/all.txt; \
+	  ( $(BIN)/python bench/$${name}_bench.py $$args 2>&1; echo "== exit $$?" ) \
+	    | tee -a bench/results/all.txt; \
+	done; ! grep -q '^== exit [1-9]' bench/results/all.txt
 
 # Shell completion scripts, generated from the Typer app (tests/ian_ops/test_completions.py
 # fails when they are stale).
