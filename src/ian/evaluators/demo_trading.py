@@ -391,6 +391,7 @@ class DemoTradingEvaluator:
     """The ``demo_trading`` evaluator; stateless, safe to share between threads."""
 
     name = "demo_trading"
+    costly = True  # a back-test of 512 steps, ~0.1-0.4 ms: worth a worker process
 
     def check(self, parameters: bytes, metadata: Mapping[str, Any]) -> DemoParams:
         """Validate the JSON ``parameters``; ``metadata`` is not used by this evaluator."""

@@ -32,10 +32,11 @@ import anyio.to_thread
 
 from ian.chain.blocks import Block, InvalidBlockError
 from ian.chain.contributions import Contribution
+from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
 from ian.chain.state import ChainState, Outcome
 from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Unavailable
 from ian.consensus import Block as ConsensusBlock
-from ian.errors import StoreError, UnavailableError
+from ian.errors import EvaluationError, StoreError, UnavailableError
 from ian.identity import Identity
 from ian.ledger.block_apply import apply_blocks
 from ian.ledger.consensus_driver import ConsensusDriver
@@ -94,6 +95,7 @@ class ChainBridge:
         driver: ConsensusDriver,
         on_applied: Callable[[Block], None],
         ready_timeout: float = 2.0,
+        evaluator: BatchEvaluator | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -101,6 +103,8 @@ class ChainBridge:
         self.driver = driver
         self._on_applied = on_applied
         self.ready_timeout = ready_timeout
+        #: where batches and re-executed blocks are evaluated (an EvaluationPool); None: here
+        self.evaluator = evaluator
         #: held while the chain state is being changed (an apply) or read for a build
         self._lock = anyio.Lock()
         self.skipped_blocks = 0  # committed payloads that were not valid chain blocks
@@ -169,7 +173,15 @@ class ChainBridge:
                     ))  # fmt: skip
                 continue  # else applied before a crash lost the applied mark
             run = [b for b, _ in todo]
-            done, error = apply_blocks(self.state, self.store, run, sequencer=None)
+            try:
+                done, error = apply_blocks(
+                    self.state, self.store, run, sequencer=None, evaluator=self.evaluator
+                )
+            except EvaluationError as exc:
+                # The workers failed before anything was decided; committed blocks must still
+                # be applied, in order: evaluate them here, as without a pool.
+                log.error("evaluation workers failed, re-executing in this process: %s", exc)
+                done, error = apply_blocks(self.state, self.store, run, sequencer=None)
             written.extend(run[:done])
             del todo[:done]
             if error is not None:
@@ -196,8 +208,15 @@ class ChainBridge:
             ready = await self.driver.wait_ready()
         if not ready:
             raise UnavailableError("no leader is ready to take contributions", retry_after=1.0)
+        # Evaluation needs only the goals (fixed by the genesis), not the applied state: it runs
+        # before the lock, so committed blocks are applied meanwhile.
+        evaluations = await anyio.to_thread.run_sync(
+            lambda: evaluate_batch(self.state.goals, contributions, self.evaluator)
+        )
         async with self._lock:
-            outcomes, block = await anyio.to_thread.run_sync(self._build, contributions)
+            outcomes, block = await anyio.to_thread.run_sync(
+                self._build, contributions, evaluations
+            )
         if block is None:
             return BatchResult(outcomes=outcomes, block=None)
         outcome = await self.driver.propose(payload_of(block))
@@ -223,7 +242,9 @@ class ChainBridge:
         assert isinstance(outcome, Rejected)
         raise StoreError(f"the block was refused: {outcome.reason}")
 
-    def _build(self, contributions: list[Contribution]) -> tuple[list[Outcome], Block | None]:
+    def _build(
+        self, contributions: list[Contribution], evaluations: list[Evaluation | None]
+    ) -> tuple[list[Outcome], Block | None]:
         """Worker thread: the block for ``contributions`` on the applied state; its changes
         stay in the state as :attr:`_pending` until it is applied or discarded."""
         if self._pending is not None:
@@ -231,7 +252,7 @@ class ChainBridge:
         self.state.begin()
         try:
             outcomes, block, entries = build_block(
-                self.state, self.identity, contributions, store=self.store
+                self.state, self.identity, contributions, store=self.store, evaluations=evaluations
             )
         except BaseException:
             self._discard_pending()

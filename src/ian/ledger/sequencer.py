@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 from ian.chain import blocks
 from ian.chain.blocks import Block, BlockHeader
 from ian.chain.contributions import Contribution
+from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
 from ian.chain.state import ChainState, Outcome, execute
 from ian.errors import IanError, UnavailableError
 from ian.identity import Identity
@@ -52,12 +53,17 @@ def build_block(
     *,
     store: Store | None = None,
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    evaluations: Sequence[Evaluation | None] | None = None,
 ) -> tuple[list[Outcome], Block | None, list[NewEntry]]:
     """Decide every contribution and, if any is accepted, make the signed block for them.
 
+    ``evaluations`` (one per contribution, from :func:`ian.chain.evaluation.evaluate_batch`,
+    e.g. made in a pool) are used instead of evaluating here; the block is the same.
     Mutates ``state`` (call ``state.begin()`` first so the caller can roll back).
     Duplicates of already-accepted packs (in ``store`` or earlier in this batch) are refused.
     """
+    if evaluations is not None and len(evaluations) != len(contributions):
+        raise ValueError("one evaluation per contribution is needed")
     outcomes: list[Outcome] = []
     accepted: list[NewEntry] = []
     known: dict[str, set[bytes]] = {}
@@ -66,7 +72,7 @@ def build_block(
         for c in contributions:
             by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
         known = {g: store.has_packs(g, hs, writer=True) for g, hs in by_goal.items()}
-    for c in contributions:
+    for i, c in enumerate(contributions):
         seen = known.setdefault(c.goal_id, set())
         if c.pack_hash in seen:
             outcomes.append(
@@ -78,7 +84,7 @@ def build_block(
                 )
             )
             continue
-        outcome = execute(state, c)
+        outcome = execute(state, c, evaluations[i] if evaluations is not None else None)
         outcomes.append(outcome)
         if outcome.accepted:
             seen.add(c.pack_hash)
@@ -109,13 +115,19 @@ def seal_block(
     store: Store,
     identity: Identity,
     contributions: list[Contribution],
+    *,
+    evaluator: BatchEvaluator | None = None,
 ) -> BatchResult:
     """Decide ``contributions``, write the block of the accepted ones durably and advance the
-    head: the sequencer's step (also how tools build a chain offline). All or nothing: on any
+    head: the sequencer's step (also how tools build a chain offline). Evaluates the batch first
+    (through ``evaluator``, a pool, when given), then builds the block. All or nothing: on any
     failure the in-memory state is rolled back and the error raised."""
+    evaluations = evaluate_batch(state.goals, contributions, evaluator)
     state.begin()
     try:
-        outcomes, block, entries = build_block(state, identity, contributions, store=store)
+        outcomes, block, entries = build_block(
+            state, identity, contributions, store=store, evaluations=evaluations
+        )
         if block is not None:
             store.append_block(block, entries)
             state.height = block.height
@@ -141,6 +153,7 @@ class Sequencer:
         max_block_bytes: int = 16 * 1024 * 1024,
         on_batch: Callable[[BatchResult, float], None] | None = None,
         commit: Callable[[list[Contribution]], Awaitable[BatchResult]] | None = None,
+        evaluator: BatchEvaluator | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -156,6 +169,8 @@ class Sequencer:
         #: how a batch becomes a block: by default sealed here (one authority); on a network
         #: of several, proposed and committed by a majority (ChainBridge.commit_batch)
         self._commit = commit
+        #: where batches are evaluated (an EvaluationPool); None: in the worker thread
+        self.evaluator = evaluator
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             max_buffer_size=100_000
         )
@@ -253,4 +268,6 @@ class Sequencer:
 
     def _apply_batch(self, contributions: list[Contribution]) -> BatchResult:
         """Worker thread: :func:`seal_block` on the node's state and store."""
-        return seal_block(self.state, self.store, self.identity, contributions)
+        return seal_block(
+            self.state, self.store, self.identity, contributions, evaluator=self.evaluator
+        )
