@@ -48,7 +48,14 @@ from ian.errors import ConfigError, EvaluationError
 if TYPE_CHECKING:
     from ian.chain.state import GoalState
 
-__all__ = ["ENV", "MIN_POOL_BATCH", "EvaluationPool", "usable_cores", "workers_from"]
+__all__ = [
+    "ENV",
+    "MIN_POOL_BATCH",
+    "BatchEvaluation",
+    "EvaluationPool",
+    "usable_cores",
+    "workers_from",
+]
 
 log = logging.getLogger("ian.ledger.evaluation")
 
@@ -110,7 +117,14 @@ class EvaluationPool:
         self, goals: Mapping[str, GoalState], contributions: Sequence[Contribution]
     ) -> list[Evaluation | None]:
         """One evaluation per contribution, in order (None for an unknown goal)."""
-        out: list[Evaluation | None] = [None] * len(contributions)
+        return self.submit(goals, contributions).result()
+
+    def submit(
+        self, goals: Mapping[str, GoalState], contributions: Sequence[Contribution]
+    ) -> BatchEvaluation:
+        """Start evaluating a batch; :meth:`BatchEvaluation.result` waits for it. What stays in
+        this process (cheap evaluators, small batches) is evaluated by ``result()``, so the
+        caller can do other work while the workers run."""
         remote: list[int] = []
         if self.parallel:
             for i, c in enumerate(contributions):
@@ -120,16 +134,7 @@ class EvaluationPool:
             if len(remote) < self.min_batch:
                 remote = []
         pending = self._submit(goals, contributions, remote) if remote else None
-        skip = set(remote)
-        for i, c in enumerate(contributions):
-            goal = goals.get(c.goal_id)
-            if goal is not None and i not in skip:
-                out[i] = evaluate_contribution(goal.spec, goal.evaluator, c)
-        if pending is not None:
-            raw = self._collect(pending)
-            for i, r in zip(remote, raw, strict=True):
-                out[i] = finish(goals[contributions[i].goal_id].spec, r)
-        return out
+        return BatchEvaluation(self, goals, contributions, remote, pending)
 
     # -- workers -------------------------------------------------------------------------------
     def _submit(
@@ -223,6 +228,39 @@ class EvaluationPool:
             executor, self._executor = self._executor, None
         if executor is not None:
             _shut(executor)
+
+
+class BatchEvaluation:
+    """A batch being evaluated (:meth:`EvaluationPool.submit`)."""
+
+    def __init__(
+        self,
+        pool: EvaluationPool,
+        goals: Mapping[str, GoalState],
+        contributions: Sequence[Contribution],
+        remote: list[int],
+        pending: _Pending | None,
+    ) -> None:
+        self._pool = pool
+        self._goals = goals
+        self._contributions = contributions
+        self._remote = remote
+        self._pending = pending
+
+    def result(self) -> list[Evaluation | None]:
+        """One evaluation per contribution, in submission order; may raise EvaluationError."""
+        goals, contributions = self._goals, self._contributions
+        out: list[Evaluation | None] = [None] * len(contributions)
+        skip = set(self._remote)
+        for i, c in enumerate(contributions):
+            goal = goals.get(c.goal_id)
+            if goal is not None and i not in skip:
+                out[i] = evaluate_contribution(goal.spec, goal.evaluator, c)
+        if self._pending is not None:
+            raw = self._pool._collect(self._pending)
+            for i, r in zip(self._remote, raw, strict=True):
+                out[i] = finish(goals[contributions[i].goal_id].spec, r)
+        return out
 
 
 class _Pending:
