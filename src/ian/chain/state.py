@@ -156,7 +156,9 @@ def execute(state: ChainState, c: Contribution, evaluation: Evaluation | None = 
     log_index = goal.mmr.size
     first_pos = goal.mmr.node_count
     nodes = goal.mmr.append(chash)
-    goal.leaderboard.offer(LeaderboardEntry(log_index, score, chash, c.contributor_id))
+    board = goal.leaderboard
+    if board.would_enter(score, log_index):  # most entries of a full board do not
+        board.offer(LeaderboardEntry(log_index, score, chash, c.contributor_id))
     return Outcome(
         accepted=True,
         goal_id=c.goal_id,
