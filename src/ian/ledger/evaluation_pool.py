@@ -160,9 +160,8 @@ class EvaluationPool:
         return pending
 
     def _start(self, pending: _Pending) -> None:
-        executor, generation = self._pool()
-        pending.generation = generation
         try:
+            executor, pending.generation = self._pool()
             pending.futures = [executor.submit(run_jobs, chunk) for chunk in pending.chunks]
         except (BrokenProcessPool, RuntimeError) as exc:  # broken, or shut down meanwhile
             pending.futures = []

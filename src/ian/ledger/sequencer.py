@@ -4,6 +4,12 @@ Submissions queue up; one loop takes everything waiting (up to ``max_entries``),
 applies it in a worker thread (off the event loop), writes one block in one transaction, and only
 then answers every submitter. Under light load a block holds one contribution and answers within
 one fsync; under heavy load blocks grow and the fsync cost is shared.
+
+With an evaluation pool of several workers (:mod:`ian.ledger.evaluation_pool`) a batch is
+evaluated first, in the workers, then sealed; and the batch behind it, when submissions are
+waiting, is taken and sent to the workers before the current one is sealed, so its evaluation
+overlaps the current block's building and fsync. Evaluation needs no chain state, so the blocks are
+the same as without a pool.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
 from ian.chain.state import ChainState, Outcome, execute
 from ian.errors import IanError, UnavailableError
 from ian.identity import Identity
+from ian.ledger.evaluation_pool import BatchEvaluation, EvaluationPool
 from ian.storage.store import NewEntry, Store
 
 log = logging.getLogger("ian.ledger.sequencer")
@@ -117,12 +124,15 @@ def seal_block(
     contributions: list[Contribution],
     *,
     evaluator: BatchEvaluator | None = None,
+    evaluations: Sequence[Evaluation | None] | None = None,
 ) -> BatchResult:
     """Decide ``contributions``, write the block of the accepted ones durably and advance the
     head: the sequencer's step (also how tools build a chain offline). Evaluates the batch first
-    (through ``evaluator``, a pool, when given), then builds the block. All or nothing: on any
+    (through ``evaluator``, a pool, when given; or takes its ``evaluations``, made beforehand),
+    then builds the block. All or nothing: on any
     failure the in-memory state is rolled back and the error raised."""
-    evaluations = evaluate_batch(state.goals, contributions, evaluator)
+    if evaluations is None:
+        evaluations = evaluate_batch(state.goals, contributions, evaluator)
     state.begin()
     try:
         outcomes, block, entries = build_block(
@@ -207,40 +217,81 @@ class Sequencer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        #: the next batch, taken while the current one was sealed, and its evaluation (already
+        #: running in the pool's workers)
+        ahead: tuple[list[_Pending], BatchEvaluation | None] | None = None
         async with self._receive:
             while True:
-                if self._carry is not None:
+                first: _Pending | None = None
+                if ahead is None:
                     first, self._carry = self._carry, None
-                else:
-                    try:
-                        first = await self._receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                batch = [first]
-                size = first.size
-                while len(batch) < self.max_entries:
-                    try:
-                        nxt = self._receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    size += nxt.size
-                    if size > self.max_block_bytes:
-                        self._carry = nxt  # first of the next block
-                        break
-                    batch.append(nxt)
-                self._queued_bytes -= sum(p.size for p in batch)
-                # Shielded: a batch that started is finished and answered even during shutdown.
+                    if first is None:
+                        try:
+                            first = await self._receive.receive()
+                        except anyio.EndOfStream:
+                            return
+                # Shielded: a batch that was taken is finished and answered even during shutdown.
                 with anyio.CancelScope(shield=True):
-                    await self._process(batch)
+                    if ahead is not None:
+                        (batch, evaluating), ahead = ahead, None
+                    else:
+                        assert first is not None
+                        batch = self._take(first)
+                        evaluating = await self._start_evaluation(batch)
+                    if evaluating is not None:
+                        # Pipelined: what is already waiting is evaluated by the workers while
+                        # this batch is built and written (evaluation needs no chain state).
+                        nxt = self._next_nowait()
+                        if nxt is not None:
+                            upcoming = self._take(nxt)
+                            ahead = (upcoming, await self._start_evaluation(upcoming))
+                    await self._process(batch, evaluating)
 
-    async def _process(self, batch: list[_Pending]) -> None:
+    def _next_nowait(self) -> _Pending | None:
+        if self._carry is not None:
+            first, self._carry = self._carry, None
+            return first
+        try:
+            return self._receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return None
+
+    def _take(self, first: _Pending) -> list[_Pending]:
+        """A batch starting with ``first``: what is queued, up to the block limits."""
+        batch = [first]
+        size = first.size
+        while len(batch) < self.max_entries:
+            try:
+                nxt = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            size += nxt.size
+            if size > self.max_block_bytes:
+                self._carry = nxt  # first of the next block
+                break
+            batch.append(nxt)
+        self._queued_bytes -= sum(p.size for p in batch)
+        return batch
+
+    async def _start_evaluation(self, batch: list[_Pending]) -> BatchEvaluation | None:
+        """Start evaluating ``batch`` in the pool's workers, when this node seals its own blocks
+        with a pool of several workers; None: it is evaluated when it is sealed."""
+        pool = self.evaluator
+        if self._commit is not None or not isinstance(pool, EvaluationPool) or not pool.parallel:
+            return None
+        contributions = [p.contribution for p in batch]
+        return await anyio.to_thread.run_sync(pool.submit, self.state.goals, contributions)
+
+    async def _process(self, batch: list[_Pending], evaluating: BatchEvaluation | None) -> None:
         started = time.perf_counter()
         contributions = [p.contribution for p in batch]
         try:
             if self._commit is not None:
                 result = await self._commit(contributions)
             else:
-                result = await anyio.to_thread.run_sync(self._apply_batch, contributions)
+                result = await anyio.to_thread.run_sync(
+                    self._apply_batch, contributions, evaluating
+                )
         except UnavailableError as exc:
             for p in batch:
                 p.error = exc
@@ -266,8 +317,15 @@ class Sequencer:
         if self._on_batch is not None:
             self._on_batch(result, time.perf_counter() - started)
 
-    def _apply_batch(self, contributions: list[Contribution]) -> BatchResult:
+    def _apply_batch(
+        self, contributions: list[Contribution], evaluating: BatchEvaluation | None = None
+    ) -> BatchResult:
         """Worker thread: :func:`seal_block` on the node's state and store."""
         return seal_block(
-            self.state, self.store, self.identity, contributions, evaluator=self.evaluator
+            self.state,
+            self.store,
+            self.identity,
+            contributions,
+            evaluator=self.evaluator,
+            evaluations=evaluating.result() if evaluating is not None else None,
         )

@@ -279,3 +279,66 @@ def test_closed_pool_evaluates_in_process() -> None:
     p.close()
     assert not p.parallel and p.worker_pids() == []
     assert p.evaluate(goals, batch) == evaluate_batch(goals, batch)
+
+
+# -- the sequencer with a pool (pipelined) -------------------------------------------------------
+
+
+async def _run_sequencer(tmp_path: Path, name: str, evaluator, n: int, **kwargs):
+    """``n`` demo submissions (some invalid, some failing the thresholds) queued before the
+    sequencer runs, then closed: every answer by submission index, the final roots, blocks."""
+    import anyio
+
+    from ian.ledger.sequencer import Sequencer
+
+    state = ChainState.genesis(SPECS)
+    store = Store(tmp_path / f"{name}.sqlite")
+    batches = []
+    seq = Sequencer(
+        state,
+        store,
+        Identity.generate(),
+        evaluator=evaluator,
+        on_batch=lambda result, seconds: batches.append(result),
+        **kwargs,
+    )
+    answers: dict[int, dict] = {}
+    batch = mixed_batch(n)[:-1]  # the intake refuses unknown goals
+
+    async def submit(i: int) -> None:
+        answers[i] = (await seq.submit(batch[i])).to_result()
+
+    async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as submitters:
+            for i in range(len(batch)):
+                submitters.start_soon(submit, i)
+            await anyio.wait_all_tasks_blocked()
+            await tg.start(seq.run)
+        seq.close()
+    roots = {g: s.roots() for g, s in state.goals.items()}
+    store.close()
+    return answers, roots, [b for b in batches if b.block is not None]
+
+
+@pytest.mark.anyio
+async def test_pipelined_sequencer_same_answers_and_roots(tmp_path: Path, pool) -> None:
+    n = 400
+    serial = await _run_sequencer(tmp_path, "serial", None, n, max_entries=60)
+    pooled = await _run_sequencer(tmp_path, "pool", pool, n, max_entries=60)
+    assert pool.worker_pids(), "the batches went to the workers"
+    assert len(serial[0]) == len(pooled[0]) == n
+    assert pooled[0] == serial[0]  # every answer, log index and hash included
+    assert pooled[1] == serial[1]
+    assert [len(b.block.entries) for b in pooled[2]] == [len(b.block.entries) for b in serial[2]]
+    assert len(pooled[2]) >= 6  # several batches: the pipelined path ran
+
+
+@pytest.mark.anyio
+async def test_pipelined_sequencer_seals_blocks_within_the_frame_limit(
+    tmp_path: Path, pool
+) -> None:
+    each = demo(0).wire_size()
+    serial = await _run_sequencer(tmp_path, "serial", None, 120, max_block_bytes=40 * each)
+    pooled = await _run_sequencer(tmp_path, "pool", pool, 120, max_block_bytes=40 * each)
+    assert pooled[0] == serial[0] and pooled[1] == serial[1]
+    assert max(len(b.block.entries) for b in pooled[2]) <= 40
