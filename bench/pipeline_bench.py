@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import time
@@ -295,6 +296,87 @@ def measure_pool(n: int, runs: int, workers: int) -> dict[str, Any]:
     }
 
 
+def measure_catch_up_pool(n: int, runs: int, workers: int) -> dict[str, Any]:
+    """(b) continued: a follower's re-execution of a demo chain (blocks of 200 contributions,
+    entries as they come from the wire: not parsed), ``apply_blocks`` in batches of 64 blocks
+    (the sync batch), with 1 worker (in-process) and ``workers``; the same roots required."""
+    from ian.ledger.block_apply import apply_blocks
+
+    spec = GoalSpec(id=GOAL_ID, evaluator="demo_trading")
+    identity = Identity.generate()
+    check = get_evaluator("demo_trading").check
+    rates: dict[int, list[float]] = {1: [], workers: []}
+    roots: dict[int, Any] = {}
+    pools = {1: EvaluationPool(1), workers: EvaluationPool(workers)}
+    with tempfile.TemporaryDirectory(prefix="ian-bench-") as tmp:
+        state = ChainState.genesis([spec])
+        source = Store(Path(tmp) / "source.sqlite")
+        inputs = make_inputs("demo_trading", n)
+        for k in range(0, n, 200):
+            batch = []
+            for i in range(k, min(k + 200, n)):
+                c = make_contribution(
+                    goal_id=GOAL_ID,
+                    version="1.0",
+                    parameters=decode_parameters(inputs[i]),
+                    metadata={},
+                    contributor_id=f"contributor-{i}",
+                    seed=i,
+                )
+                c.parsed = check(c.parameters, c.metadata)
+                batch.append(c)
+            state.begin()
+            _, block, entries = build_block(state, identity, batch, store=source)
+            if block is not None:
+                source.append_block(block, entries)
+                state.height, state.head_hash = block.height, block.hash
+                state.head_timestamp_ms = block.header.timestamp_ms
+        blocks = source.blocks(1, state.height, max_bytes=1 << 62)
+        accepted = source.count_contributions()
+        source.close()
+        try:
+            warm = ChainState.genesis([spec])
+            warm_store = Store(Path(tmp) / "warm.sqlite")
+            apply_blocks(
+                warm, warm_store, blocks[:1], sequencer=identity.node_id, evaluator=pools[workers]
+            )
+            warm_store.close()
+            for r in range(runs):
+                for w in (1, workers):
+                    follower = ChainState.genesis([spec])
+                    store = Store(Path(tmp) / f"follower-{r}-{w}.sqlite")
+                    started = time.perf_counter()
+                    for k in range(0, len(blocks), 64):
+                        _, error = apply_blocks(
+                            follower,
+                            store,
+                            blocks[k : k + 64],
+                            sequencer=identity.node_id,
+                            evaluator=pools[w],
+                        )
+                        assert error is None, error
+                    rates[w].append(accepted / (time.perf_counter() - started))
+                    store.close()
+                    got = {gid: g.roots() for gid, g in follower.goals.items()}
+                    if roots.setdefault(w, got) != got:
+                        raise SystemExit("catch-up bench: two runs made other roots")
+        finally:
+            for p in pools.values():
+                p.close()
+    if roots[1] != roots[workers]:
+        raise SystemExit(f"catch-up bench: roots differ between 1 and {workers} workers")
+    one, many = median(rates[1]), median(rates[workers])
+    return {
+        "entries": accepted,
+        "blocks": len(blocks),
+        "workers": workers,
+        "rate_1_worker": one,
+        "rate_n_workers": many,
+        "speedup": many / one if one else float("nan"),
+        "identical_roots": True,
+    }
+
+
 def time_call(fn: Callable[[], object], *, budget_s: float = 0.3, repeat: int = 7) -> float:
     """Median µs per call of ``fn`` (timeit: autorange-sized loops, ``repeat`` of them)."""
     timer = timeit.Timer(fn)
@@ -394,6 +476,7 @@ def main() -> None:
         else []
     )
     pool = measure_pool(n_demo, runs, args.workers) if "pool" in parts else None
+    catch_up = measure_catch_up_pool(n_demo, runs, args.workers) if "pool" in parts else None
     evaluations = measure_evaluations(args.quick) if "evaluation" in parts else []
     doc: dict[str, Any] = {
         "benchmark": "pipeline",
@@ -403,6 +486,7 @@ def main() -> None:
         "target_trivial_per_s": TARGET_TRIVIAL,
         "pipeline": pipeline,
         "pool": pool,
+        "catch_up_pool": catch_up,
         "evaluation": evaluations,
     }
     tables = []
@@ -453,6 +537,21 @@ def main() -> None:
             + f"\nspeed-up {pool['speedup']:.2f}x with {pool['workers']} workers "
             f"(goal >= {TARGET_POOL_SPEEDUP}x: {verdict}); "
             f"load average at start {doc['environment'].get('loadavg_at_start')}"
+        )
+    if catch_up is not None:
+        tables.append(
+            render_table(
+                f"(b) catch-up re-execution (apply_blocks, 64 blocks of 200 a batch), "
+                f"{catch_up['entries']:,} demo entries; roots identical: "
+                f"{catch_up['identical_roots']}",
+                ["workers", "entries/s"],
+                [
+                    ["1 (in-process)", catch_up["rate_1_worker"]],
+                    [catch_up["workers"], catch_up["rate_n_workers"]],
+                ],
+            )
+            + f"\nspeed-up {catch_up['speedup']:.2f}x with {catch_up['workers']} workers; "
+            f"load average now {os.getloadavg()}"
         )
     if evaluations:
         tables.append(
