@@ -14,7 +14,8 @@ series, rejections and evaluator errors included (tested).
 - Workers: ``IAN_EVALUATION_WORKERS`` (default: the cores this process may use). 0 or 1 means
   no worker processes: everything is evaluated in the calling thread.
 - Processes come from a ``forkserver`` (never ``fork``: the node has threads and open sockets),
-  started on the first costly batch.
+  started on the first costly batch. A worker ends when the node's process does, even killed
+  with -9 (it watches the node's pid), so no process outlives a node.
 - A worker that dies (kill -9, out of memory) breaks the pool: the pool is rebuilt and the batch
   evaluated once more on the new one. If that fails too, :class:`~ian.errors.EvaluationError` is
   raised — nothing was decided, the sequencer answers 503 and a verifier tries the blocks again
@@ -27,7 +28,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import select
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -64,7 +67,12 @@ ENV = "IAN_EVALUATION_WORKERS"
 MIN_POOL_BATCH = 8
 #: chunks per worker and batch: small enough to balance uneven packs, big enough to amortise IPC
 _CHUNKS_PER_WORKER = 4
-_PRELOAD = ["ian.chain.evaluation", "ian.evaluators.demo_trading", "ian.evaluators.trivial"]
+_PRELOAD = [
+    "ian.chain.evaluation",
+    "ian.evaluators.demo_trading",
+    "ian.evaluators.trivial",
+    "ian.ledger.evaluation_pool",
+]
 
 
 def usable_cores() -> int:
@@ -200,7 +208,12 @@ class EvaluationPool:
             if self._executor is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(_PRELOAD)
-                self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=context,
+                    initializer=_end_with,
+                    initargs=(os.getpid(),),
+                )
                 self._generation += 1
             return self._executor, self._generation
 
@@ -272,6 +285,32 @@ class _Pending:
         self.futures: list[Future[list[RawResult]]] = []
         self.failure: BaseException | None = None
         self.generation = 0
+
+
+def _end_with(parent: int) -> None:
+    """Worker initializer: the worker ends when the process that made the pool ends, even by
+    kill -9. A worker waiting for work would otherwise live on (it never sees its queue close),
+    and keep the forkserver alive with it."""
+
+    def watch() -> None:
+        try:
+            fd: int | None = os.pidfd_open(parent)
+        except (AttributeError, OSError):  # no pidfd (old kernel), or the parent is gone
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the parent has exited
+        else:
+            while True:
+                try:
+                    os.kill(parent, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="ian-evaluation-parent", daemon=True).start()
 
 
 def _shut(executor: ProcessPoolExecutor) -> None:

@@ -342,3 +342,65 @@ async def test_pipelined_sequencer_seals_blocks_within_the_frame_limit(
     pooled = await _run_sequencer(tmp_path, "pool", pool, 120, max_block_bytes=40 * each)
     assert pooled[0] == serial[0] and pooled[1] == serial[1]
     assert max(len(b.block.entries) for b in pooled[2]) <= 40
+
+
+_CHILD = """
+import json, sys, time
+from ian.chain.contributions import make_contribution
+from ian.chain.goals import DEMO_GOAL
+from ian.chain.state import ChainState
+from ian.ledger.evaluation_pool import EvaluationPool
+
+goals = ChainState.genesis([DEMO_GOAL]).goals
+raw = b'{"strategy":"breakout","lookback":20,"threshold":0.01,"position_size":0.5}'
+batch = [
+    make_contribution(goal_id=DEMO_GOAL.id, version="1", parameters=raw, metadata={},
+                      contributor_id=f"c{i}", seed=i)
+    for i in range(64)
+]
+pool = EvaluationPool(2)
+pool.evaluate(goals, batch)
+print(json.dumps(pool.worker_pids()), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1])
+
+
+def test_workers_end_when_the_node_is_killed() -> None:
+    """kill -9 of the node's process leaves no worker (nor forkserver) behind."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert child.stdout is not None
+        workers = json.loads(child.stdout.readline())
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        forkserver = _parent_of(workers[0])
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in [*workers, forkserver]):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers), "a worker outlived the node"
+        assert not _alive(forkserver), "the forkserver outlived the node"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
