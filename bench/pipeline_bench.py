@@ -173,6 +173,19 @@ def measure_pipeline(evaluator: str, n: int, runs: int) -> dict[str, Any]:
     }
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run_pool_pipeline(
     inputs: list[str], work_dir: Path, pool: EvaluationPool, identity: Identity
 ) -> dict[str, Any]:
@@ -255,6 +268,7 @@ def measure_pool(n: int, runs: int, workers: int) -> dict[str, Any]:
     identity = Identity.generate()
     rates: dict[int, list[float]] = {1: [], workers: []}
     evaluate_us: dict[int, list[float]] = {1: [], workers: []}
+    cpu_us: dict[int, list[tuple[float, float]]] = {1: [], workers: []}
     chains: dict[int, tuple[list[str], Any]] = {}
     pools = {1: EvaluationPool(1), workers: EvaluationPool(workers)}
     try:
@@ -264,10 +278,14 @@ def measure_pool(n: int, runs: int, workers: int) -> dict[str, Any]:
             run_pool_pipeline(warm, Path(tmp), pools[workers], identity)
         for _ in range(runs):
             for w in (1, workers):
+                main0, workers0 = time.process_time(), _cpu_s(pools[w].worker_pids())
                 with tempfile.TemporaryDirectory(prefix="ian-bench-") as tmp:
                     r = run_pool_pipeline(inputs, Path(tmp), pools[w], identity)
+                main_cpu = time.process_time() - main0
+                workers_cpu = _cpu_s(pools[w].worker_pids()) - workers0
                 rates[w].append(r["n"] / r["seconds"])
                 evaluate_us[w].append(r["evaluate_wait_s"] / n * 1e6)
+                cpu_us[w].append((main_cpu / n * 1e6, workers_cpu / n * 1e6))
                 chain = (r["block_hashes"], r["roots"])
                 if chains.setdefault(w, chain) != chain:
                     raise SystemExit(f"pool bench: two runs with {w} worker(s) made other blocks")
@@ -278,6 +296,13 @@ def measure_pool(n: int, runs: int, workers: int) -> dict[str, Any]:
     if not identical:
         raise SystemExit(f"pool bench: blocks or roots differ between 1 and {workers} workers")
     one, many = median(rates[1]), median(rates[workers])
+    serial_cpu = median([m + w for m, w in cpu_us[1]])
+    main_cpu = median([m for m, _ in cpu_us[workers]])
+    workers_cpu = median([w for _, w in cpu_us[workers]])
+    # What an idle machine with ``cores`` cores would allow: the busiest of this process (which
+    # cannot go faster than its own CPU) and all the CPU spread over the cores.
+    cores = len(os.sched_getaffinity(0))
+    bound_us = max(main_cpu, (main_cpu + workers_cpu) / cores)
     return {
         "evaluator": "demo_trading",
         "contributions": n,
@@ -291,6 +316,10 @@ def measure_pool(n: int, runs: int, workers: int) -> dict[str, Any]:
         "evaluate_us_n_workers": median(evaluate_us[workers]),
         "speedup": many / one if one else float("nan"),
         "target_speedup": TARGET_POOL_SPEEDUP,
+        "cpu_us_1_worker": serial_cpu,
+        "cpu_us_main_n_workers": main_cpu,
+        "cpu_us_workers_n_workers": workers_cpu,
+        "idle_bound_speedup": serial_cpu / bound_us if bound_us else float("nan"),
         "identical_blocks": identical,
         "blocks": len(chains[1][0]),
     }
@@ -537,6 +566,10 @@ def main() -> None:
             + f"\nspeed-up {pool['speedup']:.2f}x with {pool['workers']} workers "
             f"(goal >= {TARGET_POOL_SPEEDUP}x: {verdict}); "
             f"load average at start {doc['environment'].get('loadavg_at_start')}"
+            f"\nCPU µs per contribution: {pool['cpu_us_1_worker']:.0f} in-process; "
+            f"{pool['cpu_us_main_n_workers']:.0f} here + {pool['cpu_us_workers_n_workers']:.0f} "
+            f"in the workers with {pool['workers']}: an idle machine of this many cores would "
+            f"allow {pool['idle_bound_speedup']:.2f}x"
         )
     if catch_up is not None:
         tables.append(

@@ -219,6 +219,11 @@ class DemoParams:
         ):
             raise ValueError(f"invalid demo-trading parameters: {self!r}")
 
+    def __reduce__(self) -> tuple[type[DemoParams], tuple[str, int, float, float]]:
+        """Pickled as its four fields (what an evaluation worker receives): several times
+        cheaper than the generic form of a slotted dataclass, and checked again on load."""
+        return (DemoParams, (self.strategy, self.lookback, self.threshold, self.position_size))
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
