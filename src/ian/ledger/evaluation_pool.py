@@ -41,6 +41,7 @@ from ian.chain.evaluation import (
     Evaluation,
     Job,
     RawResult,
+    evaluate_batch,
     evaluate_contribution,
     finish,
     job_of,
@@ -65,6 +66,9 @@ log = logging.getLogger("ian.ledger.evaluation")
 ENV = "IAN_EVALUATION_WORKERS"
 #: fewer costly contributions than this are evaluated in the calling thread
 MIN_POOL_BATCH = 8
+#: what a broken pool raises: a worker died (BrokenProcessPool), the pool was shut down meanwhile
+#: (RuntimeError), or starting a worker failed (OSError, EOFError from the forkserver)
+_POOL_FAILURES = (BrokenProcessPool, RuntimeError, OSError, EOFError)
 #: chunks per worker and batch: small enough to balance uneven packs, big enough to amortise IPC
 _CHUNKS_PER_WORKER = 4
 _PRELOAD = [
@@ -134,11 +138,13 @@ class EvaluationPool:
         this process (cheap evaluators, small batches) is evaluated by ``result()``, so the
         caller can do other work while the workers run."""
         remote: list[int] = []
-        if self.parallel:
-            for i, c in enumerate(contributions):
-                goal = goals.get(c.goal_id)
-                if goal is not None and getattr(goal.evaluator, "costly", False):
-                    remote.append(i)
+        costly = (
+            {gid for gid, goal in goals.items() if getattr(goal.evaluator, "costly", False)}
+            if self.parallel
+            else None
+        )
+        if costly:
+            remote = [i for i, c in enumerate(contributions) if c.goal_id in costly]
             if len(remote) < self.min_batch:
                 remote = []
         pending = self._submit(goals, contributions, remote) if remote else None
@@ -171,7 +177,7 @@ class EvaluationPool:
         try:
             executor, pending.generation = self._pool()
             pending.futures = [executor.submit(run_jobs, chunk) for chunk in pending.chunks]
-        except (BrokenProcessPool, RuntimeError) as exc:  # broken, or shut down meanwhile
+        except _POOL_FAILURES as exc:  # broken, shut down meanwhile, or a spawn failed
             pending.futures = []
             pending.failure = exc
 
@@ -184,7 +190,7 @@ class EvaluationPool:
                 for future in pending.futures:
                     results.extend(future.result())
                 return results
-            except (BrokenProcessPool, RuntimeError) as exc:
+            except _POOL_FAILURES as exc:
                 for future in pending.futures:
                     future.cancel()
                 self._discard(pending.generation)
@@ -262,6 +268,8 @@ class BatchEvaluation:
     def result(self) -> list[Evaluation | None]:
         """One evaluation per contribution, in submission order; may raise EvaluationError."""
         goals, contributions = self._goals, self._contributions
+        if self._pending is None:
+            return evaluate_batch(goals, contributions)
         out: list[Evaluation | None] = [None] * len(contributions)
         skip = set(self._remote)
         for i, c in enumerate(contributions):
