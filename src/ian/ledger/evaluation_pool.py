@@ -13,9 +13,12 @@ series, rejections and evaluator errors included (tested).
   for the ``trivial`` evaluator (a few µs) the round trip would cost more than it saves.
 - Workers: ``IAN_EVALUATION_WORKERS`` (default: the cores this process may use). 0 or 1 means
   no worker processes: everything is evaluated in the calling thread.
-- Processes come from a ``forkserver`` (never ``fork``: the node has threads and open sockets),
-  started on the first costly batch. A worker ends when the node's process does, even killed
-  with -9 (it watches the node's pid), so no process outlives a node.
+- Workers are ``spawn``-ed (never ``fork``: the node has threads and open sockets), on the first
+  costly batch. Not ``forkserver``: its one server is shared by every pool of the process, and
+  a worker killed while a pool was starting others was seen to leave it dead or unresponsive
+  (CPython's forkserver dies on a client that hangs up mid-request), so no pool could start
+  again; spawned workers cost ~0.3 s more to start, once. A worker ends when the node's process
+  does, even killed with -9 (it watches the node's pid), so no process outlives a node.
 - A worker that dies (kill -9, out of memory) breaks the pool: the pool is rebuilt and the batch
   evaluated once more on the new one. If that fails too, :class:`~ian.errors.EvaluationError` is
   raised — nothing was decided, the sequencer answers 503 and a verifier tries the blocks again
@@ -67,16 +70,10 @@ ENV = "IAN_EVALUATION_WORKERS"
 #: fewer costly contributions than this are evaluated in the calling thread
 MIN_POOL_BATCH = 8
 #: what a broken pool raises: a worker died (BrokenProcessPool), the pool was shut down meanwhile
-#: (RuntimeError), or starting a worker failed (OSError, EOFError from the forkserver)
+#: (RuntimeError), or starting a worker failed (OSError, EOFError)
 _POOL_FAILURES = (BrokenProcessPool, RuntimeError, OSError, EOFError)
 #: chunks per worker and batch: small enough to balance uneven packs, big enough to amortise IPC
 _CHUNKS_PER_WORKER = 4
-_PRELOAD = [
-    "ian.chain.evaluation",
-    "ian.evaluators.demo_trading",
-    "ian.evaluators.trivial",
-    "ian.ledger.evaluation_pool",
-]
 
 
 def usable_cores() -> int:
@@ -212,8 +209,7 @@ class EvaluationPool:
             if self._closed:
                 raise RuntimeError("the evaluation pool is closed")
             if self._executor is None:
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(_PRELOAD)
+                context = multiprocessing.get_context("spawn")
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.workers,
                     mp_context=context,
@@ -297,8 +293,7 @@ class _Pending:
 
 def _end_with(parent: int) -> None:
     """Worker initializer: the worker ends when the process that made the pool ends, even by
-    kill -9. A worker waiting for work would otherwise live on (it never sees its queue close),
-    and keep the forkserver alive with it."""
+    kill -9. A worker waiting for work would otherwise live on (it never sees its queue close)."""
 
     def watch() -> None:
         try:
