@@ -213,6 +213,14 @@ class Settings(BaseSettings):
         ge=1,
         le=16,
     )
+    evaluation_workers: Int | None = _f(
+        None,
+        "Worker processes that evaluate costly contributions (0 or 1: in the node's process; "
+        "unset: one per usable core).",
+        "an integer 0..256, or empty for one per usable core",
+        ge=0,
+        le=256,
+    )
     checkpoint_interval_s: Float = _f(
         30.0, "Seconds between node_state.json checkpoints.", "a number > 0", gt=0
     )
@@ -391,7 +399,9 @@ class Settings(BaseSettings):
             return value.strip().lower() or None
         return value
 
-    @field_validator("log_file", "tau_endpoint", "api_token", "genesis", mode="before")
+    @field_validator(
+        "log_file", "tau_endpoint", "api_token", "genesis", "evaluation_workers", mode="before"
+    )
     @classmethod
     def _v_blank(cls, value: Any) -> Any:
         return _blank_to_none(value)
@@ -724,6 +734,7 @@ _OPTIONAL_EXAMPLES = {
     "api_token": "change-me",
     "genesis": "/config/genesis.json",
     "chain_id": "0" * 64,
+    "evaluation_workers": 2,
 }
 
 _GOAL_EXAMPLE = """\

@@ -15,6 +15,7 @@ maps ``http_status``/``code`` to a JSON error; the CLI maps the class to an exit
     │   ├── NodeLockedError     another process holds node.lock
     │   └── SchemaError         the store was written by an unknown (newer) schema
     ├── StoreError              the embedded store failed (I/O, disk full, corruption)
+    ├── EvaluationError         the evaluation workers failed (a worker died twice on a batch)
     ├── RequestError            a client request cannot be served (API status codes)
     │   ├── InputError          400: malformed or invalid field
     │   ├── AuthError           401/403: token missing or wrong, or not from loopback
@@ -80,6 +81,13 @@ class SchemaError(DataDirError):
 
 class StoreError(IanError):
     code = "store"
+
+
+class EvaluationError(IanError):
+    """Evaluation could not be carried out (not: a contribution failed its evaluation, which is
+    a rejection). Nothing was decided; the same batch may be tried again."""
+
+    code = "evaluation"
 
 
 class RequestError(IanError):

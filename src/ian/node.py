@@ -43,6 +43,7 @@ from ian.events import EventBus, block_contributions, block_data, outcome_event
 from ian.identity import Identity, load_identity
 from ian.ledger.consensus_chain import ChainBridge, applied_mark
 from ian.ledger.consensus_driver import ConsensusDriver
+from ian.ledger.evaluation_pool import EvaluationPool
 from ian.ledger.genesis_exchange import GenesisExchange
 from ian.ledger.intake import Intake
 from ian.ledger.recovery import load_chain_state, open_chain_state
@@ -158,6 +159,9 @@ class Node:
         self.head: tuple[int, bytes] = (state.height, state.head_hash)
         self.metrics = NodeMetrics(self.snapshot)
         self.events = EventBus()  # served on ws_port by ian.api.ws
+        #: evaluates costly batches (sequencer, leader) and re-executed blocks (every verifier)
+        #: in worker processes; started on the first costly batch
+        self.evaluation = EvaluationPool(settings.evaluation_workers)
         self.sequencer = Sequencer(
             state,
             store,
@@ -167,6 +171,7 @@ class Node:
             on_batch=self._on_batch,
             commit=self._commit_batch if is_multi_authority(genesis) else None,
             in_flight=settings.consensus_in_flight,
+            evaluator=self.evaluation,
         )
         self.intake = Intake(
             state.goals,
@@ -218,6 +223,7 @@ class Node:
             on_fork=self._keep_fork_evidence,
             forward_token=lambda: self.settings_token,
             follows_blocks=lambda: self.consensus is None,
+            evaluator=self.evaluation,
         )
         self.tau = TauBridge(
             settings,
@@ -383,6 +389,7 @@ class Node:
             on_applied=self._on_block_applied,
             ready_timeout=p.election_timeout_max_ms / 1000,
             max_in_flight=self.settings.consensus_in_flight,
+            evaluator=self.evaluation,
         )
         self.consensus.set_learners({peer.node_id for peer in self.p2p.peers()})
         log.info(
@@ -939,6 +946,7 @@ class Node:
             self.close()
 
     def close(self) -> None:
+        self.evaluation.close()
         self.tau.close()
         if self.consensus is not None:
             self.consensus.log_store.close()

@@ -77,9 +77,10 @@ NUMBERS: dict[str, tuple[type, float | None, float | None, float | None]] = {
 }
 
 #: Fields this module leaves to the full loader whenever they are given (they are in a
-#: cross-field rule): their presence alone means ``None``.
+#: cross-field rule, or may be empty): their presence alone means ``None``.
 FULL_LOADER_ONLY = frozenset(
     {
+        "evaluation_workers",
         "max_request_bytes",
         "max_parameters_bytes",
         "max_frame_bytes",

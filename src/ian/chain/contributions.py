@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ian.chain.hashing import canonical_json_text, pack_hash_from_parts
+from ian.chain.hashing import canonical_json_str, canonical_json_text, pack_hash_from_parts
 from ian.errors import InputError, PayloadTooLargeError
 
 MAX_VERSION_CHARS = 64
@@ -102,6 +102,8 @@ def decode_parameters(text: str, *, max_bytes: int = MAX_PARAMETERS_BYTES) -> by
 
 def check_metadata(metadata: dict[str, Any]) -> str:
     """Check the limits; returns the canonical JSON text of ``metadata``."""
+    if not metadata and type(metadata) is dict:
+        return "{}"  # canonical_json_text({}), the common case
     if len(metadata) > MAX_METADATA_KEYS:
         raise InputError(
             f"agent_pack.metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}",
@@ -184,8 +186,8 @@ def contribution_hash(c: Contribution, score: float, metrics_json: str) -> bytes
     if not math.isfinite(score):
         raise ValueError("score must be finite")
     text = (
-        f'{{"contributor_id":{canonical_json_text(c.contributor_id)},'
-        f'"goal_id":{canonical_json_text(c.goal_id)},"metrics":{metrics_json},'
+        f'{{"contributor_id":{canonical_json_str(c.contributor_id)},'
+        f'"goal_id":{canonical_json_str(c.goal_id)},"metrics":{metrics_json},'
         f'"pack_hash":"{c.pack_hash.hex()}","score":{float(score)!r},"seed":{int(c.seed)}}}'
     )
     return hashlib.sha256(text.encode()).digest()

@@ -35,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "canonical_json",
+    "canonical_json_str",
     "canonical_json_text",
     "pack_hash",
     "pack_hash_from_parts",
@@ -52,6 +53,22 @@ _CANONICAL = json.JSONEncoder(
 def canonical_json_text(value: Any) -> str:
     """:func:`canonical_json` as a ``str`` (before UTF-8 encoding)."""
     return _CANONICAL.encode(value)
+
+
+def canonical_json_str(text: str) -> str:
+    """:func:`canonical_json_text` of a string, without the generic encoder for the common case:
+    printable ASCII with no ``"`` or ``\\`` is written as it is between quotes (the encoder
+    escapes only ``"``, ``\\`` and control characters; anything else goes through it). Tested
+    against the encoder."""
+    if (
+        type(text) is str
+        and text.isascii()
+        and text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+    ):
+        return f'"{text}"'
+    return _CANONICAL.encode(text)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -83,6 +100,6 @@ def pack_hash_from_parts(version: str, parameters_b64: str, metadata_json: str) 
     """
     document = (
         f'{{"metadata":{metadata_json},"parameters":"{parameters_b64}",'
-        f'"version":{canonical_json_text(version)}}}'
+        f'"version":{canonical_json_str(version)}}}'
     )
     return hashlib.sha256(document.encode()).digest()

@@ -14,10 +14,10 @@ from typing import Any
 from ian.chain import goals as goals_mod
 from ian.chain.blocks import GENESIS_HASH, GoalRoots
 from ian.chain.contributions import Contribution, contribution_hash
+from ian.chain.evaluation import Evaluation, evaluate_contribution
 from ian.chain.goals import GoalSpec
 from ian.chain.leaderboard import Leaderboard, LeaderboardEntry
 from ian.chain.mmr import MMR
-from ian.errors import IanError
 from ian.evaluators import Evaluator, Metrics, get_evaluator
 
 
@@ -146,23 +146,24 @@ class ChainState:
 
 def evaluate(goal: GoalState, c: Contribution) -> tuple[Metrics | None, goals_mod.Rejection | None]:
     """Run the goal's evaluator and thresholds; deterministic, may take up to milliseconds."""
-    try:
-        parsed = (
-            c.parsed if c.parsed is not None else goal.evaluator.check(c.parameters, c.metadata)
-        )
-        metrics = goal.evaluator.evaluate(parsed)
-    except IanError as exc:
-        return None, goals_mod.Rejection("invalid", exc.message)
-    return metrics, goals_mod.check_thresholds(goal.spec, metrics)
+    ev = evaluate_contribution(goal.spec, goal.evaluator, c)
+    if ev.error is not None:
+        raise ev.error
+    return ev.metrics, ev.rejection
 
 
-def execute(state: ChainState, c: Contribution) -> Outcome:
-    """Evaluate ``c`` and, if it passes, append it to its goal's log and leaderboard.
+def execute(state: ChainState, c: Contribution, evaluation: Evaluation | None = None) -> Outcome:
+    """Evaluate ``c`` (or take its ``evaluation``, made by :mod:`ian.chain.evaluation` for this
+    contribution) and, if it passes, append it to its goal's log and leaderboard.
 
     The caller has already checked that the goal exists and the pack is not a duplicate.
     """
     goal = state.goals[c.goal_id]
-    metrics, rejection = evaluate(goal, c)
+    if evaluation is None:
+        evaluation = evaluate_contribution(goal.spec, goal.evaluator, c)
+    if evaluation.error is not None:
+        raise evaluation.error
+    metrics, rejection = evaluation.metrics, evaluation.rejection
     if rejection is not None or metrics is None:
         assert rejection is not None
         return Outcome(
@@ -180,7 +181,9 @@ def execute(state: ChainState, c: Contribution) -> Outcome:
     log_index = goal.mmr.size
     first_pos = goal.mmr.node_count
     nodes = goal.mmr.append(chash)
-    goal.leaderboard.offer(LeaderboardEntry(log_index, score, chash, c.contributor_id))
+    board = goal.leaderboard
+    if board.would_enter(score, log_index):  # most entries of a full board do not
+        board.offer(LeaderboardEntry(log_index, score, chash, c.contributor_id))
     return Outcome(
         accepted=True,
         goal_id=c.goal_id,

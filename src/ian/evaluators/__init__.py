@@ -12,6 +12,10 @@ Two calls per contribution:
   parameters or raises :class:`ian.errors.InputError` whose ``field`` names the offending input
   (``agent_pack.parameters`` or ``agent_pack.parameters.<key>``).
 - ``evaluate(parsed)`` — the deterministic metrics of what ``check`` returned.
+
+An evaluator also says whether it is ``costly``: costly ones are evaluated in worker processes
+when a batch is big enough (``ian.ledger.evaluation_pool``), so evaluation scales with cores; the
+parsed value must then be picklable, and the same in any process.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class Evaluator(Protocol):
     """What a goal's evaluator provides; implementations are stateless and thread-safe."""
 
     name: str
+    #: True when one evaluation costs enough (~0.1 ms or more) to be worth sending to a worker
+    #: process (:mod:`ian.ledger.evaluation_pool`); False for evaluators cheaper than the trip
+    costly: bool
 
     def check(self, parameters: bytes, metadata: Mapping[str, Any]) -> object:
         """Validate ``parameters`` and return them parsed; raise ``InputError`` naming the field."""

@@ -23,6 +23,7 @@ class TrivialEvaluator:
     """Hash-based metrics; ``check`` returns the parameter bytes unchanged."""
 
     name = "trivial"
+    costly = False  # one hash: cheaper than sending it to a worker process
 
     def check(self, parameters: bytes, metadata: Mapping[str, Any]) -> bytes:
         """Accept any non-empty ``bytes``; raise ``InputError`` otherwise."""

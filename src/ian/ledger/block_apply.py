@@ -17,6 +17,7 @@ from ian.chain.blocks import (
     check_block_signature,
     entries_hash,
 )
+from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
 from ian.chain.state import ChainState, execute
 from ian.storage.store import NewEntry, Store
 
@@ -25,8 +26,11 @@ def execute_block(
     state: ChainState,
     block: Block,
     known_packs: Callable[[str, list[bytes]], set[bytes]],
+    evaluations: Sequence[Evaluation | None] | None = None,
 ) -> list[NewEntry]:
-    """Re-execute ``block`` on ``state`` (mutating it; the caller rolls back on error)."""
+    """Re-execute ``block`` on ``state`` (mutating it; the caller rolls back on error).
+
+    ``evaluations``: one per entry, made beforehand (:func:`evaluate_batch`, e.g. in a pool)."""
     h = block.header
     if h.height != state.height + 1:
         raise InvalidBlockError(f"block {h.height} does not follow local height {state.height}")
@@ -43,10 +47,10 @@ def execute_block(
         by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
     seen = {g: known_packs(g, hs) for g, hs in by_goal.items()}
     entries: list[NewEntry] = []
-    for c in block.entries:
+    for i, c in enumerate(block.entries):
         if c.pack_hash in seen[c.goal_id]:
             raise InvalidBlockError(f"block {h.height}: duplicate pack in {c.goal_id}")
-        outcome = execute(state, c)
+        outcome = execute(state, c, evaluations[i] if evaluations is not None else None)
         if not outcome.accepted:
             raise InvalidBlockError(
                 f"block {h.height}: an entry of {c.goal_id} is rejected on re-execution "
@@ -67,21 +71,65 @@ def execute_block(
     return entries
 
 
-def apply_block(state: ChainState, store: Store, block: Block, *, sequencer: str | None) -> None:
+def apply_block(
+    state: ChainState,
+    store: Store,
+    block: Block,
+    *,
+    sequencer: str | None,
+    evaluator: BatchEvaluator | None = None,
+) -> None:
     """Verify and durably apply one block (worker thread); all or nothing."""
-    _, error = apply_blocks(state, store, [block], sequencer=sequencer)
+    _, error = apply_blocks(state, store, [block], sequencer=sequencer, evaluator=evaluator)
     if error is not None:
         raise error
 
 
 def apply_blocks(
-    state: ChainState, store: Store, blocks: Sequence[Block], *, sequencer: str | None
+    state: ChainState,
+    store: Store,
+    blocks: Sequence[Block],
+    *,
+    sequencer: str | None,
+    evaluator: BatchEvaluator | None = None,
 ) -> tuple[int, InvalidBlockError | None]:
     """Verify and apply consecutive blocks, writing the valid prefix in one transaction.
 
+    The entries of every correctly signed block are evaluated first, all together (through
+    ``evaluator``, a pool, when given: a catch-up batch of many small blocks evaluates in
+    parallel too), then the blocks are re-executed in order with those evaluations.
     Returns how many were applied and the error that stopped the rest (None when all were).
-    A store failure raises (and nothing is applied). Worker thread.
+    A store failure raises (and nothing is applied); so does an
+    :class:`~ian.errors.EvaluationError` (nothing decided: try again later). Worker thread.
     """
+    signed: list[Block] = []
+    bad_signature: InvalidBlockError | None = None
+    for block in blocks:
+        try:
+            check_block_signature(block, sequencer)
+        except InvalidBlockError as exc:
+            bad_signature = exc
+            break
+        signed.append(block)
+    flat = evaluate_batch(state.goals, [c for b in signed for c in b.entries], evaluator)
+    evaluations: list[list[Evaluation | None]] = []
+    at = 0
+    for block in signed:
+        evaluations.append(flat[at : at + len(block.entries)])
+        at += len(block.entries)
+    applied, error = _apply_evaluated(state, store, signed, evaluations)
+    if error is None and bad_signature is not None:
+        return applied, bad_signature
+    return applied, error
+
+
+def _apply_evaluated(
+    state: ChainState,
+    store: Store,
+    blocks: Sequence[Block],
+    evaluations: Sequence[Sequence[Evaluation | None]],
+) -> tuple[int, InvalidBlockError | None]:
+    """:func:`apply_blocks` on signed blocks whose entries are evaluated."""
     start = (state.height, state.head_hash, state.head_timestamp_ms)
     state.begin()
     # Packs accepted by earlier blocks of this batch are not in the store yet.
@@ -93,10 +141,9 @@ def apply_blocks(
 
     done: list[tuple[Block, list[NewEntry]]] = []
     error: InvalidBlockError | None = None
-    for block in blocks:
+    for block, evaluated in zip(blocks, evaluations, strict=True):
         try:
-            check_block_signature(block, sequencer)
-            entries = execute_block(state, block, known_packs)
+            entries = execute_block(state, block, known_packs, evaluated)
         except InvalidBlockError as exc:
             error = exc
             break
@@ -113,7 +160,7 @@ def apply_blocks(
         if not done:
             state.begin()
             return 0, error
-        applied, _ = apply_blocks(state, store, [b for b, _ in done], sequencer=sequencer)
+        applied, _ = _apply_evaluated(state, store, [b for b, _ in done], evaluations[: len(done)])
         return applied, error
     try:
         store.append_blocks(done)

@@ -37,10 +37,11 @@ import anyio.to_thread
 
 from ian.chain.blocks import Block, InvalidBlockError
 from ian.chain.contributions import Contribution
+from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
 from ian.chain.state import ChainState, Outcome
 from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Role, Unavailable
 from ian.consensus import Block as ConsensusBlock
-from ian.errors import StoreError, UnavailableError
+from ian.errors import EvaluationError, StoreError, UnavailableError
 from ian.identity import Identity
 from ian.ledger.block_apply import apply_blocks
 from ian.ledger.consensus_driver import ConsensusDriver
@@ -109,6 +110,7 @@ class ChainBridge:
         on_applied: Callable[[Block], None],
         ready_timeout: float = 2.0,
         max_in_flight: int = 1,
+        evaluator: BatchEvaluator | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -116,6 +118,8 @@ class ChainBridge:
         self.driver = driver
         self._on_applied = on_applied
         self.ready_timeout = ready_timeout
+        #: where batches and re-executed blocks are evaluated (an EvaluationPool); None: here
+        self.evaluator = evaluator
         #: held while the chain state is being changed (an apply) or read for a build
         self._lock = anyio.Lock()
         self.skipped_blocks = 0  # committed payloads that were not valid chain blocks
@@ -191,7 +195,15 @@ class ChainBridge:
                     ))  # fmt: skip
                 continue  # else applied before a crash lost the applied mark
             run = [b for b, _ in todo]
-            done, error = apply_blocks(self.state, self.store, run, sequencer=None)
+            try:
+                done, error = apply_blocks(
+                    self.state, self.store, run, sequencer=None, evaluator=self.evaluator
+                )
+            except EvaluationError as exc:
+                # The workers failed before anything was decided; committed blocks must still
+                # be applied, in order: evaluate them here, as without a pool.
+                log.error("evaluation workers failed, re-executing in this process: %s", exc)
+                done, error = apply_blocks(self.state, self.store, run, sequencer=None)
             written.extend(run[:done])
             del todo[:done]
             if error is not None:
@@ -216,11 +228,20 @@ class ChainBridge:
         Batches may overlap (up to :attr:`max_in_flight`): a block is built on top of the ones
         still waiting for their commit, so the next block is on its way while the authorities
         store the last one. Proposals enter the log in the order their blocks were built."""
+        if self.driver.core.role is not Role.LEADER:
+            raise UnavailableError("no leader is ready to take contributions", retry_after=1)
+        # Evaluation needs only the goals (fixed by the genesis), not the applied state: it runs
+        # before the lock, so committed blocks are applied meanwhile.
+        evaluations = await anyio.to_thread.run_sync(
+            lambda: evaluate_batch(self.state.goals, contributions, self.evaluator)
+        )
         deadline = anyio.current_time() + self.ready_timeout
         while True:
             async with self._lock:
                 if self._can_build():
-                    outcomes, block = await anyio.to_thread.run_sync(self._build, contributions)
+                    outcomes, block = await anyio.to_thread.run_sync(
+                        self._build, contributions, evaluations
+                    )
                     if block is None:
                         return BatchResult(outcomes=outcomes, block=None)
                     try:
@@ -270,7 +291,9 @@ class ChainBridge:
             )
         return self.driver.ready_to_propose()
 
-    def _build(self, contributions: list[Contribution]) -> tuple[list[Outcome], Block | None]:
+    def _build(
+        self, contributions: list[Contribution], evaluations: list[Evaluation | None]
+    ) -> tuple[list[Outcome], Block | None]:
         """Worker thread: the block for ``contributions`` on the applied state and the blocks
         in flight; its changes stay in the state (an undo layer) until it is applied or
         discarded."""
@@ -294,6 +317,7 @@ class ChainBridge:
                 store=self.store,
                 parent=parent,
                 unstored_packs=unstored,
+                evaluations=evaluations,
             )
         except BaseException:
             self._discard_pending(keep)

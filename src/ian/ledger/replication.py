@@ -37,6 +37,7 @@ from anyio.abc import TaskStatus
 from ian import errors
 from ian.chain.blocks import Block, InvalidBlockError, ParentMismatchError, check_block_signature
 from ian.chain.contributions import FRAME_OVERHEAD, Contribution
+from ian.chain.evaluation import BatchEvaluator
 from ian.chain.state import ChainState, Outcome
 from ian.errors import IanError, RequestError, UnavailableError
 from ian.events import Publish
@@ -81,6 +82,7 @@ class Replicator:
         on_fork: Callable[[dict[str, Any]], None] | None = None,  # fork evidence, both blocks
         forward_token: Callable[[], str | None] = lambda: None,  # sent with our forwards
         follows_blocks: Callable[[], bool] = lambda: True,
+        evaluator: BatchEvaluator | None = None,  # where re-executed entries are evaluated
     ) -> None:
         self.state = state
         self.store = store
@@ -105,6 +107,7 @@ class Replicator:
         #: consensus driver, and announces, heights and get_blocks replies change nothing here
         #: (get_blocks is still served, from committed blocks only)
         self.follows_blocks = follows_blocks
+        self.evaluator = evaluator
         self._disproven: dict[str, int] = {}  # node id -> a height it claimed and did not show
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
@@ -264,9 +267,21 @@ class Replicator:
                     return 0
             if not fresh:
                 return 0
-            applied, error = await anyio.to_thread.run_sync(
-                lambda: apply_blocks(self.state, self.store, fresh, sequencer=self.sequencer_id())
-            )
+            try:
+                applied, error = await anyio.to_thread.run_sync(
+                    lambda: apply_blocks(
+                        self.state,
+                        self.store,
+                        fresh,
+                        sequencer=self.sequencer_id(),
+                        evaluator=self.evaluator,
+                    )
+                )
+            except errors.EvaluationError as exc:
+                # Nothing was decided (the evaluation workers failed): not the sender's fault,
+                # the blocks are fetched and applied again on a later round.
+                log.warning("blocks from %s not applied yet: %s", sender[:12], exc)
+                return 0
             for block in fresh[:applied]:
                 self._on_applied(block)
             if applied:

@@ -4,13 +4,19 @@ Submissions queue up; one loop takes everything waiting (up to ``max_entries``),
 applies it in a worker thread (off the event loop), writes one block in one transaction, and only
 then answers every submitter. Under light load a block holds one contribution and answers within
 one fsync; under heavy load blocks grow and the fsync cost is shared.
+
+With an evaluation pool of several workers (:mod:`ian.ledger.evaluation_pool`) a batch is
+evaluated first, in the workers, then sealed; and the batch behind it, when submissions are
+waiting, is taken and sent to the workers before the current one is sealed, so its evaluation
+overlaps the current block's building and fsync. Evaluation needs no chain state, so the blocks are
+the same as without a pool.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -20,9 +26,11 @@ from anyio.abc import TaskStatus
 from ian.chain import blocks
 from ian.chain.blocks import Block, BlockHeader
 from ian.chain.contributions import Contribution
+from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
 from ian.chain.state import ChainState, Outcome, execute
 from ian.errors import IanError, UnavailableError
 from ian.identity import Identity
+from ian.ledger.evaluation_pool import BatchEvaluation, EvaluationPool
 from ian.storage.store import NewEntry, Store
 
 log = logging.getLogger("ian.ledger.sequencer")
@@ -54,14 +62,19 @@ def build_block(
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     parent: Block | None = None,
     unstored_packs: dict[str, set[bytes]] | None = None,
+    evaluations: Sequence[Evaluation | None] | None = None,
 ) -> tuple[list[Outcome], Block | None, list[NewEntry]]:
     """Decide every contribution and, if any is accepted, make the signed block for them.
 
+    ``evaluations`` (one per contribution, from :func:`ian.chain.evaluation.evaluate_batch`,
+    e.g. made in a pool) are used instead of evaluating here; the block is the same.
     Mutates ``state`` (call ``state.begin()`` first so the caller can roll back).
     Duplicates of already-accepted packs (in ``store``, in ``unstored_packs`` or earlier in
     this batch) are refused. The block follows the state's head, or ``parent`` when given (a
     block built but not yet stored, whose changes ``state`` holds).
     """
+    if evaluations is not None and len(evaluations) != len(contributions):
+        raise ValueError("one evaluation per contribution is needed")
     outcomes: list[Outcome] = []
     accepted: list[NewEntry] = []
     known: dict[str, set[bytes]] = {}
@@ -72,7 +85,7 @@ def build_block(
         known = {g: store.has_packs(g, hs, writer=True) for g, hs in by_goal.items()}
     for gid, packs in (unstored_packs or {}).items():
         known[gid] = known.get(gid, set()) | packs
-    for c in contributions:
+    for i, c in enumerate(contributions):
         seen = known.setdefault(c.goal_id, set())
         if c.pack_hash in seen:
             outcomes.append(
@@ -84,7 +97,7 @@ def build_block(
                 )
             )
             continue
-        outcome = execute(state, c)
+        outcome = execute(state, c, evaluations[i] if evaluations is not None else None)
         outcomes.append(outcome)
         if outcome.accepted:
             seen.add(c.pack_hash)
@@ -120,13 +133,22 @@ def seal_block(
     store: Store,
     identity: Identity,
     contributions: list[Contribution],
+    *,
+    evaluator: BatchEvaluator | None = None,
+    evaluations: Sequence[Evaluation | None] | None = None,
 ) -> BatchResult:
     """Decide ``contributions``, write the block of the accepted ones durably and advance the
-    head: the sequencer's step (also how tools build a chain offline). All or nothing: on any
+    head: the sequencer's step (also how tools build a chain offline). Evaluates the batch first
+    (through ``evaluator``, a pool, when given; or takes its ``evaluations``, made beforehand),
+    then builds the block. All or nothing: on any
     failure the in-memory state is rolled back and the error raised."""
+    if evaluations is None:
+        evaluations = evaluate_batch(state.goals, contributions, evaluator)
     state.begin()
     try:
-        outcomes, block, entries = build_block(state, identity, contributions, store=store)
+        outcomes, block, entries = build_block(
+            state, identity, contributions, store=store, evaluations=evaluations
+        )
         if block is not None:
             store.append_block(block, entries)
             state.height = block.height
@@ -153,6 +175,7 @@ class Sequencer:
         on_batch: Callable[[BatchResult, float], None] | None = None,
         commit: Callable[[list[Contribution]], Awaitable[BatchResult]] | None = None,
         in_flight: int = 1,
+        evaluator: BatchEvaluator | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -170,6 +193,8 @@ class Sequencer:
         self._commit = commit
         #: batches handed to ``commit`` and not answered yet, at most (sealing here: one)
         self._slots = anyio.Semaphore(max(1, in_flight) if commit is not None else 1)
+        #: where batches are evaluated (an EvaluationPool); None: in the worker thread
+        self.evaluator = evaluator
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             max_buffer_size=100_000
         )
@@ -206,24 +231,76 @@ class Sequencer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        if self._commit is not None:
+            await self._run_commits()
+        else:
+            await self._run_sealing()
+
+    async def _run_commits(self) -> None:
+        """A leader of several authorities: up to ``in_flight`` batches proposed at once."""
         async with self._receive, anyio.create_task_group() as tg:
             while True:
                 await self._slots.acquire()
-                batch = await self._next_batch()
-                if batch is None:
-                    self._slots.release()
-                    return
-                tg.start_soon(self._process_in_slot, batch)
+                first = self._next_nowait()
+                if first is None:
+                    try:
+                        first = await self._receive.receive()
+                    except anyio.EndOfStream:
+                        self._slots.release()
+                        return
+                tg.start_soon(self._process_in_slot, self._take(first))
 
-    async def _next_batch(self) -> list[_Pending] | None:
-        """Everything waiting (up to a block's worth); None once the queue is closed and empty."""
+    async def _process_in_slot(self, batch: list[_Pending]) -> None:
+        # Shielded: a batch that was taken is finished and answered even during shutdown.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._process(batch, None)
+            finally:
+                self._slots.release()
+
+    async def _run_sealing(self) -> None:
+        """One authority: batches sealed here one after the other."""
+        #: the next batch, taken while the current one was sealed, and its evaluation (already
+        #: running in the pool's workers)
+        ahead: tuple[list[_Pending], BatchEvaluation | None] | None = None
+        async with self._receive:
+            while True:
+                first: _Pending | None = None
+                if ahead is None:
+                    first, self._carry = self._carry, None
+                    if first is None:
+                        try:
+                            first = await self._receive.receive()
+                        except anyio.EndOfStream:
+                            return
+                # Shielded: a batch that was taken is finished and answered even during shutdown.
+                with anyio.CancelScope(shield=True):
+                    if ahead is not None:
+                        (batch, evaluating), ahead = ahead, None
+                    else:
+                        assert first is not None
+                        batch = self._take(first)
+                        evaluating = await self._start_evaluation(batch)
+                    if evaluating is not None:
+                        # Pipelined: what is already waiting is evaluated by the workers while
+                        # this batch is built and written (evaluation needs no chain state).
+                        nxt = self._next_nowait()
+                        if nxt is not None:
+                            upcoming = self._take(nxt)
+                            ahead = (upcoming, await self._start_evaluation(upcoming))
+                    await self._process(batch, evaluating)
+
+    def _next_nowait(self) -> _Pending | None:
         if self._carry is not None:
             first, self._carry = self._carry, None
-        else:
-            try:
-                first = await self._receive.receive()
-            except anyio.EndOfStream:
-                return None
+            return first
+        try:
+            return self._receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return None
+
+    def _take(self, first: _Pending) -> list[_Pending]:
+        """A batch starting with ``first``: what is queued, up to the block limits."""
         batch = [first]
         size = first.size
         while len(batch) < self.max_entries:
@@ -239,22 +316,25 @@ class Sequencer:
         self._queued_bytes -= sum(p.size for p in batch)
         return batch
 
-    async def _process_in_slot(self, batch: list[_Pending]) -> None:
-        # Shielded: a batch that started is finished and answered even during shutdown.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._process(batch)
-            finally:
-                self._slots.release()
+    async def _start_evaluation(self, batch: list[_Pending]) -> BatchEvaluation | None:
+        """Start evaluating ``batch`` in the pool's workers, when this node seals its own blocks
+        with a pool of several workers; None: it is evaluated when it is sealed."""
+        pool = self.evaluator
+        if self._commit is not None or not isinstance(pool, EvaluationPool) or not pool.parallel:
+            return None
+        contributions = [p.contribution for p in batch]
+        return await anyio.to_thread.run_sync(pool.submit, self.state.goals, contributions)
 
-    async def _process(self, batch: list[_Pending]) -> None:
+    async def _process(self, batch: list[_Pending], evaluating: BatchEvaluation | None) -> None:
         started = time.perf_counter()
         contributions = [p.contribution for p in batch]
         try:
             if self._commit is not None:
                 result = await self._commit(contributions)
             else:
-                result = await anyio.to_thread.run_sync(self._apply_batch, contributions)
+                result = await anyio.to_thread.run_sync(
+                    self._apply_batch, contributions, evaluating
+                )
         except UnavailableError as exc:
             for p in batch:
                 p.error = exc
@@ -280,6 +360,15 @@ class Sequencer:
         if self._on_batch is not None:
             self._on_batch(result, time.perf_counter() - started)
 
-    def _apply_batch(self, contributions: list[Contribution]) -> BatchResult:
+    def _apply_batch(
+        self, contributions: list[Contribution], evaluating: BatchEvaluation | None = None
+    ) -> BatchResult:
         """Worker thread: :func:`seal_block` on the node's state and store."""
-        return seal_block(self.state, self.store, self.identity, contributions)
+        return seal_block(
+            self.state,
+            self.store,
+            self.identity,
+            contributions,
+            evaluator=self.evaluator,
+            evaluations=evaluating.result() if evaluating is not None else None,
+        )

@@ -21,27 +21,42 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 
 @given(
     contributor=st.text(min_size=1, max_size=20),
+    goal_id=st.sampled_from(["G_1", 'quo"te', "back\\slash", "tab\t", "é", "\x7f", "a b"])
+    | st.text(min_size=1, max_size=12),
+    version=st.sampled_from(["v1", "1.0", 'v"2', "v\n", "ü"]) | st.text(min_size=1, max_size=12),
     seed=st.integers(0, 2**63 - 1),
     score=finite,
     metrics=st.dictionaries(st.sampled_from(["reward", "risk", "complexity"]), finite),
     metadata=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)),
 )
 def test_fast_encodings_equal_the_canonical_documents(
-    contributor: str, seed: int, score: float, metrics: dict, metadata: dict
+    contributor: str,
+    goal_id: str,
+    version: str,
+    seed: int,
+    score: float,
+    metrics: dict,
+    metadata: dict,
 ) -> None:
     c = make_contribution(
-        goal_id="G_1",
-        version="v1",
+        goal_id=goal_id,
+        version=version,
         parameters=b"\x00params",
         metadata=metadata,
         contributor_id=contributor,
         seed=seed,
     )
-    assert c.pack_hash == pack_hash("v1", b"\x00params", metadata)
+    assert c.pack_hash == pack_hash(version, b"\x00params", metadata)
+    pack_doc = {
+        "metadata": metadata,
+        "parameters": base64.b64encode(b"\x00params").decode(),
+        "version": version,
+    }
+    assert c.pack_hash == hashlib.sha256(canonical_json(pack_doc)).digest()
     assert c.metadata_json == canonical_json(metadata).decode()
     doc = {
         "contributor_id": contributor,
-        "goal_id": "G_1",
+        "goal_id": goal_id,
         "metrics": metrics,
         "pack_hash": c.pack_hash.hex(),
         "score": score,

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ian.chain.hashing import canonical_json, pack_hash, sha256
+from ian.chain.hashing import (
+    canonical_json,
+    canonical_json_str,
+    canonical_json_text,
+    pack_hash,
+    sha256,
+)
 
 
 def test_canonical_json_sorts_keys_and_is_compact() -> None:
@@ -66,3 +72,37 @@ def test_pack_hash_depends_on_every_field(
     assert pack_hash(version + "x", parameters, metadata) != h
     assert pack_hash(version, parameters + b"\x00", metadata) != h
     assert pack_hash(version, parameters, {**metadata, "extra-key!": 0}) != h
+
+
+ODD_STRINGS = [
+    "",
+    "plain",
+    "with space",
+    'quo"te',
+    "back\\slash",
+    "/slash",
+    "\x00",
+    "\x1f",
+    "\t\n\r\b\f",
+    "\x7f",
+    "é",
+    "日本",
+    "\U0001f600",
+    "\u2028",
+    "\ud800",
+    "~!@#$%^&*()_+{}|:<>?",
+]
+
+
+@pytest.mark.parametrize("text", ODD_STRINGS)
+def test_canonical_json_str_equals_the_encoder(text: str) -> None:
+    assert canonical_json_str(text) == canonical_json_text(text)
+
+
+@given(st.text())
+def test_canonical_json_str_equals_the_encoder_on_any_text(text: str) -> None:
+    assert canonical_json_str(text) == canonical_json_text(text)
+
+
+def test_canonical_json_str_of_a_non_string_is_the_encoder_s() -> None:
+    assert canonical_json_str(["a"]) == canonical_json_text(["a"])  # type: ignore[arg-type]

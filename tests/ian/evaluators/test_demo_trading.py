@@ -424,3 +424,17 @@ def test_evaluator_contract() -> None:
 def test_evaluate_rejects_unparsed_input() -> None:
     with pytest.raises(TypeError):
         DemoTradingEvaluator().evaluate(encode(VALID))
+
+
+def test_demo_params_pickle_round_trip_is_checked() -> None:
+    """What an evaluation worker receives: the same parameters, validated again on load."""
+    import pickle
+
+    from ian.evaluators.demo_trading import DemoParams
+
+    p = DemoParams(strategy="breakout", lookback=20, threshold=0.01, position_size=0.5)
+    again = pickle.loads(pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL))
+    assert again == p and type(again) is DemoParams
+    forged = pickle.dumps(p).replace(b"breakout", b"sideways")
+    with pytest.raises(ValueError, match="invalid demo-trading parameters"):
+        pickle.loads(forged)

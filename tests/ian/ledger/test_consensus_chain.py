@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tests.conftest import TRIVIAL_GOAL, Chain, Packs
 
 from ian.chain.blocks import Block as ChainBlock
 from ian.chain.blocks import InvalidBlockError
+from ian.chain.state import ChainState
 from ian.consensus import Block, BlockKind
-from ian.ledger.consensus_chain import applied_mark, block_from_payload, payload_of
+from ian.errors import EvaluationError
+from ian.identity import Identity
+from ian.ledger.block_apply import apply_blocks
+from ian.ledger.consensus_chain import ChainBridge, applied_mark, block_from_payload, payload_of
+from ian.storage.store import Store
 
 CHAIN = "cd" * 32
 
@@ -54,3 +61,53 @@ def test_applying_resumes_below_every_block_the_store_lacks(chain: Chain, packs:
     assert applied_mark(log, 9, chain_height=3) == 5  # a mark beyond the log is clamped
     garbage = consensus_log([b"not a block", payload_of(blocks[0])])
     assert applied_mark(garbage, 2, chain_height=0) == 1
+
+
+class _FailingPool:
+    """An evaluator whose workers always fail (as after two dead workers on one batch)."""
+
+    calls = 0
+
+    def evaluate(self, goals, contributions):
+        self.calls += 1
+        raise EvaluationError("evaluation workers failed twice")
+
+
+def test_committed_blocks_are_applied_in_process_when_the_workers_fail(
+    chain: Chain, packs: Packs, tmp_path: Path
+) -> None:
+    blocks = chain_blocks(chain, packs, 3)
+    follower_state = ChainState.genesis(chain.specs)
+    follower_store = Store(tmp_path / "follower.sqlite")
+    pool = _FailingPool()
+    bridge = ChainBridge(
+        state=follower_state,
+        store=follower_store,
+        identity=Identity.generate(),
+        driver=None,  # type: ignore[arg-type]  # not used by applying
+        on_applied=lambda block: None,
+        evaluator=pool,
+    )
+    signer = {chain.identity.node_id: chain.identity.public_key}
+    written = bridge._apply_payloads([(payload_of(b), signer, i + 2) for i, b in enumerate(blocks)])
+    assert pool.calls == 1
+    assert [b.hash for b in written] == [b.hash for b in blocks]
+    assert bridge.skipped_blocks == 0  # nothing skipped: the workers' failure decides nothing
+    assert follower_state.goals[TRIVIAL_GOAL].roots() == chain.state.goals[TRIVIAL_GOAL].roots()
+    follower_store.close()
+
+
+def test_failed_evaluation_changes_nothing(chain: Chain, packs: Packs, tmp_path: Path) -> None:
+    """apply_blocks evaluates before it touches the state: a failure leaves it as it was."""
+    blocks = chain_blocks(chain, packs, 2)
+    state = ChainState.genesis(chain.specs)
+    store = Store(tmp_path / "f.sqlite")
+    before = {g: s.roots() for g, s in state.goals.items()}
+    with pytest.raises(EvaluationError):
+        apply_blocks(
+            state, store, blocks, sequencer=chain.identity.node_id, evaluator=_FailingPool()
+        )
+    assert {g: s.roots() for g, s in state.goals.items()} == before
+    assert (state.height, store.head()[0]) == (0, 0)
+    assert apply_blocks(state, store, blocks, sequencer=chain.identity.node_id) == (2, None)
+    store.close()
