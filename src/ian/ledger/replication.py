@@ -333,6 +333,11 @@ class Replicator:
         node_id, height = target
         if self.sequencer_id() is None or not await self._prove_claim(node_id, height):
             return
+        if height <= self.state.height:
+            # An announced block was applied while the claim was proven: asking for blocks
+            # beyond the peer's height would get an empty reply, charged as a failed sync (a
+            # follower of a busy sequencer banned it that way).
+            return
         start = self.state.height + 1
         fetching = _Fetch(self._fetch(node_id, start))
         async with anyio.create_task_group() as tg:

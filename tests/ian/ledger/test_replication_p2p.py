@@ -175,3 +175,35 @@ async def test_a_follower_forwards_contributions_to_the_sequencer(pair: Pair, pa
     assert outcome.log_index is not None
     assert outcome.contribution_hash is not None
     assert pair.sequencer.state.height == 1
+
+
+async def test_a_block_announced_while_a_sync_proves_its_claim_costs_the_sequencer_nothing(
+    pair: Pair, packs: Any
+) -> None:
+    seq = pair.sequencer
+    seq.commit([packs.contribution(1, goal_id=packs.trivial_goal)])
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+    await pair.applied.until(1)
+    rep = pair.fol_rep
+    rep.follows_blocks = lambda: False  # this test runs the sync round itself
+
+    seq.commit([packs.contribution(2, goal_id=packs.trivial_goal)])
+    [block] = seq.store.blocks(2, 1, max_bytes=1 << 30)
+    pair.seq_switch.announce_status()  # the follower hears of height 2
+    with anyio.fail_after(5):
+        while rep._best_peer() != (pair.seq_switch.node_id, 2):
+            await anyio.wait_all_tasks_blocked()
+    prove = rep._prove_claim
+
+    async def announce_lands_meanwhile(node_id: str, height: int) -> bool:
+        proven = await prove(node_id, height)
+        await rep._apply([block], node_id)  # the sequencer's announce, applied meanwhile
+        return proven
+
+    rep._prove_claim = announce_lands_meanwhile  # type: ignore[method-assign]
+    await rep._sync_once()
+    record = pair.fol_switch.peer_book.get(pair.seq_switch.node_id)
+    assert record is not None
+    assert record.failed_syncs == 0, "an empty get_blocks reply was charged to the sequencer"
+    assert pair.follower.state.head_hash == seq.state.head_hash
