@@ -114,11 +114,6 @@ class ChainState:
         """Start a batch on top of the unsettled ones (each can be rolled back on its own)."""
         self._saved.append({})
 
-    @property
-    def batches(self) -> int:
-        """How many batches' changes can be rolled back (the current one included)."""
-        return len(self._saved)
-
     def touch(self, goal: GoalState) -> None:
         layer = self._saved[-1]
         if goal.spec.id not in layer:

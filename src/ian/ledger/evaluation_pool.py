@@ -50,23 +50,20 @@ from ian.chain.evaluation import (
     job_of,
     run_jobs,
 )
-from ian.errors import ConfigError, EvaluationError
+from ian.errors import EvaluationError
 
 if TYPE_CHECKING:
     from ian.chain.state import GoalState
 
 __all__ = [
-    "ENV",
     "MIN_POOL_BATCH",
     "BatchEvaluation",
     "EvaluationPool",
     "usable_cores",
-    "workers_from",
 ]
 
 log = logging.getLogger("ian.ledger.evaluation")
 
-ENV = "IAN_EVALUATION_WORKERS"
 #: fewer costly contributions than this are evaluated in the calling thread
 MIN_POOL_BATCH = 8
 #: what a broken pool raises: a worker died (BrokenProcessPool), the pool was shut down meanwhile
@@ -84,23 +81,6 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def workers_from(value: str | int | None) -> int:
-    """Worker processes for a setting (``IAN_EVALUATION_WORKERS``): None or blank = the usable
-    cores; an integer >= 0 as it is (0 and 1: evaluate in-process). :class:`ConfigError`
-    otherwise."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return usable_cores()
-    if isinstance(value, bool):
-        raise ConfigError(f"{ENV}: must be an integer >= 0, got {value!r}")
-    try:
-        n = int(value.strip()) if isinstance(value, str) else int(value)
-    except ValueError:
-        raise ConfigError(f"{ENV}: must be an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise ConfigError(f"{ENV}: must be an integer >= 0, got {value!r}")
-    return n
-
-
 class EvaluationPool:
     """Evaluates batches (:class:`ian.chain.evaluation.BatchEvaluator`) in worker processes.
 
@@ -108,7 +88,9 @@ class EvaluationPool:
     """
 
     def __init__(self, workers: int | None = None, *, min_batch: int = MIN_POOL_BATCH) -> None:
-        self.workers = workers_from(workers)
+        #: worker processes (``IAN_EVALUATION_WORKERS``, validated by the settings); None:
+        #: the usable cores
+        self.workers = usable_cores() if workers is None else workers
         self.min_batch = max(1, min_batch)
         self.restarts = 0  # pools rebuilt after a worker died
         self._lock = threading.Lock()
@@ -272,10 +254,9 @@ class BatchEvaluation:
             goal = goals.get(c.goal_id)
             if goal is not None and i not in skip:
                 out[i] = evaluate_contribution(goal.spec, goal.evaluator, c)
-        if self._pending is not None:
-            raw = self._pool._collect(self._pending)
-            for i, r in zip(self._remote, raw, strict=True):
-                out[i] = finish(goals[contributions[i].goal_id].spec, r)
+        raw = self._pool._collect(self._pending)
+        for i, r in zip(self._remote, raw, strict=True):
+            out[i] = finish(goals[contributions[i].goal_id].spec, r)
         return out
 
 

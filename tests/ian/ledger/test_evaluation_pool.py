@@ -21,7 +21,7 @@ from ian.errors import ConfigError, EvaluationError
 from ian.evaluators import get_evaluator
 from ian.identity import Identity
 from ian.ledger.block_apply import apply_blocks
-from ian.ledger.evaluation_pool import EvaluationPool, usable_cores, workers_from
+from ian.ledger.evaluation_pool import EvaluationPool, usable_cores
 from ian.ledger.sequencer import build_block
 from ian.storage.store import Store
 
@@ -91,17 +91,6 @@ def pool():
 # -- configuration -------------------------------------------------------------------------------
 
 
-def test_workers_from_setting() -> None:
-    assert workers_from(None) == usable_cores() == len(os.sched_getaffinity(0))
-    assert workers_from("") == usable_cores()
-    assert workers_from("0") == 0
-    assert workers_from(" 3 ") == 3
-    assert workers_from(1) == 1
-    for bad in ("-1", "two", "1.5", True, -2):
-        with pytest.raises(ConfigError, match="IAN_EVALUATION_WORKERS"):
-            workers_from(bad)
-
-
 def test_evaluation_workers_setting_from_env() -> None:
     assert load_settings(env={}).evaluation_workers is None  # one per usable core
     assert load_settings(env={"IAN_EVALUATION_WORKERS": ""}).evaluation_workers is None
@@ -110,7 +99,7 @@ def test_evaluation_workers_setting_from_env() -> None:
     for bad in ("-1", "many", "true", "1000"):
         with pytest.raises(ConfigError, match="IAN_EVALUATION_WORKERS"):
             load_settings(env={"IAN_EVALUATION_WORKERS": bad})
-    assert EvaluationPool(None).workers == usable_cores()
+    assert EvaluationPool(None).workers == usable_cores() == len(os.sched_getaffinity(0))
 
 
 def test_one_worker_or_none_means_in_process() -> None:
