@@ -179,6 +179,15 @@ class Settings(BaseSettings):
         "CIDRs of reverse proxies whose X-Forwarded-For is trusted (env: comma-separated).",
         "a list of IP networks (CIDR)",
     )
+    api_workers: Int = _f(
+        0,
+        # Measured with bench/http_bench.py --api-workers: see the README's performance table.
+        "Processes that serve the HTTP API's POST /contribute in front of the node, which "
+        "then serves every other request they hand it (0: the node's process serves all of it).",
+        "an integer 0..64",
+        ge=0,
+        le=64,
+    )
     contributor_rate: Float = _f(
         0.1, "Contributions per second allowed per contributor.", "a number > 0", gt=0
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as _dist_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -48,7 +48,7 @@ from ian.ledger.genesis_exchange import GenesisExchange
 from ian.ledger.intake import Intake
 from ian.ledger.recovery import load_chain_state, open_chain_state
 from ian.ledger.replication import Replicator
-from ian.ledger.sequencer import BatchResult, Sequencer
+from ian.ledger.sequencer import BatchResult, OnDone, Sequencer
 from ian.log_setup import set_level
 from ian.maintenance.backup import read_last_backup
 from ian.maintenance.cert_rotation import (
@@ -68,6 +68,10 @@ from ian.storage.datadir import DataDir, init_data_dir, read_api_token, read_gen
 from ian.storage.lock import NodeLock, maintenance_lock
 from ian.storage.store import Store
 from ian.tau import TauBridge
+
+if TYPE_CHECKING:
+    from ian.api.fronts import ApiFronts
+    from ian.api.server import ApiServer
 
 log = logging.getLogger("ian.node")
 
@@ -154,6 +158,7 @@ class Node:
         self.consensus: ConsensusDriver | None = None
         self.bridge: ChainBridge | None = None
         self._tg: TaskGroup | None = None  # the running services (a late consensus joins it)
+        self.api_server: ApiServer | None = None  # while running
         self._peer_seen = anyio.Event()
         self.views: dict[str, GoalView] = {}
         self.head: tuple[int, bytes] = (state.height, state.head_hash)
@@ -605,6 +610,11 @@ class Node:
             log.critical("fork evidence kept in %s", path)
         self.metrics.fork_evidence.inc()
 
+    @property
+    def api_fronts(self) -> ApiFronts | None:
+        """The API front processes (``api_workers``), while the node runs with some."""
+        return self.api_server.fronts if self.api_server is not None else None
+
     def http_ban_reason(self, ip: str) -> str | None:
         """Why ``ip`` may not use the HTTP API or the event stream (an IP/CIDR ban from
         ``ian peers ban``, shared with P2P), or None. 127.0.0.1 and ::1 are never refused, so
@@ -640,6 +650,29 @@ class Node:
             self._refuse_while_catching_up()
             return await self.sequencer.submit(c)
         return await self.replicator.forward(c)
+
+    def submit_soon(self, c: Contribution, on_done: OnDone) -> None:
+        """:meth:`_submit` without waiting: ``on_done`` gets the outcome or the error. Errors
+        known at once (catching up, a full queue) are raised here."""
+        sequencing = self._sequencing() if self.consensus is not None else None
+        if sequencing is None and self._role == "sequencer":
+            self._refuse_while_catching_up()
+            sequencing = True
+        if sequencing:
+            self.sequencer.enqueue(c, on_done)
+            return
+        if self._tg is None:
+            raise UnavailableError("the node is not running")
+
+        async def forward() -> None:
+            try:
+                outcome = await self._submit(c)
+            except Exception as exc:
+                on_done(None, exc)
+            else:
+                on_done(outcome, None)
+
+        self._tg.start_soon(forward)
 
     async def _handle_forward(self, c: Contribution, peer: PeerInfo, token: str | None) -> Outcome:
         """A peer forwarded ``c``: the same gate as ``POST /contribute``, then sequence it.
@@ -894,6 +927,7 @@ class Node:
             async with anyio.create_task_group() as outer:
                 await outer.start(self.sequencer.run)
                 api = ApiServer(self, self.settings.api_host, self.settings.api_port)
+                self.api_server = api
                 ws_host, ws_port = self.settings.api_host, self.settings.ws_port
                 ws = EventStreamServer(
                     self.events,

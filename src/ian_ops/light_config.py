@@ -53,6 +53,7 @@ NUMBERS: dict[str, tuple[type, float | None, float | None, float | None]] = {
     "api_port": (int, 0, None, 65535),
     "p2p_port": (int, 0, None, 65535),
     "ws_port": (int, 0, None, 65535),
+    "api_workers": (int, 0, None, 64),
     "contributor_rate": (float, None, 0, None),
     "contributor_burst": (int, 1, None, None),
     "client_rate": (float, None, 0, None),

@@ -6,27 +6,40 @@ import functools
 import hmac
 import ipaddress
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ian.api.responses import request_error_response
 from ian.errors import AuthError
 
+if TYPE_CHECKING:
+    from ian.node import Node
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def bearer(request: Request) -> str | None:
-    value = request.headers.get("authorization", "")
+    return _bearer_of(request.headers.get("authorization", ""))
+
+
+def _bearer_of(value: str) -> str | None:
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token else None
 
 
 def check_token(request: Request, expected: str | None) -> None:
     """Raise AuthError (401 missing, 403 wrong) unless ``expected`` is None or matches."""
+    check_bearer(request.headers.get("authorization"), expected)
+
+
+def check_bearer(authorization: str | None, expected: str | None) -> None:
+    """:func:`check_token` for the value of an ``Authorization`` header (None: absent)."""
     if expected is None:
         return
-    given = bearer(request)
+    given = _bearer_of(authorization or "")
     if given is None:
         raise AuthError("a bearer token is required (Authorization: Bearer <token>)")
     if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -55,26 +68,20 @@ def trusted_networks(
     return [ipaddress.ip_network(p, strict=False) for p in proxies]
 
 
-def client_address(
-    request: Request, proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> str:
-    """The client's address; X-Forwarded-For is believed only from a trusted proxy."""
-    host = request.client.host if request.client else "unknown"
-    if not proxies or host == "unknown":
-        return host
-    return _forwarded_address(host, request.headers.get("x-forwarded-for"), proxies)
-
-
-def _forwarded_address(
+def forwarded_address(
     host: str,
     forwarded: str | None,
     proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
 ) -> str:
+    """The client's address: the socket's ``host``, or the last ``X-Forwarded-For`` hop when
+    ``host`` is a trusted proxy (X-Forwarded-For from anyone else is not believed)."""
+    if not proxies or host == "unknown" or not forwarded:
+        return host
     try:
         trusted = any(ipaddress.ip_address(host) in net for net in proxies)
     except ValueError:
         trusted = False
-    if trusted and forwarded:
+    if trusted:
         return forwarded.split(",")[-1].strip() or host
     return host
 
@@ -92,17 +99,25 @@ class BanGuard:
             node = scope["app"].state.node
             client = scope.get("client")
             host = client[0] if client else "unknown"
-            proxies = trusted_networks(tuple(node.settings.trusted_proxies))
-            if proxies and host != "unknown":
-                host = _forwarded_address(
-                    host, Request(scope).headers.get("x-forwarded-for"), proxies
-                )
-            why = node.http_ban_reason(host)
-            if why is not None:
-                exc = AuthError(f"this address is banned: {why}", forbidden=True, code="banned")
-                await request_error_response(exc)(scope, receive, send)
+            forwarded = None
+            if host != "unknown" and node.settings.trusted_proxies:
+                forwarded = Request(scope).headers.get("x-forwarded-for")
+            refusal = ban_refusal(node, host, forwarded)
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def ban_refusal(node: Node, host: str, forwarded: str | None) -> JSONResponse | None:
+    """The 403 for a client at ``host`` (the socket's address; ``forwarded``: its
+    X-Forwarded-For) whose address is banned, or None."""
+    proxies = trusted_networks(tuple(node.settings.trusted_proxies))
+    why = node.http_ban_reason(forwarded_address(host, forwarded, proxies))
+    if why is None:
+        return None
+    exc = AuthError(f"this address is banned: {why}", forbidden=True, code="banned")
+    return request_error_response(exc)
 
 
 class AdminGuard:

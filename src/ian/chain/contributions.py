@@ -45,7 +45,8 @@ def wire_size_bound(parameters_bytes: int, metadata_bytes: int = MAX_METADATA_BY
 class Contribution:
     """A submitted agent pack that passed stateless validation.
 
-    ``parsed`` is the evaluator's parsed form of ``parameters`` (not part of consensus).
+    ``parsed`` is the evaluator's parsed form of ``parameters`` and ``evaluated`` its result,
+    when known (neither is part of consensus).
     """
 
     goal_id: str
@@ -57,6 +58,9 @@ class Contribution:
     pack_hash: bytes
     metadata_json: str = field(default="{}", compare=False)  # canonical JSON of metadata
     parsed: Any = field(default=None, compare=False)
+    #: its evaluator's raw result (:data:`ian.chain.evaluation.RawResult`), when it was already
+    #: evaluated on its way in (by the node's own API front, :mod:`ian.api.front_process`)
+    evaluated: Any = field(default=None, compare=False)
 
     def wire_size(self) -> int:
         """An upper bound of this contribution's size in a P2P frame."""

@@ -59,7 +59,10 @@ class Evaluation:
 
 
 def evaluate_contribution(spec: GoalSpec, evaluator: Evaluator, c: Contribution) -> Evaluation:
-    """Step 1 for one contribution, in this process (deterministic, may take milliseconds)."""
+    """Step 1 for one contribution, in this process (deterministic, may take milliseconds), or
+    from the result it came with (``c.evaluated``, made by the same evaluator elsewhere)."""
+    if c.evaluated is not None:
+        return finish(spec, c.evaluated)
     try:
         parsed = c.parsed if c.parsed is not None else evaluator.check(c.parameters, c.metadata)
         metrics = evaluator.evaluate(parsed)

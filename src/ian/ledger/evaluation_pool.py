@@ -123,7 +123,11 @@ class EvaluationPool:
             else None
         )
         if costly:
-            remote = [i for i, c in enumerate(contributions) if c.goal_id in costly]
+            remote = [
+                i
+                for i, c in enumerate(contributions)
+                if c.goal_id in costly and c.evaluated is None
+            ]
             if len(remote) < self.min_batch:
                 remote = []
         pending = self._submit(goals, contributions, remote) if remote else None

@@ -140,7 +140,10 @@ class Intake:
         return c
 
     async def submit(self, c: Contribution) -> Outcome:
-        outcome = await self._submit(c)
+        return self.settle(c, await self._submit(c))
+
+    def settle(self, c: Contribution, outcome: Outcome) -> Outcome:
+        """Count ``c``'s ``outcome``; a duplicate found by the sequencer is a DuplicateError."""
         if outcome.rejection_type == "duplicate":
             raise DuplicateError(outcome.reason, field="agent_pack")
         counters = self.counters.setdefault(c.goal_id, GoalCounters())

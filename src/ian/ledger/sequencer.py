@@ -36,15 +36,32 @@ from ian.storage.store import NewEntry, Store
 log = logging.getLogger("ian.ledger.sequencer")
 
 
-class _Pending:
-    __slots__ = ("contribution", "done", "error", "outcome", "size")
+#: called on the event loop with a contribution's outcome, or the error that stopped it
+OnDone = Callable[[Outcome | None, BaseException | None], None]
 
-    def __init__(self, contribution: Contribution) -> None:
+
+class _Pending:
+    __slots__ = ("contribution", "done", "error", "on_done", "outcome", "size")
+
+    def __init__(self, contribution: Contribution, on_done: OnDone | None = None) -> None:
         self.contribution = contribution
         self.size = contribution.wire_size()  # bytes it will take in a block on the wire
-        self.done = anyio.Event()
+        #: set when answered (for submit); None when ``on_done`` is told instead (enqueue)
+        self.done = anyio.Event() if on_done is None else None
+        self.on_done = on_done
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
+
+    def finish(self, outcome: Outcome | None, error: BaseException | None = None) -> None:
+        self.outcome, self.error = outcome, error
+        if self.done is not None:
+            self.done.set()
+            return
+        assert self.on_done is not None
+        try:
+            self.on_done(outcome, error)
+        except Exception:
+            log.exception("answering a contribution failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +219,23 @@ class Sequencer:
 
     async def submit(self, contribution: Contribution) -> Outcome:
         """Queue ``contribution``; returns once it is rejected or durably accepted."""
+        pending = self._queue(_Pending(contribution))
+        assert pending.done is not None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def enqueue(self, contribution: Contribution, on_done: OnDone) -> None:
+        """Queue ``contribution`` without waiting: ``on_done`` is called, on the event loop,
+        once it is rejected or durably accepted (or could not be). Raises what :meth:`submit`
+        raises before queueing (the queue is full, the node is shutting down)."""
+        self._queue(_Pending(contribution, on_done))
+
+    def _queue(self, pending: _Pending) -> _Pending:
         if self._closed:
             raise UnavailableError("the node is shutting down")
-        pending = _Pending(contribution)
         if self._queued_bytes + pending.size > self.max_queued_bytes:
             raise UnavailableError("the sequencer queue is full", retry_after=1.0)
         try:
@@ -214,11 +245,7 @@ class Sequencer:
             raise UnavailableError("the sequencer queue is full", retry_after=1.0) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise UnavailableError("the node is shutting down") from None
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.outcome is not None
-        return pending.outcome
+        return pending
 
     @property
     def closed(self) -> bool:
@@ -323,6 +350,8 @@ class Sequencer:
         if self._commit is not None or not isinstance(pool, EvaluationPool) or not pool.parallel:
             return None
         contributions = [p.contribution for p in batch]
+        if all(c.evaluated is not None for c in contributions):
+            return None  # evaluated on the way in (API fronts): nothing for the workers
         return await anyio.to_thread.run_sync(pool.submit, self.state.goals, contributions)
 
     async def _process(self, batch: list[_Pending], evaluating: BatchEvaluation | None) -> None:
@@ -337,26 +366,22 @@ class Sequencer:
                 )
         except UnavailableError as exc:
             for p in batch:
-                p.error = exc
-                p.done.set()
+                p.finish(None, exc)
             return
         except IanError as exc:
             log.error("block commit failed: %s", exc)
             error = UnavailableError(f"could not commit the block: {exc.message}")
             for p in batch:
-                p.error = error
-                p.done.set()
+                p.finish(None, error)
             return
         except Exception as exc:
             log.exception("block commit failed")
             error = UnavailableError(f"could not commit the block: {exc}")
             for p in batch:
-                p.error = error
-                p.done.set()
+                p.finish(None, error)
             return
         for p, outcome in zip(batch, result.outcomes, strict=True):
-            p.outcome = outcome
-            p.done.set()
+            p.finish(outcome)
         if self._on_batch is not None:
             self._on_batch(result, time.perf_counter() - started)
 

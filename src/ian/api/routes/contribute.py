@@ -13,23 +13,28 @@ same :func:`contribute_response`; the route stays, as the documented operation.
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from fastapi import APIRouter, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ian.api import models as m
-from ian.api.auth import check_token, client_address, trusted_networks
+from ian.api.auth import check_bearer, forwarded_address, trusted_networks
 from ian.api.contribute_body import parse_contribute_body
 from ian.api.deps import NodeDep
-from ian.api.responses import request_error_response
+from ian.api.responses import error_response, request_error_response
+from ian.chain.contributions import Contribution
+from ian.chain.state import Outcome
 from ian.errors import PayloadTooLargeError, RequestError
 
 if TYPE_CHECKING:
     from ian.node import Node
 
+log = logging.getLogger("ian.api")
 router = APIRouter(tags=["contributions"])
 _encode = msgspec.json.Encoder().encode
 
@@ -54,23 +59,74 @@ async def contribute(request: Request, node: NodeDep) -> Response:
 
 async def contribute_response(request: Request, node: Node) -> Response:
     """The whole of ``POST /api/v1/contribute``: the answer, errors included (the route, and
-    :class:`ian.api.fast_path.ContributeFastPath` in front of the framework, both serve this)."""
+    :class:`ContributeFastPath` in front of the framework, both serve this)."""
+    max_body = node.settings.max_request_bytes
+    return await contribute_answer(
+        node,
+        request.client.host if request.client else "unknown",
+        request.headers,
+        lambda: read_body(request, max_body),
+    )
+
+
+async def contribute_answer(
+    node: Node,
+    peer: str,
+    headers: Mapping[str, str],
+    body: Callable[[], Awaitable[bytes]],
+) -> Response:
+    """``POST /api/v1/contribute`` from the client at ``peer`` (the socket's address) with
+    these ``headers`` (lower-case names), reading the body only once the token and the client's
+    rate limit are checked: the answer, errors included."""
     started = time.perf_counter()
-    settings = node.settings
-    max_body = settings.max_request_bytes
     intake = node.intake
-    goal_id: str | None = None
+    tally = _Tally(node)
     try:
-        check_token(request, node.settings_token)
-        proxies = trusted_networks(tuple(settings.trusted_proxies))
-        intake.check_client(client_address(request, proxies))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            raise PayloadTooLargeError(f"request body is larger than {max_body} bytes")
-        fields = parse_contribute_body(await read_body(request, max_body))
-        goal_id = fields.goal_id
-        intake.received(goal_id)
-        c = intake.prepare(
+        check_caller(node, peer, headers)
+        c = tally.admit(await body())
+        outcome = await intake.submit(c)
+    except RequestError as exc:
+        return tally.refused(exc)
+    return accepted_answer(node, outcome, started)
+
+
+def check_caller(node: Node, peer: str, headers: Mapping[str, str]) -> None:
+    """What is checked before the body is read: the token, the client's rate limit (by its
+    address, X-Forwarded-For believed from trusted proxies only) and the declared length."""
+    settings = node.settings
+    check_bearer(headers.get("authorization"), node.settings_token)
+    proxies = trusted_networks(tuple(settings.trusted_proxies))
+    node.intake.check_client(forwarded_address(peer, headers.get("x-forwarded-for"), proxies))
+    length = headers.get("content-length")
+    max_body = settings.max_request_bytes
+    if length is not None and length.isdigit() and int(length) > max_body:
+        raise PayloadTooLargeError(f"request body is larger than {max_body} bytes")
+
+
+def accepted_answer(node: Node, outcome: Outcome, started: float) -> Response:
+    """The 200 for a contribution the sequencer decided (accepted or rejected by its goal)."""
+    node.metrics.contribute_latency.observe(time.perf_counter() - started)
+    # The fields of ContributeResponse, in its order.
+    return Response(_encode(outcome.to_result()), media_type="application/json")
+
+
+class _Tally:
+    """Counts one request once: received (under its goal once the body names one), and
+    refused when it fails."""
+
+    __slots__ = ("goal_id", "node")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.goal_id: str | None = None
+
+    def admit(self, body: bytes) -> Contribution:
+        """The contribution ``body`` describes, admitted by the intake (not yet queued)."""
+        fields = parse_contribute_body(body)
+        self.goal_id = fields.goal_id
+        intake = self.node.intake
+        intake.received(fields.goal_id)
+        return intake.prepare(
             goal_id=fields.goal_id,
             version=fields.version,
             parameters=fields.parameters,
@@ -78,15 +134,50 @@ async def contribute_response(request: Request, node: Node) -> Response:
             contributor_id=fields.contributor_id,
             seed=fields.seed,
         )
-        outcome = await intake.submit(c)
-    except RequestError as exc:
-        if goal_id is None:
+
+    def refused(self, exc: RequestError) -> Response:
+        intake = self.node.intake
+        if self.goal_id is None:
             intake.received(None)
-        intake.refused(goal_id, exc)
+        intake.refused(self.goal_id, exc)
         return request_error_response(exc)
-    node.metrics.contribute_latency.observe(time.perf_counter() - started)
-    # The fields of ContributeResponse, in its order.
-    return Response(_encode(outcome.to_result()), media_type="application/json")
+
+
+def contribute_soon(
+    node: Node,
+    peer: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    answer: Callable[[Response], None],
+    evaluated: Any = None,
+) -> None:
+    """:func:`contribute_answer` for a body already read, without waiting: ``answer`` gets the
+    response (at once for a refusal, once the contribution is decided otherwise). What an API
+    front's requests get (:mod:`ian.api.fronts`): no task per request. ``evaluated``: the
+    pack's evaluation, made by the front (``Contribution.evaluated``)."""
+    started = time.perf_counter()
+    tally = _Tally(node)
+    try:
+        check_caller(node, peer, headers)
+        c = tally.admit(body)
+        c.evaluated = evaluated
+
+        def decided(outcome: Outcome | None, error: BaseException | None) -> None:
+            if error is None:
+                assert outcome is not None
+                try:
+                    answer(accepted_answer(node, node.intake.settle(c, outcome), started))
+                except RequestError as exc:
+                    answer(tally.refused(exc))
+            elif isinstance(error, RequestError):
+                answer(tally.refused(error))
+            else:
+                log.error("contribution failed", exc_info=error)
+                answer(error_response(500, "internal", "internal error; see the node's log"))
+
+        node.submit_soon(c, decided)
+    except RequestError as exc:
+        answer(tally.refused(exc))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,0 +1,357 @@
+"""An API front: a process that takes HTTP work off the node's process (``api_workers``).
+
+The node starts its fronts (:mod:`ian.api.fronts`) and stops accepting on the API's port
+itself; the fronts accept there. A front reads requests and serves exactly one kind by itself —
+a plain ``POST /api/v1/contribute`` (HTTP/1.1, ``Content-Length`` within ``max_request_bytes``,
+no ``Expect``, no ``Transfer-Encoding``, no upgrade, printable headers) — by sending the node
+the client's address, its ``Authorization`` and ``X-Forwarded-For`` and the body, and writing
+out the answer the node sends back, byte for byte what the node would have answered. Every
+check (ban, token, rate limits, body, duplicates, sequencing) is the node's: a front parses HTTP
+and holds no state. Any other request, or anything the front's strict reading does not accept,
+and the connection is handed to the node whole (its descriptor and the bytes read so far), and
+the node serves it as if it had accepted it: reads, admin, metrics, errors, 431 and 400s.
+
+What a front holds is bounded: a request head of 64 KiB plus one read, a body of
+``max_request_bytes``, per connection. It exits when the node closes its channel (the node
+stopped or died) and, on SIGTERM, once the requests it is serving are answered (SIGINT is the
+node's to handle).
+
+A front also evaluates the pack of each contribute request whose goal has a costly evaluator
+(the demo back-test, any real one): evaluation is pure and stateless, so the fronts do it in
+parallel, and the node takes the result (:attr:`ian.chain.contributions.Contribution.evaluated`)
+instead of evaluating the pack again. The fronts are the node's own processes, running its code.
+
+Run by the node as ``python -m ian.api.front_process --listen-fd N --channel-fd N
+--handoff-fd N --max-body N --max-parameters N --goals JSON``. No node and no web framework
+in here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.utils
+import json
+import re
+import signal
+import socket
+import sys
+import time
+from http import HTTPStatus
+
+from ian.api import front_wire as wire
+
+#: the one request line a front serves itself
+_CONTRIBUTE = b"POST /api/v1/contribute HTTP/1.1"
+#: request line + headers, at most (the node answers 431 past it: ian.api.http_limits)
+MAX_HEAD_BYTES = 64 * 1024
+_READ = 65536
+#: a control character in a header line (the node's parser answers 400 to it)
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: how long, on SIGTERM, requests being served may take to be answered
+GRACE_S = 5.0
+
+
+class Head:
+    """What a front needs of a contribute request's head."""
+
+    __slots__ = ("authorization", "close", "forwarded", "length")
+
+    def __init__(
+        self, length: int, close: bool, authorization: str | None, forwarded: str | None
+    ) -> None:
+        self.length = length
+        self.close = close
+        self.authorization = authorization
+        self.forwarded = forwarded
+
+
+def parse_head(head: bytes) -> Head | None:
+    """The head (request line and headers, without the blank line) of a contribute request a
+    front may serve; None for anything else (the node serves it, and judges it)."""
+    lines = head.split(b"\r\n")
+    if lines[0] != _CONTRIBUTE:
+        return None
+    length: int | None = None
+    close = False
+    authorization: str | None = None
+    forwarded: str | None = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name.strip(b" \t") != name or b" " in name:
+            return None  # obs-fold, a space before the colon, no colon: the node's to refuse
+        if _CONTROL.search(line):
+            return None
+        name = name.lower()
+        value = value.strip(b" \t")
+        if name == b"content-length":
+            if length is not None or not value.isdigit() or len(value) > 15:
+                return None
+            length = int(value)
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+        elif name == b"connection":
+            tokens = {t.strip(b" \t").lower() for t in value.split(b",")}
+            if b"upgrade" in tokens:
+                return None
+            close = close or b"close" in tokens
+        elif name == b"authorization":
+            if authorization is None:
+                authorization = value.decode("latin-1")
+        elif name == b"x-forwarded-for" and forwarded is None:
+            forwarded = value.decode("latin-1")
+    if length is None:
+        return None
+    return Head(length, close, authorization, forwarded)
+
+
+_reasons: dict[int, bytes] = {}
+_date: tuple[int, bytes] = (0, b"")
+
+
+def _date_header() -> bytes:
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n")
+    return _date[1]
+
+
+def render(answer: wire.Answer, close: bool) -> bytes:
+    """The HTTP/1.1 response for the node's ``answer`` (as the node's server writes it)."""
+    _, status, headers, body = answer
+    reason = _reasons.get(status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b""
+        _reasons[status] = reason
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), _date_header()]
+    parts.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+class PackEvaluator:
+    """Evaluates the pack of a contribute body, for goals whose evaluator is costly: stateless
+    work the node's process then need not do (it applies the goal's thresholds itself). The
+    same code as the node's evaluation workers (:func:`ian.chain.evaluation.run_jobs`)."""
+
+    def __init__(self, goals: dict[str, str], max_parameters: int) -> None:
+        self.goals = goals  # goal id -> evaluator name
+        self.max_parameters = max_parameters
+
+    def __call__(self, body: bytes) -> wire.Evaluated:
+        """The evaluation of ``body``'s pack; None when it is not one to evaluate here (another
+        goal, metadata, anything the node will refuse or judge itself)."""
+        if not self.goals:
+            return None
+        from ian.api.contribute_body import parse_plain_body
+        from ian.chain.contributions import decode_parameters
+        from ian.chain.evaluation import run_jobs
+        from ian.errors import IanError
+
+        fields = parse_plain_body(body)
+        if fields is None:
+            return None
+        name = self.goals.get(fields.goal_id)
+        if name is None:
+            return None
+        try:
+            parameters = decode_parameters(fields.parameters, max_bytes=self.max_parameters)
+        except IanError:
+            return None
+        ((kind, value),) = run_jobs([(name, parameters, {}, None)])
+        if kind == "ok":
+            return ("ok", value)
+        if kind == "invalid":
+            return ("invalid", value)
+        return None  # an evaluator's bug: the node evaluates it and fails the same way
+
+
+class Front:
+    def __init__(
+        self,
+        listener: socket.socket,
+        channel: socket.socket,
+        handoff: socket.socket,
+        max_body: int,
+        evaluate: PackEvaluator,
+    ) -> None:
+        self.listener = listener
+        self.channel = channel
+        self.handoff = handoff
+        self.max_body = max_body
+        self.evaluate = evaluate
+        self._asks: dict[int, asyncio.Future[wire.Answer]] = {}
+        self._next_id = 0
+        self._writer: asyncio.StreamWriter | None = None
+        #: connection tasks, and whether each is idle (waiting for a request to begin)
+        self._connections: dict[asyncio.Task[None], bool] = {}
+        self._stopping = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader, self._writer = await asyncio.open_unix_connection(
+            sock=self.channel, limit=wire.max_frame(self.max_body)
+        )
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        answers = asyncio.create_task(self._read_answers(reader))
+        accepting = asyncio.create_task(self._accept())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({answers, accepting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        accepting.cancel()
+        self.listener.close()
+        if not answers.done():  # SIGTERM: answer what is being served, then go
+            self._stopping = True
+            for task, idle in list(self._connections.items()):
+                if idle:
+                    task.cancel()
+            if self._connections:
+                await asyncio.wait(set(self._connections), timeout=GRACE_S)
+        for task in list(self._connections):
+            task.cancel()
+        answers.cancel()
+        stopped.cancel()
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        """Answers from the node, to whoever asked; returns when the node closes the channel."""
+        limit = wire.max_frame(self.max_body)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                (size,) = wire.HEADER.unpack(await reader.readexactly(wire.HEADER.size))
+                if size > limit:
+                    print(f"ian api front: an answer of {size} bytes; stopping", file=sys.stderr)
+                    return
+                answer = wire.decode_answer(await reader.readexactly(size))
+                waiter = self._asks.pop(answer[0], None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(answer)
+
+    async def _ask(self, peer: str, head: Head, body: bytes) -> wire.Answer:
+        assert self._writer is not None
+        self._next_id += 1
+        rid = self._next_id
+        waiter: asyncio.Future[wire.Answer] = asyncio.get_running_loop().create_future()
+        self._asks[rid] = waiter
+        try:
+            ask = (rid, peer, head.authorization, head.forwarded, body, self.evaluate(body))
+            self._writer.write(wire.encode(ask))
+            await self._writer.drain()
+            return await waiter
+        finally:
+            self._asks.pop(rid, None)
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(self.listener)
+            except OSError as exc:  # EMFILE and the like: the node's server would log and wait
+                print(f"ian api front: accept failed: {exc}", file=sys.stderr)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(self._serve(conn, str(address[0])))
+            self._connections[task] = True
+            task.add_done_callback(self._connections.pop)
+
+    def _idle(self, idle: bool) -> None:
+        task = asyncio.current_task()
+        if task in self._connections:
+            self._connections[task] = idle
+
+    async def _serve(self, conn: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
+        kept = True
+        try:
+            while True:
+                searched = 0
+                while (end := buf.find(b"\r\n\r\n", max(0, searched - 3))) < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        kept = not await self._hand_off(conn, buf)
+                        return
+                    searched = len(buf)
+                    self._idle(not buf)
+                    data = await loop.sock_recv(conn, _READ)
+                    self._idle(False)
+                    if not data:
+                        return
+                    buf += data
+                head = parse_head(bytes(buf[:end])) if end <= MAX_HEAD_BYTES else None
+                if head is None or head.length > self.max_body:
+                    kept = not await self._hand_off(conn, buf)
+                    return
+                total = end + 4 + head.length
+                while len(buf) < total:
+                    data = await loop.sock_recv(conn, max(_READ, total - len(buf)))
+                    if not data:
+                        return
+                    buf += data
+                body = bytes(buf[end + 4 : total])
+                del buf[:total]
+                answer = await self._ask(peer, head, body)
+                close = head.close or self._stopping
+                await loop.sock_sendall(conn, render(answer, close))
+                if close:
+                    return
+        except (ConnectionError, TimeoutError):
+            return
+        finally:
+            if kept:
+                conn.close()
+
+    async def _hand_off(self, conn: socket.socket, data: bytearray) -> bool:
+        """Give ``conn`` and the ``data`` read from it to the node; False if that failed."""
+        message = b"H" + bytes(data)
+        for _ in range(200):  # a full hand-off socket: the node is reading, wait a little
+            try:
+                socket.send_fds(self.handoff, [message], [conn.fileno()])
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+                continue
+            except OSError as exc:
+                print(f"ian api front: hand-off failed: {exc}", file=sys.stderr)
+                return False
+            conn.close()
+            return True
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ian.api.front_process")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--handoff-fd", type=int, required=True)
+    parser.add_argument("--max-body", type=int, required=True)
+    parser.add_argument("--max-parameters", type=int, required=True)
+    parser.add_argument(
+        "--goals", default="{}", help="JSON: goal id -> evaluator name, the goals to evaluate"
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's; it stops the fronts
+    listener = socket.socket(fileno=args.listen_fd)
+    listener.setblocking(False)
+    channel = socket.socket(fileno=args.channel_fd)
+    handoff = socket.socket(fileno=args.handoff_fd)
+    handoff.setblocking(False)
+    evaluate = PackEvaluator(json.loads(args.goals), args.max_parameters)
+    front = Front(listener, channel, handoff, args.max_body, evaluate)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with the node's dependencies
+        asyncio.run(front.run())
+    else:
+        uvloop.run(front.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

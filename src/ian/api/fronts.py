@@ -1,0 +1,284 @@
+"""The node's side of its API fronts (``api_workers``; the fronts: :mod:`ian.api.front_process`).
+
+One node process is bound by the GIL to about one core, and most of its time per
+``POST /contribute`` is HTTP: reading, parsing, writing. With ``api_workers = N`` the node starts
+N front processes on the API's listening socket and accepts nothing there itself. For each
+front it:
+
+- answers the contribute requests the front sends over its channel with
+  :func:`ian.api.routes.contribute.contribute_answer`, after the same ban check
+  :class:`ian.api.auth.BanGuard` makes: one implementation of the route, whoever holds the
+  connection;
+- serves the connections the front hands over (any other request) with the API's own server:
+  the descriptor becomes a connection of the node's uvicorn, fed the bytes the front read;
+- starts the front again when it dies (after 0.5 s, doubling to 30 s while it keeps dying
+  young), and on shutdown sends it SIGTERM, waits for it to answer what it is serving (5 s),
+  then kills it.
+
+A front holds no state, so one that dies loses only the connections it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import uvicorn
+from anyio.abc import (
+    Process,
+    TaskGroup,
+    TaskStatus,
+    UNIXSocketStream,
+)
+from anyio.streams.buffered import BufferedByteReceiveStream
+from starlette.responses import Response
+
+from ian.api import front_wire as wire
+from ian.api.auth import ban_refusal
+from ian.api.front_process import GRACE_S
+from ian.api.http_limits import BoundedHttpToolsProtocol
+from ian.api.responses import error_response
+from ian.api.routes.contribute import contribute_soon
+
+if TYPE_CHECKING:
+    from ian.node import Node
+
+log = logging.getLogger("ian.api.fronts")
+
+#: socket buffer of the hand-off pair: a hand-off message must fit whole
+_HANDOFF_BUFFER = 4 * wire.HANDOFF_MAX_BYTES
+_FIRST_BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 30.0
+#: a front that ran this long before dying was not dying young: restart it quickly
+_HEALTHY_S = 10.0
+
+
+class ApiFronts:
+    """``count`` front processes accepting on ``listener`` for ``node``'s API ``server``."""
+
+    def __init__(
+        self, node: Node, server: uvicorn.Server, listener: socket.socket, count: int
+    ) -> None:
+        self.node = node
+        self.server = server
+        self.listener = listener
+        self.count = count
+        self.max_body = node.settings.max_request_bytes
+        self._processes: dict[int, Process] = {}
+        self._stopping = anyio.Event()
+        self.started = 0  # front processes started, restarts included
+        #: set (and replaced) whenever a front process starts
+        self.changed = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep the fronts running until :meth:`stop`; started once the first ones are up."""
+        async with anyio.create_task_group() as tg:
+            for slot in range(self.count):
+                await tg.start(self._keep, slot)
+            task_status.started()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes.values()]
+
+    async def stop(self) -> None:
+        """SIGTERM every front, wait up to the grace period, then kill what is left."""
+        self._stopping.set()
+        for process in list(self._processes.values()):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(GRACE_S + 1):
+            for process in list(self._processes.values()):
+                await process.wait()
+        for process in list(self._processes.values()):
+            if process.returncode is None:
+                process.kill()
+
+    async def _keep(self, slot: int, *, task_status: TaskStatus[None]) -> None:
+        backoff = _FIRST_BACKOFF_S
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            code = await self._run_one(slot, task_status)
+            task_status = anyio.TASK_STATUS_IGNORED
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - began >= _HEALTHY_S:
+                backoff = _FIRST_BACKOFF_S
+            log.error(
+                "API front %d exited with code %s; starting it again in %.1fs", slot, code, backoff
+            )
+            await anyio.sleep(backoff)
+            backoff = min(_MAX_BACKOFF_S, backoff * 2)
+
+    async def _run_one(self, slot: int, task_status: TaskStatus[None]) -> int | None:
+        """Start one front, serve it until it exits; its exit code."""
+        channel, channel_front = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        handoff, handoff_front = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (handoff, handoff_front):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _HANDOFF_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _HANDOFF_BUFFER)
+        fds = (self.listener.fileno(), channel_front.fileno(), handoff_front.fileno())
+        try:
+            process = await anyio.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "ian.api.front_process",
+                    "--listen-fd",
+                    str(fds[0]),
+                    "--channel-fd",
+                    str(fds[1]),
+                    "--handoff-fd",
+                    str(fds[2]),
+                    "--max-body",
+                    str(self.max_body),
+                    "--max-parameters",
+                    str(self.node.settings.max_parameters_bytes),
+                    "--goals",
+                    json.dumps(self._costly_goals()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=None,
+                stderr=None,
+                pass_fds=fds,
+                env=os.environ.copy(),
+            )
+        finally:
+            channel_front.close()
+            handoff_front.close()
+        self._processes[slot] = process
+        self.started += 1
+        self.changed.set()
+        self.changed = anyio.Event()
+        task_status.started()
+        stream = await UNIXSocketStream.from_socket(channel)
+        handoff.setblocking(False)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._adopt_connections, handoff)
+                await self._serve_channel(stream, tg)
+                tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                code: int | None = await process.wait()
+        finally:
+            handoff.close()
+            await stream.aclose()
+            if process.returncode is None:
+                process.kill()
+                with anyio.CancelScope(shield=True):
+                    await process.wait()
+        return code
+
+    def _costly_goals(self) -> dict[str, str]:
+        """The goals whose packs a front evaluates: id -> evaluator name."""
+        return {
+            gid: goal.spec.evaluator
+            for gid, goal in self.node.state.goals.items()
+            if getattr(goal.evaluator, "costly", False)
+        }
+
+    async def _serve_channel(self, stream: UNIXSocketStream, tg: TaskGroup) -> None:
+        """Answer the front's asks until it closes the channel."""
+        reader = BufferedByteReceiveStream(stream)
+        limit = wire.max_frame(self.max_body)
+        out = _Answers()
+        tg.start_soon(out.write_to, stream)
+        while True:
+            try:
+                (size,) = wire.HEADER.unpack(await reader.receive_exactly(wire.HEADER.size))
+                if size > limit:
+                    log.error("an API front sent a %d-byte request; restarting it", size)
+                    return
+                ask = wire.decode_ask(await reader.receive_exactly(size))
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                return
+            self._answer(ask, out)
+
+    def _answer(self, ask: wire.Ask, out: _Answers) -> None:
+        rid, peer, authorization, forwarded, body, evaluated = ask
+
+        def answer(response: Response) -> None:
+            out.add(
+                wire.encode((rid, response.status_code, response.raw_headers, bytes(response.body)))
+            )
+
+        refusal = ban_refusal(self.node, peer, forwarded)
+        if refusal is not None:
+            answer(refusal)
+            return
+        headers = {"content-length": str(len(body))}
+        if authorization is not None:
+            headers["authorization"] = authorization
+        if forwarded is not None:
+            headers["x-forwarded-for"] = forwarded
+        try:
+            contribute_soon(self.node, peer, headers, body, answer, evaluated)
+        except Exception:
+            log.exception("unexpected error serving POST /api/v1/contribute")
+            answer(error_response(500, "internal", "internal error; see the node's log"))
+
+    async def _adopt_connections(self, handoff: socket.socket) -> None:
+        """Serve every connection the front hands over with the node's own API server."""
+        loop = asyncio.get_running_loop()
+        config = self.server.config
+        state = self.server.server_state
+
+        def protocol() -> asyncio.Protocol:
+            return BoundedHttpToolsProtocol(
+                config=config, server_state=state, app_state=self.server.lifespan.state
+            )
+
+        while True:
+            await anyio.wait_readable(handoff)
+            try:
+                data, fds, flags, _ = socket.recv_fds(handoff, wire.HANDOFF_MAX_BYTES + 1, 2)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data and not fds:
+                return  # the front closed its end
+            if flags & socket.MSG_CTRUNC or len(fds) != 1 or data[:1] != b"H":
+                for fd in fds:
+                    os.close(fd)
+                log.warning("an API front handed over a malformed connection; dropped")
+                continue
+            conn = socket.socket(fileno=fds[0])
+            try:
+                _, proto = await loop.connect_accepted_socket(protocol, conn)
+            except OSError:
+                conn.close()
+                continue
+            if len(data) > 1:
+                proto.data_received(data[1:])
+
+
+class _Answers:
+    """Answers waiting to be written to a front: as many per write as are ready."""
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._ready = anyio.Event()
+
+    def add(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+
+    async def write_to(self, stream: UNIXSocketStream) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready = anyio.Event()
+            frames, self._frames = self._frames, []
+            try:
+                await stream.send(b"".join(frames))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
