@@ -55,7 +55,10 @@ WS_LINE = re.compile(r"events on ws://([^:\s]+):(\d+)")
 class Network:
     """``authorities`` authorities from one genesis, plus followers; all on loopback."""
 
-    def __init__(self, work: Path, tag: str, authorities: int = 3) -> None:
+    def __init__(
+        self, work: Path, tag: str, authorities: int = 3, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: more ``IAN_*`` settings for the authorities."""
         self.work = work
         self.tag = tag
         dirs = [work / f"{tag}-auth{i}" for i in range(authorities)]
@@ -70,9 +73,10 @@ class Network:
         self.genesis = work / f"{tag}-genesis.json"
         self.genesis.write_text(genesis.to_json())
         self.authorities: list[Node] = []
+        extra = env
         for i in range(authorities):
             seeds = ",".join(n.p2p for n in self.authorities)
-            env = {"IAN_GENESIS": str(self.genesis)}
+            env = {**(extra or {}), "IAN_GENESIS": str(self.genesis)}
             if seeds:
                 env["IAN_SEED_NODES"] = seeds
             node = Node(work, f"{tag}-auth{i}", env)

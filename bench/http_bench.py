@@ -3,8 +3,13 @@
 Usage::
 
     .venv/bin/python bench/http_bench.py [--quick] [--json-only] [--workers N] [--runs N]
-                                         [--duration S] [--rate R] [--py-spy] [--wrk]
-    .venv/bin/python bench/http_bench.py --etcd [--quick] [--runs N] [--duration S] [--no-install]
+                                         [--duration S] [--rate R] [--api-workers N]
+                                         [--py-spy] [--wrk]
+    .venv/bin/python bench/http_bench.py --etcd [--quick] [--runs N] [--duration S]
+                                         [--api-workers N] [--no-install]
+
+``--api-workers N`` starts every IAN node with ``IAN_API_WORKERS=N`` (API front processes);
+the server CPU per answer counts the node's live child processes too.
 
 Starts the node in a temporary data dir (``IAN_API_PORT=0``; the port is read from its
 "serving the API on http://HOST:PORT" log line; per-client and per-contributor rate limits
@@ -685,13 +690,26 @@ def _load(side: dict[str, Any]) -> float:
 
 
 def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by ``pids`` (and their waited-for children)."""
+    """User + system CPU seconds used so far by ``pids``, their live descendants (evaluation
+    workers, API fronts) and their waited-for children."""
     total = 0.0
-    for pid in pids:
+    for pid in _with_descendants(pids):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    out: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return out
 
 
 def _measure(pool, host, port, pids, *, kind, label, runs, duration) -> dict[str, Any]:
@@ -729,6 +747,11 @@ def _etcd_keys(member_url: str) -> int | None:
             return int(json.loads(r.read()).get("count", 0))
     except (OSError, ValueError):
         return None
+
+
+def _node_env(args) -> dict[str, str]:
+    """Settings given to every IAN node of the comparison."""
+    return {} if args.api_workers is None else {"IAN_API_WORKERS": str(args.api_workers)}
 
 
 def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict[str, Any]:
@@ -806,7 +829,7 @@ def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict
             )
             measured["etcd single"]["keys_stored"] = _etcd_keys(m.client_url)
 
-        net = Network(out_dir, "cmp")
+        net = Network(out_dir, "cmp", env=_node_env(args))
         try:
             with httpx.Client(timeout=5) as client:
                 leader = net.leader(client)
@@ -861,6 +884,12 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, nargs="+", default=None, help="closed-loop concurrency"
     )
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=None,
+        help="the node's IAN_API_WORKERS (API front processes; default: the node's default)",
+    )
     parser.add_argument("--py-spy", action="store_true", help="profile the node under load")
     parser.add_argument("--wrk", action="store_true", help="wrk cross-check (if installed)")
     parser.add_argument(
@@ -875,6 +904,8 @@ def main() -> None:
         help="with --etcd: do not apt-get install etcd-server when etcd is missing",
     )
     args = parser.parse_args()
+    if args.api_workers is not None:  # every node this bench starts (NodeProcess keeps env)
+        os.environ["IAN_API_WORKERS"] = str(args.api_workers)
     # SIGTERM unwinds like Ctrl-C: every node and etcd member started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.etcd:
@@ -892,6 +923,7 @@ def main() -> None:
         "quick": args.quick,
         "environment": environment(out_dir),
         "client_workers": workers,
+        "api_workers": args.api_workers,
         "duration_s": duration,
         "runs": runs,
         "targets": {"max_rate_per_s": TARGET_RPS, "p99_ms_at_rate": TARGET_P99_MS},
@@ -1016,7 +1048,11 @@ def main_etcd(args) -> None:
     runs = args.runs or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
     out_dir = Path(tempfile.mkdtemp(prefix="ian-http-etcd-bench-"))
-    doc: dict[str, Any] = {"benchmark": "http_etcd", "quick": args.quick}
+    doc: dict[str, Any] = {
+        "benchmark": "http_etcd",
+        "quick": args.quick,
+        "api_workers": args.api_workers,
+    }
     doc["environment"] = environment(out_dir)
     try:
         doc.update(run_etcd_comparison(args, runs, duration, out_dir))
@@ -1027,6 +1063,7 @@ def main_etcd(args) -> None:
     doc["environment"]["loadavg_at_end"] = os.getloadavg()
     load = doc["environment"]
     footer = (
+        f"IAN nodes with IAN_API_WORKERS={_workers(doc)}\n"
         f"client ceiling (same client, {COMPARE_CONNECTIONS} connections, a stub server that "
         f"answers at once): {doc['client_vs_stub']['rate_ok_per_s']:,.0f}/s\n"
         f"load average (1, 5, 15 min) at start {_loads(load['loadavg_at_start'])}, at end "
@@ -1046,6 +1083,11 @@ def main_etcd(args) -> None:
         [comparison_table(doc), footer],
         json_only=args.json_only,
     )
+
+
+def _workers(doc: dict[str, Any]) -> str:
+    workers = doc.get("api_workers")
+    return "default" if workers is None else str(workers)
 
 
 def _loads(values: Any) -> str:
@@ -1112,7 +1154,8 @@ def _tables(doc: dict[str, Any]) -> list[str]:
     )
     tables = [
         render_table(
-            f"HTTP API, {doc['client_workers']} client process(es), median of {doc['runs']} "
+            f"HTTP API, {doc['client_workers']} client process(es), "
+            f"IAN_API_WORKERS={_workers(doc)}, median of {doc['runs']} "
             f"x {doc['duration_s']:.0f} s (targets: >= {TARGET_RPS:,.0f}/s; "
             f"p99 < {TARGET_P99_MS:.0f} ms at 500/s)",
             ["phase", "conns", "200/s", "p50 ms", "p99 ms", "errors", "split"],
