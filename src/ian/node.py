@@ -180,7 +180,6 @@ class Node:
         )
         self.intake = Intake(
             state.goals,
-            store,
             self._submit,
             self.metrics,
             contributor_rate=settings.contributor_rate,

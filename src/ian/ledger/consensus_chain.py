@@ -37,7 +37,7 @@ import anyio.to_thread
 
 from ian.chain.blocks import Block, InvalidBlockError
 from ian.chain.contributions import Contribution
-from ian.chain.evaluation import BatchEvaluator, Evaluation, evaluate_batch
+from ian.chain.evaluation import BatchEvaluator, Evaluation
 from ian.chain.state import ChainState, Outcome
 from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Role, Unavailable
 from ian.consensus import Block as ConsensusBlock
@@ -45,7 +45,7 @@ from ian.errors import EvaluationError, StoreError, UnavailableError
 from ian.identity import Identity
 from ian.ledger.block_apply import apply_blocks
 from ian.ledger.consensus_driver import ConsensusDriver
-from ian.ledger.sequencer import BatchResult, build_block
+from ian.ledger.sequencer import BatchResult, build_block, evaluate_new, stored_packs
 from ian.p2p import messages as msg
 from ian.storage.store import NewEntry, Store
 
@@ -232,9 +232,7 @@ class ChainBridge:
             raise UnavailableError("no leader is ready to take contributions", retry_after=1)
         # Evaluation needs only the goals (fixed by the genesis), not the applied state: it runs
         # before the lock, so committed blocks are applied meanwhile.
-        evaluations = await anyio.to_thread.run_sync(
-            lambda: evaluate_batch(self.state.goals, contributions, self.evaluator)
-        )
+        evaluations = await anyio.to_thread.run_sync(self._evaluate, contributions)
         deadline = anyio.current_time() + self.ready_timeout
         while True:
             async with self._lock:
@@ -277,6 +275,20 @@ class ChainBridge:
             )
         assert isinstance(outcome, Rejected)
         raise StoreError(f"the block was refused: {outcome.reason}")
+
+    def _evaluate(self, contributions: list[Contribution]) -> list[Evaluation | None]:
+        """Worker thread, lock not held: the evaluations of ``contributions``, duplicates left
+        out (:func:`~ian.ledger.sequencer.evaluate_new`): packs in the store (read on the
+        reader connection: an apply may be using the writer), in this leader's blocks in
+        flight, or earlier in the batch. What changes before the block is built (an apply, a
+        block in flight discarded) is caught by :meth:`_build`, which decides duplicates
+        again and evaluates a contribution that got None and is not one."""
+        known = stored_packs(self.store, contributions, writer=False)
+        for p in list(self._pending):  # a snapshot: the list changes under the lock only
+            for c in p.block.entries:
+                if c.goal_id in known:
+                    known[c.goal_id].add(c.pack_hash)
+        return evaluate_new(self.state.goals, contributions, known, self.evaluator)
 
     def _can_build(self) -> bool:
         """(Lock held) Whether a block built now lands where every node will apply it: on the

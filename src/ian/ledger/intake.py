@@ -3,6 +3,8 @@
 Stateless checks (goal exists, limits, base64, the evaluator's parameter check) and the rate
 limits run on the event loop in microseconds; only then is the contribution queued. Each failure
 is a :class:`~ian.errors.RequestError` naming the field, counted under a bounded reason label.
+Duplicates are found by the sequencer, one store query per batch, and answered here as the same
+kind of failure (:meth:`Intake.submit`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from ian.errors import (
 )
 from ian.metrics import NodeMetrics
 from ian.rate_limit import BucketTable
-from ian.storage.store import Store
 
 
 @dataclass
@@ -58,7 +59,6 @@ class Intake:
     def __init__(
         self,
         goals: dict[str, GoalState],
-        store: Store,
         submit: Callable[[Contribution], Awaitable[Outcome]],
         metrics: NodeMetrics,
         *,
@@ -70,7 +70,6 @@ class Intake:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.goals = goals
-        self.store = store
         self._submit = submit
         self.metrics = metrics
         self.by_contributor = BucketTable(contributor_rate, contributor_burst)
@@ -115,7 +114,11 @@ class Intake:
 
     def admit(self, c: Contribution) -> Contribution:
         """The checks every contribution passes before it is queued, wherever it came from:
-        goal, the evaluator's parameter check, the contributor's rate limit, duplicates."""
+        goal, size, the evaluator's parameter check, the contributor's rate limit.
+
+        Not duplicates: the sequencer finds them, one query per batch rather than one per
+        request here (:func:`ian.ledger.sequencer.build_block`), and :meth:`submit` turns its
+        answer into the :class:`~ian.errors.DuplicateError`."""
         goal = self.goals.get(c.goal_id)
         if goal is None:
             raise NotFoundError(f"unknown goal {c.goal_id!r}", field="goal_id")
@@ -132,10 +135,6 @@ class Intake:
                 f"contributor {c.contributor_id!r} is over its rate limit; retry in {wait:.0f}s",
                 field="contributor_id",
                 retry_after=wait,
-            )
-        if self.store.has_packs(c.goal_id, [c.pack_hash]):
-            raise DuplicateError(
-                f"this agent pack was already accepted for {c.goal_id}", field="agent_pack"
             )
         return c
 

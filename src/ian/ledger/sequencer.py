@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -32,6 +33,9 @@ from ian.errors import IanError, UnavailableError
 from ian.identity import Identity
 from ian.ledger.evaluation_pool import BatchEvaluation, EvaluationPool
 from ian.storage.store import NewEntry, Store
+
+if TYPE_CHECKING:
+    from ian.chain.state import GoalState
 
 log = logging.getLogger("ian.ledger.sequencer")
 
@@ -64,10 +68,112 @@ class _Pending:
             log.exception("answering a contribution failed")
 
 
+class _Evaluating:
+    """A batch's evaluation running in the pool's workers, duplicates left out
+    (:func:`evaluate_new`): those found in the store (``stored``) when the chain's head was
+    ``head``, and those repeated in the batch."""
+
+    __slots__ = ("_evaluation", "_sources", "head", "stored")
+
+    def __init__(
+        self,
+        sources: list[int],
+        evaluation: BatchEvaluation | None,
+        stored: dict[str, set[bytes]],
+        head: bytes,
+    ) -> None:
+        self._sources = sources
+        self._evaluation = evaluation
+        self.stored = stored
+        self.head = head
+
+    def result(self) -> list[Evaluation | None]:
+        """One evaluation per contribution of the batch (may raise EvaluationError)."""
+        evaluated = self._evaluation.result() if self._evaluation is not None else []
+        return _spread(self._sources, evaluated)
+
+    def stored_now(self, head: bytes, last: Block | None) -> dict[str, set[bytes]] | None:
+        """``stored`` as it is now that the head is ``head``: the same if no block was written
+        since; with the packs of ``last`` if it is the one block written since; else None
+        (unknown: look again)."""
+        if head == self.head:
+            return self.stored
+        if last is None or last.hash != head or last.header.parent_hash != self.head:
+            return None
+        now = {g: set(packs) for g, packs in self.stored.items()}
+        for c in last.entries:
+            if c.goal_id in now:
+                now[c.goal_id].add(c.pack_hash)
+        return now
+
+
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     outcomes: list[Outcome]
     block: Block | None
+
+
+def stored_packs(
+    store: Store, contributions: Sequence[Contribution], *, writer: bool = True
+) -> dict[str, set[bytes]]:
+    """The packs of ``contributions`` already accepted in ``store``, by goal (every goal of the
+    batch is a key): one batched query per goal of the batch, usually one.
+
+    ``writer=True`` (the writer connection) only from the thread that writes the blocks."""
+    by_goal: dict[str, list[bytes]] = {}
+    for c in contributions:
+        by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
+    return {g: store.has_packs(g, hs, writer=writer) for g, hs in by_goal.items()}
+
+
+def _evaluation_sources(
+    contributions: Sequence[Contribution], known: Mapping[str, set[bytes]]
+) -> list[int]:
+    """For each contribution, where its evaluation comes from: its own index (evaluate it), -1
+    (a pack in ``known``: a duplicate, not evaluated), or the index of the first contribution
+    of the same pack earlier in the batch (not evaluated again: the same pack evaluates the
+    same, and if that one is accepted this one is a duplicate)."""
+    first: dict[tuple[str, bytes], int] = {}
+    sources: list[int] = []
+    for i, c in enumerate(contributions):
+        if c.pack_hash in known.get(c.goal_id, ()):
+            sources.append(-1)
+        else:
+            sources.append(first.setdefault((c.goal_id, c.pack_hash), i))
+    return sources
+
+
+def _spread(
+    sources: Sequence[int], evaluated: Sequence[Evaluation | None]
+) -> list[Evaluation | None]:
+    """One evaluation per contribution from those of the evaluated ones (see
+    :func:`_evaluation_sources`)."""
+    it = iter(evaluated)
+    out: list[Evaluation | None] = []
+    for i, source in enumerate(sources):
+        if source == i:
+            out.append(next(it))
+        else:
+            out.append(None if source < 0 else out[source])
+    return out
+
+
+def evaluate_new(
+    goals: Mapping[str, GoalState],
+    contributions: Sequence[Contribution],
+    known: Mapping[str, set[bytes]],
+    evaluator: BatchEvaluator | None = None,
+) -> list[Evaluation | None]:
+    """:func:`~ian.chain.evaluation.evaluate_batch` for what can be accepted only: a
+    contribution whose pack is in ``known`` (already accepted, by goal) gets None, one whose
+    pack came earlier in the batch gets that one's evaluation, the rest are evaluated.
+
+    :func:`build_block` decides duplicates before it looks at an evaluation, and evaluates
+    in-line a contribution that is not one and got None, so the block is the same as with
+    :func:`~ian.chain.evaluation.evaluate_batch` even if ``known`` is out of date."""
+    sources = _evaluation_sources(contributions, known)
+    todo = [c for i, c in enumerate(contributions) if sources[i] == i]
+    return _spread(sources, evaluate_batch(goals, todo, evaluator) if todo else [])
 
 
 def build_block(
@@ -80,26 +186,29 @@ def build_block(
     parent: Block | None = None,
     unstored_packs: dict[str, set[bytes]] | None = None,
     evaluations: Sequence[Evaluation | None] | None = None,
+    stored: Mapping[str, set[bytes]] | None = None,
 ) -> tuple[list[Outcome], Block | None, list[NewEntry]]:
     """Decide every contribution and, if any is accepted, make the signed block for them.
 
     ``evaluations`` (one per contribution, from :func:`ian.chain.evaluation.evaluate_batch`,
-    e.g. made in a pool) are used instead of evaluating here; the block is the same.
+    e.g. made in a pool, or :func:`evaluate_new`) are used instead of evaluating here; the
+    block is the same. A None among them is evaluated here.
     Mutates ``state`` (call ``state.begin()`` first so the caller can roll back).
     Duplicates of already-accepted packs (in ``store``, in ``unstored_packs`` or earlier in
-    this batch) are refused. The block follows the state's head, or ``parent`` when given (a
-    block built but not yet stored, whose changes ``state`` holds).
+    this batch) are refused. ``stored``: :func:`stored_packs` of these contributions in
+    ``store``, looked up just before on this thread (``store`` is then not queried again).
+    The block follows the state's head, or ``parent`` when given (a block built but not yet
+    stored, whose changes ``state`` holds).
     """
     if evaluations is not None and len(evaluations) != len(contributions):
         raise ValueError("one evaluation per contribution is needed")
     outcomes: list[Outcome] = []
     accepted: list[NewEntry] = []
     known: dict[str, set[bytes]] = {}
-    if store is not None:
-        by_goal: dict[str, list[bytes]] = {}
-        for c in contributions:
-            by_goal.setdefault(c.goal_id, []).append(c.pack_hash)
-        known = {g: store.has_packs(g, hs, writer=True) for g, hs in by_goal.items()}
+    if stored is not None:
+        known = {g: set(packs) for g, packs in stored.items()}
+    elif store is not None:
+        known = stored_packs(store, contributions)
     for gid, packs in (unstored_packs or {}).items():
         known[gid] = known.get(gid, set()) | packs
     for i, c in enumerate(contributions):
@@ -153,18 +262,23 @@ def seal_block(
     *,
     evaluator: BatchEvaluator | None = None,
     evaluations: Sequence[Evaluation | None] | None = None,
+    stored: Mapping[str, set[bytes]] | None = None,
 ) -> BatchResult:
     """Decide ``contributions``, write the block of the accepted ones durably and advance the
     head: the sequencer's step (also how tools build a chain offline). Evaluates the batch first
     (through ``evaluator``, a pool, when given; or takes its ``evaluations``, made beforehand),
-    then builds the block. All or nothing: on any
+    then builds the block. Duplicates (packs in ``store`` or earlier in the batch) are found
+    first, with one query, and not evaluated (:func:`evaluate_new`); ``stored``, when given,
+    is that query's answer, up to date (made with ``evaluations``). All or nothing: on any
     failure the in-memory state is rolled back and the error raised."""
     if evaluations is None:
-        evaluations = evaluate_batch(state.goals, contributions, evaluator)
+        if stored is None:
+            stored = stored_packs(store, contributions)
+        evaluations = evaluate_new(state.goals, contributions, stored, evaluator)
     state.begin()
     try:
         outcomes, block, entries = build_block(
-            state, identity, contributions, store=store, evaluations=evaluations
+            state, identity, contributions, store=store, evaluations=evaluations, stored=stored
         )
         if block is not None:
             store.append_block(block, entries)
@@ -216,6 +330,8 @@ class Sequencer:
             max_buffer_size=100_000
         )
         self._closed = False
+        #: the last block sealed here (worker thread)
+        self._sealed: Block | None = None
 
     async def submit(self, contribution: Contribution) -> Outcome:
         """Queue ``contribution``; returns once it is rejected or durably accepted."""
@@ -289,7 +405,7 @@ class Sequencer:
         """One authority: batches sealed here one after the other."""
         #: the next batch, taken while the current one was sealed, and its evaluation (already
         #: running in the pool's workers)
-        ahead: tuple[list[_Pending], BatchEvaluation | None] | None = None
+        ahead: tuple[list[_Pending], _Evaluating | None] | None = None
         async with self._receive:
             while True:
                 first: _Pending | None = None
@@ -343,18 +459,35 @@ class Sequencer:
         self._queued_bytes -= sum(p.size for p in batch)
         return batch
 
-    async def _start_evaluation(self, batch: list[_Pending]) -> BatchEvaluation | None:
+    async def _start_evaluation(self, batch: list[_Pending]) -> _Evaluating | None:
         """Start evaluating ``batch`` in the pool's workers, when this node seals its own blocks
-        with a pool of several workers; None: it is evaluated when it is sealed."""
+        with a pool of several workers; None: it is evaluated when it is sealed.
+
+        Duplicates (packs stored, or earlier in the batch) are left out. The store is read in a
+        worker thread of this loop, which never runs at the same time as :meth:`_apply_batch`
+        (the writer connection has one user at a time); a batch taken ahead is looked up
+        before the block in front of it is written, so a duplicate of that block is evaluated
+        for nothing (and still refused when the block is built)."""
         pool = self.evaluator
         if self._commit is not None or not isinstance(pool, EvaluationPool) or not pool.parallel:
             return None
         contributions = [p.contribution for p in batch]
         if all(c.evaluated is not None for c in contributions):
             return None  # evaluated on the way in (API fronts): nothing for the workers
-        return await anyio.to_thread.run_sync(pool.submit, self.state.goals, contributions)
+        return await anyio.to_thread.run_sync(self._submit_evaluation, pool, contributions)
 
-    async def _process(self, batch: list[_Pending], evaluating: BatchEvaluation | None) -> None:
+    def _submit_evaluation(
+        self, pool: EvaluationPool, contributions: list[Contribution]
+    ) -> _Evaluating:
+        """Worker thread: the duplicates of ``contributions`` found, the rest sent to ``pool``."""
+        head = self.state.head_hash
+        stored = stored_packs(self.store, contributions)
+        sources = _evaluation_sources(contributions, stored)
+        todo = [c for i, c in enumerate(contributions) if sources[i] == i]
+        evaluation = pool.submit(self.state.goals, todo) if todo else None
+        return _Evaluating(sources, evaluation, stored, head)
+
+    async def _process(self, batch: list[_Pending], evaluating: _Evaluating | None) -> None:
         started = time.perf_counter()
         contributions = [p.contribution for p in batch]
         try:
@@ -386,14 +519,22 @@ class Sequencer:
             self._on_batch(result, time.perf_counter() - started)
 
     def _apply_batch(
-        self, contributions: list[Contribution], evaluating: BatchEvaluation | None = None
+        self, contributions: list[Contribution], evaluating: _Evaluating | None = None
     ) -> BatchResult:
         """Worker thread: :func:`seal_block` on the node's state and store."""
-        return seal_block(
+        evaluations = stored = None
+        if evaluating is not None:
+            evaluations = evaluating.result()
+            stored = evaluating.stored_now(self.state.head_hash, self._sealed)
+        result = seal_block(
             self.state,
             self.store,
             self.identity,
             contributions,
             evaluator=self.evaluator,
-            evaluations=evaluating.result() if evaluating is not None else None,
+            evaluations=evaluations,
+            stored=stored,
         )
+        if result.block is not None:
+            self._sealed = result.block
+        return result

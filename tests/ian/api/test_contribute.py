@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import threading
 
 import httpx
 import pytest
@@ -167,6 +169,91 @@ async def test_duplicates_in_one_batch_only_one_wins(api, packs) -> None:
     codes = sorted(r.status_code for r in results)
     assert codes == [200, 409, 409, 409, 409], [r.text for r in results]
     assert api.node.store.log_size(DEMO) == 1
+
+
+class GatedCountingEvaluator:
+    """The goal's real evaluator, counting the packs it evaluates; the pack ``gate`` waits
+    (in the sequencer's worker thread) until :attr:`release` is set."""
+
+    def __init__(self, inner, gate: bytes) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.costly = inner.costly
+        self.gate = gate
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.evaluated: list[bytes] = []
+
+    def check(self, parameters, metadata):
+        return self.inner.check(parameters, metadata)
+
+    def evaluate(self, parsed):
+        self.evaluated.append(parsed)
+        if parsed == self.gate:
+            self.entered.set()
+            self.release.wait(timeout=20)
+        return self.inner.evaluate(parsed)
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # sealed in series; with a pool, pipelined
+async def test_duplicates_are_not_evaluated_and_still_409(
+    start_api, packs, error_of, workers
+) -> None:
+    import anyio
+
+    api = await start_api(evaluation_workers=workers)
+    goal = api.node.state.goals[TRIVIAL]
+    counting = GatedCountingEvaluator(goal.evaluator, gate=b"trivial pack 0")
+    goal.evaluator = counting
+    ok = await api.contribute(packs.body(1, goal_id=TRIVIAL))
+    assert ok.status_code == 200 and ok.json()["accepted"] is True
+    assert counting.evaluated == [b"trivial pack 1"]
+
+    # Already stored: refused as before (409 duplicate, on agent_pack), not evaluated.
+    dup = await api.contribute(packs.body(1, goal_id=TRIVIAL, contributor="copycat", seed=9))
+    err = error_of(dup, 409, "duplicate")
+    assert err["field"] == "agent_pack"
+    pack1 = pack_hash("1.0", b"trivial pack 1", {"n": 1})
+    assert err["message"] == f"agent pack {pack1.hex()} was already accepted for {TRIVIAL}"
+    assert counting.evaluated == [b"trivial pack 1"]
+
+    # Three copies of one pack in one batch: queued while the block before them is being
+    # evaluated (held at the gate), so the sequencer takes them together.
+    results: dict[str, httpx.Response] = {}
+
+    async def send(name: str, body: dict) -> None:
+        results[name] = await api.contribute(body)
+
+    receive = api.node.sequencer._receive
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, "gate", packs.body(0, goal_id=TRIVIAL))
+            assert await anyio.to_thread.run_sync(counting.entered.wait, 10)
+            for i in range(3):
+                tg.start_soon(send, f"twin{i}", packs.body(2, goal_id=TRIVIAL, contributor=f"t{i}"))
+            for _ in range(1000):  # queued: nothing to wait on but the stream's state
+                if receive.statistics().current_buffer_used == 3:
+                    break
+                await anyio.sleep(0.01)
+            assert receive.statistics().current_buffer_used == 3
+            counting.release.set()
+    finally:
+        counting.release.set()
+    assert results["gate"].json()["accepted"] is True
+    twins = sorted((r.status_code for k, r in results.items() if k != "gate"))
+    assert twins == [200, 409, 409]
+    for r in results.values():
+        if r.status_code == 409:
+            assert error_of(r, 409, "duplicate")["field"] == "agent_pack"
+    assert counting.evaluated == [b"trivial pack 1", b"trivial pack 0", b"trivial pack 2"]
+
+    # Each duplicate counted once, as a refusal.
+    text = (await api.client.get("/metrics")).text
+    line = re.search(r'^ian_contributions_rejected_total\{reason="duplicate"\} (\S+)$', text, re.M)
+    assert line is not None and float(line.group(1)) == 3
+    assert api.node.intake.total.rejected == 3 and api.node.intake.total.accepted == 3
+    assert api.node.intake.counters[TRIVIAL].rejected == 3
+    assert api.node.store.log_size(TRIVIAL) == 3
 
 
 async def test_malformed_json_is_400(api, error_of) -> None:

@@ -14,6 +14,7 @@ import anyio
 import pytest
 from tests.conftest import DEMO_SPEC, TRIVIAL_GOAL, Packs
 from tests.ian.ledger.test_consensus_driver import Authority, start_driver
+from tests.ian.ledger.test_sequencer import CountingBatchEvaluator
 from tests.ian.p2p.conftest import Cluster
 
 from ian.chain.blocks import Block as ChainBlock
@@ -167,6 +168,34 @@ async def test_blocks_in_flight_chain_up_and_every_authority_applies_them(
         assert m.store.head()[:2] == (6, blocks[-1].hash)
         assert roots(m.state) == roots(leader.state)  # type: ignore[arg-type]
     assert bridge.in_flight == 0
+
+
+async def test_the_leader_does_not_evaluate_duplicates(
+    authorities: list[ChainAuthority], packs: Packs
+) -> None:
+    leader = await ready_leader(authorities)
+    bridge = leader.bridge
+    assert bridge is not None
+    counting = CountingBatchEvaluator()
+    bridge.evaluator = counting
+    first = trivial(packs, 0, 3)
+    assert all(o.accepted for o in (await bridge.commit_batch(first)).outcomes)
+    batch = [
+        packs.contribution(1, goal_id=TRIVIAL_GOAL, contributor="late"),  # stored
+        packs.contribution(7, goal_id=TRIVIAL_GOAL),
+        packs.contribution(7, goal_id=TRIVIAL_GOAL, contributor="twin"),  # in this batch
+    ]
+    result = await bridge.commit_batch(batch)
+    assert [(o.accepted, o.rejection_type) for o in result.outcomes] == [
+        (False, "duplicate"),
+        (True, None),
+        (False, "duplicate"),
+    ]
+    assert result.block is not None and result.block.entries == (batch[1],)
+    assert counting.given == [*first, batch[1]]
+    await until(authorities, lambda: all(m.state and m.state.height == 2 for m in authorities))
+    for m in authorities:
+        assert roots(m.state) == roots(leader.state)  # type: ignore[arg-type]
 
 
 async def test_a_leader_without_its_majority_undoes_every_block_in_flight(

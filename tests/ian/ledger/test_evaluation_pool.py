@@ -273,9 +273,12 @@ def test_closed_pool_evaluates_in_process() -> None:
 # -- the sequencer with a pool (pipelined) -------------------------------------------------------
 
 
-async def _run_sequencer(tmp_path: Path, name: str, evaluator, n: int, **kwargs):
-    """``n`` demo submissions (some invalid, some failing the thresholds) queued before the
-    sequencer runs, then closed: every answer by submission index, the final roots, blocks."""
+async def _run_sequencer(
+    tmp_path: Path, name: str, evaluator, n: int, batch: list[Contribution] | None = None, **kwargs
+):
+    """``n`` demo submissions (some invalid, some failing the thresholds; or ``batch``) queued
+    before the sequencer runs, then closed: every answer by submission index, the final roots,
+    blocks."""
     import anyio
 
     from ian.ledger.sequencer import Sequencer
@@ -292,7 +295,8 @@ async def _run_sequencer(tmp_path: Path, name: str, evaluator, n: int, **kwargs)
         **kwargs,
     )
     answers: dict[int, dict] = {}
-    batch = mixed_batch(n)[:-1]  # the intake refuses unknown goals
+    if batch is None:
+        batch = mixed_batch(n)[:-1]  # the intake refuses unknown goals
 
     async def submit(i: int) -> None:
         answers[i] = (await seq.submit(batch[i])).to_result()
@@ -331,6 +335,109 @@ async def test_pipelined_sequencer_seals_blocks_within_the_frame_limit(
     pooled = await _run_sequencer(tmp_path, "pool", pool, 120, max_block_bytes=40 * each)
     assert pooled[0] == serial[0] and pooled[1] == serial[1]
     assert max(len(b.block.entries) for b in pooled[2]) <= 40
+
+
+class CountingPool(EvaluationPool):
+    """A real pool that counts the contributions it is given to evaluate."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.given = 0
+
+    def submit(self, goals, contributions):
+        self.given += len(contributions)
+        return super().submit(goals, contributions)
+
+
+def _with_copies(batch: list[Contribution]) -> list[Contribution]:
+    """``batch`` with, after every third contribution, a copy of its pack (another contributor)
+    from 0 to 150 places back: repeated in the same batch, in the batch just before (not stored
+    yet when a batch taken ahead is looked up), or stored long before."""
+    out: list[Contribution] = []
+    for i, c in enumerate(batch):
+        out.append(c)
+        if i % 3 == 2:
+            src = out[-1 - (i * 37) % min(len(out), 150)]
+            copy = make_contribution(
+                goal_id=src.goal_id,
+                version=src.version,
+                parameters=src.parameters,
+                metadata=src.metadata,
+                contributor_id=f"copy{i}",
+                seed=i,
+            )
+            copy.parsed = src.parsed
+            out.append(copy)
+    return out
+
+
+def _reference(path: Path, batch: list[Contribution], size: int) -> tuple[dict[int, dict], dict]:
+    """Answers and roots as before duplicates were left out: every contribution of each batch
+    of ``size`` evaluated, then the block built."""
+    state = ChainState.genesis(SPECS)
+    store = Store(path)
+    ident = Identity.generate()
+    answers: dict[int, dict] = {}
+    for start in range(0, len(batch), size):
+        chunk = batch[start : start + size]
+        state.begin()
+        outcomes, block, entries = build_block(
+            state, ident, chunk, store=store, evaluations=evaluate_batch(state.goals, chunk)
+        )
+        if block is not None:
+            store.append_block(block, entries)
+            state.height, state.head_hash = block.height, block.hash
+            state.head_timestamp_ms = block.header.timestamp_ms
+        for i, o in enumerate(outcomes):
+            answers[start + i] = o.to_result()
+    store.close()
+    return answers, {g: s.roots() for g, s in state.goals.items()}
+
+
+def _to_evaluate(batch: list[Contribution], answers: dict[int, dict], size: int, lag: int) -> int:
+    """How many contributions are evaluated when each batch of ``size`` is looked up in a store
+    holding the blocks of all batches but the ``lag`` ones just before it."""
+    accepted: list[set[tuple[str, bytes]]] = []
+    total = 0
+    for k, start in enumerate(range(0, len(batch), size)):
+        chunk = batch[start : start + size]
+        known = set().union(*accepted[: max(0, k - lag)])
+        total += len({(c.goal_id, c.pack_hash) for c in chunk} - known)
+        accepted.append(
+            {
+                (c.goal_id, c.pack_hash)
+                for i, c in enumerate(chunk)
+                if answers[start + i]["accepted"]
+            }
+        )
+    return total
+
+
+@pytest.mark.anyio
+async def test_pipelined_sequencer_leaves_duplicates_out_same_answers(tmp_path: Path) -> None:
+    batch = _with_copies(mixed_batch(300)[:-1])
+    expected = _reference(tmp_path / "reference.sqlite", batch, 60)
+    duplicates = sum(1 for a in expected[0].values() if a["rejection_type"] == "duplicate")
+    assert duplicates > 40
+    for workers in (2, 0):  # pipelined through the workers; sealed with in-line evaluation
+        counting = CountingPool(workers)
+        try:
+            answers, roots, blocks = await _run_sequencer(
+                tmp_path, f"dups{workers}", counting, 0, batch=batch, max_entries=60
+            )
+        finally:
+            counting.close()
+        assert answers == expected[0]  # every answer, log index and hash included
+        assert roots == expected[1]
+        assert len(blocks) >= 6
+        # Repeats within a batch and packs stored are never evaluated; only a copy of a pack
+        # accepted in the block just before may be, when its batch was looked up ahead.
+        fresh = _to_evaluate(batch, expected[0], 60, lag=0)
+        assert fresh < len(batch) - duplicates // 2
+        if workers == 0:
+            assert counting.given == fresh
+        else:
+            assert fresh <= counting.given <= _to_evaluate(batch, expected[0], 60, lag=1)
 
 
 _CHILD = """

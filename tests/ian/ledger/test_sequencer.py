@@ -9,10 +9,18 @@ import anyio
 import pytest
 
 from ian.chain.blocks import GENESIS_HASH
+from ian.chain.evaluation import evaluate_batch
 from ian.errors import UnavailableError
 from ian.identity import verify_signature
 from ian.ledger.recovery import load_chain_state, verify_store
-from ian.ledger.sequencer import BatchResult, Sequencer, build_block
+from ian.ledger.sequencer import (
+    BatchResult,
+    Sequencer,
+    build_block,
+    evaluate_new,
+    seal_block,
+    stored_packs,
+)
 
 DEMO = "DEMO_TRADING_AGENT"
 TRIVIAL = "TRIVIAL_GOAL"
@@ -98,6 +106,133 @@ def test_build_block_refuses_duplicates_in_batch_and_store(chain, packs) -> None
     assert outcomes[0].rejection_type == outcomes[2].rejection_type == "duplicate"
     assert block is not None and len(block.entries) == 1
     assert block.header.height == 2
+
+
+class CountingEvaluator:
+    """A goal's real evaluator, recording the parameters of every pack it evaluates (in-line
+    evaluations by ``execute`` included)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.costly = inner.costly
+        self.evaluated: list[bytes] = []
+
+    def check(self, parameters, metadata):
+        return self.inner.check(parameters, metadata)
+
+    def evaluate(self, parsed):
+        self.evaluated.append(parsed if isinstance(parsed, bytes) else repr(parsed).encode())
+        return self.inner.evaluate(parsed)
+
+
+class CountingBatchEvaluator:
+    """A BatchEvaluator (evaluation in this process) recording what it was given."""
+
+    def __init__(self) -> None:
+        self.given: list = []
+
+    def evaluate(self, goals, contributions):
+        self.given.extend(contributions)
+        return evaluate_batch(goals, contributions)
+
+
+def test_seal_block_evaluates_only_what_can_be_accepted(chain, packs) -> None:
+    counting = CountingEvaluator(chain.state.goals[TRIVIAL].evaluator)
+    chain.state.goals[TRIVIAL].evaluator = counting
+    batches = CountingBatchEvaluator()
+    first = seal_block(
+        chain.state,
+        chain.store,
+        chain.identity,
+        [packs.contribution(1, goal_id=TRIVIAL)],
+        evaluator=batches,
+    )
+    assert first.outcomes[0].accepted and len(counting.evaluated) == 1
+    batch = [
+        packs.contribution(1, goal_id=TRIVIAL, contributor="late"),  # stored: a duplicate
+        packs.contribution(2, goal_id=TRIVIAL),
+        packs.contribution(2, goal_id=TRIVIAL, contributor="twin"),  # repeated in the batch
+        packs.contribution(3, params=packs.rejected_params),  # refused by the thresholds...
+        packs.contribution(3, params=packs.rejected_params, contributor="again"),  # ...twice
+    ]
+    demo = CountingEvaluator(chain.state.goals[DEMO].evaluator)
+    chain.state.goals[DEMO].evaluator = demo
+    result = seal_block(chain.state, chain.store, chain.identity, batch, evaluator=batches)
+    got = [(o.accepted, o.rejection_type) for o in result.outcomes]
+    assert got == [
+        (False, "duplicate"),
+        (True, None),
+        (False, "duplicate"),
+        (False, "threshold"),
+        (False, "threshold"),
+    ]
+    assert result.outcomes[3].to_result() == result.outcomes[4].to_result()
+    # Only the second and the fourth were evaluated, each once, and in the batch evaluator.
+    assert counting.evaluated == [b"trivial pack 1", b"trivial pack 2"]
+    assert len(demo.evaluated) == 1
+    assert [c.contributor_id for c in batches.given] == [
+        packs.contribution(1, goal_id=TRIVIAL).contributor_id,
+        batch[1].contributor_id,
+        batch[3].contributor_id,
+    ]
+    assert result.block is not None and result.block.entries == (batch[1],)
+    # A batch of nothing but duplicates: nothing evaluated, no block.
+    again = seal_block(chain.state, chain.store, chain.identity, batch[:3], evaluator=batches)
+    assert [o.rejection_type for o in again.outcomes] == ["duplicate"] * 3
+    assert again.block is None and len(counting.evaluated) == 2 and len(batches.given) == 3
+
+
+def test_evaluate_new_builds_the_block_evaluating_everything_would(chain, packs) -> None:
+    """Same outcomes and block as evaluating the whole batch, whatever the duplicates known
+    beforehand: exact, none, out of date, or wrongly naming packs that are not duplicates."""
+    chain.commit([packs.contribution(1), packs.contribution(5, goal_id=TRIVIAL)])
+    batch = [
+        packs.contribution(1, contributor="late"),
+        packs.contribution(2),
+        packs.contribution(2, contributor="twin"),
+        packs.contribution(3, params=packs.rejected_params),
+        packs.contribution(3, params=packs.rejected_params, contributor="again"),
+        packs.contribution(4, goal_id=TRIVIAL),
+        packs.contribution(5, goal_id=TRIVIAL, contributor="late"),
+        packs.contribution(4, goal_id=TRIVIAL, contributor="twin"),
+    ]
+    goals = chain.state.goals
+
+    def build(evaluations, stored=None):
+        chain.state.begin()
+        try:
+            outcomes, block, _ = build_block(
+                chain.state,
+                chain.identity,
+                batch,
+                store=chain.store,
+                now_ms=lambda: 99,
+                evaluations=evaluations,
+                stored=stored,
+            )
+            return [o.to_result() for o in outcomes], block, roots(chain.state)
+        finally:
+            chain.state.rollback()
+
+    ref_outcomes, ref_block, ref_roots = build(evaluate_batch(goals, batch))
+    assert ref_block is not None
+    stored = stored_packs(chain.store, batch)
+    assert stored == {DEMO: {batch[0].pack_hash}, TRIVIAL: {batch[6].pack_hash}}
+    every_pack = {DEMO: {c.pack_hash for c in batch}, TRIVIAL: {c.pack_hash for c in batch}}
+    for known in (stored, {}, every_pack):
+        evaluations = evaluate_new(goals, batch, known)
+        if known is every_pack:
+            assert evaluations == [None] * len(batch)  # everything evaluated in-line
+        else:
+            assert (evaluations[0] is None) == bool(known)
+            assert evaluations[2] is evaluations[1] and evaluations[4] is evaluations[3]
+        for given in (None, stored):
+            outcomes, block, after = build(evaluations, given)
+            assert outcomes == ref_outcomes
+            assert block is not None and block.hash == ref_block.hash
+            assert block.signature == ref_block.signature
+            assert after == ref_roots
 
 
 def test_build_block_timestamps_never_go_backwards(chain, packs) -> None:
