@@ -51,7 +51,7 @@ Answer = tuple[int, int, list[tuple[bytes, bytes]], bytes]
 HANDOFF_MAX_BYTES = 192 * 1024
 
 _encoder = msgspec.msgpack.Encoder()
-_ask_decoder = msgspec.msgpack.Decoder(Ask)
+_ask_decoder: msgspec.msgpack.Decoder[Ask] = msgspec.msgpack.Decoder(Ask)
 _answer_decoder = msgspec.msgpack.Decoder(tuple[int, int, list[tuple[bytes, bytes]], bytes])
 
 
