@@ -1,12 +1,14 @@
 """The node's side of its API fronts (``api_workers``; the fronts: :mod:`ian.api.front_process`).
 
-One node process is bound by the GIL to about one core, and most of its time per
-``POST /contribute`` is HTTP: reading, parsing, writing. With ``api_workers = N`` the node starts
-N front processes on the API's listening socket and accepts nothing there itself. For each
-front it:
+One node process is bound by the GIL to about one core, and much of its work per
+``POST /contribute`` is stateless: HTTP (reading, parsing, writing) and evaluating the pack.
+With ``api_workers = N`` the node binds
+N sockets on the API's port (SO_REUSEPORT: the kernel spreads connections evenly over them),
+starts one front process on each and accepts nothing there itself. For each front it:
 
 - answers the contribute requests the front sends over its channel with
-  :func:`ian.api.routes.contribute.contribute_answer`, after the same ban check
+  :func:`ian.api.routes.contribute.contribute_soon` (the route's own checks, counters and
+  answers, with the pack's evaluation made by the front), after the same ban check
   :class:`ian.api.auth.BanGuard` makes: one implementation of the route, whoever holds the
   connection;
 - serves the connections the front hands over (any other request) with the API's own server:
@@ -63,15 +65,14 @@ _HEALTHY_S = 10.0
 
 
 class ApiFronts:
-    """``count`` front processes accepting on ``listener`` for ``node``'s API ``server``."""
+    """One front process per listening socket of ``listeners`` (the API's port, see
+    :func:`ian.api.listen.listen_group`), for ``node``'s API ``server``."""
 
-    def __init__(
-        self, node: Node, server: uvicorn.Server, listener: socket.socket, count: int
-    ) -> None:
+    def __init__(self, node: Node, server: uvicorn.Server, listeners: list[socket.socket]) -> None:
         self.node = node
         self.server = server
-        self.listener = listener
-        self.count = count
+        self.listeners = listeners
+        self.count = len(listeners)
         self.max_body = node.settings.max_request_bytes
         self._processes: dict[int, Process] = {}
         self._stopping = anyio.Event()
@@ -126,7 +127,8 @@ class ApiFronts:
         for sock in (handoff, handoff_front):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _HANDOFF_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _HANDOFF_BUFFER)
-        fds = (self.listener.fileno(), channel_front.fileno(), handoff_front.fileno())
+        listener = self.listeners[slot]  # kept open by the node while the front restarts
+        fds = (listener.fileno(), channel_front.fileno(), handoff_front.fileno())
         try:
             process = await anyio.open_process(
                 [

@@ -18,7 +18,7 @@ from anyio.abc import TaskStatus
 
 from ian.api.fronts import ApiFronts
 from ian.api.http_limits import BoundedHttpToolsProtocol
-from ian.api.listen import listen
+from ian.api.listen import listen_group
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -50,7 +50,10 @@ class ApiServer:
     async def serve(self, *, task_status: TaskStatus[tuple[str, int]]) -> None:
         from ian.api.app import create_app
 
-        sock = listen(self.host, self.port, purpose="the API", setting="IAN_API_PORT")
+        workers = self.node.settings.api_workers
+        socks = listen_group(
+            self.host, self.port, max(1, workers), purpose="the API", setting="IAN_API_PORT"
+        )
         config = uvicorn.Config(
             create_app(self.node),
             log_config=None,
@@ -65,21 +68,21 @@ class ApiServer:
             proxy_headers=False,
         )
         self._server = server = _EmbeddedServer(config)
-        bound = sock.getsockname()[:2]
-        workers = self.node.settings.api_workers
+        bound = socks[0].getsockname()[:2]
         try:
             if not workers:
                 task_status.started((bound[0], bound[1]))
-                await server.serve(sockets=[sock])
+                await server.serve(sockets=socks)
                 return
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [])  # no socket of its own: what fronts hand over
                 await server.ready.wait()
-                self.fronts = ApiFronts(self.node, server, sock, workers)
+                self.fronts = ApiFronts(self.node, server, socks)
                 await tg.start(self.fronts.run)
                 task_status.started((bound[0], bound[1]))
         finally:
-            sock.close()
+            for sock in socks:
+                sock.close()
             self._done.set()
 
     async def shutdown(self) -> None:
