@@ -51,6 +51,8 @@ _READ = 65536
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: how long, on SIGTERM, requests being served may take to be answered
 GRACE_S = 5.0
+#: how long a connection may stay idle between requests (uvicorn's default, the node's too)
+KEEP_ALIVE_S = 5.0
 
 
 class Head:
@@ -279,9 +281,16 @@ class Front:
                         kept = not await self._hand_off(conn, buf)
                         return
                     searched = len(buf)
-                    self._idle(not buf)
-                    data = await loop.sock_recv(conn, _READ)
-                    self._idle(False)
+                    if buf:
+                        data = await loop.sock_recv(conn, _READ)
+                    else:  # between requests: an idle connection is closed, as by the node
+                        self._idle(True)
+                        try:
+                            async with asyncio.timeout(KEEP_ALIVE_S):
+                                data = await loop.sock_recv(conn, _READ)
+                        except TimeoutError:
+                            return
+                        self._idle(False)
                     if not data:
                         return
                     buf += data

@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 import uvicorn
 from anyio.abc import (
     Process,
@@ -169,7 +170,14 @@ class ApiFronts:
                 tg.start_soon(self._adopt_connections, handoff)
                 await self._serve_channel(stream, tg)
                 tg.cancel_scope.cancel()
+            # The front closed its channel (it is ending), or sent what it must not: either way
+            # the channel closes here, which ends a front that is still running.
+            await stream.aclose()
             with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(GRACE_S + 1):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
                 code: int | None = await process.wait()
         finally:
             handoff.close()
@@ -202,6 +210,9 @@ class ApiFronts:
                     return
                 ask = wire.decode_ask(await reader.receive_exactly(size))
             except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                return
+            except msgspec.MsgspecError as exc:
+                log.error("an API front sent an unreadable request (%s); restarting it", exc)
                 return
             self._answer(ask, out)
 

@@ -287,3 +287,16 @@ def node_fronts(node: Node) -> Any:
     fronts = node.api_fronts
     assert fronts is not None
     return fronts
+
+
+async def test_a_front_closes_a_connection_left_idle(tmp_path: Path) -> None:
+    """Between requests a front keeps a connection no longer than the node would (5 s)."""
+
+    def idle_until_closed(url: str) -> bytes:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=15) as sock:
+            return sock.recv(1)
+
+    async with running(tmp_path, "a", api_workers=1) as (_node, url):
+        with anyio.fail_after(12):
+            assert await anyio.to_thread.run_sync(idle_until_closed, url) == b""
