@@ -138,17 +138,27 @@ def make_request(path: str, body: bytes | None) -> bytes:
 # --------------------------------------------------------------------------- the client
 
 
+#: a pooled connection idle longer than this is not reused: servers close idle keep-alive
+#: connections (uvicorn and IAN after 5 s), and a request sent as one closes would fail
+STALE_AFTER_S = 4.0
+
+
 class Connection:
     """One HTTP/1.1 keep-alive connection; one request at a time (no pipelining)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.used_at = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self.used_at > STALE_AFTER_S
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
         self.writer.write(data)
@@ -287,6 +297,8 @@ async def open_loop(
     async def one(data: bytes, scheduled: float) -> None:
         nonlocal opened
         async with gate:
+            while idle and idle[0].stale:  # the oldest idle ones first (LIFO pool)
+                idle.popleft().close()
             if idle:
                 conn = idle.pop()
             else:
@@ -300,6 +312,7 @@ async def open_loop(
                 conn.close()
                 return
             tally.record(status, body, loop.time() - scheduled)
+            conn.used_at = time.monotonic()  # idle from now
             idle.append(conn)
 
     for k in range(total):
