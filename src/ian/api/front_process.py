@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 from ian.api import front_wire as wire
@@ -47,12 +48,16 @@ _CONTRIBUTE = b"POST /api/v1/contribute HTTP/1.1"
 #: request line + headers, at most (the node answers 431 past it: ian.api.http_limits)
 MAX_HEAD_BYTES = 64 * 1024
 _READ = 65536
-#: a control character in a header line (the node's parser answers 400 to it)
+#: a control character in a header value (the node's parser answers 400 to it)
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: a header name (RFC 9110 token)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: how long, on SIGTERM, requests being served may take to be answered
 GRACE_S = 5.0
 #: how long a connection may stay idle between requests (uvicorn's default, the node's too)
 KEEP_ALIVE_S = 5.0
+#: how long a request begun may go without a byte (a slow reader holds a task and a buffer)
+READ_TIMEOUT_S = 30.0
 
 
 class Head:
@@ -81,10 +86,8 @@ def parse_head(head: bytes) -> Head | None:
     forwarded: str | None = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name.strip(b" \t") != name or b" " in name:
-            return None  # obs-fold, a space before the colon, no colon: the node's to refuse
-        if _CONTROL.search(line):
-            return None
+        if not sep or not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+            return None  # obs-fold, a space before the colon, no colon...: the node's to judge
         name = name.lower()
         value = value.strip(b" \t")
         if name == b"content-length":
@@ -171,9 +174,9 @@ class PackEvaluator:
         ((kind, value),) = run_jobs([(name, parameters, {}, None)])
         if kind == "ok":
             return ("ok", value)
-        if kind == "invalid":
+        if kind == "invalid" and len(value) <= wire.MAX_MESSAGE_CHARS:
             return ("invalid", value)
-        return None  # an evaluator's bug: the node evaluates it and fails the same way
+        return None  # an evaluator's bug, or a long message: the node evaluates it itself
 
 
 class Front:
@@ -196,6 +199,8 @@ class Front:
         #: connection tasks, and whether each is idle (waiting for a request to begin)
         self._connections: dict[asyncio.Task[None], bool] = {}
         self._stopping = False
+        #: one thread: evaluation is CPU work under the GIL; more threads would not add cores
+        self._evaluating = ThreadPoolExecutor(1, thread_name_prefix="ian-front-evaluation")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,14 +242,25 @@ class Front:
                     waiter.set_result(answer)
 
     async def _ask(self, peer: str, head: Head, body: bytes) -> wire.Answer:
+        """The node's answer to a contribute request (evaluating the pack when it asks)."""
         assert self._writer is not None
         self._next_id += 1
         rid = self._next_id
-        waiter: asyncio.Future[wire.Answer] = asyncio.get_running_loop().create_future()
-        self._asks[rid] = waiter
+        loop = asyncio.get_running_loop()
         try:
-            ask = (rid, peer, head.authorization, head.forwarded, body, self.evaluate(body))
-            self._writer.write(wire.encode(ask))
+            waiter: asyncio.Future[wire.Answer] = loop.create_future()
+            self._asks[rid] = waiter
+            auth, forwarded = head.authorization, head.forwarded
+            self._writer.write(wire.encode((wire.REQUEST, rid, peer, auth, forwarded, body, None)))
+            await self._writer.drain()
+            answer = await waiter
+            if answer[1] != wire.EVALUATE:
+                return answer
+            # Admitted by the node: evaluate here, off this loop (it keeps serving meanwhile).
+            evaluated = await loop.run_in_executor(self._evaluating, self.evaluate, body)
+            waiter = loop.create_future()
+            self._asks[rid] = waiter
+            self._writer.write(wire.encode((wire.EVALUATION, rid, "", None, None, b"", evaluated)))
             await self._writer.drain()
             return await waiter
         finally:
@@ -259,7 +275,8 @@ class Front:
                 print(f"ian api front: accept failed: {exc}", file=sys.stderr)
                 await asyncio.sleep(0.1)
                 continue
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # reset already: the first read says so
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(self._serve(conn, str(address[0])))
             self._connections[task] = True
             task.add_done_callback(self._connections.pop)
@@ -277,12 +294,12 @@ class Front:
             while True:
                 searched = 0
                 while (end := buf.find(b"\r\n\r\n", max(0, searched - 3))) < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
+                    if len(buf) > MAX_HEAD_BYTES or b"\n\n" in buf:  # too long, or bare LFs
                         kept = not await self._hand_off(conn, buf)
                         return
                     searched = len(buf)
                     if buf:
-                        data = await loop.sock_recv(conn, _READ)
+                        data = await self._recv(conn, _READ)
                     else:  # between requests: an idle connection is closed, as by the node
                         self._idle(True)
                         try:
@@ -300,22 +317,29 @@ class Front:
                     return
                 total = end + 4 + head.length
                 while len(buf) < total:
-                    data = await loop.sock_recv(conn, max(_READ, total - len(buf)))
+                    data = await self._recv(conn, max(_READ, total - len(buf)))
                     if not data:
                         return
                     buf += data
                 body = bytes(buf[end + 4 : total])
                 del buf[:total]
                 answer = await self._ask(peer, head, body)
-                close = head.close or self._stopping
+                # The node's server closes the connection after a 500 (the app raised); so here.
+                close = head.close or self._stopping or answer[1] == 500
                 await loop.sock_sendall(conn, render(answer, close))
                 if close:
                     return
-        except (ConnectionError, TimeoutError):
+        except (OSError, TimeoutError):  # ConnectionError; a read past READ_TIMEOUT_S
             return
         finally:
             if kept:
                 conn.close()
+
+    @staticmethod
+    async def _recv(conn: socket.socket, size: int) -> bytes:
+        """The next bytes of a request begun: at most :data:`READ_TIMEOUT_S` apart."""
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            return await asyncio.get_running_loop().sock_recv(conn, size)
 
     async def _hand_off(self, conn: socket.socket, data: bytearray) -> bool:
         """Give ``conn`` and the ``data`` read from it to the node; False if that failed."""
@@ -334,6 +358,15 @@ class Front:
         return False
 
 
+def _installed_version() -> str:
+    from importlib.metadata import version
+
+    try:
+        return version("ian-node")
+    except Exception:
+        return "0+unknown"  # as ian.node.package_version
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ian.api.front_process")
     parser.add_argument("--listen-fd", type=int, required=True)
@@ -344,7 +377,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--goals", default="{}", help="JSON: goal id -> evaluator name, the goals to evaluate"
     )
+    parser.add_argument("--node-version", default=None, help="the node's ian-node version")
     args = parser.parse_args(argv)
+    installed = _installed_version()
+    if args.node_version is not None and args.node_version != installed:
+        # Its evaluations are taken as the node's: the code must be the node's.
+        print(
+            f"ian api front: the installed ian-node is {installed}, the running node is "
+            f"{args.node_version}; restart the node",
+            file=sys.stderr,
+        )
+        return 3
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's; it stops the fronts
     listener = socket.socket(fileno=args.listen_fd)
     listener.setblocking(False)

@@ -3,10 +3,13 @@
 Two socket pairs per front, made by the node and inherited by the front:
 
 - the *channel* (a stream): the front sends one :data:`Ask` per ``POST /api/v1/contribute`` it
-  read — with the pack already evaluated when its goal's evaluator is costly: that is stateless
-  work, done in parallel in the fronts — and the node answers each with one :data:`Answer` (any
-  order; matched by id). A frame is a
-  4-byte big-endian length and a msgpack array, at most :func:`max_frame` bytes.
+  read (kind :data:`REQUEST`), and the node answers each with one :data:`Answer` (any order;
+  matched by id). When the node has admitted the contribution (ban, token, rate limits, body,
+  goal, parameters: nothing is evaluated for a request it refuses) and its goal's evaluator is
+  costly, the answer is :data:`EVALUATE` instead: the front evaluates the pack (stateless work,
+  done in parallel in the fronts) and sends the result in a second ask of the same id (kind
+  :data:`EVALUATION`), which the node answers for good. A frame is a 4-byte big-endian length
+  and a msgpack array, at most :func:`max_frame` bytes.
 - the *hand-off* socket (``SOCK_SEQPACKET``): any other request, the connection is given to the
   node whole: one message of the bytes the front read and did not answer, carrying the
   connection's file descriptor (``SCM_RIGHTS``). The node serves it from there as if it had
@@ -22,8 +25,12 @@ import struct
 import msgspec
 
 __all__ = [
+    "EVALUATE",
+    "EVALUATION",
     "HANDOFF_MAX_BYTES",
     "HEADER",
+    "MAX_MESSAGE_CHARS",
+    "REQUEST",
     "Answer",
     "Ask",
     "Evaluated",
@@ -40,9 +47,16 @@ HEADER = struct.Struct(">I")
 #: the "error" kind): ("ok", (reward, risk, complexity, sharpe_ratio, max_drawdown)) or
 #: ("invalid", message); None when the front did not evaluate it
 Evaluated = tuple[str, tuple[float, float, float, float | None, float | None] | str] | None
-#: request id, the client's address (as the socket says), its Authorization and
-#: X-Forwarded-For headers (first of each, None when absent), the body, its evaluation
-Ask = tuple[int, str, str | None, str | None, bytes, Evaluated]
+#: kind (:data:`REQUEST` or :data:`EVALUATION`), request id, the client's address (as the socket
+#: says), its Authorization and X-Forwarded-For headers (first of each, None when absent), the
+#: body; or, for an evaluation, empty fields and the evaluation
+Ask = tuple[int, int, str, str | None, str | None, bytes, Evaluated]
+REQUEST = 0
+EVALUATION = 1
+#: the status of an :data:`Answer` that asks the front to evaluate the pack and send it back
+EVALUATE = 0
+#: the longest evaluator message a front sends (a longer one: the node evaluates the pack)
+MAX_MESSAGE_CHARS = 4096
 #: request id, status, headers (name, value; the Content-Length among them), body
 Answer = tuple[int, int, list[tuple[bytes, bytes]], bytes]
 
@@ -56,8 +70,9 @@ _answer_decoder = msgspec.msgpack.Decoder(tuple[int, int, list[tuple[bytes, byte
 
 
 def max_frame(max_body: int) -> int:
-    """The largest frame either side accepts: a body of ``max_body`` and room for the rest."""
-    return max_body + 64 * 1024
+    """The largest frame either side accepts: a body of ``max_body``, a request head's worth of
+    headers (64 KiB) and room for the rest."""
+    return max_body + 256 * 1024
 
 
 def encode(message: Ask | Answer) -> bytes:

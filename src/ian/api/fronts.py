@@ -50,7 +50,7 @@ from ian.api.auth import ban_refusal
 from ian.api.front_process import GRACE_S
 from ian.api.http_limits import BoundedHttpToolsProtocol
 from ian.api.responses import error_response
-from ian.api.routes.contribute import contribute_soon
+from ian.api.routes.contribute import Admitted, admit_now, decide_soon
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -78,6 +78,9 @@ class ApiFronts:
         self._processes: dict[int, Process] = {}
         self._stopping = anyio.Event()
         self.started = 0  # front processes started, restarts included
+        self.asks = 0  # contribute requests the fronts sent
+        self.evaluated = 0  # of those, evaluated by a front
+        self.handoffs = 0  # connections the fronts handed over
         #: set (and replaced) whenever a front process starts
         self.changed = anyio.Event()
 
@@ -148,6 +151,8 @@ class ApiFronts:
                     str(self.node.settings.max_parameters_bytes),
                     "--goals",
                     json.dumps(self._costly_goals()),
+                    "--node-version",
+                    self.node.version,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=None,
@@ -159,6 +164,8 @@ class ApiFronts:
             channel_front.close()
             handoff_front.close()
         self._processes[slot] = process
+        if self._stopping.is_set():  # stop() began while it started: it missed this one
+            process.send_signal(signal.SIGTERM)
         self.started += 1
         self.changed.set()
         self.changed = anyio.Event()
@@ -201,6 +208,9 @@ class ApiFronts:
         reader = BufferedByteReceiveStream(stream)
         limit = wire.max_frame(self.max_body)
         out = _Answers()
+        #: admitted contributions whose evaluation the front was asked for, by request id
+        waiting: dict[int, Admitted] = {}
+        costly = set(self._costly_goals())
         tg.start_soon(out.write_to, stream)
         while True:
             try:
@@ -214,30 +224,49 @@ class ApiFronts:
             except msgspec.MsgspecError as exc:
                 log.error("an API front sent an unreadable request (%s); restarting it", exc)
                 return
-            self._answer(ask, out)
+            kind, rid = ask[0], ask[1]
 
-    def _answer(self, ask: wire.Ask, out: _Answers) -> None:
-        rid, peer, authorization, forwarded, body, evaluated = ask
+            def answer(response: Response, rid: int = rid) -> None:
+                status = response.status_code
+                out.add(wire.encode((rid, status, response.raw_headers, bytes(response.body))))
 
-        def answer(response: Response) -> None:
-            out.add(
-                wire.encode((rid, response.status_code, response.raw_headers, bytes(response.body)))
-            )
+            try:
+                if kind == wire.EVALUATION:
+                    admitted = waiting.pop(rid, None)
+                    if admitted is None:
+                        log.error("an API front sent an evaluation nobody asked for; restarting it")
+                        return
+                    admitted.contribution.evaluated = ask[6]
+                    self.evaluated += ask[6] is not None
+                    decide_soon(self.node, admitted, answer)
+                    continue
+                self.asks += 1
+                result = self._admit(ask)
+                if not isinstance(result, Admitted):
+                    answer(result)
+                elif result.contribution.goal_id in costly and not result.contribution.metadata:
+                    waiting[rid] = result  # the front evaluates it (see ian.api.front_wire)
+                    out.add(wire.encode((rid, wire.EVALUATE, [], b"")))
+                else:
+                    decide_soon(self.node, result, answer)
+            except Exception:
+                log.exception("unexpected error serving POST /api/v1/contribute")
+                waiting.pop(rid, None)
+                answer(error_response(500, "internal", "internal error; see the node's log"))
 
+    def _admit(self, ask: wire.Ask) -> Admitted | Response:
+        """The node's checks for a front's request, in the order of its own path: the ban
+        (:class:`ian.api.auth.BanGuard`), then the route's."""
+        _, _, peer, authorization, forwarded, body, _ = ask
         refusal = ban_refusal(self.node, peer, forwarded)
         if refusal is not None:
-            answer(refusal)
-            return
+            return refusal
         headers = {"content-length": str(len(body))}
         if authorization is not None:
             headers["authorization"] = authorization
         if forwarded is not None:
             headers["x-forwarded-for"] = forwarded
-        try:
-            contribute_soon(self.node, peer, headers, body, answer, evaluated)
-        except Exception:
-            log.exception("unexpected error serving POST /api/v1/contribute")
-            answer(error_response(500, "internal", "internal error; see the node's log"))
+        return admit_now(self.node, peer, headers, body)
 
     async def _adopt_connections(self, handoff: socket.socket) -> None:
         """Serve every connection the front hands over with the node's own API server."""
@@ -260,7 +289,8 @@ class ApiFronts:
                 return
             if not data and not fds:
                 return  # the front closed its end
-            if flags & socket.MSG_CTRUNC or len(fds) != 1 or data[:1] != b"H":
+            bad = flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC)
+            if bad or len(fds) != 1 or data[:1] != b"H":
                 for fd in fds:
                     os.close(fd)
                 log.warning("an API front handed over a malformed connection; dropped")
@@ -271,6 +301,7 @@ class ApiFronts:
             except OSError:
                 conn.close()
                 continue
+            self.handoffs += 1
             if len(data) > 1:
                 proto.data_received(data[1:])
 

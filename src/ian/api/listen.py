@@ -44,6 +44,10 @@ def listen_group(
     if count <= 1 or not hasattr(socket, "SO_REUSEPORT"):
         sock = listen(host, port, purpose=purpose, setting=setting)
         return [sock] * max(1, count)
+    if port:
+        # SO_REUSEPORT would also let this group join another process's group on the port
+        # (another node of the same user): a plain bind first fails on any listener there.
+        listen(host, port, purpose=purpose, setting=setting).close()
     socks = [listen(host, port, purpose=purpose, setting=setting, reuse_port=True)]
     bound = socks[0].getsockname()[1]
     try:

@@ -187,8 +187,11 @@ async def test_fronts_answer_contributions_and_hand_over_the_rest(tmp_path: Path
                 "/api/v1/contribute", json={**plain_body(2), "goal_id": "NOPE"}
             )
             assert unknown.status_code == 404
+            # The fronts sent those four; the two admitted demo packs were evaluated there.
+            assert (fronts.asks, fronts.evaluated, fronts.handoffs) == (4, 2, 0)
             # Reads are handed over to the node.
             status = (await client.get("/api/v1/status")).json()
+            assert fronts.handoffs == 1
         assert status["contributions"] == {"received": 4, "accepted": 1, "rejected": 3}
         assert status["goals"][DEMO]["log_size"] == 1
 
@@ -233,6 +236,8 @@ async def test_fronts_give_the_same_chain_as_the_node_alone(tmp_path: Path) -> N
                 for body in bodies:
                     r = await client.post("/api/v1/contribute", json=body)
                     assert r.status_code == 200, r.text
+            if workers:  # every pack was evaluated by a front
+                assert node_fronts(node).evaluated == len(bodies)
             goal = node.state.goals[DEMO]
             roots.append((goal.mmr.size, goal.mmr.root(), goal.leaderboard.root()))
     assert roots[0] == roots[1]
@@ -244,13 +249,12 @@ async def test_fronts_keep_the_token_and_the_bans(tmp_path: Path) -> None:
         tmp_path, "a", api_workers=1, api_token="s3cret", trusted_proxies=["127.0.0.1/32"]
     ) as (node, url):
         node.peer_book.ban("203.0.113.9", seconds=600, reason="test")
+        fronts = node_fronts(node)
         async with httpx.AsyncClient(base_url=url) as client:
             missing = await client.post("/api/v1/contribute", json=plain_body(0))
             assert missing.status_code == 401
             assert missing.headers["www-authenticate"] == "Bearer"
             good = {"authorization": "Bearer s3cret"}
-            ok = await client.post("/api/v1/contribute", json=plain_body(0), headers=good)
-            assert ok.status_code == 200 and ok.json()["accepted"] is True
             banned = await client.post(
                 "/api/v1/contribute",
                 json=plain_body(1),
@@ -258,6 +262,11 @@ async def test_fronts_keep_the_token_and_the_bans(tmp_path: Path) -> None:
             )
             assert banned.status_code == 403
             assert banned.json()["error"]["code"] == "banned"
+            # A refused request costs no evaluation: the node checks before the front evaluates.
+            assert (fronts.asks, fronts.evaluated) == (2, 0)
+            ok = await client.post("/api/v1/contribute", json=plain_body(0), headers=good)
+            assert ok.status_code == 200 and ok.json()["accepted"] is True
+            assert (fronts.asks, fronts.evaluated) == (3, 1)
 
 
 async def test_a_killed_front_is_started_again_and_all_stop_with_the_node(
@@ -300,3 +309,52 @@ async def test_a_front_closes_a_connection_left_idle(tmp_path: Path) -> None:
     async with running(tmp_path, "a", api_workers=1) as (_node, url):
         with anyio.fail_after(12):
             assert await anyio.to_thread.run_sync(idle_until_closed, url) == b""
+
+
+async def test_the_largest_request_with_the_largest_headers_gets_the_node_answer(
+    tmp_path: Path,
+) -> None:
+    """A body of max_request_bytes with ~60 KB of Authorization and X-Forwarded-For: the
+    node's answer, and the front is not restarted (its frame to the node is within bounds)."""
+    async with running(
+        tmp_path, "a", api_workers=1, max_request_bytes=65_536, max_parameters_bytes=32_768
+    ) as (node, url):
+        fronts = node_fronts(node)
+        doc = json.dumps(plain_body(0)).encode()
+        body = doc[:-1] + b" " * (65_536 - len(doc)) + b"}"
+        extra = b"authorization: Bearer " + b"a" * 30_000 + b"\r\n"
+        extra += b"x-forwarded-for: " + b"1" * 30_000 + b"\r\n"
+        (answer,) = await anyio.to_thread.run_sync(lambda: exchange(url, post(body, extra=extra)))
+        assert status_of(answer) == 200, answer[:300]
+        assert body_of(answer)["accepted"] is True
+        assert (fronts.started, fronts.asks, fronts.evaluated) == (1, 1, 1)
+
+
+async def test_bare_line_feeds_are_left_to_the_node(tmp_path: Path) -> None:
+    """A head ended by bare LFs never has the CRLF blank line a front looks for: handed over
+    at once rather than waited on."""
+    async with running(tmp_path, "a", api_workers=1) as (node, url):
+        raw = b"GET /health HTTP/1.1\nhost: x\n\n"
+        with anyio.fail_after(10):
+            (answer,) = await anyio.to_thread.run_sync(lambda: exchange(url, raw))
+        assert status_of(answer) in (200, 400)
+        assert node_fronts(node).handoffs == 1
+
+
+def test_a_port_in_use_is_refused_even_with_several_fronts() -> None:
+    """SO_REUSEPORT would let a group join another process's listeners on the port."""
+    from ian.api.listen import listen_group
+    from ian.errors import ConfigError
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ConfigError, match="cannot listen"):
+            listen_group("127.0.0.1", port, 2, purpose="the API", setting="IAN_API_PORT")
+    socks = listen_group("127.0.0.1", 0, 3, purpose="the API", setting="IAN_API_PORT")
+    try:
+        assert len({s.getsockname()[1] for s in socks}) == 1 and len(set(socks)) == 3
+    finally:
+        for sock in socks:
+            sock.close()

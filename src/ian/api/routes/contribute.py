@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 from fastapi import APIRouter, Request, Response
@@ -143,38 +144,49 @@ class _Tally:
         return request_error_response(exc)
 
 
-def contribute_soon(
-    node: Node,
-    peer: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    answer: Callable[[Response], None],
-    evaluated: Any = None,
-) -> None:
-    """:func:`contribute_answer` for a body already read, without waiting: ``answer`` gets the
-    response (at once for a refusal, once the contribution is decided otherwise). What an API
-    front's requests get (:mod:`ian.api.fronts`): no task per request. ``evaluated``: the
-    pack's evaluation, made by the front (``Contribution.evaluated``)."""
+@dataclass(slots=True)
+class Admitted:
+    """A contribution that passed every check before the sequencer (:func:`admit_now`)."""
+
+    contribution: Contribution
+    tally: _Tally
+    started: float
+
+
+def admit_now(
+    node: Node, peer: str, headers: Mapping[str, str], body: bytes
+) -> Admitted | Response:
+    """:func:`contribute_answer`'s checks for a body already read, at once: the contribution,
+    admitted and not yet queued, or the answer refusing it. With :func:`decide_soon`, what an
+    API front's requests get (:mod:`ian.api.fronts`): no task per request."""
     started = time.perf_counter()
     tally = _Tally(node)
     try:
         check_caller(node, peer, headers)
-        c = tally.admit(body)
-        c.evaluated = evaluated
+        return Admitted(tally.admit(body), tally, started)
+    except RequestError as exc:
+        return tally.refused(exc)
 
-        def decided(outcome: Outcome | None, error: BaseException | None) -> None:
-            if error is None:
-                assert outcome is not None
-                try:
-                    answer(accepted_answer(node, node.intake.settle(c, outcome), started))
-                except RequestError as exc:
-                    answer(tally.refused(exc))
-            elif isinstance(error, RequestError):
-                answer(tally.refused(error))
-            else:
-                log.error("contribution failed", exc_info=error)
-                answer(error_response(500, "internal", "internal error; see the node's log"))
 
+def decide_soon(node: Node, admitted: Admitted, answer: Callable[[Response], None]) -> None:
+    """Queue an admitted contribution; ``answer`` gets the response once it is decided (or at
+    once when it cannot be queued)."""
+    c, tally = admitted.contribution, admitted.tally
+
+    def decided(outcome: Outcome | None, error: BaseException | None) -> None:
+        if error is None:
+            assert outcome is not None
+            try:
+                answer(accepted_answer(node, node.intake.settle(c, outcome), admitted.started))
+            except RequestError as exc:
+                answer(tally.refused(exc))
+        elif isinstance(error, RequestError):
+            answer(tally.refused(error))
+        else:
+            log.error("contribution failed", exc_info=error)
+            answer(error_response(500, "internal", "internal error; see the node's log"))
+
+    try:
         node.submit_soon(c, decided)
     except RequestError as exc:
         answer(tally.refused(exc))
