@@ -358,3 +358,50 @@ def test_a_port_in_use_is_refused_even_with_several_fronts() -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+async def test_slow_evaluations_move_off_the_front_loop() -> None:
+    """A front evaluates on its loop while evaluations are quick, and in its thread once they
+    take longer than INLINE_EVALUATION_S on average (so it keeps serving meanwhile)."""
+    import asyncio
+    import threading
+    import time
+
+    from ian.api import front_wire as wire
+    from ian.api.front_process import INLINE_EVALUATION_S, Front, Head
+
+    threads: list[str] = []
+
+    def slow_evaluation(body: bytes) -> wire.Evaluated:
+        threads.append(threading.current_thread().name)
+        time.sleep(2 * INLINE_EVALUATION_S)  # an evaluator that takes its time
+        return ("ok", (1.0, 0.0, 0.0, None, None))
+
+    ours, theirs = socket.socketpair()
+    listener, handoff = socket.socket(), socket.socket()
+    front = Front(listener, ours, handoff, 1024, slow_evaluation)
+    reader, front._writer = await asyncio.open_unix_connection(sock=ours)
+    answers = asyncio.create_task(front._read_answers(reader))
+    node_reader, node_writer = await asyncio.open_unix_connection(sock=theirs)
+
+    async def node() -> None:  # asks for every evaluation, then answers 200
+        while True:
+            (size,) = wire.HEADER.unpack(await node_reader.readexactly(wire.HEADER.size))
+            ask = wire.decode_ask(await node_reader.readexactly(size))
+            status = wire.EVALUATE if ask[0] == wire.REQUEST else 200
+            node_writer.write(wire.encode((ask[1], status, [], b"")))
+
+    serving = asyncio.create_task(node())
+    try:
+        for _ in range(12):
+            answer = await front._ask("127.0.0.1", Head(2, False, None, None), b"{}")
+            assert answer[1] == 200
+    finally:
+        serving.cancel()
+        answers.cancel()
+        for sock in (listener, handoff, theirs):
+            sock.close()
+        node_writer.close()
+    main = threading.current_thread().name
+    assert threads[0] == main
+    assert threads[-1] != main and threads[-1].startswith("ian-front-evaluation")
