@@ -17,9 +17,11 @@ stopped or died) and, on SIGTERM, once the requests it is serving are answered (
 node's to handle).
 
 A front also evaluates the pack of each contribute request whose goal has a costly evaluator
-(the demo back-test, any real one): evaluation is pure and stateless, so the fronts do it in
-parallel, and the node takes the result (:attr:`ian.chain.contributions.Contribution.evaluated`)
-instead of evaluating the pack again. The fronts are the node's own processes, running its code.
+(the demo back-test, any real one), once the node has admitted the request (nothing is
+evaluated for a client the node refuses): evaluation is pure and stateless, so the fronts do it
+in parallel, and the node takes the result (:attr:`ian.chain.contributions.Contribution.evaluated`)
+instead of evaluating the pack again. The fronts are the node's own processes, running its code
+(a front from another installed version refuses to start).
 
 Run by the node as ``python -m ian.api.front_process --listen-fd N --channel-fd N
 --handoff-fd N --max-body N --max-parameters N --goals JSON``. No node and no web framework

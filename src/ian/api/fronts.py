@@ -6,11 +6,12 @@ With ``api_workers = N`` the node binds
 N sockets on the API's port (SO_REUSEPORT: the kernel spreads connections evenly over them),
 starts one front process on each and accepts nothing there itself. For each front it:
 
-- answers the contribute requests the front sends over its channel with
-  :func:`ian.api.routes.contribute.contribute_soon` (the route's own checks, counters and
-  answers, with the pack's evaluation made by the front), after the same ban check
+- answers the contribute requests the front sends over its channel with the route's own
+  checks, counters and answers (:func:`ian.api.routes.contribute.admit_now` and
+  :func:`~ian.api.routes.contribute.decide_soon`), after the same ban check
   :class:`ian.api.auth.BanGuard` makes: one implementation of the route, whoever holds the
-  connection;
+  connection. An admitted pack of a costly goal is evaluated by the front before it is queued
+  (see :mod:`ian.api.front_wire`);
 - serves the connections the front hands over (any other request) with the API's own server:
   the descriptor becomes a connection of the node's uvicorn, fed the bytes the front read;
 - starts the front again when it dies (after 0.5 s, doubling to 30 s while it keeps dying
