@@ -122,7 +122,8 @@ class ApiFronts:
             log.error(
                 "API front %d exited with code %s; starting it again in %.1fs", slot, code, backoff
             )
-            await anyio.sleep(backoff)
+            with anyio.move_on_after(backoff):  # or until stop(): it must not wait for this
+                await self._stopping.wait()
             backoff = min(_MAX_BACKOFF_S, backoff * 2)
 
     async def _run_one(self, slot: int, task_status: TaskStatus[None]) -> int | None:
