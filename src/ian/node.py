@@ -634,30 +634,33 @@ class Node:
                 "the sequencer is catching up with its peers before it sequences", retry_after=2
             )
 
-    async def _submit(self, c: Contribution) -> Outcome:
+    def _sequences_here(self) -> bool:
+        """Whether a contribution is sequenced here (True) or forwarded to the sequencer or
+        leader (False); UnavailableError when neither can happen now."""
         if self.consensus is not None:
             if self._sequencing():
-                return await self.sequencer.submit(c)
+                return True
             if self.consensus.core.leader_id is None:
                 raise UnavailableError(
                     "no leader is known: an election is running or a majority of authorities "
                     "is unreachable",
                     retry_after=1.0,
                 )
-            return await self.replicator.forward(c)
+            return False
         if self._role == "sequencer":
             self._refuse_while_catching_up()
+            return True
+        return False
+
+    async def _submit(self, c: Contribution) -> Outcome:
+        if self._sequences_here():
             return await self.sequencer.submit(c)
         return await self.replicator.forward(c)
 
     def submit_soon(self, c: Contribution, on_done: OnDone) -> None:
         """:meth:`_submit` without waiting: ``on_done`` gets the outcome or the error. Errors
-        known at once (catching up, a full queue) are raised here."""
-        sequencing = self._sequencing() if self.consensus is not None else None
-        if sequencing is None and self._role == "sequencer":
-            self._refuse_while_catching_up()
-            sequencing = True
-        if sequencing:
+        known at once (catching up, no leader, a full queue) are raised here."""
+        if self._sequences_here():
             self.sequencer.enqueue(c, on_done)
             return
         if self._tg is None:
@@ -665,7 +668,7 @@ class Node:
 
         async def forward() -> None:
             try:
-                outcome = await self._submit(c)
+                outcome = await self.replicator.forward(c)
             except Exception as exc:
                 on_done(None, exc)
             else:
