@@ -762,6 +762,24 @@ def _etcd_keys(member_url: str) -> int | None:
         return None
 
 
+def _measure_etcd(pool, cluster, label: str, runs: int, duration: float) -> dict[str, Any]:
+    """:func:`_measure` against ``cluster``'s leader, with the keys it stored afterwards."""
+    m = cluster.leader()
+    out = _measure(
+        pool,
+        "127.0.0.1",
+        m.client_port,
+        cluster.pids(),
+        kind="etcd",
+        label=label,
+        runs=runs,
+        duration=duration,
+    )
+    out["sent_to"] = f"leader {m.name}"
+    out["keys_stored"] = _etcd_keys(m.client_url)
+    return out
+
+
 def _node_env(args) -> dict[str, str]:
     """Settings given to every IAN node of the comparison."""
     return {} if args.api_workers is None else {"IAN_API_WORKERS": str(args.api_workers)}
@@ -829,18 +847,7 @@ def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict
 
         with EtcdCluster(1, allow_install=not args.no_install) as cluster:
             doc["etcd_version"] = cluster.version
-            m = cluster.leader()
-            measured["etcd single"] = _measure(
-                pool,
-                "127.0.0.1",
-                m.client_port,
-                cluster.pids(),
-                kind="etcd",
-                label="etcd1",
-                runs=runs,
-                duration=duration,
-            )
-            measured["etcd single"]["keys_stored"] = _etcd_keys(m.client_url)
+            measured["etcd single"] = _measure_etcd(pool, cluster, "etcd1", runs, duration)
 
         net = Network(out_dir, "cmp", env=_node_env(args))
         try:
@@ -865,19 +872,7 @@ def run_etcd_comparison(args, runs: int, duration: float, out_dir: Path) -> dict
             net.stop()
 
         with EtcdCluster(3, allow_install=not args.no_install) as cluster:
-            m = cluster.leader()
-            measured["etcd replicated"] = _measure(
-                pool,
-                "127.0.0.1",
-                m.client_port,
-                cluster.pids(),
-                kind="etcd",
-                label="etcd3",
-                runs=runs,
-                duration=duration,
-            )
-            measured["etcd replicated"]["sent_to"] = f"leader {m.name}"
-            measured["etcd replicated"]["keys_stored"] = _etcd_keys(m.client_url)
+            measured["etcd replicated"] = _measure_etcd(pool, cluster, "etcd3", runs, duration)
 
     for key, _, _ in SCENARIOS:
         ian, etcd = measured[f"ian {key}"], measured[f"etcd {key}"]

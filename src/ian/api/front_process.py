@@ -45,11 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 from ian.api import front_wire as wire
+from ian.api.front_wire import MAX_HEAD_BYTES
 
 #: the one request line a front serves itself
 _CONTRIBUTE = b"POST /api/v1/contribute HTTP/1.1"
-#: request line + headers, at most (the node answers 431 past it: ian.api.http_limits)
-MAX_HEAD_BYTES = 64 * 1024
 _READ = 65536
 #: a control character in a header value (the node's parser answers 400 to it)
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")

@@ -29,6 +29,7 @@ __all__ = [
     "EVALUATION",
     "HANDOFF_MAX_BYTES",
     "HEADER",
+    "MAX_HEAD_BYTES",
     "MAX_MESSAGE_CHARS",
     "REQUEST",
     "Answer",
@@ -39,6 +40,10 @@ __all__ = [
     "encode",
     "max_frame",
 ]
+
+#: a request head (request line and headers), at most, on the API's port: past it the node's
+#: server answers 431 (:mod:`ian.api.http_limits`) and a front hands the connection over
+MAX_HEAD_BYTES = 64 * 1024
 
 #: a frame's length prefix
 HEADER = struct.Struct(">I")

@@ -52,6 +52,7 @@ from ian.api.front_process import GRACE_S
 from ian.api.http_limits import BoundedHttpToolsProtocol
 from ian.api.responses import error_response
 from ian.api.routes.contribute import Admitted, admit_now, decide_soon
+from ian.chain.evaluation import costly_goals
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -160,8 +161,11 @@ class ApiFronts:
                 stdout=None,
                 stderr=None,
                 pass_fds=fds,
-                env=os.environ.copy(),
             )
+        except BaseException:
+            channel.close()
+            handoff.close()
+            raise
         finally:
             channel_front.close()
             handoff_front.close()
@@ -199,11 +203,8 @@ class ApiFronts:
 
     def _costly_goals(self) -> dict[str, str]:
         """The goals whose packs a front evaluates: id -> evaluator name."""
-        return {
-            gid: goal.spec.evaluator
-            for gid, goal in self.node.state.goals.items()
-            if getattr(goal.evaluator, "costly", False)
-        }
+        goals = self.node.state.goals
+        return {gid: goals[gid].spec.evaluator for gid in costly_goals(goals)}
 
     async def _serve_channel(self, stream: UNIXSocketStream, tg: TaskGroup) -> None:
         """Answer the front's asks until it closes the channel."""

@@ -16,10 +16,9 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["MAX_HEAD_BYTES", "BoundedHttpToolsProtocol"]
+from ian.api.front_wire import MAX_HEAD_BYTES  # nginx allows 4 x 8 KiB by default
 
-#: request line + headers of one request (nginx allows 4 x 8 KiB by default)
-MAX_HEAD_BYTES = 64 * 1024
+__all__ = ["MAX_HEAD_BYTES", "BoundedHttpToolsProtocol"]
 
 
 def _too_large() -> bytes:

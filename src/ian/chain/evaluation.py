@@ -40,6 +40,7 @@ __all__ = [
     "Evaluation",
     "Job",
     "RawResult",
+    "costly_goals",
     "evaluate_batch",
     "evaluate_contribution",
     "finish",
@@ -82,6 +83,11 @@ class BatchEvaluator(Protocol):
         """One evaluation per contribution, in order; None for a contribution of a goal not in
         ``goals`` (step 2 decides what that means)."""
         ...
+
+
+def costly_goals(goals: Mapping[str, GoalState]) -> set[str]:
+    """The goals whose evaluator is marked ``costly`` (worth evaluating in other processes)."""
+    return {gid for gid, goal in goals.items() if getattr(goal.evaluator, "costly", False)}
 
 
 def evaluate_batch(

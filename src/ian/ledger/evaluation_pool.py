@@ -44,6 +44,7 @@ from ian.chain.evaluation import (
     Evaluation,
     Job,
     RawResult,
+    costly_goals,
     evaluate_batch,
     evaluate_contribution,
     finish,
@@ -117,11 +118,7 @@ class EvaluationPool:
         this process (cheap evaluators, small batches) is evaluated by ``result()``, so the
         caller can do other work while the workers run."""
         remote: list[int] = []
-        costly = (
-            {gid for gid, goal in goals.items() if getattr(goal.evaluator, "costly", False)}
-            if self.parallel
-            else None
-        )
+        costly = costly_goals(goals) if self.parallel else None
         if costly:
             remote = [
                 i
