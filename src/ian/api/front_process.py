@@ -14,7 +14,8 @@ the node serves it as if it had accepted it: reads, admin, metrics, errors, 431 
 What a front holds is bounded: a request head of 64 KiB plus one read, a body of
 ``max_request_bytes``, per connection. It exits when the node closes its channel (the node
 stopped or died) and, on SIGTERM, once the requests it is serving are answered (SIGINT is the
-node's to handle).
+node's to handle). Its few log lines (a failed accept or hand-over, a refusal to start) go to
+standard error, the node's, in the node's format (``--log-format``).
 
 A front also evaluates the pack of each contribute request whose goal has a costly evaluator
 (the demo back-test, any real one), once the node has admitted the request (nothing is
@@ -24,8 +25,8 @@ instead of evaluating the pack again. The fronts are the node's own processes, r
 (a front from another installed version refuses to start).
 
 Run by the node as ``python -m ian.api.front_process --listen-fd N --channel-fd N
---handoff-fd N --max-body N --max-parameters N --goals JSON``. No node and no web framework
-in here.
+--handoff-fd N --max-body N --max-parameters N --goals JSON --node-version V --log-format F``.
+No node and no web framework in here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import logging
+import os
 import re
 import signal
 import socket
@@ -46,8 +49,11 @@ from http import HTTPStatus
 
 from ian.api import front_wire as wire
 from ian.api.front_wire import MAX_HEAD_BYTES
+from ian.log_setup import configure_logging
 
 #: the one request line a front serves itself
+log = logging.getLogger("ian.api.front")
+
 _CONTRIBUTE = b"POST /api/v1/contribute HTTP/1.1"
 _READ = 65536
 #: a control character in a header value (the node's parser answers 400 to it)
@@ -241,7 +247,7 @@ class Front:
             while True:
                 (size,) = wire.HEADER.unpack(await reader.readexactly(wire.HEADER.size))
                 if size > limit:
-                    print(f"ian api front: an answer of {size} bytes; stopping", file=sys.stderr)
+                    log.error("front %d: the node sent an answer of %d bytes; stopping", _PID, size)
                     return
                 answer = wire.decode_answer(await reader.readexactly(size))
                 waiter = self._asks.pop(answer[0], None)
@@ -292,7 +298,7 @@ class Front:
             try:
                 conn, address = await loop.sock_accept(self.listener)
             except OSError as exc:  # EMFILE and the like: the node's server would log and wait
-                print(f"ian api front: accept failed: {exc}", file=sys.stderr)
+                log.warning("front %d: accept failed: %s", _PID, exc)
                 await asyncio.sleep(0.1)
                 continue
             with contextlib.suppress(OSError):  # reset already: the first read says so
@@ -371,11 +377,14 @@ class Front:
                 await asyncio.sleep(0.005)
                 continue
             except OSError as exc:
-                print(f"ian api front: hand-off failed: {exc}", file=sys.stderr)
+                log.warning("front %d: handing a connection to the node failed: %s", _PID, exc)
                 return False
             conn.close()
             return True
         return False
+
+
+_PID = os.getpid()
 
 
 def _installed_version() -> str:
@@ -398,14 +407,17 @@ def main(argv: list[str] | None = None) -> int:
         "--goals", default="{}", help="JSON: goal id -> evaluator name, the goals to evaluate"
     )
     parser.add_argument("--node-version", default=None, help="the node's ian-node version")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
+    configure_logging("INFO", args.log_format)
     installed = _installed_version()
     if args.node_version is not None and args.node_version != installed:
         # Its evaluations are taken as the node's: the code must be the node's.
-        print(
-            f"ian api front: the installed ian-node is {installed}, the running node is "
-            f"{args.node_version}; restart the node",
-            file=sys.stderr,
+        log.error(
+            "front %d: the installed ian-node is %s, the running node is %s; restart the node",
+            _PID,
+            installed,
+            args.node_version,
         )
         return 3
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's; it stops the fronts

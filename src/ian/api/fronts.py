@@ -156,6 +156,8 @@ class ApiFronts:
                     json.dumps(self._costly_goals()),
                     "--node-version",
                     self.node.version,
+                    "--log-format",
+                    self.node.settings.log_format,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=None,

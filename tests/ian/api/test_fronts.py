@@ -341,6 +341,29 @@ async def test_bare_line_feeds_are_left_to_the_node(tmp_path: Path) -> None:
         assert node_fronts(node).handoffs == 1
 
 
+def test_a_front_of_another_version_refuses_to_start_in_the_node_log_format() -> None:
+    """Its evaluations are taken as the node's, so a front whose installed code is not the
+    node's exits at once; it says why on the node's standard error, as a JSON line when the
+    node logs JSON (what ``jq`` over ``docker logs`` reads)."""
+    import subprocess
+    import sys
+
+    fds = ["--listen-fd", "1000", "--channel-fd", "1001", "--handoff-fd", "1002"]
+    limits = ["--max-body", "1000", "--max-parameters", "1000"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ian.api.front_process", *fds, *limits]
+        + ["--node-version", "0.0.0+another", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    (line,) = done.stderr.splitlines()
+    doc = json.loads(line)
+    assert doc["level"] == "ERROR" and doc["logger"] == "ian.api.front"
+    assert "the running node is 0.0.0+another; restart the node" in doc["msg"]
+
+
 def test_a_port_in_use_is_refused_even_with_several_fronts() -> None:
     """SO_REUSEPORT would let a group join another process's listeners on the port."""
     from ian.api.listen import listen_group
