@@ -126,13 +126,14 @@ def stored_packs(
     return {g: store.has_packs(g, hs, writer=writer) for g, hs in by_goal.items()}
 
 
-def _evaluation_sources(
+def _to_evaluate(
     contributions: Sequence[Contribution], known: Mapping[str, set[bytes]]
-) -> list[int]:
+) -> tuple[list[int], list[Contribution]]:
     """For each contribution, where its evaluation comes from: its own index (evaluate it), -1
     (a pack in ``known``: a duplicate, not evaluated), or the index of the first contribution
     of the same pack earlier in the batch (not evaluated again: the same pack evaluates the
-    same, and if that one is accepted this one is a duplicate)."""
+    same, and if that one is accepted this one is a duplicate); and the contributions to
+    evaluate, in order."""
     first: dict[tuple[str, bytes], int] = {}
     sources: list[int] = []
     for i, c in enumerate(contributions):
@@ -140,14 +141,14 @@ def _evaluation_sources(
             sources.append(-1)
         else:
             sources.append(first.setdefault((c.goal_id, c.pack_hash), i))
-    return sources
+    return sources, [c for i, c in enumerate(contributions) if sources[i] == i]
 
 
 def _spread(
     sources: Sequence[int], evaluated: Sequence[Evaluation | None]
 ) -> list[Evaluation | None]:
     """One evaluation per contribution from those of the evaluated ones (see
-    :func:`_evaluation_sources`)."""
+    :func:`_to_evaluate`)."""
     it = iter(evaluated)
     out: list[Evaluation | None] = []
     for i, source in enumerate(sources):
@@ -171,8 +172,7 @@ def evaluate_new(
     :func:`build_block` decides duplicates before it looks at an evaluation, and evaluates
     in-line a contribution that is not one and got None, so the block is the same as with
     :func:`~ian.chain.evaluation.evaluate_batch` even if ``known`` is out of date."""
-    sources = _evaluation_sources(contributions, known)
-    todo = [c for i, c in enumerate(contributions) if sources[i] == i]
+    sources, todo = _to_evaluate(contributions, known)
     return _spread(sources, evaluate_batch(goals, todo, evaluator) if todo else [])
 
 
@@ -482,8 +482,7 @@ class Sequencer:
         """Worker thread: the duplicates of ``contributions`` found, the rest sent to ``pool``."""
         head = self.state.head_hash
         stored = stored_packs(self.store, contributions)
-        sources = _evaluation_sources(contributions, stored)
-        todo = [c for i, c in enumerate(contributions) if sources[i] == i]
+        sources, todo = _to_evaluate(contributions, stored)
         evaluation = pool.submit(self.state.goals, todo) if todo else None
         return _Evaluating(sources, evaluation, stored, head)
 
