@@ -51,15 +51,15 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_bench.py
 
-# Every benchmark, one after the other (~35 min once bigstore's 10M store is cached, which
+# Every benchmark, one after the other (~45 min once bigstore's 10M store is cached, which
 # takes ~20 min to build the first time; the README's performance section comes from one run). Tables go to the terminal and bench/results/all.txt, JSON to bench/results/.
-BENCHES := pipeline http http:--etcd consensus replication cli bigstore backup prune p2p hostile
+BENCHES := pipeline http http:--api-workers=2 http:--etcd http:--etcd:--api-workers=2 consensus replication cli bigstore backup prune p2p hostile
 
 bench-all: $(STAMP)
 	@mkdir -p bench/results
 	@: > bench/results/all.txt
 	@for b in $(BENCHES); do \
-	  name=$${b%%:*}; args=$$(echo "$${b#$$name}" | tr -d :); \
+	  name=$${b%%:*}; args=$$(echo "$${b#$$name}" | tr : " "); \
 	  echo "== bench/$${name}_bench.py $$args ($$(date -u +%H:%M:%S), load $$(cut -d' ' -f1-3 /proc/loadavg))" \
 	    | tee -a bench/results/all.txt; \
 	  ( $(BIN)/python bench/$${name}_bench.py $$args 2>&1; echo "== exit $$?" ) \

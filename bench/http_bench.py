@@ -38,7 +38,8 @@ on loopback, one after the other, writes sent to the leader in the replicated ca
 ``POST /v3/kv/put`` (gRPC-gateway JSON, base64 key and value) with a distinct key and a distinct
 300-byte value per request; an answer counts once etcd returns 200, i.e. committed. IAN and etcd
 are printed side by side with the ratios and the goals (IAN >= 1.0x etcd's rate, p99 <= 2x
-etcd's). Results: ``bench/results/http_etcd.json``.
+etcd's). Results: ``bench/results/http_etcd.json`` (``http_etcd_api<N>.json`` with
+``--api-workers N``).
 """
 
 from __future__ import annotations
@@ -1049,7 +1050,12 @@ def main() -> None:
             doc["node_log"] = node.log_problems()
             doc["node_log_path"] = str(node.log_path)
 
-    emit("http", _strip_latencies(doc), _tables(doc), json_only=args.json_only)
+    emit(_result_name("http", args), _strip_latencies(doc), _tables(doc), json_only=args.json_only)
+
+
+def _result_name(base: str, args) -> str:
+    """``base``, or ``base_api<N>`` with ``--api-workers N``: one results file per setting."""
+    return base if args.api_workers is None else f"{base}_api{args.api_workers}"
 
 
 def main_etcd(args) -> None:
@@ -1086,7 +1092,7 @@ def main_etcd(args) -> None:
         )
     )
     emit(
-        "http_etcd",
+        _result_name("http_etcd", args),
         _strip_latencies(doc),
         [comparison_table(doc), footer],
         json_only=args.json_only,
