@@ -566,7 +566,7 @@ _MARKERS = (
     "Store.has_packs",
     "block_from_doc",
     "contribution_from_doc",
-    "contribution_from_wire",
+    "make_contribution",
     "decode_envelope",
     "Session.receive_data",
     "TlsStream.receive",

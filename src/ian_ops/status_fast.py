@@ -104,10 +104,12 @@ def _answer(url: str) -> None:
 
             if failed.errno != errno.EPIPE:
                 raise
-            from typer._click.utils import PacifyFlushWrapper
-
-            sys.stdout = PacifyFlushWrapper(sys.stdout)
-            sys.stderr = PacifyFlushWrapper(sys.stderr)
+            # The reader went away (`ian status --json | head -c1`): exit 1 without a word, as
+            # Typer does, and without the error the final flush of stdout would print: point
+            # the descriptors at /dev/null (the idiom of Python's signal docs, "SIGPIPE").
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, sys.stderr.fileno())
             sys.exit(1)
     except (Exception, BaseExceptionGroup) as raised:
         error = boundary.ian_error_in(raised)

@@ -70,15 +70,20 @@ atexit.register(lambda: open(os.environ["MARK"], "w").write(str("typer" in sys.m
 """
 
 
-def run(args: list[str], env: dict[str, str], *, fast: bool, mark: Path) -> tuple[Any, ...]:
+def run(
+    args: list[str], env: dict[str, str], *, fast: bool, mark: Path, closed_stdout: bool = False
+) -> tuple[Any, ...]:
     """``ian ARGS`` in a fresh process: through the entry point (``fast``) or straight through
-    the Typer app. (exit code, stdout, stderr, whether Typer was imported)."""
+    the Typer app; with ``closed_stdout``, its stdout a pipe nobody reads (the reader closed
+    it). (exit code, stdout, stderr, whether Typer was imported)."""
     call = (
         "from ian_ops.app import main; main()"
         if fast
         else "from ian_ops.typer_app import run; run()"
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
     ran = subprocess.run(
         [sys.executable, "-c", RUN.format(args=args, call=call)],
         env={
@@ -89,12 +94,14 @@ def run(args: list[str], env: dict[str, str], *, fast: bool, mark: Path) -> tupl
             "MARK": str(mark),
             **env,
         },
-        capture_output=True,
+        stdout=write_end if closed_stdout else subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
     )
-    return ran.returncode, ran.stdout, ran.stderr, mark.read_text() == "True"
+    os.close(write_end)
+    return ran.returncode, ran.stdout or "", ran.stderr, mark.read_text() == "True"
 
 
 def cases(ok: str, refusing: str, tmp: Path) -> list[tuple[str, list[str], dict[str, str], bool]]:
@@ -171,6 +178,16 @@ def test_both_ways_answer_the_same(servers: tuple[str, str], tmp_path: Path) -> 
             assert fast[0] == 0 and json.loads(fast[1]) == {**DOC, "path": "/api/v1/status"}
         if case_id == "refused":
             assert fast[0] == 7 and "answered 500: boom" in fast[2]
+
+
+def test_a_reader_that_went_away_gets_exit_1_and_no_noise_both_ways(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    """``ian status --json | head -c1``: stdout is closed before the answer is written."""
+    args = ["status", "--json", "--node-url", servers[0]]
+    for fast in (True, False):
+        code, _, err, _ = run(args, {}, fast=fast, mark=tmp_path / "mark", closed_stdout=True)
+        assert (code, err) == (1, ""), (fast, err)
 
 
 def test_a_traceback_with_ian_debug_both_ways(tmp_path: Path) -> None:

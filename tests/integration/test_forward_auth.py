@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 from tests.support.hostile import HostilePeer, frame
 from tests.support.nodes import NETWORK_ENV, TRIVIAL_GOAL, NodeProcess, contribution
@@ -31,7 +32,7 @@ def forward_doc(n: int, tag: str) -> dict[str, Any]:
         contributor_id=f"forwarded-{tag}-{n}",
         seed=n,
     )
-    return msg.contribution_to_doc(c).model_dump(mode="json")
+    return msgspec.to_builtins(msg.contribution_to_doc(c))
 
 
 def forwards(node: NodeProcess, tmp_path, bodies: list[dict[str, Any]]) -> list[Any]:

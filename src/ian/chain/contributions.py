@@ -165,22 +165,6 @@ def make_contribution(
     )
 
 
-def contribution_from_wire(data: dict[str, Any]) -> Contribution:
-    """Inverse of :meth:`Contribution.to_wire`, with the same validation as the API."""
-    try:
-        pack = data["agent_pack"]
-        return make_contribution(
-            goal_id=str(data["goal_id"]),
-            version=pack["version"],
-            parameters=decode_parameters(pack["parameters"]),
-            metadata=dict(pack.get("metadata") or {}),
-            contributor_id=data["contributor_id"],
-            seed=int(data.get("seed", 0)),
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"malformed contribution: {exc!r}") from None
-
-
 def contribution_hash(c: Contribution, score: float, metrics_json: str) -> bytes:
     """See the module docstring for the exact encoding.
 

@@ -56,14 +56,14 @@ log = logging.getLogger("ian.consensus")
 
 def payload_of(block: Block) -> bytes:
     """A chain block as a consensus payload: its wire document, compact JSON."""
-    return msg.block_to_doc(block).model_dump_json().encode()
+    return msg.encode_block(block)
 
 
 def block_from_payload(payload: bytes) -> Block:
     """The chain block in a payload; :class:`InvalidBlockError` when it is not one."""
     try:
-        return msg.block_from_doc(msg.BlockDoc.model_validate_json(payload))
-    except Exception as exc:  # pydantic errors, InvalidMessage: all mean "not a block"
+        return msg.decode_block(payload)
+    except Exception as exc:  # InvalidMessage, a bad entry: all mean "not a block"
         raise InvalidBlockError(f"payload is not a chain block: {exc}") from None
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 from anyio.abc import TaskStatus
 
 from ian import errors
@@ -499,8 +500,8 @@ class Replicator:
             "detected_at": time.time(),
             "height": ours.height,
             "from_peer": peer,
-            "ours": msg.block_to_doc(ours).model_dump(mode="json"),
-            "theirs": msg.block_to_doc(theirs).model_dump(mode="json"),
+            "ours": msgspec.to_builtins(msg.block_to_doc(ours)),
+            "theirs": msgspec.to_builtins(msg.block_to_doc(theirs)),
         }
         self.fork_evidence = evidence
         log.critical(

@@ -350,9 +350,9 @@ def test_a_front_of_another_version_refuses_to_start_in_the_node_log_format() ->
 
     fds = ["--listen-fd", "1000", "--channel-fd", "1001", "--handoff-fd", "1002"]
     limits = ["--max-body", "1000", "--max-parameters", "1000"]
+    other = ["--node-version", "0.0.0+another", "--log-format", "json"]
     done = subprocess.run(
-        [sys.executable, "-m", "ian.api.front_process", *fds, *limits]
-        + ["--node-version", "0.0.0+another", "--log-format", "json"],
+        [sys.executable, "-m", "ian.api.front_process", *fds, *limits, *other],
         capture_output=True,
         text=True,
         timeout=60,

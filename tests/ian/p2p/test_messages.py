@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from ian.p2p.messages import (
     BlockDoc,
     Blocks,
     Consensus,
+    ContributionDoc,
     ContributionForward,
     ContributionResult,
     Envelope,
@@ -41,7 +43,9 @@ from ian.p2p.messages import (
     block_to_doc,
     contribution_from_doc,
     contribution_to_doc,
+    decode_block,
     decode_envelope,
+    encode_block,
     encode_envelope,
 )
 
@@ -74,6 +78,53 @@ def make_block() -> Block:
     return Block(header=header, hash=header.hash(), signature=b"\x06" * 64, entries=(c,))
 
 
+ROOTS = {"leaderboard_root": HASH, "leaderboard_size": 1, "log_root": HASH, "log_size": 1}
+
+
+def good_block() -> dict[str, Any]:
+    """A block doc that decodes (its hashes and signature are not checked by decoding)."""
+    return {
+        "header": {
+            "entries_hash": HASH,
+            "goals": {"G": ROOTS},
+            "height": 1,
+            "parent_hash": HASH,
+            "sequencer": NODE,
+            "sequencer_key": HASH,
+            "timestamp_ms": 0,
+        },
+        "hash": HASH,
+        "signature": "ab" * 64,
+        "entries": [
+            {
+                "goal_id": "G",
+                "agent_pack": {"version": "1", "parameters": "QUJD", "metadata": {}},
+                "contributor_id": "alice",
+                "seed": 0,
+            }
+        ],
+    }
+
+
+def bad_block(
+    *,
+    header: dict[str, Any] | None = None,
+    entry: dict[str, Any] | None = None,
+    pack: dict[str, Any] | None = None,
+    drop: str | None = None,
+    **top: Any,
+) -> dict[str, Any]:
+    """:func:`good_block` with these fields changed (or ``drop`` left out)."""
+    doc = good_block()
+    doc["header"].update(header or {})
+    doc["entries"][0].update(entry or {})
+    doc["entries"][0]["agent_pack"].update(pack or {})
+    doc.update(top)
+    if drop is not None:
+        del doc[drop]
+    return doc
+
+
 HELLO = {
     "network_id": "ian-test",
     "protocol_version": 1,
@@ -98,6 +149,8 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("status", {"height": 5, "head_hash": HASH}),
     ("get_blocks", {"from_height": 1, "max_blocks": 500}),
     ("blocks", {"blocks": []}),
+    ("blocks", {"blocks": [good_block(), {**good_block(), "future_field": 1}]}),
+    ("block_announce", {"block": good_block()}),
     ("contribution_result", {"result": {"accepted": True}}),
     ("error", {"code": "unsupported", "message": "no"}),
     ("goodbye", {"reason": "shutdown"}),
@@ -130,6 +183,28 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("goodbye", {"reason": "x" * 257}, "reason too long"),
     ("consensus", {}, "consensus without msg"),
     ("consensus", {"msg": []}, "consensus msg not an object"),
+    *(
+        ("blocks", {"blocks": [block_doc]}, why)
+        for block_doc, why in (
+            (bad_block(hash=HASH.upper()), "upper-case block hash"),
+            (bad_block(hash=HASH + "\n"), "block hash with a line feed"),
+            (bad_block(signature="ab" * 63), "short signature"),
+            (bad_block(header={"height": 0}), "height 0"),
+            (bad_block(header={"height": True}), "bool height (strict)"),
+            (bad_block(header={"timestamp_ms": 1.0}), "float timestamp (strict)"),
+            (bad_block(header={"sequencer": NODE + "\n"}), "sequencer with a line feed"),
+            (bad_block(header={"goals": {"bad id!": ROOTS}}), "bad goal id in the header"),
+            (bad_block(header={"goals": {"G": {**ROOTS, "log_size": -1}}}), "negative log size"),
+            (bad_block(entry={"seed": "1"}), "string seed (strict)"),
+            (bad_block(entry={"contributor_id": ""}), "empty contributor"),
+            (bad_block(entry={"goal_id": "G\n"}), "entry goal id with a line feed"),
+            (bad_block(pack={"version": "v" * 65}), "version too long"),
+            (bad_block(pack={"metadata": []}), "metadata not an object"),
+            (bad_block(drop="entries"), "block without entries"),
+        )
+    ),
+    ("blocks", {"blocks": [good_block()] * 501}, "too many blocks"),
+    ("block_announce", {"block": bad_block(drop="header")}, "announced block without header"),
 ]
 
 
@@ -213,23 +288,46 @@ def test_addresses_are_canonicalised() -> None:
 def test_block_converters_round_trip() -> None:
     block = make_block()
     doc = block_to_doc(block)
-    assert doc.header.model_dump() == block.header.to_doc()
-    again = block_from_doc(BlockDoc.model_validate_json(doc.model_dump_json()))
+    assert msgspec.to_builtins(doc.header) == block.header.to_doc()
+    assert msgspec.to_builtins(doc.entries) == [c.to_wire() for c in block.entries]
+    again = decode_block(encode_block(block))
+    assert again == block_from_doc(msgspec.json.decode(msgspec.json.encode(doc), type=BlockDoc))
     assert again.header == block.header
     assert again.hash == block.hash and again.signature == block.signature
     assert [c.pack_hash for c in again.entries] == [c.pack_hash for c in block.entries]
     assert again.entries[0].metadata == {"note": "héllo"}
 
 
+def test_wire_round_trip_keeps_the_pack_hash() -> None:
+    c = make_contribution(
+        goal_id="G",
+        version="1",
+        parameters=b"xyz",
+        metadata={"k": [1, 2]},
+        contributor_id="alice",
+        seed=3,
+    )
+    back = contribution_from_doc(msgspec.convert(c.to_wire(), ContributionDoc))
+    assert back == c and back.pack_hash == c.pack_hash
+
+
 def test_contribution_converter_revalidates_like_the_api() -> None:
     c = make_block().entries[0]
     doc = contribution_to_doc(c)
     assert contribution_from_doc(doc).pack_hash == c.pack_hash
-    bad = doc.model_copy(
-        update={"agent_pack": doc.agent_pack.model_copy(update={"parameters": "!!notb64"})}
+    bad = msgspec.structs.replace(
+        doc, agent_pack=msgspec.structs.replace(doc.agent_pack, parameters="!!notb64")
     )
     with pytest.raises(InvalidMessage, match="base64"):
         contribution_from_doc(bad)
+
+
+def test_a_consensus_payload_that_is_no_block_is_refused() -> None:
+    for payload in (b"", b"[]", b"{", json.dumps(bad_block(hash="x")).encode()):
+        with pytest.raises(InvalidMessage):
+            decode_block(payload)
+    with pytest.raises(InvalidMessage, match="base64"):
+        decode_block(json.dumps(bad_block(pack={"parameters": "!!"})).encode())
 
 
 @settings(max_examples=400, deadline=None)
