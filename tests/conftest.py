@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ from ian.storage.store import Store
 
 DEMO_GOAL = "DEMO_TRADING_AGENT"
 TRIVIAL_GOAL = "TRIVIAL_GOAL"
+
+# A shell that starts the suite in the background (`make test &` in a script) hands it SIGINT
+# ignored, and every process it starts inherits that: the tests that press Ctrl-C on an `ian`
+# command would wait for it in vain. Take the default back; the processes started then get it too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ACCEPTED_DEMO_PARAMS: dict[str, Any] = {
     "strategy": "momentum",
