@@ -337,10 +337,11 @@ def remote_ip(stream: anyio.TypedAttributeProvider) -> str:
 
     :class:`HandshakeError` (``connect``) when the socket has none any more: a peer that hung
     up between connect/accept and this call (seen under load) is a failed connection, never
-    an error that escapes into the node."""
+    an error that escapes into the node. Once a connection is lost, uvloop's transport has no
+    socket any more and anyio's lookup fails on None (AttributeError): the same failure."""
     try:
         addr = stream.extra(SocketAttribute.remote_address)
-    except (anyio.TypedAttributeLookupError, OSError):
+    except (anyio.TypedAttributeLookupError, OSError, AttributeError):
         raise HandshakeError(
             "the connection closed before it could be used", reason="connect"
         ) from None
