@@ -123,10 +123,8 @@ def _canonical_address(value: str) -> str:
 NodeId = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
 Hash32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Key32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 Count = Annotated[int, Field(ge=0, le=_U63)]
 Address = Annotated[str, Field(max_length=300), AfterValidator(_canonical_address)]
-GoalId = Annotated[str, Field(pattern=GOAL_ID_PATTERN)]
 
 
 class _Model(BaseModel):
