@@ -41,7 +41,8 @@ class AgentPackIn(BaseModel):
         json_schema_extra={"minLength": 4, "pattern": BASE64_PATTERN},
     )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Free JSON object, ≤100 keys and ≤64 KiB"
+        default_factory=dict,
+        description="Free JSON object, ≤100 keys, ≤64 KiB, nested ≤200 levels",
     )
 
 

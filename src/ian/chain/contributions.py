@@ -26,6 +26,11 @@ MAX_VERSION_CHARS = 64
 MAX_PARAMETERS_BYTES = 10 * 1024 * 1024
 MAX_METADATA_KEYS = 100
 MAX_METADATA_BYTES = 64 * 1024
+#: levels of nesting in metadata (the object itself is 1): what the API's JSON parser has always
+#: let through (it stops at 200 levels of the whole request). Checked before anything recurses
+#: into it, so no recursion limit, which depends on how deep the caller's stack is, decides:
+#: every node decides the same.
+MAX_METADATA_DEPTH = 200
 MAX_CONTRIBUTOR_CHARS = 128
 MAX_SEED = 2**63 - 1
 
@@ -104,6 +109,33 @@ def decode_parameters(text: str, *, max_bytes: int = MAX_PARAMETERS_BYTES) -> by
     return raw
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` has objects or arrays nested more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_text(value: str, field: str) -> None:
+    """Refuse a string that is not Unicode text: a lone surrogate (``"\\ud800"`` in JSON that
+    Python's parser lets through) cannot be encoded, hashed or stored."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InputError(f"{field} is not valid Unicode text", field=field) from None
+
+
 def check_metadata(metadata: dict[str, Any]) -> str:
     """Check the limits; returns the canonical JSON text of ``metadata``."""
     if not metadata and type(metadata) is dict:
@@ -113,13 +145,18 @@ def check_metadata(metadata: dict[str, Any]) -> str:
             f"agent_pack.metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}",
             field="agent_pack.metadata",
         )
+    if _deeper_than(metadata, MAX_METADATA_DEPTH):
+        raise InputError(
+            f"agent_pack.metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+            field="agent_pack.metadata",
+        )
     try:
         text = canonical_json_text(metadata)
-    except (TypeError, ValueError) as exc:
+        size = len(text) if text.isascii() else len(text.encode())
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) included
         raise InputError(
             f"agent_pack.metadata is not plain JSON: {exc}", field="agent_pack.metadata"
         ) from None
-    size = len(text.encode()) if not text.isascii() else len(text)
     if size > MAX_METADATA_BYTES:
         raise InputError(
             f"agent_pack.metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
@@ -150,6 +187,8 @@ def make_contribution(
         )
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be an integer 0..{MAX_SEED}", field="seed")
+    _check_text(version, "agent_pack.version")
+    _check_text(contributor_id, "contributor_id")
     metadata_json = check_metadata(metadata)
     return Contribution(
         goal_id=goal_id,

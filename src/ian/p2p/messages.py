@@ -244,7 +244,10 @@ def _converter(kind: Any) -> PlainValidator:
     """Validation of a pydantic field holding msgspec docs of type ``kind`` (see above)."""
 
     def convert(value: Any) -> Any:
-        return msgspec.convert(value, kind)  # its ValidationError is a ValueError: reported
+        try:
+            return msgspec.convert(value, kind)  # its ValidationError is a ValueError: reported
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
 
     return PlainValidator(convert)
 
@@ -435,6 +438,8 @@ def contribution_from_doc(doc: ContributionDoc) -> Contribution:
         )
     except IanError as exc:
         raise InvalidMessage(f"invalid contribution: {exc.message}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # a peer's input never stops the node
+        raise InvalidMessage(f"invalid contribution: {exc}") from None
 
 
 def block_to_doc(block: Block) -> BlockDoc:
@@ -506,6 +511,7 @@ def encode_block(block: Block) -> bytes:
 def decode_block(data: bytes) -> Block:
     """The block in one JSON block doc; :class:`InvalidMessage` when it is not one."""
     try:
-        return block_from_doc(_BLOCK_DOC.decode(data))
-    except msgspec.MsgspecError as exc:
+        doc = _BLOCK_DOC.decode(data)
+    except (ValueError, RecursionError) as exc:  # msgspec's errors, bad UTF-8, deep nesting
         raise InvalidMessage(f"not a block doc: {exc}") from None
+    return block_from_doc(doc)

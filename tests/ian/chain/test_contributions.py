@@ -106,3 +106,35 @@ def test_limits_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(InputError) as info:
         make_contribution(**args)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"contributor_id": "al\udfff"}, "contributor_id"),
+        ({"version": "1\ud800"}, "agent_pack.version"),
+        ({"metadata": {"\ud800": 1}}, "agent_pack.metadata"),
+        ({"metadata": {"k": ["\udc00"]}}, "agent_pack.metadata"),
+    ],
+)
+def test_lone_surrogates_are_refused(kwargs: dict, field: str) -> None:
+    """Not Unicode text: it cannot be encoded, so it could be neither hashed nor stored."""
+    fields = {"goal_id": "G", "version": "1", "parameters": b"x", "metadata": {}}
+    fields |= {"contributor_id": "alice", "seed": 0, **kwargs}
+    with pytest.raises(InputError) as info:
+        make_contribution(**fields)
+    assert info.value.field == field
+
+
+def test_metadata_nesting_is_bounded_without_recursion() -> None:
+    def nested(depth: int) -> dict:
+        doc: dict = {}
+        for _ in range(depth - 1):
+            doc = {"a": [doc]} if depth % 2 else {"a": doc}
+        return doc
+
+    fields = {"goal_id": "G", "version": "1", "parameters": b"x", "contributor_id": "a", "seed": 0}
+    assert make_contribution(**fields, metadata=nested(200)).metadata == nested(200)
+    for depth in (201, 100_000):  # far past any recursion limit: refused all the same
+        with pytest.raises(InputError, match="nested more than 200 levels"):
+            make_contribution(**fields, metadata=nested(depth))

@@ -370,3 +370,57 @@ def test_consensus_message_travels_in_an_envelope() -> None:
     assert codec.decode(received.message.msg) == message
     with pytest.raises(CodecError):
         codec.decode({**received.message.msg, "term": -4})
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """Metadata ``depth`` levels deep (the object itself is one)."""
+    doc: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        doc = {"a": doc}
+    return doc
+
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"pack": {"version": "1" + SURROGATE}}, "version"),
+        ({"entry": {"contributor_id": "al" + SURROGATE}}, "contributor"),
+        ({"pack": {"metadata": {SURROGATE: 1}}}, "metadata key"),
+        ({"pack": {"metadata": {"k": SURROGATE}}}, "metadata value"),
+        ({"pack": {"metadata": nested(201)}}, "metadata 201 levels deep"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_what_a_peer_cannot_make_a_contribution_of_is_an_invalid_message(
+    changes: dict[str, Any], why: str
+) -> None:
+    """Lone surrogates (JSON escapes Python's parser lets through) and metadata nested deeper
+    than the API allows are refused as the peer's fault, on every path, never raised as
+    anything that would stop the node."""
+    doc = bad_block(**changes)
+    payload = json.dumps({"v": 1, "type": "blocks", "id": 5, "re": None, "body": {"blocks": [doc]}})
+    message = decode_envelope(payload.encode()).message
+    assert isinstance(message, Blocks)
+    with pytest.raises(InvalidMessage, match="invalid contribution"):
+        block_from_doc(message.blocks[0])
+    forward = raw("contribution_forward", {"contribution": doc["entries"][0]})
+    contribution = decode_envelope(forward).message.contribution  # type: ignore[attr-defined]
+    with pytest.raises(InvalidMessage, match="invalid contribution"):
+        contribution_from_doc(contribution)
+    with pytest.raises(InvalidMessage):
+        decode_block(json.dumps(doc).encode())
+
+
+def test_metadata_as_deep_as_the_api_allows_is_a_contribution() -> None:
+    doc = bad_block(pack={"metadata": nested(200)})
+    assert decode_block(json.dumps(doc).encode()).entries[0].metadata == nested(200)
+
+
+def test_a_payload_too_deep_or_not_utf8_is_an_invalid_message() -> None:
+    too_deep = b'{"metadata":' * 2000 + b"1" + b"}" * 2000
+    for payload in (too_deep, b'{"hash": "\xff"}'):
+        with pytest.raises(InvalidMessage):
+            decode_block(payload)
