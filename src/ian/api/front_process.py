@@ -51,9 +51,9 @@ from ian.api import front_wire as wire
 from ian.api.front_wire import MAX_HEAD_BYTES
 from ian.log_setup import configure_logging
 
-#: the one request line a front serves itself
 log = logging.getLogger("ian.api.front")
 
+#: the one request line a front serves itself
 _CONTRIBUTE = b"POST /api/v1/contribute HTTP/1.1"
 _READ = 65536
 #: a control character in a header value (the node's parser answers 400 to it)
