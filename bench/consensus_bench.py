@@ -113,7 +113,7 @@ class Network:
                     if n.node_id == leader_id and n.proc.poll() is None:
                         return n
             time.sleep(0.05)
-        raise SystemExit(f"no agreed leader within {within} s")
+        raise SystemExit(f"no agreed leader within {within} s (node logs: {self.work})")
 
     def restart(self, node: Node) -> Node:
         """A new process on ``node``'s data dir and ports (its peers keep its address)."""
@@ -163,7 +163,9 @@ def measure_failover(work: Path, kills: int) -> dict[str, Any]:
                     except httpx.HTTPError as exc:
                         statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
                     if time.monotonic() - killed_at > 60:
-                        raise SystemExit("no commit within 60 s of a leader kill")
+                        raise SystemExit(
+                            f"no commit within 60 s of a leader kill (node logs: {work})"
+                        )
                     time.sleep(0.02)
                 seconds.append(time.monotonic() - killed_at)
                 net.restart(leader)
