@@ -82,25 +82,30 @@ def run(
         else "from ian_ops.typer_app import run; run()"
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith("IAN_")}
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    ran = subprocess.run(
-        [sys.executable, "-c", RUN.format(args=args, call=call)],
-        env={
-            **base,
-            "NO_COLOR": "1",
-            "COLUMNS": "80",
-            "PYTHONPATH": str(SRC),
-            "MARK": str(mark),
-            **env,
-        },
-        stdout=write_end if closed_stdout else subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    os.close(write_end)
+    stdout: int = subprocess.PIPE
+    if closed_stdout:
+        read_end, stdout = os.pipe()
+        os.close(read_end)
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", RUN.format(args=args, call=call)],
+            env={
+                **base,
+                "NO_COLOR": "1",
+                "COLUMNS": "80",
+                "PYTHONPATH": str(SRC),
+                "MARK": str(mark),
+                **env,
+            },
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        if closed_stdout:
+            os.close(stdout)
     return ran.returncode, ran.stdout or "", ran.stderr, mark.read_text() == "True"
 
 
