@@ -67,7 +67,7 @@ from pydantic import (
     ValidationError,
 )
 
-from ian.chain.blocks import Block, BlockHeader, GoalRoots
+from ian.chain.blocks import Block, BlockHeader
 from ian.chain.contributions import MAX_SEED, Contribution, decode_parameters, make_contribution
 from ian.chain.goals import GOAL_ID_PATTERN
 from ian.config import parse_peer_address
@@ -443,7 +443,9 @@ def contribution_from_doc(doc: ContributionDoc) -> Contribution:
 
 
 def block_to_doc(block: Block) -> BlockDoc:
-    """The wire doc of ``block`` (no verification)."""
+    """The wire doc of ``block`` (no verification). Built field by field rather than converted
+    from ``BlockHeader.to_doc()``: that conversion validates, ~15 µs a block on the path that
+    serves every block (measured on one-entry blocks)."""
     h = block.header
     return BlockDoc(
         header=HeaderDoc(
@@ -474,24 +476,7 @@ def block_from_doc(doc: BlockDoc) -> Block:
 
     Does not verify the hash, signature, parent or roots (the replication layer does).
     """
-    h = doc.header
-    header = BlockHeader(
-        height=h.height,
-        parent_hash=bytes.fromhex(h.parent_hash),
-        timestamp_ms=h.timestamp_ms,
-        sequencer=h.sequencer,
-        sequencer_key=bytes.fromhex(h.sequencer_key),
-        entries_hash=bytes.fromhex(h.entries_hash),
-        goals={
-            gid: GoalRoots(
-                log_size=r.log_size,
-                log_root=bytes.fromhex(r.log_root),
-                leaderboard_size=r.leaderboard_size,
-                leaderboard_root=bytes.fromhex(r.leaderboard_root),
-            )
-            for gid, r in h.goals.items()
-        },
-    )
+    header = BlockHeader.from_doc(msgspec.to_builtins(doc.header))
     return Block(
         header=header,
         hash=bytes.fromhex(doc.hash),
