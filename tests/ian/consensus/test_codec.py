@@ -3,17 +3,20 @@ ever raise CodecError, and seeded random mutations of valid documents never esca
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 import random
 import re
+import string
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
 import pytest
 
-from ian.chain.hashing import sha256
+from ian.chain.hashing import canonical_json, sha256
 from ian.consensus import (
     Ack,
     AppendBlocks,
@@ -149,6 +152,33 @@ def test_blocks_keep_their_hash_payload_and_certificates() -> None:
     assert len(block_to_doc(BIG)["payload"]) == 4 * ((1 << 20) + 2) // 3  # base64, padded
     cert = _commit(B4)
     assert commit_certificate_from_doc(commit_certificate_to_doc(cert)) == cert
+
+
+def _generic_hash(block: Block) -> bytes:
+    """The block hash as the consensus module docstring defines it, with the generic encoder."""
+    return sha256(
+        canonical_json(
+            {
+                "chain_id": CHAIN,
+                "height": block.height,
+                "term": block.term,
+                "parent": block.parent_hash.hex(),
+                "kind": block.kind.value,
+                "payload": block.payload.hex(),
+                "change": None if block.change is None else block.change.document(),
+                "election": None if block.election is None else block.election.document(),
+            }
+        )
+    )
+
+
+def test_block_hash_is_the_canonical_json_of_the_whole_document() -> None:
+    kinds = {block.kind for block in (*BLOCKS, BIG)}
+    assert kinds == set(BlockKind)  # every kind, with and without a change or an election
+    assert any(b.change is not None for b in BLOCKS) and any(b.election for b in BLOCKS)
+    for block in (*BLOCKS, BIG, replace(BIG, payload=b""), replace(BIG, term=2**62)):
+        assert block.computed_hash(CHAIN) == _generic_hash(block)
+        assert block.computed_hash(CHAIN + "0") != block.computed_hash(CHAIN)
 
 
 def test_codec_error_is_a_consensus_error() -> None:
@@ -301,3 +331,48 @@ def test_random_mutations_only_raise_codec_errors() -> None:
             outcomes["message"] += 1
     assert outcomes["error"] > 1000, outcomes
     assert outcomes["message"] > 0, outcomes  # some mutations stay valid (e.g. ints changed)
+
+
+def _payload_verdict(value: str) -> str:
+    """What the codec says of ``value`` as a block payload: "ok", "standard" or "canonical"."""
+    doc = block_to_doc(B1)
+    doc["payload"] = value
+    try:
+        block_from_doc(doc)
+    except CodecError as exc:
+        return "canonical" if "canonical" in str(exc) else "standard"
+    return "ok"
+
+
+def _reference_verdict(value: str) -> str:
+    """The definition: standard base64 (``validate=True``) whose re-encoding is ``value``."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return "standard"
+    return "ok" if base64.b64encode(raw).decode("ascii") == value else "canonical"
+
+
+def test_payload_base64_checks_agree_with_their_definition() -> None:
+    """The codec checks the end of a payload only for canonical form (a strict decode checks
+    the rest): seeded edits of valid encodings and random strings get the same verdict as
+    decoding and re-encoding all of it."""
+    rng = random.Random(20261207)
+    alphabet = string.ascii_letters + string.digits + "+/=-_ \n.é"
+    verdicts = {"ok": 0, "standard": 0, "canonical": 0}
+    for _ in range(20_000):
+        if rng.random() < 0.6:
+            chars = list(base64.b64encode(rng.randbytes(rng.randint(0, 10))).decode())
+            for _ in range(rng.randint(0, 2)):
+                at = rng.randint(0, len(chars))
+                if rng.random() < 0.5 and at < len(chars):
+                    chars[at] = rng.choice(alphabet)
+                else:
+                    chars.insert(at, rng.choice(alphabet))
+            value = "".join(chars)
+        else:
+            value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+        verdict = _payload_verdict(value)
+        assert verdict == _reference_verdict(value), value
+        verdicts[verdict] += 1
+    assert min(verdicts.values()) > 500, verdicts  # every verdict is exercised
