@@ -53,6 +53,7 @@ from ian.api.http_limits import BoundedHttpToolsProtocol
 from ian.api.responses import error_response
 from ian.api.routes.contribute import Admitted, admit_now, decide_soon
 from ian.chain.evaluation import costly_goals
+from ian.errors import UnavailableError
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -209,7 +210,7 @@ class ApiFronts:
         return {gid: goals[gid].spec.evaluator for gid in costly_goals(goals)}
 
     async def _serve_channel(self, stream: UNIXSocketStream, tg: TaskGroup) -> None:
-        """Answer the front's asks until it closes the channel."""
+        """Answer the front's asks until it closes the channel (or breaks the protocol)."""
         reader = BufferedByteReceiveStream(stream)
         limit = wire.max_frame(self.max_body)
         out = _Answers()
@@ -217,6 +218,27 @@ class ApiFronts:
         waiting: dict[int, Admitted] = {}
         costly = set(self._costly_goals())
         tg.start_soon(out.write_to, stream)
+        try:
+            await self._answer_asks(reader, limit, out, waiting, costly)
+        finally:
+            # The front is gone, and its clients' connections with it: what it was evaluating
+            # is never decided. Each is counted as refused (unavailable), so the counters still
+            # add up (received = accepted + rejected).
+            for admitted in waiting.values():
+                admitted.tally.refused(
+                    UnavailableError("its API front stopped before it was evaluated")
+                )
+
+    async def _answer_asks(
+        self,
+        reader: BufferedByteReceiveStream,
+        limit: int,
+        out: _Answers,
+        waiting: dict[int, Admitted],
+        costly: set[str],
+    ) -> None:
+        """The loop of :meth:`_serve_channel`; returns when the channel ends or the front
+        breaks the protocol."""
         while True:
             try:
                 (size,) = wire.HEADER.unpack(await reader.receive_exactly(wire.HEADER.size))

@@ -428,3 +428,43 @@ async def test_slow_evaluations_move_off_the_front_loop() -> None:
     main = threading.current_thread().name
     assert threads[0] == main
     assert threads[-1] != main and threads[-1].startswith("ian-front-evaluation")
+
+
+async def test_a_front_gone_before_its_evaluation_leaves_the_counters_adding_up(
+    tmp_path: Path,
+) -> None:
+    """The node admits a request, asks the front to evaluate it, and the front's channel ends
+    before the evaluation comes (the front died): that request is counted as refused
+    (unavailable), not left received and never settled."""
+    from anyio.abc import UNIXSocketStream
+
+    from ian.api import front_wire as wire
+
+    async with running(tmp_path, "a", api_workers=1) as (node, url):
+        total = node.intake.total
+        received, rejected = total.received, total.rejected
+        front_end, node_end = socket.socketpair()
+        channel = await UNIXSocketStream.from_socket(node_end)
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:  # as the node serves a front's channel, to its end
+                await node_fronts(node)._serve_channel(channel, tg)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(serve)
+            ask = (wire.REQUEST, 1, "127.0.0.1", None, None, json.dumps(plain_body(1)).encode())
+            frame = wire.encode((*ask, None))
+            await anyio.to_thread.run_sync(front_end.sendall, frame)
+            whole = socket.MSG_WAITALL
+            header = await anyio.to_thread.run_sync(front_end.recv, wire.HEADER.size, whole)
+            (size,) = wire.HEADER.unpack(header)
+            answer = wire.decode_answer(await anyio.to_thread.run_sync(front_end.recv, size, whole))
+            assert answer[:2] == (1, wire.EVALUATE)  # admitted, to be evaluated by the front
+            assert (total.received, total.rejected) == (received + 1, rejected)
+            front_end.close()  # the front dies before it answers
+        await channel.aclose()
+        assert (total.received, total.rejected) == (received + 1, rejected + 1)
+        assert total.accepted == 0
+        async with httpx.AsyncClient(base_url=url) as client:
+            metrics = (await client.get("/metrics")).text
+        assert 'ian_contributions_rejected_total{reason="unavailable"} 1.0' in metrics
