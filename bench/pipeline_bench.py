@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/pipeline_bench.py [--quick] [--json-only] [--profile] [--runs N]
-        [--workers N]
+        [--workers N] [--prefill N]
 
 Measures, with no HTTP in the way:
 
@@ -13,7 +13,9 @@ Measures, with no HTTP in the way:
     1000: evaluate the batch (``evaluate_batch``, in this process), ``build_block`` (dedup lookup,
     MMR append, leaderboard, signed block) and ``Store.append_block`` (one SQLite transaction,
     ``synchronous=FULL``) on a real store in a temporary directory. Stage times are reported
-    separately.
+    separately. The trivial case runs again on a store that already holds ``--prefill``
+    contributions (1,000,000 by default; put there by the same pipeline, untimed): what a
+    store's size costs each insert.
 (b) the evaluation pool: the same pipeline with the demo evaluator, batches evaluated by an
     ``EvaluationPool`` of 1 worker (= in-process) and of ``--workers`` (default 2) worker
     processes (warmed up before timing); the block hashes and roots of both must be identical
@@ -77,8 +79,11 @@ def run_pipeline(
     pool: EvaluationPool | None = None,
     identity: Identity | None = None,
     fixed_time: bool = False,
+    prefill: int = 0,
 ) -> dict[str, Any]:
-    """One run on a fresh store; returns stage times (s), counts, and the chain it made."""
+    """One run on a fresh store; returns stage times (s), counts, and the chain it made.
+    ``prefill``: the first that many inputs go through the same pipeline untimed (a store
+    that already holds them); times and counts are of the rest."""
     spec = GoalSpec(id=GOAL_ID, evaluator=evaluator)  # default thresholds
     state = ChainState.genesis([spec])
     check = get_evaluator(evaluator).check
@@ -94,6 +99,11 @@ def run_pipeline(
     try:
         started = perf()
         for k in range(0, len(inputs), BATCH):
+            if k == prefill and prefill:  # the store holds the prefill: timing starts here
+                started = perf()
+                t_validate = t_evaluate = t_build = t_commit = 0.0
+                accepted = blocks = 0
+                block_hashes.clear()
             t0 = perf()
             batch = []
             for i in range(k, min(k + BATCH, len(inputs))):
@@ -134,7 +144,7 @@ def run_pipeline(
     finally:
         store.close()
     return {
-        "n": len(inputs),
+        "n": len(inputs) - prefill,
         "accepted": accepted,
         "blocks": blocks,
         "seconds": total,
@@ -147,15 +157,18 @@ def run_pipeline(
     }
 
 
-def measure_pipeline(evaluator: str, n: int, runs: int) -> dict[str, Any]:
-    inputs = make_inputs(evaluator, n)
+def measure_pipeline(evaluator: str, n: int, runs: int, prefill: int = 0) -> dict[str, Any]:
+    """(a) for one evaluator: ``n`` contributions on a fresh store, or on one that already
+    holds ``prefill`` (put there by the same pipeline, untimed)."""
+    inputs = make_inputs(evaluator, prefill + n)
     results = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="ian-bench-") as tmp:
-            results.append(run_pipeline(evaluator, inputs, Path(tmp)))
+            results.append(run_pipeline(evaluator, inputs, Path(tmp), prefill=prefill))
     rate = [r["n"] / r["seconds"] for r in results]
     return {
         "evaluator": evaluator,
+        "store_already_holds": prefill,
         "contributions": n,
         "runs": runs,
         "per_run_rate": rate,
@@ -485,6 +498,13 @@ def main() -> None:
         "--workers", type=int, default=2, help="worker processes of the pool case (default 2)"
     )
     parser.add_argument(
+        "--prefill",
+        type=int,
+        default=None,
+        help="(a) also runs the trivial case on a store already holding this many "
+        "contributions (default 1,000,000; 0 with --quick)",
+    )
+    parser.add_argument(
         "--only",
         choices=("pipeline", "pool", "evaluation"),
         action="append",
@@ -494,12 +514,17 @@ def main() -> None:
     runs = args.runs or (1 if args.quick else 3)
     n_trivial = 10_000 if args.quick else 50_000
     n_demo = 1_000 if args.quick else 5_000
+    if args.prefill is None:
+        args.prefill = 0 if args.quick else 1_000_000
     parts = set(args.only or ("pipeline", "pool", "evaluation"))
 
     pipeline = (
         [
             measure_pipeline("trivial", n_trivial, runs),
             measure_pipeline("demo_trading", n_demo, runs),
+            # The same on a store that is not new: the unique index of packs, on random hashes,
+            # makes each insert touch a page of its own once the store is big (one run).
+            *([measure_pipeline("trivial", n_trivial, 1, args.prefill)] if args.prefill else []),
         ]
         if "pipeline" in parts
         else []
@@ -526,6 +551,7 @@ def main() -> None:
                 f"(median of {runs}; target trivial >= {TARGET_TRIVIAL:,.0f}/s)",
                 [
                     "evaluator",
+                    "store holds",
                     "n",
                     "contrib/s",
                     "accepted",
@@ -538,6 +564,7 @@ def main() -> None:
                 [
                     [
                         p["evaluator"],
+                        p["store_already_holds"],
                         p["contributions"],
                         p["rate_median"],
                         p["accepted"],
