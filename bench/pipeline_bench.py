@@ -82,8 +82,10 @@ def run_pipeline(
     prefill: int = 0,
 ) -> dict[str, Any]:
     """One run on a fresh store; returns stage times (s), counts, and the chain it made.
-    ``prefill``: the first that many inputs go through the same pipeline untimed (a store
-    that already holds them); times and counts are of the rest."""
+    ``prefill`` (a multiple of :data:`BATCH`): the first that many inputs go through the same
+    pipeline untimed (a store that already holds them); times and counts are of the rest."""
+    if prefill % BATCH:
+        raise ValueError(f"prefill must be a multiple of {BATCH}")
     spec = GoalSpec(id=GOAL_ID, evaluator=evaluator)  # default thresholds
     state = ChainState.genesis([spec])
     check = get_evaluator(evaluator).check
@@ -502,7 +504,7 @@ def main() -> None:
         type=int,
         default=None,
         help="(a) also runs the trivial case on a store already holding this many "
-        "contributions (default 1,000,000; 0 with --quick)",
+        "contributions, rounded up to whole batches (default 1,000,000; 0 with --quick)",
     )
     parser.add_argument(
         "--only",
@@ -516,6 +518,9 @@ def main() -> None:
     n_demo = 1_000 if args.quick else 5_000
     if args.prefill is None:
         args.prefill = 0 if args.quick else 1_000_000
+    if args.prefill < 0:
+        parser.error("--prefill must be >= 0")
+    args.prefill = -(-args.prefill // BATCH) * BATCH  # whole batches: timing starts at one
     parts = set(args.only or ("pipeline", "pool", "evaluation"))
 
     pipeline = (
