@@ -60,6 +60,7 @@ NUMBERS: dict[str, tuple[type, float | None, float | None, float | None]] = {
     "client_burst": (int, 1, None, None),
     "block_max_entries": (int, 1, None, 10_000),
     "consensus_in_flight": (int, 1, None, 16),
+    "consensus_linger_ms": (float, 0, None, 1000),
     "checkpoint_interval_s": (float, None, 0, None),
     "max_peers_per_ip": (int, 1, None, None),
     "peer_rate": (float, None, 0, None),

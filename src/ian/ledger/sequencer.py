@@ -3,7 +3,9 @@
 Submissions queue up; one loop takes everything waiting (up to ``max_entries``), evaluates and
 applies it in a worker thread (off the event loop), writes one block in one transaction, and only
 then answers every submitter. Under light load a block holds one contribution and answers within
-one fsync; under heavy load blocks grow and the fsync cost is shared.
+one fsync; under heavy load blocks grow and the fsync cost is shared. A leader of several
+authorities, under load, waits briefly (``linger``) for as many submissions as its last block
+held before it cuts the next one: there a block costs every node a round of messages.
 
 With an evaluation pool of several workers (:mod:`ian.ledger.evaluation_pool`) a batch is
 evaluated first, in the workers, then sealed; and the batch behind it, when submissions are
@@ -306,6 +308,7 @@ class Sequencer:
         on_batch: Callable[[BatchResult, float], None] | None = None,
         commit: Callable[[list[Contribution]], Awaitable[BatchResult]] | None = None,
         in_flight: int = 1,
+        linger: float = 0.0,
         evaluator: BatchEvaluator | None = None,
     ) -> None:
         self.state = state
@@ -324,6 +327,12 @@ class Sequencer:
         self._commit = commit
         #: batches handed to ``commit`` and not answered yet, at most (sealing here: one)
         self._slots = anyio.Semaphore(max(1, in_flight) if commit is not None else 1)
+        #: with ``commit``: how long (seconds) a batch may wait, at most, for as many
+        #: submissions as the last one held (see :meth:`_linger`)
+        self.linger = linger
+        self._last_batch = 0
+        #: set on each submission while a batch lingers
+        self._arrived: anyio.Event | None = None
         #: where batches are evaluated (an EvaluationPool); None: in the worker thread
         self.evaluator = evaluator
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
@@ -357,6 +366,8 @@ class Sequencer:
         try:
             self._send.send_nowait(pending)
             self._queued_bytes += pending.size
+            if self._arrived is not None:
+                self._arrived.set()
         except anyio.WouldBlock:
             raise UnavailableError("the sequencer queue is full", retry_after=1.0) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -371,6 +382,8 @@ class Sequencer:
         """Stop taking submissions; already-queued ones are still processed by :meth:`run`."""
         self._closed = True
         self._send.close()
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -391,7 +404,38 @@ class Sequencer:
                     except anyio.EndOfStream:
                         self._slots.release()
                         return
+                # Shielded: ``first`` is taken, so it is finished and answered (the wait is short).
+                with anyio.CancelScope(shield=True):
+                    await self._linger()
                 tg.start_soon(self._process_in_slot, self._take(first))
+
+    async def _linger(self) -> None:
+        """Under load, wait up to :attr:`linger` for as many submissions as the last batch held
+        (or a full block), so that a block is not cut just before they arrive.
+
+        A leader of several authorities answers a block's submitters together, once a majority
+        has stored it; clients that send again at once arrive a moment later, and without this
+        the first of them would take the free slot alone, the others waiting for a whole round
+        behind it — blocks of 1 and of 31, for 32 clients, in turn (measured). Each block costs
+        every authority and follower a round of messages, an fsync and a verification, so
+        full blocks are what makes the network fast. The wait ends as soon as enough are
+        queued; after a batch of one (light load) there is none."""
+        want = min(self._last_batch, self.max_entries)
+        if self.linger <= 0 or want < 2:
+            return
+        with anyio.move_on_after(self.linger):
+            while (
+                1 + self._waiting() < want  # 1: the batch's first, already out of the queue
+                and self._queued_bytes < self.max_block_bytes
+                and not self._closed
+            ):
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+        self._arrived = None
+
+    def _waiting(self) -> int:
+        """Submissions queued and not taken."""
+        return self._receive.statistics().current_buffer_used + (self._carry is not None)
 
     async def _process_in_slot(self, batch: list[_Pending]) -> None:
         # Shielded: a batch that was taken is finished and answered even during shutdown.
@@ -457,6 +501,7 @@ class Sequencer:
                 break
             batch.append(nxt)
         self._queued_bytes -= sum(p.size for p in batch)
+        self._last_batch = len(batch)
         return batch
 
     async def _start_evaluation(self, batch: list[_Pending]) -> _Evaluating | None:

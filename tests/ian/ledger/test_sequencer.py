@@ -10,6 +10,7 @@ import pytest
 
 from ian.chain.blocks import GENESIS_HASH
 from ian.chain.evaluation import evaluate_batch
+from ian.chain.state import Outcome
 from ian.errors import UnavailableError
 from ian.identity import verify_signature
 from ian.ledger.recovery import load_chain_state, verify_store
@@ -401,3 +402,125 @@ async def test_queue_is_bounded_in_bytes(chain, packs) -> None:
     refused = [r for r in results if isinstance(r, UnavailableError)]
     assert len(refused) == 2 and all(r.retry_after > 0 for r in refused)
     assert sum(1 for r in results if not isinstance(r, UnavailableError)) == 4
+
+
+class HeldCommits:
+    """A leader's ``commit`` that records each batch and returns only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release: list[anyio.Event] = []
+        self.called = anyio.Event()
+        self.held = True
+
+    async def __call__(self, contributions) -> BatchResult:
+        self.batches.append([c.seed for c in contributions])
+        go = anyio.Event()
+        self.release.append(go)
+        self.called.set()
+        self.called = anyio.Event()
+        if self.held:  # (the sequencer's commits are shielded: a failed test must not hang)
+            await go.wait()
+        outcomes = [
+            Outcome(accepted=False, goal_id=c.goal_id, reason="test") for c in contributions
+        ]
+        return BatchResult(outcomes=outcomes, block=None)
+
+    async def batch(self, i: int) -> list[int]:
+        """The ``i``-th batch handed to ``commit``, once it is."""
+        with anyio.fail_after(5):
+            while len(self.batches) <= i:
+                await self.called.wait()
+        return self.batches[i]
+
+    def open(self) -> None:
+        """Every commit held returns, and the next ones at once."""
+        self.held = False
+        for go in self.release:
+            go.set()
+
+
+async def _leader_batches(chain, packs, *, linger: float) -> tuple[list[list[int]], bool]:
+    """Submissions 1; 2-4 while 1 commits; then 5 alone, and 6-7 only once the sequencer has had
+    every chance to take 5 on its own. The batches, and whether 5's batch was taken before 6
+    was sent."""
+    commits = HeldCommits()
+    seq = Sequencer(chain.state, chain.store, chain.identity, commit=commits, linger=linger)
+    answered: list[int] = []
+
+    async def submit(seed: int) -> None:
+        await seq.submit(packs.contribution(seed, goal_id=TRIVIAL, seed=seed))
+        answered.append(seed)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_released_at_the_end, commits)
+        await tg.start(seq.run)
+        tg.start_soon(submit, 1)
+        assert await commits.batch(0) == [1]
+        for seed in (2, 3, 4):
+            tg.start_soon(submit, seed)
+        await anyio.wait_all_tasks_blocked()  # queued behind the block in flight
+        commits.release[0].set()
+        assert await commits.batch(1) == [2, 3, 4]
+        commits.release[1].set()
+        while len(answered) < 4:
+            await anyio.wait_all_tasks_blocked()
+        tg.start_soon(submit, 5)
+        await anyio.wait_all_tasks_blocked()
+        taken_alone = len(commits.batches) == 3
+        tg.start_soon(submit, 6)
+        tg.start_soon(submit, 7)
+        await anyio.wait_all_tasks_blocked()
+        commits.open()
+        while len(answered) < 7:
+            await anyio.wait_all_tasks_blocked()
+        seq.close()
+        tg.cancel_scope.cancel()
+    return commits.batches, taken_alone
+
+
+async def _released_at_the_end(commits: HeldCommits) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        commits.open()
+
+
+@pytest.mark.anyio
+async def test_a_leader_under_load_waits_for_as_many_as_its_last_batch(chain, packs) -> None:
+    """With several authorities, after a batch of 3 the next one waits (up to the linger) for 3
+    submissions: 5 is not cut alone just before 6 and 7 arrive. After a batch of one (light
+    load) nothing waits: 1 went at once."""
+    batches, taken_alone = await _leader_batches(chain, packs, linger=3.0)
+    assert batches == [[1], [2, 3, 4], [5, 6, 7]]
+    assert not taken_alone
+
+
+@pytest.mark.anyio
+async def test_without_linger_the_leader_cuts_the_batch_at_once(chain, packs) -> None:
+    batches, taken_alone = await _leader_batches(chain, packs, linger=0.0)
+    assert batches == [[1], [2, 3, 4], [5], [6, 7]]
+    assert taken_alone
+
+
+@pytest.mark.anyio
+async def test_a_lingering_batch_goes_when_the_wait_is_over_or_the_sequencer_closes(
+    chain, packs
+) -> None:
+    """Fewer submissions than the last batch held: the batch goes at the end of the linger; and
+    closing the sequencer ends the wait at once (the batch is still committed and answered)."""
+    for linger, close in ((0.05, False), (60.0, True)):
+        commits = HeldCommits()
+        seq = Sequencer(chain.state, chain.store, chain.identity, commit=commits, linger=linger)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_released_at_the_end, commits)
+            await tg.start(seq.run)
+            seq._last_batch = 3  # as after a batch of 3
+            tg.start_soon(seq.submit, packs.contribution(1, goal_id=TRIVIAL, seed=1))
+            await anyio.wait_all_tasks_blocked()
+            if close:
+                seq.close()
+            assert await commits.batch(0) == [1]
+            commits.open()
+            seq.close()
+            tg.cancel_scope.cancel()
