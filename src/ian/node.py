@@ -176,7 +176,7 @@ class Node:
             on_batch=self._on_batch,
             commit=self._commit_batch if is_multi_authority(genesis) else None,
             in_flight=settings.consensus_in_flight,
-            linger=settings.consensus_linger_ms / 1000,
+            linger=settings.block_linger_ms / 1000,
             evaluator=self.evaluation,
         )
         self.intake = Intake(

@@ -3,9 +3,8 @@
 Submissions queue up; one loop takes everything waiting (up to ``max_entries``), evaluates and
 applies it in a worker thread (off the event loop), writes one block in one transaction, and only
 then answers every submitter. Under light load a block holds one contribution and answers within
-one fsync; under heavy load blocks grow and the fsync cost is shared. A leader of several
-authorities, under load, waits briefly (``linger``) for as many submissions as its last block
-held before it cuts the next one: there a block costs every node a round of messages.
+one fsync; under heavy load blocks grow and the fsync cost is shared, and the next block waits
+briefly (``linger``) for as many submissions as the last one held before it is cut.
 
 With an evaluation pool of several workers (:mod:`ian.ledger.evaluation_pool`) a batch is
 evaluated first, in the workers, then sealed; and the batch behind it, when submissions are
@@ -327,8 +326,8 @@ class Sequencer:
         self._commit = commit
         #: batches handed to ``commit`` and not answered yet, at most (sealing here: one)
         self._slots = anyio.Semaphore(max(1, in_flight) if commit is not None else 1)
-        #: with ``commit``: how long (seconds) a batch may wait, at most, for as many
-        #: submissions as the last one held (see :meth:`_linger`)
+        #: how long (seconds) a batch may wait, at most, for as many submissions as the last
+        #: one held (see :meth:`_linger`)
         self.linger = linger
         self._last_batch = 0
         #: set on each submission while a batch lingers
@@ -413,13 +412,14 @@ class Sequencer:
         """Under load, wait up to :attr:`linger` for as many submissions as the last batch held
         (or a full block), so that a block is not cut just before they arrive.
 
-        A leader of several authorities answers a block's submitters together, once a majority
-        has stored it; clients that send again at once arrive a moment later, and without this
-        the first of them would take the free slot alone, the others waiting for a whole round
-        behind it — blocks of 1 and of 31, for 32 clients, in turn (measured). Each block costs
-        every authority and follower a round of messages, an fsync and a verification, so
-        full blocks are what makes the network fast. The wait ends as soon as enough are
-        queued; after a batch of one (light load) there is none."""
+        A block's submitters are answered together, once it is durable (on a majority, with
+        several authorities); clients that send again at once arrive a moment later, and
+        without this the first of them would take the free slot alone, the others waiting for
+        a whole block behind it — blocks of 1 and of 31, for 32 clients, in turn (measured).
+        Each block costs CPU (signing, hashing, a transaction, an fsync) and, with several
+        authorities, every node a round of messages and a verification: full blocks are what
+        makes the node fast. The wait ends as soon as enough are queued; after a batch of one
+        (light load) there is none."""
         want = min(self._last_batch, self.max_entries)
         if self.linger <= 0 or want < 2:
             return
@@ -466,6 +466,7 @@ class Sequencer:
                         (batch, evaluating), ahead = ahead, None
                     else:
                         assert first is not None
+                        await self._linger()
                         batch = self._take(first)
                         evaluating = await self._start_evaluation(batch)
                     if evaluating is not None:

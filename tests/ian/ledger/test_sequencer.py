@@ -524,3 +524,21 @@ async def test_a_lingering_batch_goes_when_the_wait_is_over_or_the_sequencer_clo
             commits.open()
             seq.close()
             tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_one_authority_under_load_seals_the_batch_once_it_has_filled(chain, packs) -> None:
+    """Sealing here too: after a block of 3, the next one waits (up to the linger) for 3."""
+    seq = Sequencer(chain.state, chain.store, chain.identity, linger=3.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(seq.run)
+        seq._last_batch = 3  # as after a block of 3
+        tg.start_soon(seq.submit, packs.contribution(1, goal_id=TRIVIAL))
+        await anyio.wait_all_tasks_blocked()
+        assert chain.state.height == 0  # waiting for two more
+        async with anyio.create_task_group() as more:
+            more.start_soon(seq.submit, packs.contribution(2, goal_id=TRIVIAL))
+            more.start_soon(seq.submit, packs.contribution(3, goal_id=TRIVIAL))
+        seq.close()
+    assert chain.state.height == 1
+    assert chain.store.log_size(TRIVIAL) == 3
