@@ -32,6 +32,7 @@ REJECTION_REASONS = (
     "rate_limited",
     "unauthorized",
     "unavailable",
+    "internal",
 )
 
 

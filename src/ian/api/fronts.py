@@ -257,6 +257,7 @@ class ApiFronts:
                 status = response.status_code
                 out.add(wire.encode((rid, status, response.raw_headers, bytes(response.body))))
 
+            admitted: Admitted | None = None  # the request's, once the node admitted it
             try:
                 if kind == wire.EVALUATION:
                     admitted = waiting.pop(rid, None)
@@ -271,15 +272,20 @@ class ApiFronts:
                 result = self._admit(ask)
                 if not isinstance(result, Admitted):
                     answer(result)
-                elif result.contribution.goal_id in costly and not result.contribution.metadata:
-                    waiting[rid] = result  # the front evaluates it (see ian.api.front_wire)
+                    continue
+                admitted = result
+                if admitted.contribution.goal_id in costly and not admitted.contribution.metadata:
+                    waiting[rid] = admitted  # the front evaluates it (see ian.api.front_wire)
                     out.add(wire.encode((rid, wire.EVALUATE, [], b"")))
                 else:
-                    decide_soon(self.node, result, answer)
-            except Exception:
-                log.exception("unexpected error serving POST /api/v1/contribute")
+                    decide_soon(self.node, admitted, answer)
+            except Exception as exc:
                 waiting.pop(rid, None)
-                answer(error_response(500, "internal", "internal error; see the node's log"))
+                if admitted is not None:  # counted as received: now as rejected (internal)
+                    answer(admitted.tally.failed(exc))
+                else:
+                    log.exception("unexpected error serving POST /api/v1/contribute")
+                    answer(error_response(500, "internal", "internal error; see the node's log"))
 
     def _admit(self, ask: wire.Ask) -> Admitted | Response:
         """The node's checks for a front's request, in the order of its own path: the ban

@@ -164,7 +164,14 @@ class Intake:
 
     def refused(self, goal_id: str | None, exc: RequestError) -> None:
         """Count a contribution refused before it reached the sequencer."""
-        self.metrics.reject(rejection_label(exc))
+        self._rejected(goal_id, rejection_label(exc))
+
+    def failed(self, goal_id: str | None) -> None:
+        """Count a contribution that an unexpected error stopped (answered 500)."""
+        self._rejected(goal_id, "internal")
+
+    def _rejected(self, goal_id: str | None, reason: str) -> None:
+        self.metrics.reject(reason)
         self.total.rejected += 1
         if goal_id in self.counters:
             self.counters[goal_id].rejected += 1

@@ -554,3 +554,55 @@ async def test_no_request_gets_a_500(api, packs) -> None:
         assert set(r.json()["error"]) == {"code", "message", "field"}
     report = verify_store(api.node.store, api.node.settings.all_goals())
     assert report.ok
+
+
+async def test_an_unexpected_error_is_a_500_counted_as_rejected(
+    api, packs, error_of, monkeypatch
+) -> None:
+    """A contribution stopped by a bug (not a request error) gets the JSON 500, and is counted
+    as rejected (``reason="internal"``): received = accepted + rejected still holds."""
+
+    async def broken(c) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api.node.sequencer, "submit", broken)
+    total = api.node.intake.total
+    received, accepted, rejected = total.received, total.accepted, total.rejected
+    r = await api.contribute(packs.body(1))
+    error_of(r, 500, "internal")
+    assert (total.received, total.accepted, total.rejected) == (
+        received + 1,
+        accepted,
+        rejected + 1,
+    )
+    goal = api.node.intake.counters[DEMO]
+    assert goal.received == goal.accepted + goal.rejected == 1
+    metrics = (await api.client.get("/metrics")).text
+    assert 'ian_contributions_rejected_total{reason="internal"} 1.0' in metrics
+
+
+async def test_an_unexpected_error_after_admission_elsewhere_is_counted_too(
+    api, packs, monkeypatch
+) -> None:
+    """The path of the API fronts' requests (admitted at once, decided later): a bug when the
+    contribution is queued, or in the answer that comes back, is a 500 counted as rejected."""
+    from ian.api.routes.contribute import Admitted, admit_now, decide_soon
+
+    total = api.node.intake.total
+    answers: list = []
+
+    def refuse_to_queue(c, on_done) -> None:
+        raise RuntimeError("a bug")
+
+    def answer_with_a_bug(c, on_done) -> None:
+        on_done(None, RuntimeError("a bug"))
+
+    for n, submit_soon in enumerate((refuse_to_queue, answer_with_a_bug)):
+        monkeypatch.setattr(api.node, "submit_soon", submit_soon)
+        body = json.dumps(packs.body(10 + n)).encode()
+        admitted = admit_now(api.node, "127.0.0.1", {}, body)
+        assert isinstance(admitted, Admitted)
+        decide_soon(api.node, admitted, answers.append)
+        assert answers[-1].status_code == 500
+        assert json.loads(answers[-1].body)["error"]["code"] == "internal"
+        assert total.received == total.accepted + total.rejected == n + 1

@@ -88,6 +88,8 @@ async def contribute_answer(
         outcome = await intake.submit(c)
     except RequestError as exc:
         return tally.refused(exc)
+    except Exception as exc:
+        return tally.failed(exc)
     return accepted_answer(node, outcome, started)
 
 
@@ -113,13 +115,15 @@ def accepted_answer(node: Node, outcome: Outcome, started: float) -> Response:
 
 class _Tally:
     """Counts one request once: received (under its goal once the body names one), and
-    refused when it fails."""
+    refused when it fails — answered 500 included — so that received = accepted + rejected."""
 
-    __slots__ = ("goal_id", "node")
+    __slots__ = ("counted", "goal_id", "node", "settled")
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.goal_id: str | None = None
+        self.counted = False  # as received
+        self.settled = False  # as refused
 
     def admit(self, body: bytes) -> Contribution:
         """The contribution ``body`` describes, admitted by the intake (not yet queued)."""
@@ -127,6 +131,7 @@ class _Tally:
         self.goal_id = fields.goal_id
         intake = self.node.intake
         intake.received(fields.goal_id)
+        self.counted = True
         return intake.prepare(
             goal_id=fields.goal_id,
             version=fields.version,
@@ -137,11 +142,27 @@ class _Tally:
         )
 
     def refused(self, exc: RequestError) -> Response:
-        intake = self.node.intake
-        if self.goal_id is None:
-            intake.received(None)
-        intake.refused(self.goal_id, exc)
+        if self._settle():
+            self.node.intake.refused(self.goal_id, exc)
         return request_error_response(exc)
+
+    def failed(self, exc: BaseException) -> Response:
+        """The 500 for an unexpected error (logged), counted as rejected (internal)."""
+        log.error("POST /api/v1/contribute failed", exc_info=exc)
+        if self._settle():
+            self.node.intake.failed(self.goal_id)
+        return error_response(500, "internal", "internal error; see the node's log")
+
+    def _settle(self) -> bool:
+        """Whether the request is to be counted as refused now (received first if it was not
+        yet): once only."""
+        if self.settled:
+            return False
+        self.settled = True
+        if not self.counted:
+            self.node.intake.received(self.goal_id)
+            self.counted = True
+        return True
 
 
 @dataclass(slots=True)
@@ -166,6 +187,8 @@ def admit_now(
         return Admitted(tally.admit(body), tally, started)
     except RequestError as exc:
         return tally.refused(exc)
+    except Exception as exc:
+        return tally.failed(exc)
 
 
 def decide_soon(node: Node, admitted: Admitted, answer: Callable[[Response], None]) -> None:
@@ -183,13 +206,14 @@ def decide_soon(node: Node, admitted: Admitted, answer: Callable[[Response], Non
         elif isinstance(error, RequestError):
             answer(tally.refused(error))
         else:
-            log.error("contribution failed", exc_info=error)
-            answer(error_response(500, "internal", "internal error; see the node's log"))
+            answer(tally.failed(error))
 
     try:
         node.submit_soon(c, decided)
     except RequestError as exc:
         answer(tally.refused(exc))
+    except Exception as exc:
+        answer(tally.failed(exc))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
