@@ -416,7 +416,7 @@ class Sequencer:
         several authorities); clients that send again at once arrive a moment later, and
         without this the first of them would take the free slot alone, the others waiting for
         a whole block behind it — blocks of 1 and of 31, for 32 clients, in turn (measured).
-        Each block costs CPU (signing, hashing, a transaction, an fsync) and, with several
+        Each block has a fixed cost (signing, hashing, a transaction, an fsync) and, with several
         authorities, every node a round of messages and a verification: full blocks are what
         makes the node fast. The wait ends as soon as enough are queued; after a batch of one
         (light load) there is none."""
