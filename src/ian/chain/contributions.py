@@ -136,6 +136,26 @@ def _check_text(value: str, field: str) -> None:
             raise InputError(f"{field} is not valid Unicode text", field=field) from None
 
 
+def _flat_json(metadata: dict[str, Any]) -> str | None:
+    """``canonical_json_text(metadata)`` for the usual shape, a flat object of strings and
+    integers, without the generic encoder (its sort and recursion cost more than the text:
+    about a tenth of applying a block of small contributions); None for any other shape.
+    Byte-identical to the encoder (tested): keys sorted as it sorts them, each string as
+    :func:`canonical_json_str` writes it, each integer as its ``repr``."""
+    parts = []
+    for key in sorted(metadata):  # mixed key types raise TypeError, as the encoder's sort does
+        value = metadata[key]
+        if type(key) is not str:
+            return None
+        if type(value) is str:
+            parts.append(f"{canonical_json_str(key)}:{canonical_json_str(value)}")
+        elif type(value) is int:
+            parts.append(f"{canonical_json_str(key)}:{value!r}")
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
+
+
 def check_metadata(metadata: dict[str, Any]) -> str:
     """Check the limits; returns the canonical JSON text of ``metadata``."""
     if not metadata and type(metadata) is dict:
@@ -145,13 +165,15 @@ def check_metadata(metadata: dict[str, Any]) -> str:
             f"agent_pack.metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}",
             field="agent_pack.metadata",
         )
-    if _deeper_than(metadata, MAX_METADATA_DEPTH):
-        raise InputError(
-            f"agent_pack.metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
-            field="agent_pack.metadata",
-        )
     try:
-        text = canonical_json_text(metadata)
+        text = _flat_json(metadata) if type(metadata) is dict else None
+        if text is None:
+            if _deeper_than(metadata, MAX_METADATA_DEPTH):
+                raise InputError(
+                    f"agent_pack.metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+                    field="agent_pack.metadata",
+                )
+            text = canonical_json_text(metadata)
         size = len(text) if text.isascii() else len(text.encode())
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) included
         raise InputError(

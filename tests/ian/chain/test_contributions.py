@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ian.chain.contributions import (
+    check_metadata,
     contribution_hash,
     decode_parameters,
     make_contribution,
@@ -124,6 +125,41 @@ def test_lone_surrogates_are_refused(kwargs: dict, field: str) -> None:
     with pytest.raises(InputError) as info:
         make_contribution(**fields)
     assert info.value.field == field
+
+
+_JSON_SCALARS = st.none() | st.booleans() | st.integers() | finite | st.text(max_size=4)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=4),
+        st.integers() | st.text(max_size=6) | _JSON_SCALARS | st.lists(_JSON_SCALARS, max_size=2),
+        max_size=6,
+    )
+)
+def test_metadata_text_is_the_encoder_s_for_every_shape(metadata: dict) -> None:
+    """Flat objects of strings and integers take the fast path; booleans, floats, None and
+    nested values the encoder's: the text (what the pack hash covers) is the same either way."""
+    assert check_metadata(metadata) == canonical_json_text(metadata)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"b": "x", "a": 1, "c": '\u00e9"\\\n\x7f', "\u20ac": -(2**70)},  # fast path
+        {"a": True, "b": 1},  # a bool is not an int here
+        {"a": 1.0, "b": None},
+        {"a": {"b": "c"}},
+    ],
+)
+def test_metadata_text_examples(metadata: dict) -> None:
+    assert check_metadata(metadata) == canonical_json_text(metadata)
+
+
+def test_metadata_with_keys_that_do_not_sort_is_refused_as_not_plain_json() -> None:
+    with pytest.raises(InputError, match="not plain JSON") as info:
+        check_metadata({"a": "x", 1: "y"})  # type: ignore[dict-item]
+    assert info.value.field == "agent_pack.metadata"
 
 
 def test_metadata_nesting_is_bounded_without_recursion() -> None:
