@@ -461,6 +461,8 @@ class ConsensusCore:
             )
             vote = self._signed_vote_for(req) if grant else None
             out.append(Send(sender, VoteResponse(True, self._term, vote)))
+            if grant and self._role is Role.PRE_CANDIDATE and req.term == self._term + 1:
+                self._yield_to(req)
             return
         if req.term > self._term:
             self._become_follower(req.term, None, out)
@@ -472,6 +474,18 @@ class ConsensusCore:
             self._reset_election_timer()
             vote = self._signed_vote_for(req)
         out.append(Send(sender, VoteResponse(False, self._term, vote)))
+
+    def _yield_to(self, req: VoteRequest) -> None:
+        """Another pre-candidate for the same term asked for this one's pre-vote: two that go
+        on together split the vote (each votes for itself), and nobody leads until a timer
+        fires again (1-2 s more; measured on loopback, about 1 leader kill in 60). The one
+        with the better log, else the one whose node id sorts first, goes on; this one stands
+        aside, keeping the timer it drew, and votes for it. Liveness only: the winner is
+        still elected by a majority's votes."""
+        theirs = (req.last_term, req.last_height)
+        if theirs > self._candidacy or (theirs == self._candidacy and req.candidate < self.node_id):
+            self._role = Role.FOLLOWER
+            self._votes = {}
 
     def _signed_vote_for(self, req: VoteRequest) -> Vote:
         kind: Literal["vote", "pre_vote"] = "pre_vote" if req.pre_vote else "vote"

@@ -104,6 +104,49 @@ def test_pre_vote_does_not_bump_terms() -> None:
     assert c.cores["a0"].role is Role.LEADER
 
 
+@pytest.mark.parametrize("first", ["a1", "a2"])
+def test_two_pre_candidates_at_once_do_not_split_the_vote(first: str) -> None:
+    """The leader dies and both survivors' timers fire before either hears from the other:
+    each grants the other's pre-vote, and without a rule both would go on to vote for
+    themselves in term 2 (a split: nobody leads until a timer fires again). The one whose
+    node id sorts first goes on; the other stands aside and votes for it."""
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r1", b"x"))
+    c.deliver()
+    c.heartbeat("a0")
+    second = "a2" if first == "a1" else "a1"
+    c.tick(first, AFTER_TIMEOUT)
+    c.tick(second, AFTER_TIMEOUT)
+    assert c.cores["a1"].role is c.cores["a2"].role is Role.PRE_CANDIDATE
+    c.deliver(cut(c, "a0"))
+    winner = min(("a1", "a2"), key=c.id)
+    loser = "a2" if winner == "a1" else "a1"
+    assert c.cores[winner].role is Role.LEADER
+    assert c.cores[winner].term == 2  # one round: no split vote and no second election
+    assert c.cores[loser].role is Role.FOLLOWER and c.cores[loser].term == 2
+    assert c.disks[loser].voted_for == c.id(winner)
+
+
+def test_a_pre_candidate_stands_aside_only_for_an_equal_or_better_log() -> None:
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r1", b"x"))
+    c.deliver()
+    c.heartbeat("a0")
+    c.tick("a1", AFTER_TIMEOUT)
+    assert c.cores["a1"].role is Role.PRE_CANDIDATE
+    # A pre-candidate whose log is behind (an empty one) gets no pre-vote: a1 goes on, even
+    # when that node's id sorts first.
+    behind = VoteRequest(True, CHAIN, 2, c.id("a2"), 0, 0)
+    c.step("a1", Received(c.id("a2"), behind))
+    assert c.cores["a1"].role is Role.PRE_CANDIDATE
+    # One whose log is better (a later height in the same term) wins it, whatever its id.
+    ahead = VoteRequest(True, CHAIN, 2, c.id("a2"), 1, 5)
+    c.step("a1", Received(c.id("a2"), ahead))
+    assert c.cores["a1"].role is Role.FOLLOWER
+
+
 def test_vote_is_granted_once_per_term_and_durable_before_it_leaves() -> None:
     c = Cluster(3)
     req = VoteRequest(False, CHAIN, 1, c.id("a0"), 0, 0)
