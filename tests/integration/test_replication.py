@@ -71,7 +71,11 @@ def test_fresh_node_catches_up_thousands_of_blocks(ian_nodes) -> None:
     assert seen_by_seq["rate_limit_violations"] == 0, seen_by_seq
     assert seen_by_fresh["failed_syncs"] == 0, seen_by_fresh
     assert not fresh.has_msg("rate_limited")
-    # It keeps following after the catch-up.
+    # It keeps following after the catch-up. The sequencer's store came without a state file,
+    # so it first asks its peers for blocks above its own (a restored sequencer must not
+    # re-sequence heights they hold); until then it answers forwards with a 503, and a fast
+    # catch-up can end before that check does.
+    wait_until(lambda: seq.get("/readyz").status_code == 200, what="the sequencer accepting")
     submit(fresh, contribution(1, tag="after-catch-up"))
     wait_same_chain(seq, [fresh])
 
