@@ -45,7 +45,6 @@ def create_app(node: Node) -> FastAPI:
     )
     app.state.node = node
     app.add_middleware(AdminGuard)
-    app.add_middleware(ContributeFastPath)
     app.add_middleware(BanGuard)  # added last: runs first
     install_error_handlers(app)
     for router in ROUTERS:
@@ -58,6 +57,12 @@ def create_app(node: Node) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def asgi_app(node: Node) -> ContributeFastPath:
+    """What the node serves: :func:`create_app` behind the ``POST /api/v1/contribute`` fast
+    path (:class:`~ian.api.routes.contribute.ContributeFastPath`)."""
+    return ContributeFastPath(create_app(node))
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:

@@ -48,14 +48,14 @@ class ApiServer:
         self._done = anyio.Event()
 
     async def serve(self, *, task_status: TaskStatus[tuple[str, int]]) -> None:
-        from ian.api.app import create_app
+        from ian.api.app import asgi_app
 
         workers = self.node.settings.api_workers
         socks = listen_group(
             self.host, self.port, max(1, workers), purpose="the API", setting="IAN_API_PORT"
         )
         config = uvicorn.Config(
-            create_app(self.node),
+            asgi_app(self.node),
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -19,7 +19,7 @@ import anyio
 import httpx
 import pytest
 
-from ian.api.app import create_app
+from ian.api.app import asgi_app
 from ian.chain.goals import GoalSpec
 from ian.config import load_settings
 from ian.node import Node
@@ -82,7 +82,7 @@ async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
             p2p_tasks = await stack.enter_async_context(anyio.create_task_group())
             await p2p_tasks.start(node.p2p.run)
             stack.callback(p2p_tasks.cancel_scope.cancel)
-            app = create_app(node)
+            app = asgi_app(node)
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL)
             )

@@ -606,3 +606,79 @@ async def test_an_unexpected_error_after_admission_elsewhere_is_counted_too(
         assert answers[-1].status_code == 500
         assert json.loads(answers[-1].body)["error"]["code"] == "internal"
         assert total.received == total.accepted + total.rejected == n + 1
+
+
+async def test_a_client_that_leaves_mid_body_is_malformed_not_an_error(api, packs, caplog) -> None:
+    """A client can close its connection in the middle of its body at any rate: that is a
+    malformed request (counted so), not the node's error (no ERROR line, no 500 counted)."""
+    body = json.dumps(packs.body(1)).encode()
+    parts = [
+        {"type": "http.request", "body": body[:20], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return parts.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/contribute",
+        "raw_path": b"/api/v1/contribute",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("ian.test", 80),
+    }
+    total = api.node.intake.total
+    with caplog.at_level("ERROR", logger="ian.api"):
+        await api.app(scope, receive, send)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "malformed"
+    assert (total.received, total.rejected) == (1, 1)
+    metrics = (await api.client.get("/metrics")).text
+    assert 'ian_contributions_rejected_total{reason="malformed"} 1.0' in metrics
+    assert 'ian_contributions_rejected_total{reason="internal"} 0.0' in metrics
+
+
+async def test_the_fast_path_answers_as_the_documented_route(api, packs) -> None:
+    """The node serves ``POST /api/v1/contribute`` in front of the framework; the route the
+    OpenAPI document describes answers the same requests the same way (an accepted pack, a
+    duplicate, a malformed body, a banned client)."""
+    from ian.api.app import create_app
+
+    route = create_app(api.node)  # the framework app alone: the route answers
+    assert api.app.app is not route and type(api.app).__name__ == "ContributeFastPath"
+    api.node.peer_book.ban("203.0.113.9", seconds=600, reason="test")
+    answers = []
+    for app, n in ((api.app, 1), (route, 2)):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ian.test"
+        ) as client:
+            ok = await client.post("/api/v1/contribute", json=packs.body(n))
+            again = await client.post("/api/v1/contribute", json=packs.body(n))
+            bad = await client.post("/api/v1/contribute", content=b"{")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 5000)),
+            base_url="http://ian.test",
+        ) as banned_client:
+            banned = await banned_client.post("/api/v1/contribute", json=packs.body(n + 10))
+        answers.append(
+            [
+                (ok.status_code, sorted(ok.json())),
+                (again.status_code, again.json()["error"]["code"]),
+                (bad.status_code, bad.json()["error"]["code"]),
+                (banned.status_code, banned.json()["error"]["code"]),
+            ]
+        )
+    assert answers[0] == answers[1]
+    assert answers[0][0][0] == 200 and answers[0][1][0] == 409 and answers[0][3][0] == 403

@@ -20,17 +20,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
-from fastapi import APIRouter, Request, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from ian.api import models as m
-from ian.api.auth import check_bearer, forwarded_address, trusted_networks
+from ian.api.auth import ban_refusal, check_bearer, forwarded_address, trusted_networks
 from ian.api.contribute_body import parse_contribute_body
 from ian.api.deps import NodeDep
 from ian.api.responses import error_response, request_error_response
 from ian.chain.contributions import Contribution
 from ian.chain.state import Outcome
-from ian.errors import PayloadTooLargeError, RequestError
+from ian.errors import InputError, PayloadTooLargeError, RequestError
 
 if TYPE_CHECKING:
     from ian.node import Node
@@ -220,30 +221,82 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes without buffering them."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _went_away() from None
+    return b"".join(chunks)
+
+
+async def read_asgi_body(receive: Receive, limit: int) -> bytes:
+    """:func:`read_body` straight from the ASGI ``receive`` channel."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _went_away()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _went_away() -> InputError:
+    """A client that closes its connection in the middle of its body sent a malformed request
+    (nobody reads the answer): counted so, and not logged as the node's error — a client can
+    do it at any rate."""
+    return InputError("the client closed the connection before the body ended", code="malformed")
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An ASGI scope's headers by name (lower-case in ASGI); of a repeated one, the first, as
+    Starlette's ``Headers.get`` gives it."""
+    out: dict[str, str] = {}
+    for name, value in raw:
+        out.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return out
 
 
 class ContributeFastPath:
-    """ASGI middleware: ``POST /api/v1/contribute`` answered by :func:`contribute_response`
-    before the framework's routing, dependency solving and response-model validation (about a
-    third of the node's time per request under load); other requests pass through. The route
-    above stays the documented one (OpenAPI) and answers identically. Installed inside
-    :class:`ian.api.auth.BanGuard`, so a banned address is refused first either way."""
+    """The ASGI app the node serves, in front of ``app`` (:func:`ian.api.app.asgi_app`):
+    ``POST /api/v1/contribute`` is answered here by :func:`contribute_answer`, straight from
+    the ASGI scope; every other request goes to ``app``. The framework's middleware stack,
+    routing, dependency solving and response-model validation cost more than the work itself
+    under load. A banned client is refused first, as :class:`ian.api.auth.BanGuard` refuses
+    it on every other route. The route above stays the documented operation (OpenAPI) and
+    answers identically."""
 
     PATH = "/api/v1/contribute"
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: FastAPI) -> None:
         self.app = app
+        self.node: Node = app.state.node
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.PATH and scope["method"] == "POST":
-            request = Request(scope, receive)
-            response = await contribute_response(request, scope["app"].state.node)
-            await response(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        node = self.node
+        headers = _headers(scope["headers"])
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        forwarded = None
+        if peer != "unknown" and node.settings.trusted_proxies:
+            forwarded = headers.get("x-forwarded-for")
+        refusal = ban_refusal(node, peer, forwarded)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        limit = node.settings.max_request_bytes
+        answer = await contribute_answer(
+            node, peer, headers, lambda: read_asgi_body(receive, limit)
+        )
+        await answer(scope, receive, send)
