@@ -104,17 +104,23 @@ def test_pre_vote_does_not_bump_terms() -> None:
     assert c.cores["a0"].role is Role.LEADER
 
 
+def led_with_one_block(payload: bytes = b"x") -> Cluster:
+    """Three authorities, a0 leading, one block committed and heard of by all."""
+    c = Cluster(3)
+    c.elect("a0")
+    c.step("a0", Propose("r1", payload))
+    c.deliver()
+    c.heartbeat("a0")
+    return c
+
+
 @pytest.mark.parametrize("first", ["a1", "a2"])
 def test_two_pre_candidates_at_once_do_not_split_the_vote(first: str) -> None:
     """The leader dies and both survivors' timers fire before either hears from the other:
     each grants the other's pre-vote, and without a rule both would go on to vote for
     themselves in term 2 (a split: nobody leads until a timer fires again). The one whose
     node id sorts first goes on; the other stands aside and votes for it."""
-    c = Cluster(3)
-    c.elect("a0")
-    c.step("a0", Propose("r1", b"x"))
-    c.deliver()
-    c.heartbeat("a0")
+    c = led_with_one_block()
     second = "a2" if first == "a1" else "a1"
     c.tick(first, AFTER_TIMEOUT)
     c.tick(second, AFTER_TIMEOUT)
@@ -129,11 +135,7 @@ def test_two_pre_candidates_at_once_do_not_split_the_vote(first: str) -> None:
 
 
 def test_a_pre_candidate_stands_aside_only_for_an_equal_or_better_log() -> None:
-    c = Cluster(3)
-    c.elect("a0")
-    c.step("a0", Propose("r1", b"x"))
-    c.deliver()
-    c.heartbeat("a0")
+    c = led_with_one_block()
     c.tick("a1", AFTER_TIMEOUT)
     assert c.cores["a1"].role is Role.PRE_CANDIDATE
     # A pre-candidate whose log is behind (an empty one) gets no pre-vote: a1 goes on, even
@@ -487,11 +489,7 @@ def test_two_certificates_at_one_height_are_fork_evidence_and_stop_applying() ->
 
 
 def test_an_authority_reports_a_certified_conflict_with_its_committed_block() -> None:
-    c = Cluster(3)
-    c.elect("a0")
-    c.step("a0", Propose("r", b"ours"))
-    c.deliver()
-    c.heartbeat("a0")
+    c = led_with_one_block(b"ours")
     a0, a1 = c.cores["a0"], c.cores["a1"]
     assert a1.commit_height == 2
     ours = a1.block(2)
