@@ -268,11 +268,11 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 class ContributeFastPath:
     """The ASGI app the node serves, in front of ``app`` (:func:`ian.api.app.asgi_app`):
     ``POST /api/v1/contribute`` is answered here by :func:`contribute_answer`, straight from
-    the ASGI scope; every other request goes to ``app``. The framework's middleware stack,
-    routing, dependency solving and response-model validation cost more than the work itself
-    under load. A banned client is refused first, as :class:`ian.api.auth.BanGuard` refuses
-    it on every other route. The route above stays the documented operation (OpenAPI) and
-    answers identically."""
+    the ASGI scope; every other request goes to ``app``. It skips the framework's routing,
+    dependency solving and response-model validation (see the module docstring) and, in front
+    of it, its middleware stack too (4.8 µs of an early 401's 23.6 µs, in process). A banned
+    client is refused first, as :class:`ian.api.auth.BanGuard` refuses it on every other
+    route. The route above stays the documented operation (OpenAPI) and answers identically."""
 
     PATH = "/api/v1/contribute"
 
