@@ -96,17 +96,27 @@ class BanGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            node = scope["app"].state.node
-            client = scope.get("client")
-            host = client[0] if client else "unknown"
-            forwarded = None
-            if host != "unknown" and node.settings.trusted_proxies:
-                forwarded = Request(scope).headers.get("x-forwarded-for")
-            refusal = ban_refusal(node, host, forwarded)
+            refusal = scope_ban_refusal(scope["app"].state.node, scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def client_host(scope: Scope) -> str:
+    """The socket's address of an HTTP request's client ("unknown" when the server gave none)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def scope_ban_refusal(node: Node, scope: Scope) -> JSONResponse | None:
+    """:func:`ban_refusal` for the client of an ASGI HTTP request (its X-Forwarded-For read only
+    when trusted proxies are configured)."""
+    host = client_host(scope)
+    forwarded = None
+    if host != "unknown" and node.settings.trusted_proxies:
+        forwarded = Request(scope).headers.get("x-forwarded-for")
+    return ban_refusal(node, host, forwarded)
 
 
 def ban_refusal(node: Node, host: str, forwarded: str | None) -> JSONResponse | None:

@@ -21,11 +21,16 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Request, Response
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from ian.api import models as m
-from ian.api.auth import ban_refusal, check_bearer, forwarded_address, trusted_networks
+from ian.api.auth import (
+    check_bearer,
+    client_host,
+    forwarded_address,
+    scope_ban_refusal,
+    trusted_networks,
+)
 from ian.api.contribute_body import parse_contribute_body
 from ian.api.deps import NodeDep
 from ian.api.responses import error_response, request_error_response
@@ -60,8 +65,9 @@ async def contribute(request: Request, node: NodeDep) -> Response:
 
 
 async def contribute_response(request: Request, node: Node) -> Response:
-    """The whole of ``POST /api/v1/contribute``: the answer, errors included (the route, and
-    :class:`ContributeFastPath` in front of the framework, both serve this)."""
+    """The whole of ``POST /api/v1/contribute`` for the documented route: the answer, errors
+    included (:class:`ContributeFastPath`, in front of the framework, gives the same through
+    :func:`contribute_answer`)."""
     max_body = node.settings.max_request_bytes
     return await contribute_answer(
         node,
@@ -219,17 +225,7 @@ def decide_soon(node: Node, admitted: Admitted, answer: Callable[[Response], Non
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes without buffering them."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise _went_away() from None
-    return b"".join(chunks)
+    return await read_asgi_body(request.receive, limit)
 
 
 async def read_asgi_body(receive: Receive, limit: int) -> bytes:
@@ -285,18 +281,15 @@ class ContributeFastPath:
             await self.app(scope, receive, send)
             return
         node = self.node
-        headers = _headers(scope["headers"])
-        client = scope.get("client")
-        peer = client[0] if client else "unknown"
-        forwarded = None
-        if peer != "unknown" and node.settings.trusted_proxies:
-            forwarded = headers.get("x-forwarded-for")
-        refusal = ban_refusal(node, peer, forwarded)
+        refusal = scope_ban_refusal(node, scope)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         limit = node.settings.max_request_bytes
         answer = await contribute_answer(
-            node, peer, headers, lambda: read_asgi_body(receive, limit)
+            node,
+            client_host(scope),
+            _headers(scope["headers"]),
+            lambda: read_asgi_body(receive, limit),
         )
         await answer(scope, receive, send)
