@@ -267,6 +267,8 @@ class ConsensusCore:
         self._leader_contact: float | None = None
         self._votes: dict[str, Vote] = {}
         self._candidacy = (0, 0)
+        self._stood_aside = False  # the last pre-vote round ended by standing aside (_yield_to)
+        self._may_stand_aside = True  # this round may (not twice in a row)
         self._next: dict[str, int] = {}
         self._match: dict[str, int] = {}
         self._learner_mode: set[str] = set()
@@ -389,6 +391,8 @@ class ConsensusCore:
         self._election = None
         self._candidacy = (self._last_term(), len(self._log))
         self._votes = {}
+        self._may_stand_aside = not self._stood_aside
+        self._stood_aside = False
         self._reset_election_timer()
         self._record_vote(self._own_vote("pre_vote", self._term + 1), out)
         if self._role is Role.PRE_CANDIDATE:
@@ -481,11 +485,16 @@ class ConsensusCore:
         fires again (1-2 s more: 3 of 200 leader kills on loopback split it, up to 3.2 s). The one
         with the better log, else the one whose node id sorts first, goes on; this one stands
         aside, keeping the timer it drew, and votes for it. Liveness only: the winner is
-        still elected by a majority's votes."""
+        still elected by a majority's votes. Never twice in a row: a request's log position is
+        only claimed, and an authority that claimed a better one at every round would otherwise
+        keep this node from ever standing."""
+        if not self._may_stand_aside:
+            return
         theirs = (req.last_term, req.last_height)
         if theirs > self._candidacy or (theirs == self._candidacy and req.candidate < self.node_id):
             self._role = Role.FOLLOWER
             self._votes = {}
+            self._stood_aside = True
 
     def _signed_vote_for(self, req: VoteRequest) -> Vote:
         kind: Literal["vote", "pre_vote"] = "pre_vote" if req.pre_vote else "vote"

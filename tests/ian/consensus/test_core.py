@@ -149,6 +149,21 @@ def test_a_pre_candidate_stands_aside_only_for_an_equal_or_better_log() -> None:
     assert c.cores["a1"].role is Role.FOLLOWER
 
 
+def test_a_pre_candidate_does_not_stand_aside_twice_in_a_row() -> None:
+    """A log position in a pre-vote request is only claimed: an authority that claimed a better
+    log at every round would keep the others from ever standing. After standing aside once, the
+    next round goes on whatever is claimed; the one after may stand aside again."""
+    c = led_with_one_block()
+    ahead = VoteRequest(True, CHAIN, 2, c.id("a2"), 1, 5)
+    roles = []
+    for _ in range(3):
+        c.tick("a1", AFTER_TIMEOUT)
+        assert c.cores["a1"].role is Role.PRE_CANDIDATE
+        c.step("a1", Received(c.id("a2"), ahead))
+        roles.append(c.cores["a1"].role)
+    assert roles == [Role.FOLLOWER, Role.PRE_CANDIDATE, Role.FOLLOWER]
+
+
 def test_vote_is_granted_once_per_term_and_durable_before_it_leaves() -> None:
     c = Cluster(3)
     req = VoteRequest(False, CHAIN, 1, c.id("a0"), 0, 0)
