@@ -348,12 +348,12 @@ class Node:
 
         from ian.consensus import ConsensusCore, ConsensusParams, IdentitySigner
         from ian.identity import verify_signature
-        from ian.storage.consensus_log import ConsensusLog
+        from ian.storage.consensus_log import RESTART_KEEP, ConsensusLog
 
         p = genesis.consensus
         log_store = ConsensusLog(self.datadir.consensus_file)
-        durable = log_store.load()
-        resume = applied_mark(durable.log, durable.applied_height, self.state.height)
+        durable = log_store.load(keep=RESTART_KEEP)
+        resume = applied_mark(durable, self.state.height)
         if resume < durable.applied_height:
             log.warning(
                 "the chain store is behind the consensus log (restored or repaired?): "

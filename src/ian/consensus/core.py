@@ -66,6 +66,7 @@ from ian.consensus.events import (
     TruncateLog,
     Unavailable,
 )
+from ian.consensus.log import BlockLog
 from ian.consensus.types import (
     Ack,
     AppendBlocks,
@@ -105,6 +106,7 @@ class ConsensusParams:
         "heartbeat_interval",
         "max_blocks_per_message",
         "max_message_bytes",
+        "memory_bytes",
     )
 
     def __init__(
@@ -115,6 +117,7 @@ class ConsensusParams:
         heartbeat_interval: float = 0.2,
         max_blocks_per_message: int = 32,
         max_message_bytes: int = 1 << 62,
+        memory_bytes: int = 32 << 20,
     ) -> None:
         if not 0 < heartbeat_interval < election_timeout_min <= election_timeout_max:
             raise ValueError("need 0 < heartbeat_interval < election_timeout_min <= max")
@@ -124,6 +127,9 @@ class ConsensusParams:
         self.max_blocks_per_message = max_blocks_per_message
         #: payload bytes one message carries at most (one block is always sent, whatever size)
         self.max_message_bytes = max_message_bytes
+        #: roughly the most bytes of blocks held in memory beyond those not yet applied or
+        #: durable; older blocks are read back from the state's cold log (:mod:`.log`)
+        self.memory_bytes = memory_bytes
 
 
 class ConsensusCore:
@@ -180,6 +186,11 @@ class ConsensusCore:
         return len(self._log)
 
     @property
+    def memory_base(self) -> int:
+        """Blocks at or below this height are not held in memory (read back when needed)."""
+        return self._log.base
+
+    @property
     def forked(self) -> bool:
         return self._forked
 
@@ -224,6 +235,7 @@ class ConsensusCore:
         if isinstance(event, Restart):
             self._restore(event.state, event.now)
             self._apply_committed(out)
+            self._shrink()
             out.append(RoleChanged(self._role, self._term, self._leader))
             return out
         if self._forked:
@@ -250,12 +262,14 @@ class ConsensusCore:
     def _restore(self, state: DurableState, now: float) -> None:
         self._term = state.term
         self._voted_for = state.voted_for
-        self._log: list[Block] = list(state.log)
-        self._certs: dict[int, CommitCertificate] = dict(state.certificates)
-        self._rebuild_configs()
-        self._commit = 0
-        for height, cert in self._certs.items():
-            if height <= len(self._log) and self._log[height - 1].hash == cert.block_hash:
+        self._log = BlockLog(state.base, list(state.log), state.certificates, state.cold)
+        self._rebuild_configs(state.changes)
+        self._commit = state.base  # blocks below a state's base are committed (see .log)
+        for height, cert in state.certificates.items():
+            if (
+                state.base < height <= len(self._log)
+                and self._log[height - 1].hash == cert.block_hash
+            ):
                 self._commit = max(self._commit, height)
         self._applied = min(state.applied_height, self._commit)
         self._durable = len(self._log)
@@ -286,9 +300,11 @@ class ConsensusCore:
         self._role = Role.FOLLOWER if self._is_authority() else Role.LEARNER
         self._reset_election_timer()
 
-    def _rebuild_configs(self) -> None:
+    def _rebuild_configs(self, older_changes: list[Block]) -> None:
+        """The authority sets along the log: ``older_changes`` are the change blocks below the
+        in-memory part."""
         self._configs: list[tuple[int, dict[str, bytes]]] = [(0, self._genesis_authorities)]
-        for block in self._log:
+        for block in [*older_changes, *self._log.recent()]:
             self._note_config(block)
 
     def _note_config(self, block: Block) -> None:
@@ -658,9 +674,9 @@ class ConsensusCore:
             first = max(self._next[peer], self._sent_end.get(peer, 0) + 1)
             nxt = min(first, len(self._log) + 1)
             prev = nxt - 1
-            blocks = tuple(self._log[prev : self._batch_end(prev + 1)])
+            blocks = tuple(self._batch(nxt))
             self._sent_end[peer] = prev + len(blocks)
-            cert = self._certs.get(self._commit)
+            cert = self._log.certificate(self._commit)
             out.append(
                 Send(
                     peer,
@@ -684,37 +700,31 @@ class ConsensusCore:
             and self._clock - sent[1] < self.params.election_timeout_min
         ):
             return  # still taking the last batch: sending it again would only cost both sides
-        heights = sorted(h for h in self._certs if nxt <= h <= self._commit)
-        if not heights:
-            return
         # The furthest certified height within one message's limits, else the nearest one.
-        end = self._batch_end(nxt)
-        target = max((h for h in heights if h <= end), default=heights[0])
-        self._in_flight[peer] = (target, self._clock)
+        batch = self._batch(nxt)
+        heights = self._log.certified_heights(nxt, min(nxt + len(batch) - 1, self._commit))
+        if heights:
+            cert = self._log.certificate(heights[-1])
+            batch = batch[: heights[-1] - nxt + 1]
+        else:
+            cert = self._log.lowest_certificate_from(nxt)
+            if cert is None or cert.height > self._commit:
+                return
+            batch = self._log[nxt - 1 : cert.height]
+        assert cert is not None
+        self._in_flight[peer] = (cert.height, self._clock)
         out.append(
             Send(
                 peer,
-                CertifiedBlocks(
-                    self._term,
-                    self.node_id,
-                    tuple(self._log[nxt - 1 : target]),
-                    self._certs[target],
-                    self._election,
-                ),
+                CertifiedBlocks(self._term, self.node_id, tuple(batch), cert, self._election),
             )
         )
 
-    def _batch_end(self, first: int) -> int:
-        """The last height a message starting at ``first`` carries: at most
+    def _batch(self, first: int) -> list[Block]:
+        """The blocks a message starting at ``first`` carries: at most
         ``max_blocks_per_message`` blocks and ``max_message_bytes`` of payload (at least one)."""
         p = self.params
-        last = min(len(self._log), first + p.max_blocks_per_message - 1)
-        size = 0
-        for h in range(first, last + 1):
-            size += len(self._log[h - 1].payload)
-            if size > p.max_message_bytes and h > first:
-                return h - 1
-        return last
+        return self._log.batch(first, p.max_blocks_per_message, p.max_message_bytes)
 
     def _on_append_response(self, sender: str, resp: AppendResponse, out: list[Action]) -> None:
         members = self._authorities_at(len(self._log))
@@ -799,7 +809,7 @@ class ConsensusCore:
     ) -> None:
         """Commit up to ``cert.height``: store the certificate (unless ``stored``), then
         announce, apply and answer."""
-        self._certs[cert.height] = cert
+        self._log.add_certificate(cert)
         self._commit = cert.height
         if not stored:
             out.append(StoreCertificate(cert))
@@ -814,6 +824,7 @@ class ConsensusCore:
                     out.append(Answer(request_id, Accepted(height, block_hash)))
                 else:
                     out.append(Answer(request_id, Unavailable(self._retry_after())))
+        self._shrink()
         if self._role is Role.LEADER:
             if self.node_id not in self._authorities_at(len(self._log)):
                 self._become_follower(self._term, None, out)
@@ -827,6 +838,10 @@ class ConsensusCore:
         while self._applied < self._commit:
             self._applied += 1
             out.append(Apply(self._log[self._applied - 1]))
+
+    def _shrink(self) -> None:
+        """Let old blocks go from memory: only applied, durable ones (see :mod:`.log`)."""
+        self._log.shrink(min(self._applied, self._durable), self.params.memory_bytes)
 
     def _cert_is_valid(self, cert: CommitCertificate, block: Block) -> bool:
         """``cert`` certifies ``block`` under the authority set of our log at its height."""
@@ -859,7 +874,8 @@ class ConsensusCore:
             )
         except CertificateError:
             return False
-        ours = min((c for k, c in self._certs.items() if k >= h), key=_cert_height)
+        ours = self._log.lowest_certificate_from(h)
+        assert ours is not None  # h <= commit: the certificate at the commit height covers it
         self._forked = True
         out.append(ForkDetected(ForkEvidence(h, self._log[h - 1], ours, their_block, cert)))
         return True
@@ -997,7 +1013,7 @@ class ConsensusCore:
             self._role = Role.FOLLOWER  # the blocks made us an authority (joining)
 
     def _truncate(self, from_height: int) -> None:
-        del self._log[from_height - 1 :]
+        self._log.truncate(from_height)
         self._durable = min(self._durable, from_height - 1)
         self._configs = [(at, m) for at, m in self._configs if at < from_height]
 
@@ -1064,7 +1080,8 @@ class ConsensusCore:
             if h <= self._commit and self._log[h - 1].hash != block.hash:
                 # Our committed block and theirs share a parent but differ: both certified.
                 self._forked = True
-                ours = min((c for k, c in self._certs.items() if k >= h), key=_cert_height)
+                ours = self._log.lowest_certificate_from(h)
+                assert ours is not None  # as in _check_fork
                 out.append(ForkDetected(ForkEvidence(h, self._log[h - 1], ours, block, cert)))
                 return
         new: list[Block] = []
@@ -1112,10 +1129,6 @@ class ConsensusCore:
         except CertificateError:
             return False
         return True
-
-
-def _cert_height(cert: CommitCertificate) -> int:
-    return cert.height
 
 
 def _voter(vote: Vote) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ian.consensus.log import ColdLog
 from ian.consensus.types import (
     AuthorityChange,
     Block,
@@ -67,9 +68,28 @@ class DurableState:
 
     term: int = 0
     voted_for: str | None = None
+    #: the blocks at heights ``base + 1 ..``; those at or below ``base`` are read from ``cold``
     log: list[Block] = field(default_factory=list)
+    #: commit certificates by height (at least those at heights >= ``base``)
     certificates: dict[int, CommitCertificate] = field(default_factory=dict)
     applied_height: int = 0
+    base: int = 0
+    cold: ColdLog | None = None
+    #: the authority-change blocks at heights <= ``base`` (those above are in ``log``)
+    changes: list[Block] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        """The height of the last block in the log."""
+        return self.base + len(self.log)
+
+    def block(self, height: int) -> Block:
+        """The block at ``height`` (1-based), from memory or from ``cold``."""
+        if height > self.base:
+            return self.log[height - 1 - self.base]
+        if self.cold is None or height < 1:
+            raise IndexError(f"no block at height {height}")
+        return self.cold.blocks(height, height)[0]
 
 
 # --- events ---

@@ -61,6 +61,7 @@ from ian.consensus.events import (
     TruncateLog,
     Unavailable,
 )
+from ian.consensus.log import BLOCK_OVERHEAD, ListColdLog, window_base
 from ian.consensus.types import (
     Ack,
     AppendBlocks,
@@ -92,7 +93,14 @@ __all__ = [
 
 CHAIN_ID = hashlib.sha256(b"ian-simulated-chain").hexdigest()
 BYZANTINE = "byzantine"
-PARAMS = ConsensusParams(election_timeout_min=1.0, election_timeout_max=2.0, heartbeat_interval=0.2)
+PARAMS = ConsensusParams(
+    election_timeout_min=1.0,
+    election_timeout_max=2.0,
+    heartbeat_interval=0.2,
+    memory_bytes=6 * BLOCK_OVERHEAD,  # a few blocks: lagging peers are served from "disk"
+)
+RESTART_KEEP = 2
+"""Blocks below the applied mark a restarted node holds in memory (the rest stay on disk)."""
 LIVENESS_BOUND = 10 * PARAMS.election_timeout_max
 """A leader followed by a majority must exist this long (simulated s) after the last fault."""
 SETTLE_LIMIT = 60.0
@@ -251,6 +259,7 @@ class Simulation:
         self.nodes: dict[str, _Node] = {}
         everyone = self.authority_ids + self.learner_ids
         for nid in everyone:
+            disk = DurableState()
             core = core_factory(
                 chain_id=CHAIN_ID,
                 genesis_authorities=self.genesis,
@@ -260,8 +269,9 @@ class Simulation:
                 params=PARAMS,
                 learners=everyone,
                 now=0.0,
+                state=DurableState(cold=ListColdLog(disk.log, disk.certificates)),
             )
-            self.nodes[nid] = _Node(nid, signers[nid], core)
+            self.nodes[nid] = _Node(nid, signers[nid], core, disk)
         self.checker = InvariantChecker(self)
         # Network and fault state.
         self.partition: dict[str, int] | None = None
@@ -522,12 +532,16 @@ class Simulation:
         node.alive = True
         node.epoch += 1
         disk = node.disk
+        base = window_base(disk.applied_height, max(disk.certificates, default=0), RESTART_KEEP)
         state = DurableState(
             disk.term,
             disk.voted_for,
-            list(disk.log),
-            dict(disk.certificates),
+            disk.log[base:],
+            {h: c for h, c in disk.certificates.items() if h >= base},
             disk.applied_height,
+            base,
+            ListColdLog(disk.log, disk.certificates),
+            [b for b in disk.log[:base] if b.change is not None],
         )
         node.mirror = list(disk.log)
         node.applied_seen = min(disk.applied_height, node.applied_seen)

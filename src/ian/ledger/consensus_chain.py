@@ -39,7 +39,15 @@ from ian.chain.blocks import Block, InvalidBlockError
 from ian.chain.contributions import Contribution
 from ian.chain.evaluation import BatchEvaluator, Evaluation
 from ian.chain.state import ChainState, Outcome
-from ian.consensus import Accepted, BlockKind, Redirect, Rejected, Role, Unavailable
+from ian.consensus import (
+    Accepted,
+    BlockKind,
+    DurableState,
+    Redirect,
+    Rejected,
+    Role,
+    Unavailable,
+)
 from ian.consensus import Block as ConsensusBlock
 from ian.errors import EvaluationError, StoreError, UnavailableError
 from ian.identity import Identity
@@ -67,14 +75,14 @@ def block_from_payload(payload: bytes) -> Block:
         raise InvalidBlockError(f"payload is not a chain block: {exc}") from None
 
 
-def applied_mark(log: list[ConsensusBlock], applied: int, chain_height: int) -> int:
+def applied_mark(durable: DurableState, chain_height: int) -> int:
     """Where applying must resume so the chain store misses nothing: the consensus log's
     applied mark, lowered past every data block above the store's height (a store restored
     from an older backup, or repaired). Blocks the store already holds are recognised by hash
     when applied again, so erring low costs time, never a double apply."""
-    h = top = min(applied, len(log))
+    h = top = min(durable.applied_height, durable.height)
     while h > 0:
-        block = log[h - 1]
+        block = durable.block(h)
         if block.kind is BlockKind.DATA:
             try:
                 height = block_from_payload(block.payload).height

@@ -5,7 +5,12 @@ What :class:`~ian.consensus.events.Durable` actions make durable, and what
 
 - ``meta``: ``term``, ``voted_for`` and ``applied_height`` (the driver's record of the blocks
   it has applied to the node's store);
-- ``blocks``: the log, one row per height (the codec's block document as JSON);
+- ``blocks``: the log, one row per height: the codec's block document as JSON without its
+  payload, the payload as bytes, and whether the block changes the authorities (indexed: a
+  start-up reads those, and only the recent blocks, not the whole log — see
+  :mod:`ian.consensus.log`; the core reads older ones back through this class as its cold log).
+  Files written before the payload column keep their rows (payload inside the document); a
+  writable open adds the columns and marks their authority changes;
 - ``certificates``: commit certificates by height.
 
 Every write is one transaction. Term, vote, blocks and truncations are written with
@@ -28,6 +33,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ian.consensus.codec import (
     block_from_doc,
@@ -44,6 +50,7 @@ from ian.consensus.events import (
     StoreCertificate,
     TruncateLog,
 )
+from ian.consensus.log import window_base
 from ian.consensus.types import Block, CommitCertificate
 from ian.errors import StoreError
 
@@ -51,9 +58,25 @@ __all__ = ["ConsensusLog"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY, doc TEXT NOT NULL, payload BLOB,
+    is_change INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS certificates (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);
 """
+
+# A file from before the payload column: its rows keep the payload in the document.
+_MIGRATE = """
+ALTER TABLE blocks ADD COLUMN payload BLOB;
+ALTER TABLE blocks ADD COLUMN is_change INTEGER NOT NULL DEFAULT 0;
+UPDATE blocks SET is_change = 1 WHERE json_extract(doc, '$.change') IS NOT NULL;
+"""
+
+_INDEX = "CREATE INDEX IF NOT EXISTS blocks_changes ON blocks (height) WHERE is_change = 1"
+
+RESTART_KEEP = 64
+"""Applied blocks a start-up holds in memory (besides those not yet applied); the core's
+``memory_bytes`` bounds them from then on."""
 
 
 class ConsensusLog:
@@ -61,40 +84,82 @@ class ConsensusLog:
     driver calls them from a worker thread, in order); a lock makes misuse harmless."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
-        """``readonly``: only :meth:`load` (e.g. ``ian node verify`` beside a running node);
-        the file must exist."""
+        """``readonly``: only reads (e.g. ``ian node verify`` beside a running node); the file
+        must exist."""
         self.path = path
         self._lock = threading.Lock()
         try:
             if readonly:
-                self._db = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, check_same_thread=False
-                )
-                return
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
+                self._db = _connect_readonly(path)
+            else:
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.executescript(_SCHEMA)
+                if not self._has_payload_column():
+                    self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATE} COMMIT;")
+                self._db.execute(_INDEX)
+            # Only a read-only open of a file from before the payload column is still old.
+            self._legacy = not self._has_payload_column()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the consensus log {path}: {exc}") from exc
+        # Reads for the core (the event loop's thread) have their own connection, so they never
+        # wait for a write's fsync on the driver's worker thread (WAL: readers do not block).
+        self._reader_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+
+    def _columns(self) -> str:
+        return "doc, NULL" if self._legacy else "doc, payload"
+
+    def _has_payload_column(self) -> bool:
+        return any(row[1] == "payload" for row in self._db.execute("PRAGMA table_info(blocks)"))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # ------------------------------------------------------------------ reading
 
-    def load(self) -> DurableState:
-        """Everything made durable so far (an empty state for a new file)."""
+    def load(self, keep: int | None = None) -> DurableState:
+        """Everything made durable so far (an empty state for a new file). With ``keep``, only
+        the blocks from ``keep`` below the applied mark up are read (and the authority changes
+        below them): the state's ``cold`` log is this object, which reads the others on demand.
+        Without it, the whole log (an offline check)."""
         with self._lock:
             try:
                 meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-                block_rows = self._db.execute("SELECT height, doc FROM blocks ORDER BY height")
-                log = [self._block(h, doc) for h, doc in block_rows.fetchall()]
-                cert_rows = self._db.execute("SELECT height, doc FROM certificates").fetchall()
+                applied = int(meta.get("applied_height", "0"))
+                base = 0
+                if keep is not None and not self._legacy:
+                    ((certified,),) = self._db.execute(
+                        "SELECT COALESCE(MAX(height), 0) FROM certificates"
+                    )
+                    ((stored,),) = self._db.execute("SELECT COALESCE(MAX(height), 0) FROM blocks")
+                    base = min(window_base(applied, certified, keep), stored)
+                cols = self._columns()
+                rows = self._db.execute(
+                    f"SELECT height, {cols} FROM blocks WHERE height > ? ORDER BY height", (base,)
+                ).fetchall()
+                change_rows = (
+                    self._db.execute(
+                        f"SELECT height, {cols} FROM blocks WHERE is_change = 1 AND height <= ? "
+                        "ORDER BY height",
+                        (base,),
+                    ).fetchall()
+                    if base
+                    else []
+                )
+                cert_rows = self._db.execute(
+                    "SELECT height, doc FROM certificates WHERE height >= ?", (base,)
+                ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read the consensus log {self.path}: {exc}") from exc
-        for expected, block in enumerate(log, start=1):
+        log = [self._block(*row) for row in rows]
+        for expected, block in enumerate(log, start=base + 1):
             if block.height != expected:
                 raise StoreError(f"{self.path}: the log has a gap before height {block.height}")
         certificates = {h: self._certificate(h, doc) for h, doc in cert_rows}
@@ -104,17 +169,64 @@ class ConsensusLog:
             voted_for=voted_for,
             log=log,
             certificates=certificates,
-            applied_height=int(meta.get("applied_height", "0")),
+            applied_height=applied,
+            base=base,
+            cold=None if keep is None or self._legacy else self,
+            changes=[self._block(*row) for row in change_rows],
         )
 
-    def _block(self, height: int, doc: str) -> Block:
+    def _block(self, height: int, doc: str, payload: bytes | None) -> Block:
         try:
-            block = block_from_doc(json.loads(doc))
+            block = block_from_doc(json.loads(doc), payload=payload)
         except (ValueError, ConsensusError) as exc:
             raise StoreError(f"{self.path}: block {height} is unreadable: {exc}") from exc
         if block.height != height:
             raise StoreError(f"{self.path}: row {height} holds block {block.height}")
         return block
+
+    # ------------------------------------------------------------------ the core's cold log
+
+    def blocks(self, first: int, last: int, max_bytes: int | None = None) -> list[Block]:
+        """The blocks at ``first..last`` (see :class:`ian.consensus.log.ColdLog`)."""
+        out: list[Block] = []
+        size = 0
+        for row in self._read(
+            f"SELECT height, {self._columns()} FROM blocks WHERE height BETWEEN ? AND ? "
+            "ORDER BY height",
+            (first, last),
+        ):
+            block = self._block(*row)
+            size += len(block.payload)
+            if max_bytes is not None and size > max_bytes and out:
+                break
+            out.append(block)
+        if (
+            not out
+            or out[0].height != first
+            or (max_bytes is None and len(out) != last - first + 1)
+        ):
+            raise StoreError(f"{self.path}: blocks {first}..{last} are missing")
+        return out
+
+    def certificate(self, height: int) -> CommitCertificate | None:
+        rows = self._read("SELECT height, doc FROM certificates WHERE height = ?", (height,))
+        return self._certificate(*rows[0]) if rows else None
+
+    def certified_heights(self, low: int, high: int) -> list[int]:
+        rows = self._read(
+            "SELECT height FROM certificates WHERE height BETWEEN ? AND ? ORDER BY height",
+            (low, high),
+        )
+        return [h for (h,) in rows]
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = _connect_readonly(self.path)
+                return self._reader.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the consensus log {self.path}: {exc}") from exc
 
     def _certificate(self, height: int, doc: str) -> CommitCertificate:
         try:
@@ -153,8 +265,20 @@ class ConsensusLog:
         )
 
     def append(self, blocks: Iterable[Block], *, sync: bool = True) -> None:
-        rows = [(b.height, json.dumps(block_to_doc(b), separators=(",", ":"))) for b in blocks]
-        self._write("INSERT OR REPLACE INTO blocks (height, doc) VALUES (?, ?)", rows, sync=sync)
+        rows = [
+            (
+                b.height,
+                json.dumps(block_to_doc(b, with_payload=False), separators=(",", ":")),
+                b.payload,
+                b.change is not None,
+            )
+            for b in blocks
+        ]
+        self._write(
+            "INSERT OR REPLACE INTO blocks (height, doc, payload, is_change) VALUES (?, ?, ?, ?)",
+            rows,
+            sync=sync,
+        )
 
     def store_certificate(self, certificate: CommitCertificate) -> None:
         doc = json.dumps(commit_certificate_to_doc(certificate), separators=(",", ":"))
@@ -200,3 +324,8 @@ class ConsensusLog:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    uri = path.resolve().as_uri() + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)

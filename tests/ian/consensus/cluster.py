@@ -32,6 +32,7 @@ from ian.consensus import (
     TruncateLog,
     Vote,
 )
+from ian.consensus.log import ListColdLog
 from ian.identity import Identity, verify_signature
 
 CHAIN = sha256(b"unit-test-chain").hex()
@@ -59,6 +60,9 @@ class Cluster:
     wire: list[Wire] = field(default_factory=list)
     applied: dict[str, list[Block]] = field(default_factory=dict)
     clocks: dict[str, float] = field(default_factory=dict)
+    params: ConsensusParams = PARAMS
+    #: each core reads old blocks back from its disk (so its ``params.memory_bytes`` holds)
+    cold: bool = False
 
     def __post_init__(self) -> None:
         names = [f"a{i}" for i in range(self.n_authorities)]
@@ -72,8 +76,8 @@ class Cluster:
         }
         self.names = {self.identities[n].node_id: n for n in names}
         for name in names:
-            self.cores[name] = self.make_core(name)
             self.disks[name] = DurableState()
+            self.cores[name] = self.make_core(name, DurableState(cold=self.cold_log(name)))
             self.applied[name] = []
             self.clocks[name] = 0.0
 
@@ -84,10 +88,14 @@ class Cluster:
             signer=IdentitySigner(self.identities[name]),
             verifier=verify_signature,
             rng=random.Random(name),
-            params=PARAMS,
+            params=self.params,
             learners=[i.node_id for i in self.identities.values()],
             state=state,
         )
+
+    def cold_log(self, name: str) -> ListColdLog | None:
+        disk = self.disks[name]
+        return ListColdLog(disk.log, disk.certificates) if self.cold else None
 
     def id(self, name: str) -> str:
         return self.identities[name].node_id

@@ -19,6 +19,7 @@ from ian.consensus import (
     CertifiedBlocks,
     Commit,
     ConsensusCore,
+    ConsensusParams,
     DurableState,
     ForkDetected,
     PersistHardState,
@@ -40,6 +41,7 @@ from ian.consensus import (
     verify_commit_certificate,
     verify_election_certificate,
 )
+from ian.consensus.log import BLOCK_OVERHEAD, window_base
 from ian.identity import Identity
 
 
@@ -571,3 +573,65 @@ def test_an_older_answer_does_not_resend_blocks_already_on_their_way() -> None:
     c.heartbeat("a0")
     assert [b.payload for b in c.applied["a1"]][-2:] == [b"z", b"w"]
     assert c.cores["a0"].commit_height == c.cores["a0"].last_height
+
+
+# --- memory: old blocks are read back from disk ---
+
+
+def test_old_blocks_leave_memory_and_lagging_peers_get_them_from_disk() -> None:
+    """With a budget of a few blocks, the leader keeps only recent ones in memory; an
+    authority and a learner that missed 30 blocks get them all, read back from disk, in
+    bounded messages."""
+    params = ConsensusParams(
+        election_timeout_min=1.0,
+        election_timeout_max=2.0,
+        heartbeat_interval=0.2,
+        max_blocks_per_message=8,
+        memory_bytes=8 * (BLOCK_OVERHEAD + 1000),
+    )
+    c = Cluster(3, 1, params=params, cold=True)
+    c.elect("a0")
+    away = ("a2", "l0")
+    payloads = [bytes([i]) * 1000 for i in range(30)]
+    for i, payload in enumerate(payloads):
+        c.step("a0", Propose(f"r{i}", payload))
+        c.deliver(cut(c, *away))
+    leader = c.cores["a0"]
+    assert leader.commit_height == 31
+    assert leader.memory_base >= 20  # most blocks are on disk only
+    sizes: list[int] = []
+    for _ in range(10):
+        c.tick("a0", params.heartbeat_interval)
+        sizes += [
+            len(w.message.blocks)
+            for w in c.wire
+            if isinstance(w.message, AppendBlocks | CertifiedBlocks)
+        ]
+        c.deliver()
+    for name in away:
+        data = [b.payload for b in c.applied[name] if b.kind is BlockKind.DATA]
+        assert data == payloads, name
+        assert c.cores[name].memory_base > 0
+    assert max(sizes) == 8  # catching up, and never more than a message's limit
+
+    # A restart holds only the blocks near its applied mark; the rest stays on disk.
+    disk = c.disks["a1"]
+    base = window_base(disk.applied_height, max(disk.certificates), keep=2)
+    state = DurableState(
+        disk.term,
+        disk.voted_for,
+        disk.log[base:],
+        {h: cert for h, cert in disk.certificates.items() if h >= base},
+        disk.applied_height,
+        base,
+        c.cold_log("a1"),
+        [b for b in disk.log[:base] if b.change is not None],
+    )
+    c.step("a1", Restart(state, 100.0))
+    core = c.cores["a1"]
+    assert core.memory_base == base == 29 and core.commit_height == 31
+    assert core.block(1) == disk.log[0]
+    c.step("a0", Propose("late", b"late"))
+    c.deliver()
+    c.heartbeat("a0")
+    assert c.applied["a1"][-1].payload == b"late" and core.commit_height == 32

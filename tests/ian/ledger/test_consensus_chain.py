@@ -10,7 +10,8 @@ from tests.conftest import TRIVIAL_GOAL, Chain, Packs
 from ian.chain.blocks import Block as ChainBlock
 from ian.chain.blocks import InvalidBlockError
 from ian.chain.state import ChainState
-from ian.consensus import Block, BlockKind
+from ian.consensus import Block, BlockKind, DurableState
+from ian.consensus.log import ListColdLog
 from ian.errors import EvaluationError
 from ian.identity import Identity
 from ian.ledger.block_apply import apply_blocks
@@ -50,17 +51,25 @@ def test_a_chain_block_survives_the_payload_round_trip(chain: Chain, packs: Pack
         block_from_payload(b"\xff")
 
 
+def _mark(log: list[Block], applied: int, chain_height: int, base: int = 0) -> int:
+    """applied_mark on a state holding ``log`` from ``base`` up (below it: a cold log)."""
+    cold = ListColdLog(log, {}) if base else None
+    state = DurableState(log=log[base:], applied_height=applied, base=base, cold=cold)
+    return applied_mark(state, chain_height)
+
+
 def test_applying_resumes_below_every_block_the_store_lacks(chain: Chain, packs: Packs) -> None:
     blocks = chain_blocks(chain, packs, 3)
     # consensus heights: 1 leader start, 2-4 chain blocks 1-3, 5 leader start
     log = consensus_log([None, *(payload_of(b) for b in blocks), None])
-    assert applied_mark(log, 5, chain_height=3) == 5  # the store has everything: unchanged
-    assert applied_mark(log, 5, chain_height=1) == 2  # restored to chain height 1
-    assert applied_mark(log, 5, chain_height=0) == 1
-    assert applied_mark(log, 3, chain_height=3) == 3  # the store ahead: applied again by hash
-    assert applied_mark(log, 9, chain_height=3) == 5  # a mark beyond the log is clamped
+    for base in (0, 3):  # all in memory; heights 1-3 only on disk
+        assert _mark(log, 5, 3, base) == 5  # the store has everything: unchanged
+        assert _mark(log, 5, 1, base) == 2  # restored to chain height 1
+        assert _mark(log, 5, 0, base) == 1
+        assert _mark(log, 3, 3, base) == 3  # the store ahead: applied again by hash
+        assert _mark(log, 9, 3, base) == 5  # a mark beyond the log is clamped
     garbage = consensus_log([b"not a block", payload_of(blocks[0])])
-    assert applied_mark(garbage, 2, chain_height=0) == 1
+    assert _mark(garbage, 2, chain_height=0) == 1
 
 
 class _FailingPool:

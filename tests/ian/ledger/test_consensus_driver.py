@@ -35,6 +35,7 @@ from ian.consensus import (
     genesis_hash,
 )
 from ian.consensus.codec import encode
+from ian.consensus.log import BLOCK_OVERHEAD
 from ian.identity import Identity, verify_signature
 from ian.ledger.consensus_driver import INBOX_BYTES, ConsensusDriver
 from ian.p2p.connection import PeerInfo
@@ -88,17 +89,23 @@ class Authority:
 
 
 async def start_driver(
-    cluster: Cluster, a: Authority, authorities: dict[str, bytes], seed: int
+    cluster: Cluster,
+    a: Authority,
+    authorities: dict[str, bytes],
+    seed: int,
+    params: ConsensusParams = PARAMS,
+    keep: int | None = None,
 ) -> None:
+    """``keep``: load the log as a node does (recent blocks only; see ConsensusLog.load)."""
     log_store = ConsensusLog(a.db)
-    state = log_store.load()
+    state = log_store.load(keep)
     core = ConsensusCore(
         chain_id=CHAIN,
         genesis_authorities=authorities,
         signer=IdentitySigner(a.node.init.identity),
         verifier=verify_signature,
         rng=random.Random(seed),
-        params=PARAMS,
+        params=params,
         state=state,
         now=anyio.current_time(),
     )
@@ -138,7 +145,9 @@ async def propose(members: list[Authority], payload: bytes) -> Outcome:
                 return outcome
 
 
-async def three_authorities(cluster: Cluster, tmp_path: Path) -> list[Authority]:
+async def three_authorities(
+    cluster: Cluster, tmp_path: Path, params: ConsensusParams = PARAMS, keep: int | None = None
+) -> list[Authority]:
     nodes = [await cluster.start(f"auth{i}") for i in range(3)]
     for i, node in enumerate(nodes):
         for other in nodes[i + 1 :]:
@@ -148,7 +157,7 @@ async def three_authorities(cluster: Cluster, tmp_path: Path) -> list[Authority]
     members = [Authority(node, tmp_path / f"consensus{i}.db") for i, node in enumerate(nodes)]
     authorities = {m.node.node_id: m.node.init.identity.public_key for m in members}
     for i, m in enumerate(members):
-        await start_driver(cluster, m, authorities, seed=i)
+        await start_driver(cluster, m, authorities, seed=i, params=params, keep=keep)
     return members
 
 
@@ -198,6 +207,48 @@ async def test_a_lost_leader_is_replaced_and_a_restart_catches_up(
     assert leader.applied == [b"after"]
     assert leader.driver is not None
     assert leader.driver.view().leader in new_leaders
+
+
+async def test_old_blocks_are_read_back_from_the_consensus_log(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """With room for a few blocks in memory, the leader serves an authority that was away for
+    40 blocks from consensus.db, and that one restarts holding only its recent blocks."""
+    params = ConsensusParams(
+        election_timeout_min=0.3,
+        election_timeout_max=0.6,
+        heartbeat_interval=0.05,
+        max_blocks_per_message=8,
+        memory_bytes=4 * (BLOCK_OVERHEAD + 2000),
+    )
+    members = await three_authorities(cluster, tmp_path, params, keep=2)
+    assert isinstance(await propose(members, b"first"), Accepted)
+    leader_id = next(m.driver.view().leader for m in members if m.driver)
+    away = next(m for m in members if m.node.node_id != leader_id)
+    assert away.scope is not None
+    away.scope.cancel()
+    payloads = [b"first", *(bytes([i]) * 2000 for i in range(40))]
+    for p in payloads[1:]:
+        assert isinstance(await propose([m for m in members if m is not away], p), Accepted)
+    leader = next(m for m in members if m.node.node_id == leader_id)
+    assert leader.driver is not None and leader.driver.core.memory_base > 30
+    authorities = {m.node.node_id: m.node.init.identity.public_key for m in members}
+    away.applied = []
+    await start_driver(cluster, away, authorities, seed=7, params=params, keep=2)
+    with anyio.fail_after(10):
+        while away.applied[-1:] != payloads[-1:]:
+            await away.changed.wait()
+    # from its applied mark on (which a stop may leave one block behind)
+    assert away.applied in (payloads, payloads[1:])
+    assert away.driver is not None and away.driver.core.memory_base > 30
+    # Restarted again, it loads the blocks from two below its applied mark only.
+    assert away.scope is not None
+    away.scope.cancel()
+    await start_driver(cluster, away, authorities, seed=8, params=params, keep=2)
+    core = away.driver.core
+    assert core.memory_base == core.applied_height - 2 > 30
+    assert core.block(2).payload == b"first"
+    assert isinstance(await propose(members, b"last"), Accepted)
 
 
 async def test_a_stranger_cannot_talk_consensus(cluster: Cluster, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ nothing committed can be truncated; a damaged file is an error, never a silently
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from ian.consensus import (
     TruncateLog,
     genesis_hash,
 )
+from ian.consensus.codec import block_to_doc
 from ian.errors import StoreError
 from ian.identity import Identity
 from ian.storage.consensus_log import ConsensusLog
@@ -154,3 +157,68 @@ def test_a_file_that_is_not_a_database_is_an_error(path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="consensus log"):
         ConsensusLog(path).load()
+
+
+def test_a_windowed_load_reads_recent_blocks_and_serves_the_rest_on_demand(path: Path) -> None:
+    blocks = chain_of(12)  # height 2 changes the authorities
+    certs = {h: certificate_for(blocks[h - 1]) for h in (3, 7, 9, 11)}
+    log = ConsensusLog(path)
+    log.append(blocks)
+    for cert in certs.values():
+        log.store_certificate(cert)
+    log.set_applied(10)
+    log.close()
+
+    log = ConsensusLog(path)
+    state = log.load(keep=4)
+    # 4 below the lower of the applied mark (10) and the highest certificate (11)
+    assert state.base == 6 and state.log == blocks[6:] and state.height == 12
+    assert state.changes == [blocks[1]]
+    assert state.certificates == {7: certs[7], 9: certs[9], 11: certs[11]}
+    assert state.cold is log
+    assert state.block(2) == blocks[1] and state.block(12) == blocks[11]
+    # the cold log: payloads come back as stored, bounded batches, certificates by height
+    assert log.blocks(1, 6) == blocks[:6]
+    assert log.blocks(3, 6, max_bytes=7000) == blocks[2:4]  # 3000 + 4000 bytes
+    assert log.blocks(5, 6, max_bytes=1) == blocks[4:5]  # always one
+    assert log.certificate(3) == certs[3] and log.certificate(4) is None
+    assert log.certified_heights(1, 9) == [3, 7, 9]
+    with pytest.raises(StoreError, match="missing"):
+        log.blocks(13, 14)
+    assert log.load() == dataclasses.replace(
+        state, log=blocks, certificates=certs, base=0, cold=None, changes=[]
+    )
+    log.close()
+
+
+def test_a_log_from_before_the_payload_column_is_read_and_upgraded(path: Path) -> None:
+    blocks = chain_of(6)
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+        "CREATE TABLE blocks (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
+        "CREATE TABLE certificates (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
+    )
+    db.executemany(
+        "INSERT INTO blocks VALUES (?, ?)",
+        [(b.height, json.dumps(block_to_doc(b))) for b in blocks],
+    )
+    db.execute("INSERT INTO meta VALUES ('applied_height', '5')")
+    db.commit()
+    db.close()
+    cert = certificate_for(blocks[4])
+
+    readonly = ConsensusLog(path, readonly=True)  # cannot upgrade: reads it whole
+    assert readonly.load(keep=1).log == blocks
+    readonly.close()
+
+    log = ConsensusLog(path)  # upgrades in place
+    log.store_certificate(cert)
+    more = chain_of(8)[6:]
+    log.append(more)
+    state = log.load(keep=1)
+    assert state.base == 4 and state.log == [*blocks[4:], *more]
+    assert state.changes == [blocks[1]]  # marked by the upgrade
+    assert log.blocks(1, 4) == blocks[:4]  # old rows: the payload inside the document
+    log.close()
+    assert ConsensusLog(path, readonly=True).load().log == [*blocks, *more]
