@@ -281,29 +281,25 @@ def _change_from_doc(value: object, where: str) -> AuthorityChange:
     return AuthorityChange(op, node_id, _bytes(doc, "public_key", where, 32))
 
 
-def block_to_doc(block: Block, *, with_payload: bool = True) -> dict[str, Any]:
-    """The document of a block (``payload`` as base64, ``hash`` as carried, not recomputed).
-    ``with_payload=False``: without the ``payload`` key (stored apart, as bytes)."""
+def block_to_doc(block: Block) -> dict[str, Any]:
+    """The document of a block (``payload`` as base64, ``hash`` as carried, not recomputed)."""
     change = block.change
-    doc = {
+    return {
         "height": block.height,
         "term": block.term,
         "parent_hash": block.parent_hash.hex(),
         "kind": block.kind.value,
+        "payload": base64.b64encode(block.payload).decode("ascii"),
         "change": None
         if change is None
         else {"op": change.op, "node_id": change.node_id, "public_key": change.public_key.hex()},
         "election": None if block.election is None else election_certificate_to_doc(block.election),
         "hash": block.hash.hex(),
     }
-    if with_payload:
-        doc["payload"] = base64.b64encode(block.payload).decode("ascii")
-    return doc
 
 
-def block_from_doc(value: object, where: str = "block", *, payload: bytes | None = None) -> Block:
-    """Decode a block document; :class:`CodecError` if malformed (the hash is not checked).
-    ``payload``: the payload stored apart (the document then has none)."""
+def block_from_doc(value: object, where: str = "block") -> Block:
+    """Decode a block document; :class:`CodecError` if malformed (the hash is not checked)."""
     doc = _object(value, where)
     kind = _get(doc, "kind", where)
     if not isinstance(kind, str) or kind not in _BLOCK_KINDS:
@@ -313,7 +309,7 @@ def block_from_doc(value: object, where: str = "block", *, payload: bytes | None
         term=_int(doc, "term", where),
         parent_hash=_bytes(doc, "parent_hash", where, 32),
         kind=BlockKind(kind),
-        payload=_base64(doc, "payload", where) if payload is None else payload,
+        payload=_base64(doc, "payload", where),
         change=_optional(doc, "change", where, _change_from_doc),
         election=_optional(doc, "election", where, election_certificate_from_doc),
         hash=_bytes(doc, "hash", where, 32),

@@ -117,7 +117,7 @@ class ConsensusParams:
         heartbeat_interval: float = 0.2,
         max_blocks_per_message: int = 32,
         max_message_bytes: int = 1 << 62,
-        memory_bytes: int = 32 << 20,
+        memory_bytes: int = 16 << 20,
     ) -> None:
         if not 0 < heartbeat_interval < election_timeout_min <= election_timeout_max:
             raise ValueError("need 0 < heartbeat_interval < election_timeout_min <= max")

@@ -5,12 +5,12 @@ What :class:`~ian.consensus.events.Durable` actions make durable, and what
 
 - ``meta``: ``term``, ``voted_for`` and ``applied_height`` (the driver's record of the blocks
   it has applied to the node's store);
-- ``blocks``: the log, one row per height: the codec's block document as JSON without its
-  payload, the payload as bytes, and whether the block changes the authorities (indexed: a
-  start-up reads those, and only the recent blocks, not the whole log — see
-  :mod:`ian.consensus.log`; the core reads older ones back through this class as its cold log).
-  Files written before the payload column keep their rows (payload inside the document); a
-  writable open adds the columns and marks their authority changes;
+- ``blocks``: the log, one row per height (the codec's block document as JSON), and
+  ``is_change``: whether the block changes the authorities (indexed: a start-up reads those,
+  and only the recent blocks, not the whole log — see :mod:`ian.consensus.log`; the core reads
+  older ones back through this class as its cold log). The document is what older versions
+  wrote, so a node rolled back to one still reads the file; rows such a version wrote have
+  no mark (NULL), and a writable open marks them (an index finds them without a scan);
 - ``certificates``: commit certificates by height.
 
 Every write is one transaction. Term, vote, blocks and truncations are written with
@@ -59,20 +59,20 @@ __all__ = ["ConsensusLog"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS blocks (
-    height INTEGER PRIMARY KEY, doc TEXT NOT NULL, payload BLOB,
-    is_change INTEGER NOT NULL DEFAULT 0
+    height INTEGER PRIMARY KEY, doc TEXT NOT NULL, is_change INTEGER
 );
 CREATE TABLE IF NOT EXISTS certificates (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);
 """
 
-# A file from before the payload column: its rows keep the payload in the document.
-_MIGRATE = """
-ALTER TABLE blocks ADD COLUMN payload BLOB;
-ALTER TABLE blocks ADD COLUMN is_change INTEGER NOT NULL DEFAULT 0;
-UPDATE blocks SET is_change = 1 WHERE json_extract(doc, '$.change') IS NOT NULL;
+# Rows without a mark: all of them in a file from before the column, and any an older version
+# appended since (it writes height and doc only).
+_MARK = """
+BEGIN IMMEDIATE;
+CREATE INDEX IF NOT EXISTS blocks_unmarked ON blocks (height) WHERE is_change IS NULL;
+UPDATE blocks SET is_change = json_extract(doc, '$.change') IS NOT NULL WHERE is_change IS NULL;
+CREATE INDEX IF NOT EXISTS blocks_changes ON blocks (height) WHERE is_change = 1;
+COMMIT;
 """
-
-_INDEX = "CREATE INDEX IF NOT EXISTS blocks_changes ON blocks (height) WHERE is_change = 1"
 
 RESTART_KEEP = 64
 """Applied blocks a start-up holds in memory (besides those not yet applied); the core's
@@ -96,11 +96,11 @@ class ConsensusLog:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(_SCHEMA)
-                if not self._has_payload_column():
-                    self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATE} COMMIT;")
-                self._db.execute(_INDEX)
-            # Only a read-only open of a file from before the payload column is still old.
-            self._legacy = not self._has_payload_column()
+                if not self._has_marks():
+                    self._db.execute("ALTER TABLE blocks ADD COLUMN is_change INTEGER")
+                self._db.executescript(_MARK)
+            # Only a read-only open can find a file from before the mark (and unmarked rows).
+            self._marked = not readonly or self._marked_through()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the consensus log {path}: {exc}") from exc
         # Reads for the core (the event loop's thread) have their own connection, so they never
@@ -108,11 +108,17 @@ class ConsensusLog:
         self._reader_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
 
-    def _columns(self) -> str:
-        return "doc, NULL" if self._legacy else "doc, payload"
+    def _has_marks(self) -> bool:
+        return any(row[1] == "is_change" for row in self._db.execute("PRAGMA table_info(blocks)"))
 
-    def _has_payload_column(self) -> bool:
-        return any(row[1] == "payload" for row in self._db.execute("PRAGMA table_info(blocks)"))
+    def _marked_through(self) -> bool:
+        """Every row has its authority-change mark (a read-only open cannot add them)."""
+        if not self._has_marks():
+            return False
+        return (
+            self._db.execute("SELECT 1 FROM blocks WHERE is_change IS NULL LIMIT 1").fetchone()
+            is None
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -134,19 +140,18 @@ class ConsensusLog:
                 meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
                 applied = int(meta.get("applied_height", "0"))
                 base = 0
-                if keep is not None and not self._legacy:
+                if keep is not None and self._marked:
                     ((certified,),) = self._db.execute(
                         "SELECT COALESCE(MAX(height), 0) FROM certificates"
                     )
                     ((stored,),) = self._db.execute("SELECT COALESCE(MAX(height), 0) FROM blocks")
                     base = min(window_base(applied, certified, keep), stored)
-                cols = self._columns()
                 rows = self._db.execute(
-                    f"SELECT height, {cols} FROM blocks WHERE height > ? ORDER BY height", (base,)
+                    "SELECT height, doc FROM blocks WHERE height > ? ORDER BY height", (base,)
                 ).fetchall()
                 change_rows = (
                     self._db.execute(
-                        f"SELECT height, {cols} FROM blocks WHERE is_change = 1 AND height <= ? "
+                        "SELECT height, doc FROM blocks WHERE is_change = 1 AND height <= ? "
                         "ORDER BY height",
                         (base,),
                     ).fetchall()
@@ -171,13 +176,13 @@ class ConsensusLog:
             certificates=certificates,
             applied_height=applied,
             base=base,
-            cold=None if keep is None or self._legacy else self,
+            cold=None if keep is None or not self._marked else self,
             changes=[self._block(*row) for row in change_rows],
         )
 
-    def _block(self, height: int, doc: str, payload: bytes | None) -> Block:
+    def _block(self, height: int, doc: str) -> Block:
         try:
-            block = block_from_doc(json.loads(doc), payload=payload)
+            block = block_from_doc(json.loads(doc))
         except (ValueError, ConsensusError) as exc:
             raise StoreError(f"{self.path}: block {height} is unreadable: {exc}") from exc
         if block.height != height:
@@ -191,8 +196,7 @@ class ConsensusLog:
         out: list[Block] = []
         size = 0
         for row in self._read(
-            f"SELECT height, {self._columns()} FROM blocks WHERE height BETWEEN ? AND ? "
-            "ORDER BY height",
+            "SELECT height, doc FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
             (first, last),
         ):
             block = self._block(*row)
@@ -266,16 +270,11 @@ class ConsensusLog:
 
     def append(self, blocks: Iterable[Block], *, sync: bool = True) -> None:
         rows = [
-            (
-                b.height,
-                json.dumps(block_to_doc(b, with_payload=False), separators=(",", ":")),
-                b.payload,
-                b.change is not None,
-            )
+            (b.height, json.dumps(block_to_doc(b), separators=(",", ":")), b.change is not None)
             for b in blocks
         ]
         self._write(
-            "INSERT OR REPLACE INTO blocks (height, doc, payload, is_change) VALUES (?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO blocks (height, doc, is_change) VALUES (?, ?, ?)",
             rows,
             sync=sync,
         )

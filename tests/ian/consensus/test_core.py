@@ -578,17 +578,38 @@ def test_an_older_answer_does_not_resend_blocks_already_on_their_way() -> None:
 # --- memory: old blocks are read back from disk ---
 
 
+SMALL_MEMORY = ConsensusParams(
+    election_timeout_min=1.0,
+    election_timeout_max=2.0,
+    heartbeat_interval=0.2,
+    max_blocks_per_message=8,
+    memory_bytes=8 * (BLOCK_OVERHEAD + 1000),
+)
+"""Room for a few 1,000-byte blocks in memory, and at most 8 blocks a message."""
+
+
+def windowed_state(c: Cluster, name: str, keep: int) -> DurableState:
+    """What a node's start-up loads: the blocks from ``keep`` below the applied mark, the
+    authority changes below them, and its disk as the cold log."""
+    disk = c.disks[name]
+    base = window_base(disk.applied_height, max(disk.certificates), keep)
+    return DurableState(
+        disk.term,
+        disk.voted_for,
+        disk.log[base:],
+        {h: cert for h, cert in disk.certificates.items() if h >= base},
+        disk.applied_height,
+        base,
+        c.cold_log(name),
+        [b for b in disk.log[:base] if b.change is not None],
+    )
+
+
 def test_old_blocks_leave_memory_and_lagging_peers_get_them_from_disk() -> None:
     """With a budget of a few blocks, the leader keeps only recent ones in memory; an
     authority and a learner that missed 30 blocks get them all, read back from disk, in
     bounded messages."""
-    params = ConsensusParams(
-        election_timeout_min=1.0,
-        election_timeout_max=2.0,
-        heartbeat_interval=0.2,
-        max_blocks_per_message=8,
-        memory_bytes=8 * (BLOCK_OVERHEAD + 1000),
-    )
+    params = SMALL_MEMORY
     c = Cluster(3, 1, params=params, cold=True)
     c.elect("a0")
     away = ("a2", "l0")
@@ -615,23 +636,31 @@ def test_old_blocks_leave_memory_and_lagging_peers_get_them_from_disk() -> None:
     assert max(sizes) == 8  # catching up, and never more than a message's limit
 
     # A restart holds only the blocks near its applied mark; the rest stays on disk.
-    disk = c.disks["a1"]
-    base = window_base(disk.applied_height, max(disk.certificates), keep=2)
-    state = DurableState(
-        disk.term,
-        disk.voted_for,
-        disk.log[base:],
-        {h: cert for h, cert in disk.certificates.items() if h >= base},
-        disk.applied_height,
-        base,
-        c.cold_log("a1"),
-        [b for b in disk.log[:base] if b.change is not None],
-    )
-    c.step("a1", Restart(state, 100.0))
+    c.step("a1", Restart(windowed_state(c, "a1", keep=2), 100.0))
+    base = c.disks["a1"].applied_height - 2
     core = c.cores["a1"]
     assert core.memory_base == base == 29 and core.commit_height == 31
-    assert core.block(1) == disk.log[0]
+    assert core.block(1) == c.disks["a1"].log[0]
     c.step("a0", Propose("late", b"late"))
     c.deliver()
     c.heartbeat("a0")
     assert c.applied["a1"][-1].payload == b"late" and core.commit_height == 32
+
+
+def test_a_restart_knows_the_authority_changes_below_its_window() -> None:
+    c = Cluster(3, params=SMALL_MEMORY, cold=True)
+    c.elect("a0")
+    c.step("a0", ProposeChange("c1", AuthorityChange("remove", c.id("a2"))))
+    c.deliver()
+    for i in range(12):
+        c.step("a0", Propose(f"r{i}", bytes(1000)))
+        c.deliver()
+    c.heartbeat("a0")
+    disk = c.disks["a1"]
+    change_height = next(b.height for b in disk.log if b.change is not None)
+    state = windowed_state(c, "a1", keep=2)
+    assert state.base > change_height and state.changes
+    c.step("a1", Restart(state, 100.0))
+    core = c.cores["a1"]
+    assert set(core.authorities()) == {c.id("a0"), c.id("a1")}
+    assert c.id("a2") in core.authorities_at(change_height - 1)

@@ -191,34 +191,44 @@ def test_a_windowed_load_reads_recent_blocks_and_serves_the_rest_on_demand(path:
     log.close()
 
 
-def test_a_log_from_before_the_payload_column_is_read_and_upgraded(path: Path) -> None:
-    blocks = chain_of(6)
+def test_a_log_of_an_older_version_is_marked_and_stays_readable_by_it(path: Path) -> None:
+    """An older version wrote (height, doc) rows and may write them again after a rollback:
+    a writable open marks the authority changes among them; the documents stay as they were."""
+    blocks = chain_of(8)  # height 2 changes the authorities
     db = sqlite3.connect(path)
     db.executescript(
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
         "CREATE TABLE blocks (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
         "CREATE TABLE certificates (height INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
     )
-    db.executemany(
-        "INSERT INTO blocks VALUES (?, ?)",
-        [(b.height, json.dumps(block_to_doc(b))) for b in blocks],
-    )
+    old_rows = [(b.height, json.dumps(block_to_doc(b))) for b in blocks[:6]]
+    db.executemany("INSERT INTO blocks VALUES (?, ?)", old_rows)
     db.execute("INSERT INTO meta VALUES ('applied_height', '5')")
     db.commit()
     db.close()
-    cert = certificate_for(blocks[4])
 
-    readonly = ConsensusLog(path, readonly=True)  # cannot upgrade: reads it whole
-    assert readonly.load(keep=1).log == blocks
+    readonly = ConsensusLog(path, readonly=True)  # cannot mark: reads it whole
+    state = readonly.load(keep=1)
+    assert (state.base, state.log, state.cold) == (0, blocks[:6], None)
     readonly.close()
 
-    log = ConsensusLog(path)  # upgrades in place
-    log.store_certificate(cert)
-    more = chain_of(8)[6:]
-    log.append(more)
+    log = ConsensusLog(path)  # marks in place
+    log.store_certificate(certificate_for(blocks[4]))
+    log.append(blocks[6:])
     state = log.load(keep=1)
-    assert state.base == 4 and state.log == [*blocks[4:], *more]
-    assert state.changes == [blocks[1]]  # marked by the upgrade
-    assert log.blocks(1, 4) == blocks[:4]  # old rows: the payload inside the document
+    assert state.base == 4 and state.log == blocks[4:]
+    assert state.changes == [blocks[1]]
+    assert log.blocks(1, 4) == blocks[:4]
     log.close()
-    assert ConsensusLog(path, readonly=True).load().log == [*blocks, *more]
+    db = sqlite3.connect(path)  # the rows are what an older version reads and writes
+    assert db.execute("SELECT height, doc FROM blocks WHERE height <= 6").fetchall() == old_rows
+    # Rolled back, an older version rewrites the change block (NULL mark) ...
+    db.execute("DELETE FROM blocks WHERE height >= 2")
+    db.executemany("INSERT INTO blocks (height, doc) VALUES (?, ?)", old_rows[1:])
+    db.commit()
+    db.close()
+    assert ConsensusLog(path, readonly=True).load(keep=1).base == 0  # unmarked rows: all read
+    log = ConsensusLog(path)  # ... and the next writable open marks it again
+    state = log.load(keep=1)
+    assert state.base == 4 and state.changes == [blocks[1]]
+    log.close()
