@@ -317,12 +317,13 @@ async def measure_propagation(work: Path, followers: int, n: int) -> dict[str, A
 # --------------------------------------------------------------------------- (d) catch-up
 
 
-async def _load(api: str, n: int, concurrency: int = 64) -> float:
-    """Submit ``n`` distinct trivial contributions over ``concurrency`` keep-alive connections
-    (the hand-written HTTP/1.1 client of ``http_bench.py``; a 503 is retried); seconds taken."""
+async def _load(api: str, n: int, concurrency: int = 64, first: int = 0) -> float:
+    """Submit ``n`` distinct trivial contributions (numbered from ``first``) over
+    ``concurrency`` keep-alive connections (the hand-written HTTP/1.1 client of
+    ``http_bench.py``; a 503 is retried); seconds taken."""
     host, port = api.removeprefix("http://").rsplit(":", 1)
     started = time.perf_counter()
-    counter = iter(range(n))
+    counter = iter(range(first, first + n))
 
     async def worker() -> None:
         conn = await Connection.open(host, int(port))
