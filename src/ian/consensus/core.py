@@ -835,9 +835,10 @@ class ConsensusCore:
                 self._broadcast(out)
 
     def _apply_committed(self, out: list[Action]) -> None:
-        while self._applied < self._commit:
-            self._applied += 1
-            out.append(Apply(self._log[self._applied - 1]))
+        # One read for the lot: below the memory base (a store restored from an older backup
+        # applies again from far back) they come from disk.
+        out.extend(Apply(block) for block in self._log[self._applied : self._commit])
+        self._applied = max(self._applied, self._commit)
 
     def _shrink(self) -> None:
         """Let old blocks go from memory: only applied, durable ones (see :mod:`.log`)."""
