@@ -176,11 +176,10 @@ def _verify_certificates(
         )
     log_store = ConsensusLog(dd.consensus_file, readonly=True)
     try:
-        durable = log_store.load()
+        hashes = [store.block_hash(h) or b"" for h in range(1, store.head()[0] + 1)]
+        return verify_certified_chain(log_store, genesis, hashes)
     finally:
         log_store.close()
-    hashes = [store.block_hash(h) or b"" for h in range(1, store.head()[0] + 1)]
-    return verify_certified_chain(durable, genesis, hashes)
 
 
 @app.command("resync")

@@ -1,7 +1,8 @@
 """Offline check of a node's consensus log against its genesis and its chain store
 (``ian node verify`` on a network of several authorities).
 
-What it proves, from the files alone (no peer is asked):
+What it proves, from the files alone (no peer is asked), reading the log a chunk at a time (it
+holds one chunk of blocks and a hash per chain block, never the whole log):
 
 - the consensus log is one hash-linked chain from the genesis (every block hashes to what it
   claims, each names its parent);
@@ -15,20 +16,36 @@ What it proves, from the files alone (no peer is asked):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ian.chain.blocks import InvalidBlockError
 from ian.chain.genesis import Genesis
 from ian.consensus import (
+    Block,
     BlockKind,
     CertificateError,
-    DurableState,
+    CommitCertificate,
     genesis_hash,
     verify_commit_certificate,
 )
 from ian.ledger.consensus_chain import block_from_payload
 
-__all__ = ["CertifiedReport", "verify_certified_chain"]
+__all__ = ["CertifiedLog", "CertifiedReport", "verify_certified_chain"]
+
+CHUNK = 256
+"""Blocks read at a time: the check holds one chunk of the log, never all of it."""
+
+
+class CertifiedLog(Protocol):
+    """What the check reads (the node's :class:`~ian.storage.consensus_log.ConsensusLog`)."""
+
+    def last_height(self) -> int: ...
+
+    def blocks(self, first: int, last: int, max_bytes: int | None = None) -> list[Block]: ...
+
+    def certificates(self, low: int, high: int) -> list[CommitCertificate]: ...
+
+    def certified_heights(self, low: int, high: int) -> list[int]: ...
 
 
 @dataclass
@@ -50,10 +67,10 @@ class CertifiedReport:
 
 
 def verify_certified_chain(
-    durable: DurableState, genesis: Genesis, store_hashes: list[bytes]
+    log: CertifiedLog, genesis: Genesis, store_hashes: list[bytes]
 ) -> CertifiedReport:
-    """Check ``durable`` (a loaded consensus log) against ``genesis`` and the chain store's
-    block hashes (``store_hashes[k]`` is the hash of chain block ``k + 1``)."""
+    """Check ``log`` (a node's consensus log, read a chunk at a time) against ``genesis`` and
+    the chain store's block hashes (``store_hashes[k]`` is the hash of chain block ``k + 1``)."""
     chain_id = genesis.chain_id()
     report = CertifiedReport(ok=True)
 
@@ -62,44 +79,49 @@ def verify_certified_chain(
         report.problem = problem
         return report
 
+    top = log.last_height()
+    beyond = log.certified_heights(top + 1, 2**62)
+    if beyond:
+        return fail(f"a certificate for height {beyond[0]} is beyond the log")
     members = {a.node_id: a.public_key_bytes for a in genesis.authorities}
-    sets: list[dict[str, bytes]] = []  # the authority set in force at each height
     parent = genesis_hash(chain_id)
-    for height, block in enumerate(durable.log, start=1):
-        if block.hash != block.computed_hash(chain_id) or block.parent_hash != parent:
-            return fail(f"consensus block {height} does not hash-link to the one before it")
-        if block.change is not None:
-            members = block.change.apply(members)
-        sets.append(members)
-        parent = block.hash
-    for height, cert in sorted(durable.certificates.items()):
-        if height > len(durable.log):
-            return fail(f"a certificate for height {height} is beyond the log")
-        try:
-            verify_commit_certificate(cert, durable.log[height - 1], sets[height - 1], chain_id)
-        except CertificateError as exc:
-            return fail(str(exc))
-        report.certificates += 1
-        report.certified_height = height
-    # Chain height -> the certified payloads for it. Usually one; more when a payload that
-    # failed re-execution was skipped by every node and the next leader built that height again.
-    certified: dict[int, set[bytes]] = {}
-    for height in range(1, report.certified_height + 1):
-        block = durable.log[height - 1]
-        if block.kind is not BlockKind.DATA:
-            continue
-        try:
-            chain_block = block_from_payload(block.payload)
-        except InvalidBlockError:
-            continue  # skipped by every node when it was applied
-        if sets[height - 1].get(chain_block.header.sequencer) != chain_block.header.sequencer_key:
-            continue  # not an authority's: skipped when applied
-        certified.setdefault(chain_block.height, set()).add(chain_block.hash)
+    # Chain height -> (consensus height, hash) of the data blocks that carry one. Usually one
+    # per height; more when a payload that failed re-execution was skipped by every node and
+    # the next leader built that height again. Only those under the last certificate count.
+    carried: dict[int, list[tuple[int, bytes]]] = {}
+    for first in range(1, top + 1, CHUNK):
+        last = min(top, first + CHUNK - 1)
+        certs = {c.height: c for c in log.certificates(first, last)}
+        for block in log.blocks(first, last):
+            height = block.height
+            if block.hash != block.computed_hash(chain_id) or block.parent_hash != parent:
+                return fail(f"consensus block {height} does not hash-link to the one before it")
+            parent = block.hash
+            if block.change is not None:
+                members = block.change.apply(members)
+            cert = certs.get(height)
+            if cert is not None:
+                try:
+                    verify_commit_certificate(cert, block, members, chain_id)
+                except CertificateError as exc:
+                    return fail(str(exc))
+                report.certificates += 1
+                report.certified_height = height
+            if block.kind is not BlockKind.DATA:
+                continue
+            try:
+                chain_block = block_from_payload(block.payload)
+            except InvalidBlockError:
+                continue  # skipped by every node when it was applied
+            if members.get(chain_block.header.sequencer) != chain_block.header.sequencer_key:
+                continue  # not an authority's: skipped when applied
+            carried.setdefault(chain_block.height, []).append((height, chain_block.hash))
     for k, digest in enumerate(store_hashes, start=1):
-        if digest not in certified.get(k, ()):
+        certified = {d for h, d in carried.get(k, ()) if h <= report.certified_height}
+        if digest not in certified:
             return fail(
                 f"chain block {k} is not a certified block of this node's consensus log"
-                + ("" if k in certified else " (none is certified at that height)")
+                + ("" if certified else " (none is certified at that height)")
             )
         report.chain_blocks += 1
     return report

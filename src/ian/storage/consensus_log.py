@@ -223,6 +223,21 @@ class ConsensusLog:
         )
         return [h for (h,) in rows]
 
+    # ------------------------------------------------------------------ whole-log checks
+
+    def last_height(self) -> int:
+        """The height of the last block stored (0 for none)."""
+        ((height,),) = self._read("SELECT COALESCE(MAX(height), 0) FROM blocks", ())
+        return int(height)
+
+    def certificates(self, low: int, high: int) -> list[CommitCertificate]:
+        """The stored certificates at heights ``low..high``, ascending."""
+        rows = self._read(
+            "SELECT height, doc FROM certificates WHERE height BETWEEN ? AND ? ORDER BY height",
+            (low, high),
+        )
+        return [self._certificate(h, doc) for h, doc in rows]
+
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
             try:
