@@ -192,23 +192,28 @@ class ConsensusLog:
     # ------------------------------------------------------------------ the core's cold log
 
     def blocks(self, first: int, last: int, max_bytes: int | None = None) -> list[Block]:
-        """The blocks at ``first..last`` (see :class:`ian.consensus.log.ColdLog`)."""
+        """The blocks at ``first..last`` (see :class:`ian.consensus.log.ColdLog`). Rows are
+        read one at a time: those past ``max_bytes`` are never fetched."""
         out: list[Block] = []
         size = 0
-        for row in self._read(
-            "SELECT height, doc FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
-            (first, last),
-        ):
-            block = self._block(*row)
-            size += len(block.payload)
-            if max_bytes is not None and size > max_bytes and out:
-                break
-            out.append(block)
-        if (
-            not out
-            or out[0].height != first
-            or (max_bytes is None and len(out) != last - first + 1)
-        ):
+        with self._reader_lock:
+            try:
+                rows = self._reader_connection().execute(
+                    "SELECT height, doc FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
+                    (first, last),
+                )
+                for height, doc in rows:
+                    if height != first + len(out):
+                        break  # a gap: reported below
+                    block = self._block(height, doc)
+                    size += len(block.payload)
+                    if max_bytes is not None and size > max_bytes and out:
+                        break
+                    out.append(block)
+                rows.close()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the consensus log {self.path}: {exc}") from exc
+        if not out or (max_bytes is None and len(out) != last - first + 1):
             raise StoreError(f"{self.path}: blocks {first}..{last} are missing")
         return out
 
@@ -241,11 +246,15 @@ class ConsensusLog:
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
             try:
-                if self._reader is None:
-                    self._reader = _connect_readonly(self.path)
-                return self._reader.execute(sql, args).fetchall()
+                return self._reader_connection().execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read the consensus log {self.path}: {exc}") from exc
+
+    def _reader_connection(self) -> sqlite3.Connection:
+        """The connection for reads (opened on first use; call with the reader lock held)."""
+        if self._reader is None:
+            self._reader = _connect_readonly(self.path)
+        return self._reader
 
     def _certificate(self, height: int, doc: str) -> CommitCertificate:
         try:

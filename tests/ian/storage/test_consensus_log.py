@@ -185,6 +185,17 @@ def test_a_windowed_load_reads_recent_blocks_and_serves_the_rest_on_demand(path:
     assert log.certified_heights(1, 9) == [3, 7, 9]
     with pytest.raises(StoreError, match="missing"):
         log.blocks(13, 14)
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM blocks WHERE height = 4")
+    db.commit()
+    db.close()
+    assert log.blocks(1, 6, max_bytes=10**6) == blocks[:3]  # up to the gap ...
+    for max_bytes in (None, 10**6):
+        with pytest.raises(StoreError, match="missing"):
+            log.blocks(4, 6, max_bytes)  # ... which the next read reports
+    with pytest.raises(StoreError, match="missing"):
+        log.blocks(1, 6)
+    log.append([blocks[3]])
     assert log.load() == dataclasses.replace(
         state, log=blocks, certificates=certs, base=0, cold=None, changes=[]
     )
