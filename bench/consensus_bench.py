@@ -347,6 +347,17 @@ async def _load(api: str, n: int, concurrency: int = 64, first: int = 0) -> floa
     return time.perf_counter() - started
 
 
+def restart_a_follower(net: Network, client: httpx.Client) -> tuple[Node, float]:
+    """Stop an authority that does not lead and start it again on its data dir: the new
+    process, and seconds from its spawn to its API serving."""
+    current = net.leader(client)
+    other = next(a for a in net.authorities if a is not current)
+    other.stop()
+    started = time.perf_counter()
+    again = net.restart(other)
+    return again, time.perf_counter() - started
+
+
 def measure_catch_up(work: Path, n: int) -> dict[str, Any]:
     net = Network(work, "cu")
     try:
@@ -367,12 +378,7 @@ def measure_catch_up(work: Path, n: int) -> dict[str, Any]:
                 time.sleep(0.05)
             took = time.perf_counter() - started
             peak_kib = fresh.proc_status("VmHWM")
-            current = net.leader(client)
-            other = next(a for a in net.authorities if a is not current)
-            other.stop()
-            restarted = time.perf_counter()
-            other = net.restart(other)
-            restart_s = time.perf_counter() - restarted
+            other, restart_s = restart_a_follower(net, client)
             restart_rss = other.proc_status("VmRSS") / 1024
             log_mib = (other.data_dir / "consensus.db").stat().st_size / 2**20
         return {

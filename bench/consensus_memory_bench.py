@@ -126,12 +126,7 @@ def measure_authorities(work: Path, steps: int, per_step: int) -> dict[str, Any]
                 asyncio.run(cb._load(leader.api, per_step, first=step * per_step))
                 loaded.append((step + 1) * per_step)
                 rss.append([a.proc_status("VmRSS") / 1024 for a in net.authorities])
-            current = net.leader(client)
-            other = next(a for a in net.authorities if a is not current)
-            other.stop()
-            started = time.perf_counter()
-            other = net.restart(other)
-            restart_s = time.perf_counter() - started
+            other, restart_s = cb.restart_a_follower(net, client)
             return {
                 "contributions": [0, *loaded],
                 "rss_mib": rss,

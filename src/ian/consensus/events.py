@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ian.consensus.log import ColdLog
+from ian.consensus.log import ColdLog, ListColdLog, window_base
 from ian.consensus.types import (
     AuthorityChange,
     Block,
@@ -82,6 +82,24 @@ class DurableState:
     def height(self) -> int:
         """The height of the last block in the log."""
         return self.base + len(self.log)
+
+    def windowed(self, keep: int) -> DurableState:
+        """What a start-up loads from this state, held whole (the simulator's and the tests'
+        disks): the blocks from ``keep`` below the applied mark (:func:`.log.window_base`), the
+        authority changes below them, and the whole state, read live, as the cold log."""
+        if self.base:
+            raise ValueError("only a state held whole can be windowed")
+        base = window_base(self.applied_height, max(self.certificates, default=0), keep)
+        return DurableState(
+            self.term,
+            self.voted_for,
+            self.log[base:],
+            {h: c for h, c in self.certificates.items() if h >= base},
+            self.applied_height,
+            base,
+            ListColdLog(self.log, self.certificates),
+            [b for b in self.log[:base] if b.change is not None],
+        )
 
     def block(self, height: int) -> Block:
         """The block at ``height`` (1-based), from memory or from ``cold``."""

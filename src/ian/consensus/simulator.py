@@ -61,7 +61,7 @@ from ian.consensus.events import (
     TruncateLog,
     Unavailable,
 )
-from ian.consensus.log import BLOCK_OVERHEAD, ListColdLog, window_base
+from ian.consensus.log import BLOCK_OVERHEAD, ListColdLog
 from ian.consensus.types import (
     Ack,
     AppendBlocks,
@@ -532,17 +532,7 @@ class Simulation:
         node.alive = True
         node.epoch += 1
         disk = node.disk
-        base = window_base(disk.applied_height, max(disk.certificates, default=0), RESTART_KEEP)
-        state = DurableState(
-            disk.term,
-            disk.voted_for,
-            disk.log[base:],
-            {h: c for h, c in disk.certificates.items() if h >= base},
-            disk.applied_height,
-            base,
-            ListColdLog(disk.log, disk.certificates),
-            [b for b in disk.log[:base] if b.change is not None],
-        )
+        state = disk.windowed(RESTART_KEEP)
         node.mirror = list(disk.log)
         node.applied_seen = min(disk.applied_height, node.applied_seen)
         node.commit_seen = 0

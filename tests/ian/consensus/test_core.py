@@ -41,7 +41,7 @@ from ian.consensus import (
     verify_commit_certificate,
     verify_election_certificate,
 )
-from ian.consensus.log import BLOCK_OVERHEAD, window_base
+from ian.consensus.log import BLOCK_OVERHEAD
 from ian.identity import Identity
 
 
@@ -588,23 +588,6 @@ SMALL_MEMORY = ConsensusParams(
 """Room for a few 1,000-byte blocks in memory, and at most 8 blocks a message."""
 
 
-def windowed_state(c: Cluster, name: str, keep: int) -> DurableState:
-    """What a node's start-up loads: the blocks from ``keep`` below the applied mark, the
-    authority changes below them, and its disk as the cold log."""
-    disk = c.disks[name]
-    base = window_base(disk.applied_height, max(disk.certificates), keep)
-    return DurableState(
-        disk.term,
-        disk.voted_for,
-        disk.log[base:],
-        {h: cert for h, cert in disk.certificates.items() if h >= base},
-        disk.applied_height,
-        base,
-        c.cold_log(name),
-        [b for b in disk.log[:base] if b.change is not None],
-    )
-
-
 def test_old_blocks_leave_memory_and_lagging_peers_get_them_from_disk() -> None:
     """With a budget of a few blocks, the leader keeps only recent ones in memory; an
     authority and a learner that missed 30 blocks get them all, read back from disk, in
@@ -636,7 +619,7 @@ def test_old_blocks_leave_memory_and_lagging_peers_get_them_from_disk() -> None:
     assert max(sizes) == 8  # catching up, and never more than a message's limit
 
     # A restart holds only the blocks near its applied mark; the rest stays on disk.
-    c.step("a1", Restart(windowed_state(c, "a1", keep=2), 100.0))
+    c.step("a1", Restart(c.disks["a1"].windowed(keep=2), 100.0))
     base = c.disks["a1"].applied_height - 2
     core = c.cores["a1"]
     assert core.memory_base == base == 29 and core.commit_height == 31
@@ -658,7 +641,7 @@ def test_a_restart_knows_the_authority_changes_below_its_window() -> None:
     c.heartbeat("a0")
     disk = c.disks["a1"]
     change_height = next(b.height for b in disk.log if b.change is not None)
-    state = windowed_state(c, "a1", keep=2)
+    state = c.disks["a1"].windowed(keep=2)
     assert state.base > change_height and state.changes
     c.step("a1", Restart(state, 100.0))
     core = c.cores["a1"]
@@ -675,7 +658,7 @@ def test_applying_again_from_below_the_window_reads_the_blocks_back() -> None:
         c.step("a0", Propose(f"r{i}", bytes([i]) * 1000))
         c.deliver()
     c.heartbeat("a0")
-    state = windowed_state(c, "a1", keep=2)
+    state = c.disks["a1"].windowed(keep=2)
     assert state.base > 3
     out = c.step("a1", Restart(replace(state, applied_height=3), 100.0))
     applied = [a.block for a in out if isinstance(a, Apply)]
