@@ -32,12 +32,24 @@ from ian.consensus import (
     TruncateLog,
     Vote,
 )
-from ian.consensus.log import ListColdLog
+from ian.consensus.log import BLOCK_OVERHEAD, ListColdLog
 from ian.identity import Identity, verify_signature
 
 CHAIN = sha256(b"unit-test-chain").hex()
 PARAMS = ConsensusParams(election_timeout_min=1.0, election_timeout_max=2.0, heartbeat_interval=0.2)
 AFTER_TIMEOUT = 2.5  # seconds: past any election timeout drawn from PARAMS
+
+
+def small_memory(params: ConsensusParams, blocks: int, block_bytes: int) -> ConsensusParams:
+    """``params`` with room in memory for ``blocks`` blocks of ``block_bytes`` (older ones are
+    read back from disk), and at most 8 blocks a message."""
+    return ConsensusParams(
+        election_timeout_min=params.election_timeout_min,
+        election_timeout_max=params.election_timeout_max,
+        heartbeat_interval=params.heartbeat_interval,
+        max_blocks_per_message=8,
+        memory_bytes=blocks * (BLOCK_OVERHEAD + block_bytes),
+    )
 
 
 @dataclass

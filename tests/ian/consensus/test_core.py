@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tests.ian.consensus.cluster import AFTER_TIMEOUT, CHAIN, PARAMS, Cluster, Wire
+from tests.ian.consensus.cluster import AFTER_TIMEOUT, CHAIN, PARAMS, Cluster, Wire, small_memory
 
 from ian.consensus import (
     Accepted,
@@ -19,7 +19,6 @@ from ian.consensus import (
     CertifiedBlocks,
     Commit,
     ConsensusCore,
-    ConsensusParams,
     DurableState,
     ForkDetected,
     PersistHardState,
@@ -41,7 +40,6 @@ from ian.consensus import (
     verify_commit_certificate,
     verify_election_certificate,
 )
-from ian.consensus.log import BLOCK_OVERHEAD
 from ian.identity import Identity
 
 
@@ -578,14 +576,7 @@ def test_an_older_answer_does_not_resend_blocks_already_on_their_way() -> None:
 # --- memory: old blocks are read back from disk ---
 
 
-SMALL_MEMORY = ConsensusParams(
-    election_timeout_min=1.0,
-    election_timeout_max=2.0,
-    heartbeat_interval=0.2,
-    max_blocks_per_message=8,
-    memory_bytes=8 * (BLOCK_OVERHEAD + 1000),
-)
-"""Room for a few 1,000-byte blocks in memory, and at most 8 blocks a message."""
+SMALL_MEMORY = small_memory(PARAMS, blocks=8, block_bytes=1000)
 
 
 def test_old_blocks_leave_memory_and_lagging_peers_get_them_from_disk() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.ian.consensus.cluster import small_memory
 from tests.ian.p2p.conftest import Cluster, Node
 
 from ian.consensus import (
@@ -35,7 +36,6 @@ from ian.consensus import (
     genesis_hash,
 )
 from ian.consensus.codec import encode
-from ian.consensus.log import BLOCK_OVERHEAD
 from ian.identity import Identity, verify_signature
 from ian.ledger.consensus_driver import INBOX_BYTES, ConsensusDriver
 from ian.p2p.connection import PeerInfo
@@ -214,13 +214,7 @@ async def test_old_blocks_are_read_back_from_the_consensus_log(
 ) -> None:
     """With room for a few blocks in memory, the leader serves an authority that was away for
     40 blocks from consensus.db, and that one restarts holding only its recent blocks."""
-    params = ConsensusParams(
-        election_timeout_min=0.3,
-        election_timeout_max=0.6,
-        heartbeat_interval=0.05,
-        max_blocks_per_message=8,
-        memory_bytes=4 * (BLOCK_OVERHEAD + 2000),
-    )
+    params = small_memory(PARAMS, blocks=4, block_bytes=2000)
     members = await three_authorities(cluster, tmp_path, params, keep=2)
     assert isinstance(await propose(members, b"first"), Accepted)
     leader_id = next(m.driver.view().leader for m in members if m.driver)
