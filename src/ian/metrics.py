@@ -49,6 +49,7 @@ class StateSnapshot:
     consensus_role: str = "follower"
     term: int = 0
     commit_height: int = 0
+    consensus_memory_bytes: int = 0
     leader_changes: int = 0
     elections: int = 0
     breaker_state: str = "CLOSED"
@@ -107,6 +108,11 @@ class _StateCollector(Collector):
         )
         yield GaugeMetricFamily(
             "ian_commit_height", "Highest committed consensus height", value=s.commit_height
+        )
+        yield GaugeMetricFamily(
+            "ian_consensus_log_memory_bytes",
+            "Bytes of consensus blocks held in memory (older ones are read from consensus.db)",
+            value=s.consensus_memory_bytes,
         )
         yield CounterMetricFamily(
             "ian_leader_changes",

@@ -785,6 +785,7 @@ class Node:
             "consensus_role": self.role,
             "term": d.core.term,
             "commit_height": d.core.commit_height,
+            "consensus_memory_bytes": d.core.memory_bytes,
             "leader_changes": d.leader_changes,
             "elections": d.elections,
         }

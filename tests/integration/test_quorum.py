@@ -76,6 +76,7 @@ def test_contributions_commit_on_a_majority_and_reach_every_node(ian_nodes, ian)
     assert metrics["ian_consensus_term"] == st["term"]
     assert metrics["ian_consensus_role"] == 2  # leader
     assert metrics["ian_commit_height"] >= len(q.nodes)
+    assert metrics["ian_consensus_log_memory_bytes"] > 0  # its recent blocks
     # `ian node verify`: every block in each store is certified by a majority (while running).
     for n in (q.authorities[1], q.followers[1]):
         checked = ian("node", "verify", "--data-dir", str(n.data_dir), "--json")

@@ -191,6 +191,12 @@ class ConsensusCore:
         return self._log.base
 
     @property
+    def memory_bytes(self) -> int:
+        """Roughly what the blocks held in memory take (bounded by ``params.memory_bytes``
+        plus those not yet applied or durable)."""
+        return self._log.memory_bytes
+
+    @property
     def forked(self) -> bool:
         return self._forked
 
