@@ -241,7 +241,6 @@ class ConsensusCore:
         if isinstance(event, Restart):
             self._restore(event.state, event.now)
             self._apply_committed(out)
-            self._shrink()
             out.append(RoleChanged(self._role, self._term, self._leader))
             return out
         if self._forked:
@@ -259,6 +258,8 @@ class ConsensusCore:
             self._on_propose(event.request_id, b"", event.change, out)
         elif isinstance(event, Persisted):
             self._on_persisted(event, out)
+        if self._applied < self._commit:
+            self._apply_committed(out)  # a backlog bigger than one step's share (see there)
         if (self._role, self._term, self._leader) != before:
             out.append(RoleChanged(self._role, self._term, self._leader))
         return out
@@ -820,17 +821,9 @@ class ConsensusCore:
         if not stored:
             out.append(StoreCertificate(cert))
         out.append(Commit(cert.height, cert))
-        self._apply_committed(out)
         for h in [h for h in self._acks if h <= cert.height]:
             del self._acks[h]
-        for request_id, (height, block_hash) in sorted(self._pending.items()):
-            if height <= cert.height:
-                del self._pending[request_id]
-                if self._log[height - 1].hash == block_hash:
-                    out.append(Answer(request_id, Accepted(height, block_hash)))
-                else:
-                    out.append(Answer(request_id, Unavailable(self._retry_after())))
-        self._shrink()
+        self._apply_committed(out)
         if self._role is Role.LEADER:
             if self.node_id not in self._authorities_at(len(self._log)):
                 self._become_follower(self._term, None, out)
@@ -841,10 +834,27 @@ class ConsensusCore:
                 self._broadcast(out)
 
     def _apply_committed(self, out: list[Action]) -> None:
-        # One read for the lot: below the memory base (a store restored from an older backup
-        # applies again from far back) they come from disk.
-        out.extend(Apply(block) for block in self._log[self._applied : self._commit])
-        self._applied = max(self._applied, self._commit)
+        """Apply committed blocks in order, then answer the proposals among them. At most
+        ``params.memory_bytes`` of payload a step (at least one block): a long backlog — a
+        store restored from an older backup applies again from far back, read from disk —
+        never sits in memory at once, and every later step (ticks included) goes on with it.
+        A proposal is answered once its block is applied, so its client finds it in the
+        store."""
+        if self._applied < self._commit:
+            blocks = self._log.batch(
+                self._applied + 1, self._commit - self._applied, self.params.memory_bytes
+            )
+            out.extend(Apply(block) for block in blocks)
+            self._applied += len(blocks)
+        if self._pending:
+            for request_id, (height, block_hash) in sorted(self._pending.items()):
+                if height <= self._applied:
+                    del self._pending[request_id]
+                    if self._log[height - 1].hash == block_hash:
+                        out.append(Answer(request_id, Accepted(height, block_hash)))
+                    else:
+                        out.append(Answer(request_id, Unavailable(self._retry_after())))
+        self._shrink()
 
     def _shrink(self) -> None:
         """Let old blocks go from memory: only applied, durable ones (see :mod:`.log`)."""

@@ -538,7 +538,7 @@ class Simulation:
         node.commit_seen = 0
         self.step_node(node, Restart(state, self._local_now(node)))
         node.commit_seen = node.core.commit_height
-        node.applied_seen = max(node.applied_seen, node.core.commit_height)
+        node.applied_seen = max(node.applied_seen, node.core.applied_height)
         self._at(self.rng.uniform(0.0, 0.05), "tick", (node.node_id, node.epoch))
 
     def _heal(self) -> None:

@@ -120,7 +120,7 @@ class Cluster:
     def step(self, name: str, event: Event) -> list[Action]:
         """Step one core and perform its actions as a driver would (durable first, in order)."""
         out = self.cores[name].step(event)
-        more: list[Action] = []
+        persisted: list[Persisted] = []
         disk = self.disks[name]
         for action in out:
             if isinstance(action, PersistHardState):
@@ -130,7 +130,7 @@ class Cluster:
             elif isinstance(action, AppendLog):
                 disk.log.extend(action.blocks)
                 last = action.blocks[-1]
-                more += self.step(name, Persisted(last.height, last.hash))
+                persisted.append(Persisted(last.height, last.hash))
             elif isinstance(action, StoreCertificate):
                 disk.certificates[action.certificate.height] = action.certificate
             elif isinstance(action, Apply):
@@ -138,6 +138,9 @@ class Cluster:
                 self.applied[name].append(action.block)
             elif isinstance(action, Send) and action.to in self.names:
                 self.wire.append(Wire(self.id(name), self.name(action.to), action.message))
+        more: list[Action] = []
+        for event in persisted:  # after this step's actions, as the node's driver does
+            more += self.step(name, event)
         return out + more
 
     def tick(self, name: str, advance: float) -> list[Action]:

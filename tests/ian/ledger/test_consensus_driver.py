@@ -72,6 +72,7 @@ class Authority:
     applied: list[bytes] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
     forks: list[ForkEvidence] = field(default_factory=list)
+    stopped: anyio.Event = field(default_factory=anyio.Event)
 
     async def apply(self, blocks: list[Block]) -> None:
         self.applied += [b.payload for b in blocks if b.kind is BlockKind.DATA]
@@ -82,6 +83,12 @@ class Authority:
         self.forks.append(evidence)
         self.changed.set()
         self.changed = anyio.Event()
+
+    async def stop(self) -> None:
+        """Stop the driver and wait until it has (its last applied mark saved)."""
+        assert self.scope is not None
+        self.scope.cancel()
+        await self.stopped.wait()
 
     async def until_applied(self, n: int) -> None:
         while len(self.applied) < n:
@@ -119,12 +126,14 @@ async def start_driver(
         on_fork=a.on_fork,
     )
     a.scope = anyio.CancelScope()
+    a.stopped = stopped = anyio.Event()
     driver = a.driver
 
     async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert a.scope is not None
         with a.scope:
             await driver.run(task_status=task_status)
+        stopped.set()
 
     await cluster.tg.start(run)
 
@@ -219,8 +228,7 @@ async def test_old_blocks_are_read_back_from_the_consensus_log(
     assert isinstance(await propose(members, b"first"), Accepted)
     leader_id = next(m.driver.view().leader for m in members if m.driver)
     away = next(m for m in members if m.node.node_id != leader_id)
-    assert away.scope is not None
-    away.scope.cancel()
+    await away.stop()
     payloads = [b"first", *(bytes([i]) * 2000 for i in range(40))]
     for p in payloads[1:]:
         assert isinstance(await propose([m for m in members if m is not away], p), Accepted)
@@ -236,8 +244,7 @@ async def test_old_blocks_are_read_back_from_the_consensus_log(
     assert away.applied in (payloads, payloads[1:])
     assert away.driver is not None and away.driver.core.memory_base > 30
     # Restarted again, it loads the blocks from two below its applied mark only.
-    assert away.scope is not None
-    away.scope.cancel()
+    await away.stop()
     await start_driver(cluster, away, authorities, seed=8, params=params, keep=2)
     core = away.driver.core
     assert core.memory_base == core.applied_height - 2 > 30
