@@ -743,7 +743,12 @@ class ConsensusCore:
             return
         self._active.add(sender)
         if resp.learner:
-            self._in_flight.pop(sender, None)
+            sent = self._in_flight.get(sender)
+            if sent is None or resp.match_height >= sent[0]:
+                # Answered: the next batch may go at once. An answer below what is on its way
+                # (a refusal, or a learner asking again and again for old blocks, each read
+                # back from disk) waits for the in-flight timeout like a lost one.
+                self._in_flight.pop(sender, None)
             self._learner_mode.add(sender)
             self._match[sender] = min(resp.match_height, self._commit)
             self._next[sender] = self._match[sender] + 1

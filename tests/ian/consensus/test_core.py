@@ -9,6 +9,7 @@ from tests.ian.consensus.cluster import AFTER_TIMEOUT, CHAIN, PARAMS, Cluster, W
 
 from ian.consensus import (
     Accepted,
+    Action,
     AppendBlocks,
     AppendLog,
     AppendResponse,
@@ -660,3 +661,39 @@ def test_applying_again_from_below_the_window_reads_the_blocks_back() -> None:
     assert [b for step in steps for b in step] == c.disks["a1"].log[3:31]
     assert len(steps) >= 3
     assert all(sum(len(b.payload) for b in step) <= SMALL_MEMORY.memory_bytes for step in steps)
+
+
+def test_a_learner_asking_again_for_old_blocks_gets_one_batch_per_timeout() -> None:
+    """Each batch for a lagging learner may be read back from disk: a learner answering
+    "I have nothing" over and over gets no more than one batch per in-flight timeout, while
+    an answer that takes the batch has the next one sent at once."""
+    c = Cluster(3, 1, params=SMALL_MEMORY, cold=True)
+    c.elect("a0", cut(c, "l0"))
+    for i in range(12):
+        c.step("a0", Propose(f"r{i}", bytes(1000)))
+        c.deliver(cut(c, "l0"))
+    term = c.cores["a0"].term
+
+    def answer(match: int) -> Received:
+        return Received(c.id("l0"), AppendResponse(term, match > 0, match, learner=True))
+
+    def batches(out: list[Action]) -> list[CertifiedBlocks]:
+        return [
+            a.message for a in out if isinstance(a, Send) and isinstance(a.message, CertifiedBlocks)
+        ]
+
+    def in_flight_timeout() -> list[Action]:
+        """Heartbeats for 1 s (the in-flight timeout), the authorities answering."""
+        out: list[Action] = []
+        for _ in range(5):
+            out += c.tick("a0", SMALL_MEMORY.heartbeat_interval)
+            out += c.deliver(cut(c, "l0"))
+        return out
+
+    # Its first batch was lost (cut off); after the in-flight timeout it goes again.
+    [sent] = batches(in_flight_timeout())
+    assert [len(batches(c.step("a0", answer(0)))) for _ in range(5)] == [0] * 5
+    out = in_flight_timeout() + c.step("a0", answer(0))
+    assert len(batches(out)) == 1
+    [following] = batches(c.step("a0", answer(sent.commit.height)))
+    assert following.blocks[0].height == sent.commit.height + 1
