@@ -29,6 +29,7 @@ something to carry out.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -55,6 +56,8 @@ from ian.consensus.types import Block, CommitCertificate
 from ian.errors import StoreError
 
 __all__ = ["ConsensusLog"]
+
+log = logging.getLogger("ian.storage")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -97,6 +100,11 @@ class ConsensusLog:
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(_SCHEMA)
                 if not self._has_marks():
+                    log.info(
+                        "consensus log %s: marking its authority changes (once, after an "
+                        "upgrade: about 10 s a GB)",
+                        path,
+                    )
                     self._db.execute("ALTER TABLE blocks ADD COLUMN is_change INTEGER")
                 self._db.executescript(_MARK)
             # Only a read-only open can find a file from before the mark (and unmarked rows).
