@@ -75,7 +75,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import zstandard
 
@@ -95,6 +95,7 @@ __all__ = [
     "BackupResult",
     "FileEntry",
     "Manifest",
+    "SnapshotRoots",
     "VerifyResult",
     "create_backup",
     "default_archive_path",
@@ -357,8 +358,18 @@ def _snapshot_store(source: Path, target: Path, progress: Progress | None) -> No
         src.close()
 
 
-def snapshot_roots(store_path: Path, specs: list[GoalSpec]) -> tuple[int, str, dict[str, Any]]:
-    """(height, head hash hex, per-goal roots) of the store at ``store_path``, opened read-only.
+class SnapshotRoots(NamedTuple):
+    """What :func:`snapshot_roots` read: the head, the per-goal roots and the file's schema."""
+
+    height: int
+    head_hash: str
+    goals: dict[str, Any]
+    schema_version: int
+
+
+def snapshot_roots(store_path: Path, specs: list[GoalSpec]) -> SnapshotRoots:
+    """The head (height, hash hex), per-goal roots and schema version of the store at
+    ``store_path``, opened read-only (an older schema is read as it is, not upgraded).
 
     Uses the quick root check (:func:`ian.ledger.recovery.load_chain_state`): raises
     :class:`StoreError` when the peaks/leaderboards disagree with the newest block, and
@@ -369,10 +380,11 @@ def snapshot_roots(store_path: Path, specs: list[GoalSpec]) -> tuple[int, str, d
     store = Store(store_path, readonly=True)
     try:
         state = load_chain_state(store, specs)
+        schema = store.schema_version
     finally:
         store.close()
     goals = {gid: g.roots().to_doc() for gid, g in sorted(state.goals.items()) if g.mmr.size}
-    return state.height, state.head_hash.hex(), goals
+    return SnapshotRoots(state.height, state.head_hash.hex(), goals, schema)
 
 
 # --------------------------------------------------------------------------- writing
@@ -635,7 +647,7 @@ def _write_archive(
     part: Path,
     databases: list[tuple[str, Path]],
     small: list[tuple[str, bytes]],
-    roots: Future[tuple[int, str, dict[str, Any]]],
+    roots: Future[SnapshotRoots],
     *,
     node_id: str,
     specs: list[GoalSpec],
@@ -697,13 +709,15 @@ def _write_archive(
                     entries.append(FileEntry(name, sizes[name], digest, 0o644))
                 body.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # the end of the tar
             fh.flush()
-            height, head_hash, goals = roots.result()
+            snap = roots.result()
             manifest = Manifest(
                 **{
                     **draft.__dict__,
-                    "height": height,
-                    "head_hash": head_hash,
-                    "goals": goals,
+                    "height": snap.height,
+                    "head_hash": snap.head_hash,
+                    "goals": snap.goals,
+                    # the copy's (a store not yet upgraded is archived as it is)
+                    "schema_version": snap.schema_version,
                     "files": entries,
                 }
             )

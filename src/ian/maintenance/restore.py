@@ -479,7 +479,7 @@ def _check_staged(
             "aside), or pick this node's backup",
         )
     try:
-        height, head_hash, goals = snapshot_roots(staging / STORE_NAME, manifest.specs())
+        height, head_hash, goals, _schema = snapshot_roots(staging / STORE_NAME, manifest.specs())
     except StoreError as exc:
         raise ArchiveError(
             f"archive {archive}: the store inside fails the root check: {exc.message}",

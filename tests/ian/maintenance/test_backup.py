@@ -19,6 +19,7 @@ from tests.support.archives import (
     write_legacy,
     write_members,
 )
+from tests.support.stores import as_schema_1
 
 from ian.chain.contributions import make_contribution
 from ian.chain.goals import GoalSpec
@@ -338,6 +339,24 @@ def test_archives_of_the_previous_format_still_read(tmp_path: Path) -> None:
     check = verify_archive(old)
     assert check.ok, check.problem
     assert check.blocks == 4 and check.to_doc()["goals"] == good.manifest.goals
+
+
+def test_a_store_not_yet_upgraded_is_archived_as_it_is(tmp_path: Path) -> None:
+    """A stopped node's store of schema 1 (the node not yet started by this version): the
+    backup copies it unchanged and its manifest says 1, so an older ian can restore it; this
+    one verifies it, and upgrades it only when the node opens the restored store."""
+    root = tmp_path / "data"
+    specs = populated(root)
+    as_schema_1(root / "chain.sqlite")
+    result = create_backup(DataDir(root), specs)
+    assert result.manifest.schema_version == 1
+    assert json.loads(members(result.path)[MANIFEST_NAME])["schema_version"] == 1
+    check = verify_archive(result.path)
+    assert check.ok, check.problem
+    assert check.blocks == 4
+    store = Store(root / "chain.sqlite", readonly=True)
+    assert store.schema_version == 1  # the backup did not upgrade the node's store
+    store.close()
 
 
 def test_read_last_backup_never_raises(tmp_path: Path) -> None:

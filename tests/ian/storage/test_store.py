@@ -6,10 +6,11 @@ import json
 import sqlite3
 
 import pytest
+from tests.support.stores import as_schema_1, indexes
 
 from ian.errors import SchemaError, StoreError
 from ian.ledger.recovery import load_chain_state, verify_store
-from ian.storage.store import SCHEMA_VERSION, Store
+from ian.storage.store import SCHEMA_VERSION, WAL_BACKSTOP_PAGES, Store
 
 DEMO = "DEMO_TRADING_AGENT"
 TRIVIAL = "TRIVIAL_GOAL"
@@ -50,6 +51,26 @@ def test_commits_wait_for_the_disk_unless_the_store_is_derived(
         store.close()
 
 
+def test_commits_are_copied_from_the_wal_by_a_thread_of_their_own(chain, packs) -> None:
+    """The writer's own checkpoint is only a backstop (256 MiB of WAL): after a commit the
+    store's checkpoint thread copies the pages into the database file, on its own connection.
+    Closing the store ends the thread."""
+    store = chain.store
+    assert store._w is not None
+    assert store._w.execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_BACKSTOP_PAGES,)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    path = store.path
+    before = checkpointer.completed
+    size = path.stat().st_size
+    chain.commit([packs.contribution(i) for i in range(200)])
+    assert checkpointer.wait_completed(before + 1, timeout=10)
+    assert path.stat().st_size > size  # the pages are in the database file now
+    assert sql(path, "SELECT COUNT(*) FROM contributions") == [(200,)]
+    store.close()
+    assert not checkpointer._thread.is_alive()
+
+
 @pytest.mark.parametrize("readonly", [False, True])
 def test_newer_schema_is_refused_and_left_alone(tmp_path, readonly) -> None:
     path = tmp_path / "chain.sqlite"
@@ -61,6 +82,75 @@ def test_newer_schema_is_refused_and_left_alone(tmp_path, readonly) -> None:
     assert str(path) in info.value.message
     assert info.value.fix
     assert sql(path, "SELECT value FROM meta WHERE key='schema_version'") == [("99",)]
+
+
+def test_a_schema_1_store_is_read_as_it_is_and_upgraded_by_a_writable_open(
+    chain, packs, caplog
+) -> None:
+    """Schema 1 found duplicate packs through a unique index of (goal_id, pack_hash); 2 through
+    an index of the hash's first 8 bytes. A read-only open (``ian node verify``, a backup's
+    snapshot) reads a schema 1 file as it is; the node's writable open upgrades it, once."""
+    a, b = packs.contribution(1), packs.contribution(2)
+    t = packs.contribution(3, goal_id=TRIVIAL)
+    chain.commit([a, b, t])
+    path = chain.store.path
+    roots = chain.store.latest_roots()
+    chain.store.close()
+    as_schema_1(path)
+    asked = [a.pack_hash, b.pack_hash, t.pack_hash, bytes(32)]
+
+    ro = Store(path, readonly=True)
+    try:
+        assert ro.schema_version == 1
+        assert ro.has_packs(DEMO, asked) == {a.pack_hash, b.pack_hash}
+        assert ro.has_packs(TRIVIAL, asked) == {t.pack_hash}
+    finally:
+        ro.close()
+    assert "contributions_pack" in indexes(path)
+
+    with caplog.at_level("WARNING", logger="ian.storage"):
+        store = Store(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert "upgrading schema 1 -> 2" in caplog.text and "3 contributions" in caplog.text
+        assert sql(path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
+        assert indexes(path) == {"contributions_log", "contributions_pack_prefix"}
+        assert store.has_packs(DEMO, asked, writer=True) == {a.pack_hash, b.pack_hash}
+        assert store.has_packs(TRIVIAL, asked) == {t.pack_hash}
+        assert store.latest_roots() == roots
+    finally:
+        store.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ian.storage"):
+        Store(path).close()  # once
+    assert "upgrading" not in caplog.text
+
+
+def test_has_packs_compares_whole_hashes_and_goals(chain, packs) -> None:
+    """The index holds 8 bytes of each hash: a stored pack whose hash shares them with an asked
+    one is not a duplicate of it, nor is a pack of another goal. Asked in chunks (SQLite's limit
+    on parameters): a hash at any position is found."""
+    a, t = packs.contribution(1), packs.contribution(2, goal_id=TRIVIAL)
+    chain.commit([a, t])
+    store = chain.store
+    twin = a.pack_hash[:8] + bytes(24)  # the same 8 bytes, another hash
+    assert store.has_packs(DEMO, [twin]) == set()
+    assert store.has_packs(DEMO, [twin, a.pack_hash]) == {a.pack_hash}
+    assert store.has_packs(TRIVIAL, [a.pack_hash, t.pack_hash]) == {t.pack_hash}
+    assert store.has_packs("OTHER", [a.pack_hash]) == set()
+    many = [i.to_bytes(32, "big") for i in range(1, 1201)]
+    many[950] = a.pack_hash
+    assert store.has_packs(DEMO, many) == {a.pack_hash}
+    assert store.has_packs(DEMO, many, writer=True) == {a.pack_hash}
+
+
+@pytest.mark.parametrize("version", ["0", "-1"])
+def test_an_invalid_schema_version_is_refused(tmp_path, version) -> None:
+    path = tmp_path / "chain.sqlite"
+    Store(path).close()
+    sql(path, "UPDATE meta SET value = ? WHERE key='schema_version'", version)
+    with pytest.raises(SchemaError, match="invalid schema version"):
+        Store(path)
 
 
 def test_garbage_file_is_a_store_error_with_a_fix(tmp_path) -> None:
