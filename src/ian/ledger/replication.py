@@ -55,6 +55,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("ian.sync")
 
 SYNC_BATCH = 64
+#: the most block bytes (entries' wire size) one get_blocks reply carries, at least one block;
+#: a frame would allow 16 MiB. A catching-up follower applies a batch while it fetches the next,
+#: so smaller batches start that overlap sooner and hold less: a fresh follower of 100,000
+#: trivial contributions (1,000 a block) peaked at 138 MiB instead of 208 MiB and applied its
+#: first block 0.6 s after connecting instead of 2.8 s (3 runs alternated, at 17,848/s vs
+#: 16,384/s). Blocks of a few entries stay SYNC_BATCH to a reply.
+SYNC_REPLY_BYTES = 4 * 1024 * 1024
 FORWARD_TIMEOUT_S = 10.0
 
 
@@ -79,6 +86,7 @@ class Replicator:
         handle_forward: Callable[[Contribution, PeerInfo, str | None], Awaitable[Outcome]],
         record: Callable[[str, PeerEvent], object],
         max_frame_bytes: int = 16 * 1024 * 1024,
+        reply_bytes: int = SYNC_REPLY_BYTES,
         publish: Publish | None = None,  # ``sync`` events (ian.events)
         on_fork: Callable[[dict[str, Any]], None] | None = None,  # fork evidence, both blocks
         forward_token: Callable[[], str | None] = lambda: None,  # sent with our forwards
@@ -96,6 +104,7 @@ class Replicator:
         self._handle_forward = handle_forward
         self._record = record
         self.max_frame_bytes = max_frame_bytes
+        self.reply_bytes = reply_bytes
         self._write_lock = anyio.Lock()
         self._wake = anyio.Event()
         self.announced_height = 0  # highest height proven by a block the sequencer signed
@@ -145,7 +154,7 @@ class Replicator:
         await self.p2p.broadcast(msg.BlockAnnounce(block=msg.block_to_doc(block)))
 
     async def _on_get_blocks(self, peer: PeerInfo, m: msg.GetBlocks) -> msg.Message:
-        budget = self.max_frame_bytes - FRAME_OVERHEAD
+        budget = max(0, min(self.max_frame_bytes, self.reply_bytes) - FRAME_OVERHEAD)
         blocks = await anyio.to_thread.run_sync(
             lambda: self.store.blocks(m.from_height, m.max_blocks, max_bytes=budget)
         )

@@ -12,12 +12,13 @@ import anyio
 import pytest
 
 from ian.chain.blocks import Block
-from ian.chain.contributions import Contribution
+from ian.chain.contributions import FRAME_OVERHEAD, Contribution
 from ian.chain.state import Outcome
 from ian.config import Settings
 from ian.ledger.recovery import load_chain_state
-from ian.ledger.replication import Replicator
+from ian.ledger.replication import SYNC_BATCH, SYNC_REPLY_BYTES, Replicator
 from ian.metrics import NodeMetrics
+from ian.p2p import messages as msg
 from ian.p2p.memory import MemoryNetwork
 from ian.p2p.peer_book import PeerBook
 from ian.p2p.switch import P2PService, P2PTuning, PeerConnected
@@ -163,6 +164,28 @@ async def test_a_follower_catches_up_then_follows_announces(pair: Pair, packs: A
     assert pair.applied.heights == [1, 2, 3]
     assert pair.follower.state.head_hash == seq.state.head_hash
     assert pair.fol_rep.consensus_state == "SYNCED"
+
+
+async def test_a_get_blocks_reply_stops_at_the_reply_budget(pair: Pair, packs: Any) -> None:
+    """A follower asks for up to 64 blocks; a reply holds no more than ``reply_bytes`` of
+    entries (at least one block), so a catching-up follower applies its first blocks sooner and
+    holds less. It asks again for the rest."""
+    seq = pair.sequencer
+    for k in range(3):
+        seq.commit([packs.contribution(10 * k + i, goal_id=packs.trivial_goal) for i in range(5)])
+    assert pair.seq_rep.reply_bytes == SYNC_REPLY_BYTES
+    pair.seq_rep.reply_bytes = FRAME_OVERHEAD + 1  # less than one block
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+    await pair.applied.until(3)  # one block a reply
+    assert pair.applied.heights == [1, 2, 3]
+    assert pair.follower.state.head_hash == seq.state.head_hash
+    ask = msg.GetBlocks(from_height=1, max_blocks=SYNC_BATCH)
+    reply = await pair.fol_switch.request(pair.seq_switch.node_id, ask)
+    assert isinstance(reply, msg.Blocks) and [d.header.height for d in reply.blocks] == [1]
+    pair.seq_rep.reply_bytes = SYNC_REPLY_BYTES
+    reply = await pair.fol_switch.request(pair.seq_switch.node_id, ask)
+    assert isinstance(reply, msg.Blocks) and len(reply.blocks) == 3
 
 
 async def test_a_follower_forwards_contributions_to_the_sequencer(pair: Pair, packs: Any) -> None:
