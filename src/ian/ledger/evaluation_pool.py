@@ -160,6 +160,12 @@ class EvaluationPool:
         except _POOL_FAILURES as exc:  # broken, shut down meanwhile, or a spawn failed
             pending.futures = []
             pending.failure = exc
+        except ValueError as exc:
+            # A worker died while the executor spawned another: the spawn passed a pipe the
+            # broken executor had closed ("bad value(s) in fds_to_keep", CPython gh-109047;
+            # seen once in this project's tests). A broken pool, like any other.
+            pending.futures = []
+            pending.failure = BrokenProcessPool(f"starting an evaluation worker failed: {exc}")
 
     def _collect(self, pending: _Pending) -> list[RawResult]:
         for attempt in (1, 2):

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -241,6 +242,35 @@ def test_worker_killed_mid_batch_batch_evaluated_again(pool: EvaluationPool) -> 
     assert pooled == serial
     assert pool.restarts == 1
     assert time.monotonic() - started < 60
+
+
+def test_a_spawn_failing_inside_submit_is_a_broken_pool(
+    pool: EvaluationPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython's executor can raise ValueError ("bad value(s) in fds_to_keep") when it spawns a
+    worker while a dead one's pipes are being closed (gh-109047; the test above hit it once).
+    That race cannot be made to happen on demand, so the executor's submit raises it here: the
+    pool counts it as broken, starts a new one and evaluates the batch again."""
+    goals = ChainState.genesis(SPECS).goals
+    batch = [demo(i) for i in range(100)]
+    real = pool._pool
+    calls = 0
+
+    def fails_once() -> tuple[Any, int]:
+        nonlocal calls
+        executor, generation = real()
+        calls += 1
+        if calls == 1:
+
+            def submit(*args: Any, **kwargs: Any) -> Any:
+                raise ValueError("bad value(s) in fds_to_keep")
+
+            monkeypatch.setattr(executor, "submit", submit)
+        return executor, generation
+
+    monkeypatch.setattr(pool, "_pool", fails_once)
+    assert pool.evaluate(goals, batch) == evaluate_batch(goals, batch)
+    assert pool.restarts == 1 and calls == 2
 
 
 def test_workers_dying_twice_raise_evaluation_error_not_hang(pool: EvaluationPool) -> None:
