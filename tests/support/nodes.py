@@ -466,7 +466,18 @@ def wait_same_chain(
     try:
         return wait_until(same, timeout=timeout, what="identical heights and roots")
     except pytest.fail.Exception as exc:
-        raise pytest.fail.Exception(f"{exc}\nlast views: {json.dumps(seen, indent=1)}") from None
+        logs = {
+            n.data_dir.name: [
+                f"{r.get('logger')}: {str(r.get('msg'))[:200]}"
+                for r in list(n.records)
+                if str(r.get("logger", "")).startswith(("ian.sync", "ian.p2p"))
+            ][-15:]
+            for n in [reference, *others]
+        }
+        raise pytest.fail.Exception(
+            f"{exc}\nlast views: {json.dumps(seen, indent=1)}\n"
+            f"last sync/p2p log lines: {json.dumps(logs, indent=1)}"
+        ) from None
 
 
 def parse_metrics(text: str) -> dict[str, float]:
