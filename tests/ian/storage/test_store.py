@@ -10,6 +10,7 @@ from tests.support.stores import as_schema_1, indexes
 
 from ian.errors import SchemaError, StoreError
 from ian.ledger.recovery import load_chain_state, verify_store
+from ian.storage import store as store_mod
 from ian.storage.store import SCHEMA_VERSION, WAL_BACKSTOP_PAGES, Store
 
 DEMO = "DEMO_TRADING_AGENT"
@@ -69,6 +70,47 @@ def test_commits_are_copied_from_the_wal_by_a_thread_of_their_own(chain, packs) 
     assert sql(path, "SELECT COUNT(*) FROM contributions") == [(200,)]
     store.close()
     assert not checkpointer._thread.is_alive()
+
+
+def test_a_failing_checkpoint_is_logged_once_until_it_works_again(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A disk that stays full would fail a checkpoint twice a second: one warning when they start
+    failing, one when they work again. (SQLite cannot be made to fail one here on demand, so the
+    checkpoint thread's connection does: three times, then it passes the call on.)"""
+    real_connect = store_mod._connect
+    failures = 3
+
+    class Failing:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def execute(self, query: str, *args):
+            nonlocal failures
+            if "wal_checkpoint" in query and failures:
+                failures -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.conn.execute(query, *args)
+
+        def close(self) -> None:
+            self.conn.close()
+
+    path = tmp_path / "chain.sqlite"
+    Store(path).close()
+    monkeypatch.setattr(store_mod, "_connect", lambda p, **kw: Failing(real_connect(p, **kw)))
+    checkpointer = store_mod._Checkpointer(path, interval=0.0)
+    try:
+        with caplog.at_level("WARNING", logger="ian.storage"):
+            for n in range(1, 6):
+                checkpointer.poke()
+                assert checkpointer.wait_completed(n, timeout=10)
+    finally:
+        checkpointer.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split(": ", 1)[1] for m in messages] == [
+        "background checkpoint failed: database or disk is full",
+        "background checkpoints work again",
+    ]
 
 
 @pytest.mark.parametrize("readonly", [False, True])
