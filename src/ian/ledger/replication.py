@@ -63,6 +63,9 @@ SYNC_BATCH = 64
 #: 16,384/s). Blocks of a few entries stay SYNC_BATCH to a reply.
 SYNC_REPLY_BYTES = 4 * 1024 * 1024
 FORWARD_TIMEOUT_S = 10.0
+#: a peer whose block could not be asked for (the request failed on the way: a connection that
+#: dropped, a timeout) is asked again after this long (s); its claim is not disproven
+CLAIM_RETRY_S = 2.0
 
 
 #: concurrent get_blocks handlers per peer (a syncing follower asks one batch at a time)
@@ -119,6 +122,7 @@ class Replicator:
         self.follows_blocks = follows_blocks
         self.evaluator = evaluator
         self._disproven: dict[str, int] = {}  # node id -> a height it claimed and did not show
+        self._unasked: dict[str, float] = {}  # node id -> monotonic time to ask it again
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
         self._pending_check: int | None = None
@@ -376,7 +380,7 @@ class Replicator:
         except RemoteError as exc:
             # A peer that asks us to slow down (or is busy) did nothing wrong.
             log.info("sync from %s refused: %s", node_id[:12], exc.message)
-            if exc.remote_code not in ("rate_limited", "unavailable"):
+            if exc.remote_code not in _NOT_BLAMED:
                 self._record(node_id, PeerEvent.FAILED_SYNC)
             return None
         except P2PError as exc:
@@ -401,9 +405,10 @@ class Replicator:
         """The peer claiming the highest height (hello/status: unsigned hints), skipping claims
         already disproven."""
         best: tuple[str, int] | None = None
+        now = time.monotonic()
         for p in self.p2p.peers():
             h = p.height
-            if self._disproven.get(p.node_id, -1) >= h:
+            if self._disproven.get(p.node_id, -1) >= h or self._unasked.get(p.node_id, 0) > now:
                 continue
             if best is None or h > best[1]:
                 best = (p.node_id, h)
@@ -412,10 +417,20 @@ class Replicator:
     async def _prove_claim(self, node_id: str, height: int) -> bool:
         """A peer says it holds ``height``: believe it (for the network height, readiness and
         sync) only when it hands over that block signed by the sequencer. A peer that cannot
-        is charged and its claim ignored from then on."""
+        is charged and its claim ignored from then on. A request that fails on the way proves
+        nothing either way: the peer is asked again after :data:`CLAIM_RETRY_S` (a follower
+        whose request went out on a connection that dropped as a partition healed ignored the
+        sequencer's height for good, and stayed behind)."""
         if height <= self.network_height:
             return True
-        block = await self._remote_block(node_id, height)
+        try:
+            block = await self._ask_block(node_id, height)
+        except P2PError as exc:
+            log.info("could not ask %s for block %d: %s", node_id[:12], height, exc.message)
+            if not isinstance(exc, RemoteError) or exc.remote_code not in _NOT_BLAMED:
+                self._record(node_id, PeerEvent.FAILED_SYNC)
+            self._unasked[node_id] = time.monotonic() + CLAIM_RETRY_S
+            return False
         if block is not None and self._signed_by_sequencer(block, node_id, f"block {height}"):
             self._prove_height(height)
             return True
@@ -577,12 +592,18 @@ class Replicator:
             )
 
     async def _remote_block(self, node_id: str, height: int) -> Block | None:
+        """The peer's block at ``height``, or None (not shown, or the request failed)."""
         try:
-            reply = await self.p2p.request(
-                node_id, msg.GetBlocks(from_height=height, max_blocks=1), timeout=10
-            )
+            return await self._ask_block(node_id, height)
         except P2PError:
             return None
+
+    async def _ask_block(self, node_id: str, height: int) -> Block | None:
+        """The peer's block at ``height``, None if its answer does not hold it; raises
+        :class:`P2PError` when the request fails on the way."""
+        reply = await self.p2p.request(
+            node_id, msg.GetBlocks(from_height=height, max_blocks=1), timeout=10
+        )
         if isinstance(reply, msg.Blocks) and reply.blocks:
             try:
                 block = msg.block_from_doc(reply.blocks[0])
@@ -593,6 +614,9 @@ class Replicator:
                 return block
         return None
 
+
+#: a peer that answers with one of these asks us to slow down (or is busy): it did nothing wrong
+_NOT_BLAMED = ("rate_limited", "unavailable")
 
 # The sequencer's refusal of a forwarded contribution, as the follower's client should see it.
 _REMOTE_ERRORS: dict[str, type[RequestError]] = {

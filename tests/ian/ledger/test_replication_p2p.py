@@ -15,10 +15,12 @@ from ian.chain.blocks import Block
 from ian.chain.contributions import FRAME_OVERHEAD, Contribution
 from ian.chain.state import Outcome
 from ian.config import Settings
+from ian.ledger import replication
 from ian.ledger.recovery import load_chain_state
 from ian.ledger.replication import SYNC_BATCH, SYNC_REPLY_BYTES, Replicator
 from ian.metrics import NodeMetrics
 from ian.p2p import messages as msg
+from ian.p2p.errors import P2PError
 from ian.p2p.memory import MemoryNetwork
 from ian.p2p.peer_book import PeerBook
 from ian.p2p.switch import P2PService, P2PTuning, PeerConnected
@@ -186,6 +188,35 @@ async def test_a_get_blocks_reply_stops_at_the_reply_budget(pair: Pair, packs: A
     pair.seq_rep.reply_bytes = SYNC_REPLY_BYTES
     reply = await pair.fol_switch.request(pair.seq_switch.node_id, ask)
     assert isinstance(reply, msg.Blocks) and len(reply.blocks) == 3
+
+
+async def test_a_claim_is_asked_about_again_after_a_request_failed_on_the_way(
+    pair: Pair, packs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that fails in transit (a connection that dropped, a timeout) proves nothing
+    about the peer's height: the follower asks again a little later. It used to ignore that
+    height until the peer claimed a higher one: after a partition healed, a follower stayed 9
+    blocks behind (test_partition_then_heal, once). The failure is made at the follower's
+    request, as a dropped connection raises it; the peer stays connected throughout."""
+    seq = pair.sequencer
+    for k in range(3):
+        seq.commit([packs.contribution(k, goal_id=packs.trivial_goal)])
+    monkeypatch.setattr(replication, "CLAIM_RETRY_S", 0.05)
+    real = pair.fol_rep._ask_block
+    failed: list[int] = []
+
+    async def drops_once(node_id: str, height: int) -> Block | None:
+        if not failed:
+            failed.append(height)
+            raise P2PError("connection closed")
+        return await real(node_id, height)
+
+    monkeypatch.setattr(pair.fol_rep, "_ask_block", drops_once)
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+    await pair.applied.until(3)  # the sync loop's next round asked again
+    assert failed == [3]
+    assert pair.follower.state.head_hash == seq.state.head_hash
 
 
 async def test_a_follower_forwards_contributions_to_the_sequencer(pair: Pair, packs: Any) -> None:
