@@ -33,6 +33,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -210,15 +211,17 @@ class ConsensusLog:
                     "SELECT height, doc FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
                     (first, last),
                 )
-                for height, doc in rows:
-                    if height != first + len(out):
-                        break  # a gap: reported below
-                    block = self._block(height, doc)
-                    size += len(block.payload)
-                    if max_bytes is not None and size > max_bytes and out:
-                        break
-                    out.append(block)
-                rows.close()
+                # Closed however the loop ends (a bad row raises): an open cursor would keep
+                # its read snapshot and hold back the writer's checkpoints.
+                with closing(rows):
+                    for height, doc in rows:
+                        if height != first + len(out):
+                            break  # a gap: reported below
+                        block = self._block(height, doc)
+                        size += len(block.payload)
+                        if max_bytes is not None and size > max_bytes and out:
+                            break
+                        out.append(block)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read the consensus log {self.path}: {exc}") from exc
         if not out or (max_bytes is None and len(out) != last - first + 1):
