@@ -47,6 +47,7 @@ from ian.p2p import messages as msg
 from ian.p2p.connection import PeerInfo
 from ian.p2p.errors import P2PError, RemoteError
 from ian.p2p.peer_book import PeerEvent
+from ian.p2p.pex import backoff
 from ian.storage.store import Store
 
 if TYPE_CHECKING:
@@ -63,9 +64,6 @@ SYNC_BATCH = 64
 #: 16,384/s). Blocks of a few entries stay SYNC_BATCH to a reply.
 SYNC_REPLY_BYTES = 4 * 1024 * 1024
 FORWARD_TIMEOUT_S = 10.0
-#: a peer whose block could not be asked for (the request failed on the way: a connection that
-#: dropped, a timeout) is asked again after this long (s); its claim is not disproven
-CLAIM_RETRY_S = 2.0
 
 
 #: concurrent get_blocks handlers per peer (a syncing follower asks one batch at a time)
@@ -122,7 +120,8 @@ class Replicator:
         self.follows_blocks = follows_blocks
         self.evaluator = evaluator
         self._disproven: dict[str, int] = {}  # node id -> a height it claimed and did not show
-        self._unasked: dict[str, float] = {}  # node id -> monotonic time to ask it again
+        # node id -> (monotonic time to ask it again, requests that failed on the way in a row)
+        self._unasked: dict[str, tuple[float, int]] = {}
         self.last_divergence: dict[str, Any] | None = None
         self.synced_blocks = 0
         self._pending_check: int | None = None
@@ -403,12 +402,14 @@ class Replicator:
 
     def _best_peer(self) -> tuple[str, int] | None:
         """The peer claiming the highest height (hello/status: unsigned hints), skipping claims
-        already disproven."""
+        already disproven and peers to be asked again later."""
         best: tuple[str, int] | None = None
         now = time.monotonic()
         for p in self.p2p.peers():
             h = p.height
-            if self._disproven.get(p.node_id, -1) >= h or self._unasked.get(p.node_id, 0) > now:
+            if self._disproven.get(p.node_id, -1) >= h:
+                continue
+            if self._unasked.get(p.node_id, (0.0, 0))[0] > now:
                 continue
             if best is None or h > best[1]:
                 best = (p.node_id, h)
@@ -418,9 +419,11 @@ class Replicator:
         """A peer says it holds ``height``: believe it (for the network height, readiness and
         sync) only when it hands over that block signed by the sequencer. A peer that cannot
         is charged and its claim ignored from then on. A request that fails on the way proves
-        nothing either way: the peer is asked again after :data:`CLAIM_RETRY_S` (a follower
-        whose request went out on a connection that dropped as a partition healed ignored the
-        sequencer's height for good, and stayed behind)."""
+        nothing either way: the peer is asked again later, after the redial backoff
+        (:func:`ian.p2p.pex.backoff`: 0.5-1 s, doubling with each failure in a row, at most a
+        minute), so a peer that lets every request time out holds the sync loop less and less
+        often until its failed syncs ban it. (A follower whose request went out on a connection
+        that dropped as a partition healed used to ignore the sequencer's height for good.)"""
         if height <= self.network_height:
             return True
         try:
@@ -429,8 +432,11 @@ class Replicator:
             log.info("could not ask %s for block %d: %s", node_id[:12], height, exc.message)
             if not isinstance(exc, RemoteError) or exc.remote_code not in _NOT_BLAMED:
                 self._record(node_id, PeerEvent.FAILED_SYNC)
-            self._unasked[node_id] = time.monotonic() + CLAIM_RETRY_S
+            failures = self._unasked.get(node_id, (0.0, 0))[1] + 1
+            delay = backoff(failures, self.p2p.tuning)
+            self._unasked[node_id] = (time.monotonic() + delay, failures)
             return False
+        self._unasked.pop(node_id, None)
         if block is not None and self._signed_by_sequencer(block, node_id, f"block {height}"):
             self._prove_height(height)
             return True
