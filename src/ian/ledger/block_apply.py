@@ -27,16 +27,21 @@ def execute_block(
     block: Block,
     known_packs: Callable[[str, list[bytes]], set[bytes]],
     evaluations: Sequence[Evaluation | None] | None = None,
+    *,
+    parent: tuple[int, bytes, int] | None = None,
 ) -> list[NewEntry]:
-    """Re-execute ``block`` on ``state`` (mutating it; the caller rolls back on error).
+    """Re-execute ``block`` on ``state``'s goals (mutating them; the caller rolls back on
+    error). The head it must follow is ``parent`` (height, hash, timestamp_ms) when given, else
+    the state's: the head is the caller's to advance.
 
     ``evaluations``: one per entry, made beforehand (:func:`evaluate_batch`, e.g. in a pool)."""
     h = block.header
-    if h.height != state.height + 1:
-        raise InvalidBlockError(f"block {h.height} does not follow local height {state.height}")
-    if h.parent_hash != state.head_hash:
+    height, head_hash, head_ms = parent or (state.height, state.head_hash, state.head_timestamp_ms)
+    if h.height != height + 1:
+        raise InvalidBlockError(f"block {h.height} does not follow local height {height}")
+    if h.parent_hash != head_hash:
         raise ParentMismatchError(f"block {h.height}: parent is not the local head")
-    if h.timestamp_ms < state.head_timestamp_ms:
+    if h.timestamp_ms < head_ms:
         raise InvalidBlockError(f"block {h.height}: timestamp goes backwards")
     if not block.entries:
         raise InvalidBlockError(f"block {h.height} is empty")
@@ -129,8 +134,11 @@ def _apply_evaluated(
     blocks: Sequence[Block],
     evaluations: Sequence[Sequence[Evaluation | None]],
 ) -> tuple[int, InvalidBlockError | None]:
-    """:func:`apply_blocks` on signed blocks whose entries are evaluated."""
-    start = (state.height, state.head_hash, state.head_timestamp_ms)
+    """:func:`apply_blocks` on signed blocks whose entries are evaluated.
+
+    The state's head moves only once the store holds the blocks: other threads read it (the
+    height a peer is told, the height others wait for) and find those blocks in the store."""
+    head = (state.height, state.head_hash, state.head_timestamp_ms)
     state.begin()
     # Packs accepted by earlier blocks of this batch are not in the store yet.
     batch_packs: dict[str, set[bytes]] = {}
@@ -143,20 +151,17 @@ def _apply_evaluated(
     error: InvalidBlockError | None = None
     for block, evaluated in zip(blocks, evaluations, strict=True):
         try:
-            entries = execute_block(state, block, known_packs, evaluated)
+            entries = execute_block(state, block, known_packs, evaluated, parent=head)
         except InvalidBlockError as exc:
             error = exc
             break
         for e in entries:
             batch_packs.setdefault(e.contribution.goal_id, set()).add(e.contribution.pack_hash)
         done.append((block, entries))
-        state.height = block.height
-        state.head_hash = block.hash
-        state.head_timestamp_ms = block.header.timestamp_ms
+        head = (block.height, block.hash, block.header.timestamp_ms)
     if error is not None:
         # The failing block mutated the state part-way: start over with the valid prefix only.
         state.rollback()
-        state.height, state.head_hash, state.head_timestamp_ms = start
         if not done:
             state.begin()
             return 0, error
@@ -166,7 +171,7 @@ def _apply_evaluated(
         store.append_blocks(done)
     except BaseException:
         state.rollback()
-        state.height, state.head_hash, state.head_timestamp_ms = start
         raise
+    state.height, state.head_hash, state.head_timestamp_ms = head
     state.begin()
     return len(done), None

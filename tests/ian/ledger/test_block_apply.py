@@ -184,6 +184,25 @@ def test_a_fetched_batch_applies_in_one_go_and_stops_at_the_first_bad_block(
     assert (applied, error) == (2, None) and state.height == 5
 
 
+def test_the_head_moves_only_once_the_store_holds_the_blocks(tmp_path: Path) -> None:
+    """Other threads read the head (the height a peer is told, the height a test waits for)
+    and must find its blocks in the store."""
+    ident, blocks = _sequence(tmp_path, 3)
+    state, store = _follower(tmp_path)
+    write = store.append_blocks
+    seen: list[tuple[int, int]] = []
+
+    def watched(done):  # the real write, with what the head says while it runs
+        seen.append((state.height, store.head()[0]))
+        write(done)
+
+    store.append_blocks = watched  # type: ignore[method-assign]
+    applied, error = apply_blocks(state, store, blocks, sequencer=ident.node_id)
+    assert (applied, error) == (3, None)
+    assert seen == [(0, 0)]
+    assert (state.height, state.head_hash) == (3, blocks[-1].hash) and store.head()[0] == 3
+
+
 def test_a_pack_repeated_across_blocks_of_one_batch_is_a_duplicate(tmp_path: Path) -> None:
     ident, blocks = _sequence(tmp_path, 1)
     state, store = _follower(tmp_path)
