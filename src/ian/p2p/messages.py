@@ -44,14 +44,21 @@ with :func:`ian.consensus.codec.decode`, which raises
 
 Decoding failures: bytes that are not a JSON envelope of protocol version 1, or an unknown
 ``type``, raise :class:`ProtocolViolation`; a known type whose body does not validate raises
-:class:`InvalidMessage`. Unknown *fields* in a body are ignored so that a newer minor release can
-add optional fields without breaking older peers.
+:class:`InvalidMessage`. A string that is not Unicode text (bad UTF-8, a lone surrogate
+escape such as ``"\\ud800"``) anywhere makes the frame a :class:`ProtocolViolation`. Unknown
+*fields* in a body are ignored so that a newer minor release can add optional fields without
+breaking older peers.
+
+Frames are read and written with msgspec: the envelope is parsed with its body kept as bytes
+until its type is known; block-carrying bodies (``blocks``, ``block_announce``) then decode
+straight into their msgspec docs, every other body into plain JSON data for its pydantic model.
+Encoding hands msgspec the message's fields as they are (block docs included), so a reply of
+thousands of entries is not dumped to dicts first.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, TypeGuard
 
@@ -349,16 +356,69 @@ class Envelope:
         return self.message.TYPE
 
 
+def _json_data(value: Any) -> Any:
+    """msgspec's hook for what it cannot encode itself: a nested model (a peer entry)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise NotImplementedError(f"{type(value).__name__} is not a wire type")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_json_data)
+
+
 def encode_envelope(envelope: Envelope) -> bytes:
-    """The UTF-8 JSON payload of ``envelope`` (compact; no framing)."""
-    doc = {
-        "v": PROTOCOL_VERSION,
-        "type": envelope.message.TYPE,
-        "id": envelope.id,
-        "re": envelope.re,
-        "body": envelope.message.model_dump(mode="json"),
-    }
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """The UTF-8 JSON payload of ``envelope`` (compact; no framing).
+
+    The body is the message's fields as they are, in declaration order: the bytes of
+    ``model_dump(mode="json")``, without building that copy (every field is a JSON value, a
+    msgspec doc or a model). Floats (in a genesis document, a result) are written in their
+    shortest form, which reads back as the same number."""
+    message = envelope.message
+    body = {name: getattr(message, name) for name in type(message).model_fields}
+    return _ENCODER.encode(
+        {
+            "v": PROTOCOL_VERSION,
+            "type": message.TYPE,
+            "id": envelope.id,
+            "re": envelope.re,
+            "body": body,
+        }
+    )
+
+
+class _Frame(Struct):
+    """A frame before its type is known: any JSON value per envelope field (checked by
+    :func:`decode_envelope`), the body's JSON text kept as it is (its syntax checked)."""
+
+    v: Any = None
+    type: Any = None
+    id: Any = None
+    re: Any = None
+    body: msgspec.Raw = msgspec.Raw(b"")
+
+
+class _BlocksBody(Struct):
+    blocks: Annotated[list[BlockDoc], Meta(max_length=MAX_BLOCKS_PER_MESSAGE)] = []
+
+
+class _BlockAnnounceBody(Struct):
+    block: BlockDoc
+
+
+_FRAME = msgspec.json.Decoder(_Frame)
+_JSON = msgspec.json.Decoder()
+_BLOCKS_BODY = msgspec.json.Decoder(_BlocksBody)
+_ANNOUNCE_BODY = msgspec.json.Decoder(_BlockAnnounceBody)
+
+
+def _typed_body(mtype: str, body: msgspec.Raw) -> Message | None:
+    """The message of a block-carrying ``body``, decoded and checked by msgspec with the same
+    constraints as its model's fields (None for the other types); raises msgspec's errors."""
+    if mtype == Blocks.TYPE:
+        return Blocks.model_construct(blocks=_BLOCKS_BODY.decode(body).blocks)
+    if mtype == BlockAnnounce.TYPE:
+        return BlockAnnounce.model_construct(block=_ANNOUNCE_BODY.decode(body).block)
+    return None
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -373,29 +433,36 @@ def decode_envelope(payload: bytes) -> Envelope:
     body can still be answered with an error.
     """
     try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and over-long integer literals.
+        frame = _FRAME.decode(payload)
+    except msgspec.ValidationError:
+        raise ProtocolViolation("frame is not a JSON object") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProtocolViolation(f"frame is not UTF-8 JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolViolation("frame is not a JSON object")
-    version = doc.get("v")
+    version = frame.v
     if not _is_int(version) or version != PROTOCOL_VERSION:
         raise ProtocolViolation(f"unsupported envelope version {version!r}")
-    mtype, mid, re, body = doc.get("type"), doc.get("id"), doc.get("re"), doc.get("body")
+    mtype, mid, re, body = frame.type, frame.id, frame.re, frame.body
     if not isinstance(mtype, str):
         raise ProtocolViolation("envelope has no type")
     cls = MESSAGE_TYPES.get(mtype)
     if cls is None:
         raise ProtocolViolation(f"unknown message type {mtype[:64]!r}")
-    if not _is_int(mid) or not (re is None or _is_int(re)) or not isinstance(body, dict):
+    if not _is_int(mid) or not (re is None or _is_int(re)) or bytes(memoryview(body)[:1]) != b"{":
         raise ProtocolViolation(f"malformed {mtype} envelope (id, re or body)")
     try:
-        message = cls.model_validate(body)
+        message = _typed_body(mtype, body)
+        if message is None:
+            message = cls.model_validate(_JSON.decode(body))
     except ValidationError as exc:
         raise InvalidMessage(
             f"invalid {mtype}: {_summary(exc)}", message_type=mtype, message_id=mid
         ) from None
+    except msgspec.ValidationError as exc:
+        raise InvalidMessage(
+            f"invalid {mtype}: {exc}", message_type=mtype, message_id=mid
+        ) from None
+    except (msgspec.DecodeError, RecursionError) as exc:  # the body's syntax was checked: text
+        raise ProtocolViolation(f"frame is not UTF-8 JSON: {exc}") from None
     return Envelope(id=mid, re=re, message=message)
 
 
