@@ -136,8 +136,8 @@ def _apply_evaluated(
 ) -> tuple[int, InvalidBlockError | None]:
     """:func:`apply_blocks` on signed blocks whose entries are evaluated.
 
-    The state's head moves only once the store holds the blocks: other threads read it (the
-    height a peer is told, the height others wait for) and find those blocks in the store."""
+    The state's head moves only once the store holds the blocks: the event loop reads it while
+    this runs in a worker thread, and must find the blocks of the height it reads."""
     head = (state.height, state.head_hash, state.head_timestamp_ms)
     state.begin()
     # Packs accepted by earlier blocks of this batch are not in the store yet.

@@ -185,8 +185,8 @@ def test_a_fetched_batch_applies_in_one_go_and_stops_at_the_first_bad_block(
 
 
 def test_the_head_moves_only_once_the_store_holds_the_blocks(tmp_path: Path) -> None:
-    """Other threads read the head (the height a peer is told, the height a test waits for)
-    and must find its blocks in the store."""
+    """The event loop reads the head while blocks are applied in a worker thread, and must
+    find the blocks of the height it reads in the store."""
     ident, blocks = _sequence(tmp_path, 3)
     state, store = _follower(tmp_path)
     write = store.append_blocks
