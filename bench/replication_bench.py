@@ -83,7 +83,8 @@ NAME = "replication"
 GOAL_ID = "BENCH_TRIVIAL"
 GOALS_JSON = json.dumps([{"id": GOAL_ID, "evaluator": "trivial"}])
 TARGET_P99_MS = 250.0
-TARGET_CATCH_UP_PER_S = 20_000.0
+#: issue 14 (performance) raised the replication issue's 20,000/s
+TARGET_CATCH_UP_PER_S = 40_000.0
 P2P_LINE = re.compile(r"\) p2p on tcp://([^:\s]+):(\d+)")
 API_LINE = re.compile(r"serving the API on http://([^:\s]+):(\d+)")
 
