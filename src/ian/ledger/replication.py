@@ -402,10 +402,13 @@ class Replicator:
 
     def _best_peer(self) -> tuple[str, int] | None:
         """The peer claiming the highest height (hello/status: unsigned hints), skipping claims
-        already disproven and peers to be asked again later."""
+        already disproven and peers to be asked again later. Forgets what it noted about peers
+        no longer connected (:meth:`_forget_gone`)."""
         best: tuple[str, int] | None = None
         now = time.monotonic()
-        for p in self.p2p.peers():
+        peers = self.p2p.peers()
+        self._forget_gone({p.node_id for p in peers})
+        for p in peers:
             h = p.height
             if self._disproven.get(p.node_id, -1) >= h:
                 continue
@@ -414,6 +417,14 @@ class Replicator:
             if best is None or h > best[1]:
                 best = (p.node_id, h)
         return best
+
+    def _forget_gone(self, connected: set[str]) -> None:
+        """Drop the disproven claims and retry times of peers no longer connected: the maps
+        hold connected peers only, however many identities come and go. One that comes back
+        is asked again, and charged again if it still cannot show its block."""
+        for noted in (self._disproven, self._unasked):
+            for node_id in [n for n in noted if n not in connected]:
+                del noted[node_id]
 
     async def _prove_claim(self, node_id: str, height: int) -> bool:
         """A peer says it holds ``height``: believe it (for the network height, readiness and

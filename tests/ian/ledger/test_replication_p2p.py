@@ -218,6 +218,19 @@ async def test_a_claim_is_asked_about_again_after_a_request_failed_on_the_way(
     assert pair.follower.state.head_hash == seq.state.head_hash
 
 
+async def test_what_a_follower_noted_about_a_peer_goes_with_the_peer(pair: Pair) -> None:
+    """Disproven claims and retry times are kept for connected peers only: identities that
+    come and go cannot grow them."""
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+    seq_id, gone = pair.seq_switch.node_id, "ab" * 20
+    rep = pair.fol_rep
+    rep._disproven.update({seq_id: 99, gone: 7})
+    rep._unasked.update({seq_id: (0.0, 1), gone: (0.0, 3)})
+    rep._best_peer()
+    assert rep._disproven == {seq_id: 99} and rep._unasked == {seq_id: (0.0, 1)}
+
+
 async def test_a_follower_forwards_contributions_to_the_sequencer(pair: Pair, packs: Any) -> None:
     host, port = pair.seq_switch.bound_address  # type: ignore[misc]
     await pair.fol_switch.connect(f"tcp://{host}:{port}")
