@@ -84,6 +84,11 @@ CATCH_UP_SETTLE_S = 1.0
 #: takes many small blocks per round trip); their payload bytes are bounded too, so that one
 #: message fits in a P2P frame (see :func:`consensus_message_bytes`)
 CONSENSUS_BLOCKS_PER_MESSAGE = 256
+#: seconds between two status announcements to peers, at least, with several authorities:
+#: heights travel in the consensus messages there (the leader knows what each peer holds, every
+#: node the commit), so a status only feeds the peers listing, and at one per applied block it
+#: cost every node a TLS frame to send or read for each peer
+CONSENSUS_STATUS_INTERVAL_S = 1.0
 
 
 def package_version() -> str:
@@ -397,6 +402,7 @@ class Node:
             evaluator=self.evaluation,
         )
         self.consensus.set_learners({peer.node_id for peer in self.p2p.peers()})
+        self.p2p.status_min_interval = CONSENSUS_STATUS_INTERVAL_S
         log.info(
             "chain %s has %d authorities: consensus log %s (applied to height %d)",
             genesis.chain_id()[:16],

@@ -14,7 +14,7 @@ from ian.chain.goals import DEMO_GOAL, GoalSpec
 from ian.config import load_settings
 from ian.errors import GenesisError
 from ian.identity import Identity
-from ian.node import Node
+from ian.node import CONSENSUS_STATUS_INTERVAL_S, Node
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 OTHER = Identity.generate()
@@ -116,6 +116,8 @@ def test_a_quorum_genesis_runs_consensus(tmp_path: Path) -> None:
         assert node.consensus is not None and node.bridge is not None
         assert node.role == "follower" and node.sequencer_id is None
         assert (tmp_path / "follower" / "consensus.db").is_file()
+        # Heights travel in consensus messages: status gossip only feeds the peers listing.
+        assert node.p2p.status_min_interval == CONSENSUS_STATUS_INTERVAL_S
     finally:
         node.close()
     with pytest.raises(GenesisError, match="authorities elect their leader"):

@@ -396,7 +396,10 @@ class PeerConnection(BaseModel):
     address: str
     direction: str | None = Field(description="inbound or outbound")
     connected_since: float | None
-    height: int | None = Field(description="The peer's chain height as it last announced it")
+    height: int | None = Field(
+        description="The peer's chain height as it last announced it (at most ten times a second;"
+        " once a second on a chain of several authorities)"
+    )
     cert_fingerprint: str | None
     score: float | None = Field(description="Peer-book score; null when the book has no record")
 

@@ -52,6 +52,7 @@ import contextlib
 import importlib.metadata
 import ipaddress
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -136,7 +137,7 @@ def _agent() -> str:
         return "ian/dev"
 
 
-STATUS_MIN_INTERVAL_S = 0.1  # height gossip: at most ten a second
+STATUS_MIN_INTERVAL_S = 0.1  # height gossip: at most ten a second (P2PService.status_min_interval)
 
 #: Message types the switch answers itself; :meth:`P2PService.on` refuses them.
 RESERVED_TYPES = frozenset({"hello", "goodbye", "ping", "pong", "error"})
@@ -283,7 +284,9 @@ class P2PService:
         self._tg: anyio.abc.TaskGroup | None = None
         self._bound: tuple[str, int] | None = None
         self._last_status: tuple[int, bytes] | None = None
-        self._last_status_at = -STATUS_MIN_INTERVAL_S
+        self._last_status_at = -math.inf
+        #: seconds between two status announcements, at least (see :meth:`announce_status`)
+        self.status_min_interval = STATUS_MIN_INTERVAL_S
 
     # ------------------------------------------------------------------ registration
 
@@ -531,12 +534,12 @@ class P2PService:
     def announce_status(self) -> None:
         """Gossip our height (call after applying a block); also done periodically.
 
-        At most one status per STATUS_MIN_INTERVAL_S: a node applying hundreds of blocks a
+        At most one status per :attr:`status_min_interval`: a node applying hundreds of blocks a
         second (catching up) must not flood its peers, whose rate limits would then refuse
         its sync requests. A skipped announcement is sent by the next maintenance tick.
         """
         now = anyio.current_time()
-        if now - self._last_status_at < STATUS_MIN_INTERVAL_S:
+        if now - self._last_status_at < self.status_min_interval:
             return
         self._last_status_at = now
         height, head = self._height_provider()

@@ -362,6 +362,34 @@ async def test_rate_limit(cluster: Cluster) -> None:
     assert a.connected(b)
 
 
+async def test_status_announcements_are_spaced_by_the_status_interval(cluster: Cluster) -> None:
+    """``announce_status`` (called after every applied block) sends at most one status per
+    ``status_min_interval``."""
+    a = await cluster.start("a")
+    b = await cluster.start("b")
+    await b.service.connect(a.address)
+    await a.wait_for(lambda: a.connected(b))
+    received = b.metrics.messages_received.labels("status")
+    markers = iter(range(100, 200))
+
+    async def announced(times: int) -> int:
+        """Statuses ``b`` received for ``times`` announcements, counted once a marker status
+        sent after them arrived (frames to a peer arrive in order)."""
+        before = received._value.get()
+        for _ in range(times):
+            a.service.announce_status()
+        marker = next(markers)
+        await a.service.send(b.node_id, Status(height=marker, head_hash="33" * 32))
+        await b.wait_for(lambda: [p.height for p in b.service.peers()] == [marker])
+        return int(received._value.get() - before) - 1
+
+    a.service.status_min_interval = 0.0
+    await announced(1)  # the height is announced: the maintenance tick has nothing to send
+    assert await announced(5) == 5
+    a.service.status_min_interval = 3600.0
+    assert await announced(5) == 0
+
+
 async def test_bad_score_disconnects(cluster: Cluster) -> None:
     a = await cluster.start("a")
     b = await cluster.start("b")
