@@ -34,6 +34,8 @@ def run(
 
     Example: IAN_DATA_DIR=/data ian node run
     """
+    from functools import partial
+
     import anyio
 
     from ian.log_setup import configure_logging
@@ -50,7 +52,7 @@ def run(
         backups=settings.log_backups,
     )
     node = Node.open(settings)
-    anyio.run(node.run, backend_options={"use_uvloop": True})
+    anyio.run(partial(node.run, freeze_gc=True), backend_options={"use_uvloop": True})
 
 
 @app.command("init")
