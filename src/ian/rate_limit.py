@@ -7,57 +7,51 @@ the least recently used key, so a flood of distinct keys cannot grow it without 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    rate: float  # tokens per second
-    burst: float  # capacity
-    tokens: float
-    updated: float
-
-    def take(self, now: float, cost: float = 1.0) -> float:
-        """Take ``cost`` tokens; returns 0.0 on success, else seconds until it would succeed."""
-        elapsed = max(0.0, now - self.updated)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.updated = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return 0.0
-        if self.rate <= 0:
-            return float("inf")
-        return (cost - self.tokens) / self.rate
 
 
 class BucketTable:
-    """Buckets by key with shared parameters; at most ``max_keys`` are remembered."""
+    """Token buckets by key with shared parameters; at most ``max_keys`` are remembered.
+
+    A bucket is a ``(tokens, updated)`` pair of floats: a tuple of floats is an object the
+    cyclic garbage collector stops tracking, so a node remembering 100,000 contributors gives
+    its full collections nothing more to walk (as bucket objects, they were nearly all a busy
+    node's tracked objects once start-up was frozen: ``ian.node.freeze_start_up_objects``).
+    """
 
     def __init__(self, rate: float, burst: float, *, max_keys: int = 100_000) -> None:
-        self.rate = rate
-        self.burst = burst
+        self.rate = rate  # tokens per second
+        self.burst = burst  # capacity
         self.max_keys = max_keys
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def configure(self, rate: float, burst: float) -> None:
         """Change the limits for every key (a running node's rate limits can be raised live)."""
         self.rate = rate
         self.burst = burst
-        for b in self._buckets.values():
-            b.rate = rate
-            b.burst = burst
-            b.tokens = min(b.tokens, burst)
+        for key, (tokens, updated) in list(self._buckets.items()):
+            if tokens > burst:
+                self._buckets[key] = (burst, updated)
 
     def take(self, key: str, now: float, cost: float = 1.0) -> float:
-        bucket = self._buckets.get(key)
+        """Take ``cost`` tokens from ``key``'s bucket (a new one is full); returns 0.0 on
+        success, else the seconds until it would succeed (infinite at rate 0)."""
+        buckets = self._buckets
+        bucket = buckets.get(key)
         if bucket is None:
-            bucket = TokenBucket(self.rate, self.burst, self.burst, now)
-            self._buckets[key] = bucket
-            if len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
+            tokens = self.burst
+            if buckets and len(buckets) >= self.max_keys:
+                buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(key)
-        return bucket.take(now, cost)
+            buckets.move_to_end(key)
+            held, updated = bucket
+            tokens = min(self.burst, held + max(0.0, now - updated) * self.rate)
+        if tokens >= cost:
+            buckets[key] = (tokens - cost, now)
+            return 0.0
+        buckets[key] = (tokens, now)
+        if self.rate <= 0:
+            return float("inf")
+        return (cost - tokens) / self.rate
 
     def __len__(self) -> int:
         return len(self._buckets)
