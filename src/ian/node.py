@@ -968,6 +968,8 @@ class Node:
                     self.bound.ws = await inner.start(ws.serve)
                     inner.start_soon(self._checkpoint_loop)
                     inner.start_soon(self._cert_renewal_loop)
+                    if freeze_gc:  # before "serving": its pause (~60 ms) is part of start-up
+                        freeze_start_up_objects()
                     log.info(
                         "node %s (%s) p2p on tcp://%s:%d",
                         self.identity.node_id,
@@ -981,8 +983,6 @@ class Node:
                         self.state.height,
                     )
                     log.info("node %s events on ws://%s:%d", self.identity.node_id, *self.bound.ws)
-                    if freeze_gc:
-                        freeze_start_up_objects()
                     task_status.started(self.bound)
                     await self._stop.wait()
                     with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):

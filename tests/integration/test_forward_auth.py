@@ -11,7 +11,13 @@ import httpx
 import msgspec
 import pytest
 from tests.support.hostile import HostilePeer, frame
-from tests.support.nodes import NETWORK_ENV, TRIVIAL_GOAL, NodeProcess, contribution
+from tests.support.nodes import (
+    NETWORK_ENV,
+    TRIVIAL_GOAL,
+    NodeProcess,
+    contribution,
+    wait_connected,
+)
 
 from ian.chain.contributions import make_contribution
 from ian.p2p import messages as msg
@@ -73,6 +79,7 @@ def test_the_token_cannot_be_bypassed_over_p2p(ian_nodes, tmp_path) -> None:
     assert log_size(seq) == 0
     # A follower holding the network's token forwards for its authenticated clients.
     fol = ian_nodes.start_follower(seq, env)
+    wait_connected(fol, seq)  # a follower not yet connected answers 503 (unreachable)
     r = httpx.post(
         fol.api_url + "/api/v1/contribute",
         json=contribution(1, tag="with-token"),
