@@ -933,9 +933,9 @@ class Node:
     ) -> None:
         """Serve until :meth:`request_stop` or a signal; always closes the store and the lock.
 
-        ``freeze_gc``: once serving, keep what start-up made out of the cyclic garbage
-        collector's full collections (:func:`freeze_start_up_objects`); for a process that
-        runs one node (``ian node run``), not for one that starts many."""
+        ``freeze_gc``: once started (before logging that it serves), keep what start-up made
+        out of the cyclic garbage collector's full collections (:func:`freeze_start_up_objects`);
+        for a process that runs one node (``ian node run``), not for one that starts many."""
         from ian.api.server import ApiServer
         from ian.api.ws import EventStreamServer
 
@@ -1008,10 +1008,10 @@ class Node:
 
 def freeze_start_up_objects() -> None:
     """Collect the garbage once, then exempt every object alive now from later collections
-    (:func:`gc.freeze`). A node holds ~120,000 objects once started (the API app and its
-    schemas, the chain state, the modules); every full collection walked them all: pauses of
-    ~70 ms under the HTTP bench, ~13 ms with them frozen. Frozen objects are still freed when
-    their last reference goes; only a reference cycle among them would be kept."""
+    (:func:`gc.freeze`). A started node holds ~90,000 objects the collector tracks (the API app
+    and its schemas, the chain state, the modules); every full collection walked them all:
+    pauses of ~80 ms under the HTTP bench, ~12-18 ms with them frozen. Frozen objects are still
+    freed when their last reference goes; only a reference cycle among them would be kept."""
     gc.collect()
     gc.freeze()
 

@@ -1,4 +1,4 @@
-"""``Node.run(freeze_gc=True)`` (what ``ian node run`` asks for): once serving, the objects made
+"""``Node.run(freeze_gc=True)`` (what ``ian node run`` asks for): once started, the objects made
 during start-up are kept out of the cyclic garbage collector's full collections."""
 
 from __future__ import annotations
