@@ -49,7 +49,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import base_parser, emit, environment, median, percentile, render_table
+from common import (
+    base_parser,
+    emit,
+    environment,
+    median,
+    percentile,
+    process_cpu_s,
+    render_table,
+)
 
 GOAL = "BENCH"
 BLOCK = 5000
@@ -243,11 +251,6 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class NodeProcess:
     def __init__(self, data: Path, log_path: Path) -> None:
         self.data = data
@@ -295,7 +298,7 @@ class NodeProcess:
                     status = 0
                 if status == 200:
                     wall = time.perf_counter() - t0
-                    cpu = proc_cpu_s(self.proc.pid)
+                    cpu = process_cpu_s(self.proc.pid)
                     mem = proc_status(self.proc.pid)
                     return {
                         "startup_wall_s": wall,

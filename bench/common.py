@@ -71,6 +71,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds process ``pid`` has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def filesystem_of(path: Path) -> str:
     """The filesystem type holding ``path`` (fsync cost depends on it), from /proc/mounts."""
     try:
