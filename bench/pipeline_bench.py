@@ -28,6 +28,7 @@ Results: ``bench/results/pipeline.json``.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import os
@@ -46,6 +47,7 @@ from common import (
     emit,
     environment,
     median,
+    process_cpu_s,
     render_table,
     trivial_parameters,
 )
@@ -189,15 +191,11 @@ def measure_pipeline(evaluator: str, n: int, runs: int, prefill: int = 0) -> dic
 
 
 def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by the processes ``pids`` (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) used so far by the processes ``pids`` (gone ones: none)."""
     total = 0.0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        except (FileNotFoundError, IndexError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
+        with contextlib.suppress(FileNotFoundError, IndexError):
+            total += process_cpu_s(pid)
     return total
 
 
