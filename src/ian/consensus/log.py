@@ -14,6 +14,7 @@ set depends on them).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from typing import Protocol, overload
 
@@ -78,9 +79,13 @@ def window_base(applied: int, certified: int, keep: int) -> int:
 class BlockLog:
     """The log (heights ``1..len``) indexed like a list from 0; blocks at heights <= ``base``
     come from ``cold``. Also the commit certificates, by height. Not iterable: walking the
-    whole log would read it all from disk; :meth:`recent` walks the in-memory part."""
+    whole log would read it all from disk; :meth:`recent` walks the in-memory part.
 
-    __slots__ = ("_certs", "_cold", "_recent", "base", "memory_bytes")
+    The certificates' heights are also kept sorted, so a range of them is found by bisection:
+    a leader asks for one with every message to a peer, and a long-running one holds thousands.
+    """
+
+    __slots__ = ("_cert_heights", "_certs", "_cold", "_recent", "base", "memory_bytes")
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class BlockLog:
         #: what the in-memory blocks cost, roughly: payloads plus BLOCK_OVERHEAD each
         self.memory_bytes = sum(_cost(b) for b in recent)
         self._certs = {h: c for h, c in certificates.items() if h >= base}
+        self._cert_heights = sorted(self._certs)  # the keys of _certs, ascending
         self._cold = cold
 
     def __len__(self) -> int:
@@ -186,13 +192,22 @@ class BlockLog:
         if n:
             del self._recent[:n]
             self.base += n
-            for h in [h for h in self._certs if h < self.base]:
+            below = bisect_left(self._cert_heights, self.base)
+            for h in self._cert_heights[:below]:
                 del self._certs[h]
+            del self._cert_heights[:below]
 
     # ------------------------------------------------------------------ certificates
 
     def add_certificate(self, cert: CommitCertificate) -> None:
-        self._certs[cert.height] = cert
+        h = cert.height
+        if h not in self._certs:
+            heights = self._cert_heights
+            if not heights or h > heights[-1]:
+                heights.append(h)  # the usual case: certificates come in height order
+            else:
+                insort(heights, h)
+        self._certs[h] = cert
 
     def certificate(self, height: int) -> CommitCertificate | None:
         if height >= self.base:
@@ -206,7 +221,8 @@ class BlockLog:
         if low < self.base:
             assert self._cold is not None
             out = self._cold.certified_heights(low, min(high, self.base - 1))
-        out.extend(sorted(h for h in self._certs if max(low, self.base) <= h <= high))
+        heights = self._cert_heights
+        out.extend(heights[bisect_left(heights, max(low, self.base)) : bisect_right(heights, high)])
         return out
 
     def lowest_certificate_from(self, height: int) -> CommitCertificate | None:
@@ -216,8 +232,9 @@ class BlockLog:
             heights = self._cold.certified_heights(height, self.base - 1)
             if heights:
                 return self._cold.certificate(heights[0])
-        above = [h for h in self._certs if h >= height]
-        return self._certs[min(above)] if above else None
+        heights = self._cert_heights
+        at = bisect_left(heights, height)
+        return self._certs[heights[at]] if at < len(heights) else None
 
 
 BLOCK_OVERHEAD = 512

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.ian.consensus.cluster import CHAIN
 
 from ian.consensus import Block, BlockKind, CommitCertificate, genesis_hash
@@ -107,3 +109,33 @@ def test_a_restart_keeps_blocks_below_both_the_applied_mark_and_the_certificates
     assert window_base(applied=100, certified=90, keep=10) == 80
     assert window_base(applied=50, certified=90, keep=10) == 40
     assert window_base(applied=5, certified=90, keep=10) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 30), max_size=40),
+    st.integers(0, 30),
+    st.integers(0, 32),
+    st.integers(0, 32),
+)
+def test_certificate_lookups_agree_with_a_scan_whatever_the_order_they_came_in(
+    added: list[int], limit: int, low: int, high: int
+) -> None:
+    """Certificates can arrive out of height order and twice; the sorted index the lookups
+    bisect must answer what a scan of every certificate held would."""
+    blocks = chain(30, size=BLOCK_OVERHEAD)
+    held = {b.height: cert(b) for b in blocks[:3]}  # given at start-up
+    log = BlockLog(
+        0, list(blocks), held, ListColdLog(blocks, {h: cert(blocks[h - 1]) for h in range(1, 31)})
+    )
+    for h in added:
+        log.add_certificate(cert(blocks[h - 1]))
+        held[h] = cert(blocks[h - 1])
+    log.shrink(limit=limit, budget=10 * 2 * BLOCK_OVERHEAD)
+    in_memory = sorted(h for h in held if h >= log.base)
+    assert log.certified_heights(max(low, log.base), high) == [
+        h for h in in_memory if low <= h <= high
+    ]
+    above = [h for h in in_memory if h >= max(low, log.base)]
+    expected = held[above[0]] if above else None
+    assert log.lowest_certificate_from(max(low, log.base)) == expected
