@@ -148,7 +148,7 @@ class ConsensusDriver:
         self.applied_through = core.applied_height
         self._unsaved_mark: int | None = None  # applied, not yet saved in the log (_apply)
         self._mark_saved_at = 0.0
-        switch.on(Consensus.TYPE, self._on_message)
+        switch.on(Consensus.TYPE, self._on_message, inline=True)
 
     # ------------------------------------------------------------------ views
 

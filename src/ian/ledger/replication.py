@@ -131,7 +131,7 @@ class Replicator:
         # Each reply may be a whole frame (16 MiB) held until queued: two per peer at a time.
         p2p.on(msg.GetBlocks.TYPE, self._on_get_blocks, per_peer=GET_BLOCKS_PER_PEER)
         p2p.on(msg.ContributionForward.TYPE, self._on_forward)
-        p2p.on(msg.Status.TYPE, self._on_status)
+        p2p.on(msg.Status.TYPE, self._on_status, inline=True)
 
     # -- what the node shows --------------------------------------------------------------------
     @property

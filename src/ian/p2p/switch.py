@@ -274,6 +274,7 @@ class P2PService:
         self._buckets = BucketTable(self.tuning.rate, self.tuning.burst, max_keys=10_000)
         self._handlers: dict[str, Handler] = {}
         self._per_peer: dict[str, int] = {}  # msg_type -> concurrent handlers per peer
+        self._inline: set[str] = set()  # msg_types handled in the reader (see on())
         self._listeners: list[PeerListener] = []
         self._peers: dict[str, Connection] = {}
         self._inbound_per_ip: Counter[str] = Counter()
@@ -296,6 +297,7 @@ class P2PService:
         handler: Callable[[PeerInfo, _M], Awaitable[Message | None]],
         *,
         per_peer: int | None = None,
+        inline: bool = False,
     ) -> None:
         """Handle incoming ``msg_type`` messages (requests and notifications, not replies).
 
@@ -303,6 +305,11 @@ class P2PService:
         messages are dispatched to it. ``per_peer`` caps how many of them run at once for one
         peer (for handlers that build big replies: each holds its reply until it is queued);
         beyond it the peer is not read until one finishes.
+
+        ``inline`` runs the handler in the peer's reader, without a task of its own: for a
+        handler that only hands the message on (it never waits for a peer, a disk or a lock
+        held long). The peer is not read while it runs, its messages are handled in the order
+        they came, and it costs neither a task nor the handler slots (``per_peer`` is 1).
 
         The handler's return value, if not None, is sent back as the reply. One handler per
         type; registering again replaces it. Reserved types (:data:`RESERVED_TYPES`): hello,
@@ -314,7 +321,13 @@ class P2PService:
             raise ValueError(f"{msg_type!r} is handled by the switch itself")
         # Dispatch is by type name and decoding builds that type's class, so the handler only
         # ever gets an _M; the table holds handlers of every message type side by side.
+        if inline and per_peer is not None:
+            raise ValueError("an inline handler runs one message at a time: no per_peer")
         self._handlers[msg_type] = cast(Handler, handler)
+        if inline:
+            self._inline.add(msg_type)
+        else:
+            self._inline.discard(msg_type)
         if per_peer is not None:
             if per_peer < 1:
                 raise ValueError("per_peer must be at least 1")
@@ -952,6 +965,9 @@ class P2PService:
                 self._reply(
                     conn, envelope.id, Error(code="unsupported", message=f"no {envelope.type}")
                 )
+            return
+        if envelope.type in self._inline:
+            await self._handle(conn, envelope, handler)
             return
         # Waiting for a slot stops reading from this peer: backpressure, not unbounded tasks.
         limit = self._per_peer.get(envelope.type)

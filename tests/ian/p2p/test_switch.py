@@ -511,6 +511,35 @@ async def test_per_peer_handler_limit_holds_further_requests(cluster: Cluster) -
         a.service.on("get_blocks", get_blocks, per_peer=0)
 
 
+async def test_an_inline_handler_runs_in_the_reader_one_message_at_a_time(
+    cluster: Cluster,
+) -> None:
+    """An inline handler has no task of its own: while it waits, nothing more is read from
+    that peer (a task per message would have started the second status at once)."""
+    a = await cluster.start("a")
+    b = await cluster.start("b")
+    await b.service.connect(a.address)
+    await a.wait_for(lambda: a.connected(b))
+    seen: list[int] = []
+    gate = anyio.Event()
+
+    async def on_status(peer: PeerInfo, message: Status) -> None:
+        seen.append(message.height)
+        if message.height == 1:
+            await gate.wait()
+
+    a.service.on("status", on_status, inline=True)
+    for height in (1, 2, 3):
+        await b.service.send(a.node_id, Status(height=height, head_hash="00" * 32))
+    await a.wait_for(lambda: seen == [1])
+    await wait_all_tasks_blocked()
+    assert seen == [1]
+    gate.set()
+    await a.wait_for(lambda: seen == [1, 2, 3])
+    with pytest.raises(ValueError, match="inline"):
+        a.service.on("status", on_status, per_peer=2, inline=True)
+
+
 async def test_broadcast_and_status(cluster: Cluster) -> None:
     a = await cluster.start("a")
     b = await cluster.start("b")
