@@ -319,10 +319,10 @@ class P2PService:
             raise ValueError(f"unknown message type {msg_type!r}")
         if msg_type in RESERVED_TYPES:
             raise ValueError(f"{msg_type!r} is handled by the switch itself")
-        # Dispatch is by type name and decoding builds that type's class, so the handler only
-        # ever gets an _M; the table holds handlers of every message type side by side.
         if inline and per_peer is not None:
             raise ValueError("an inline handler runs one message at a time: no per_peer")
+        # Dispatch is by type name and decoding builds that type's class, so the handler only
+        # ever gets an _M; the table holds handlers of every message type side by side.
         self._handlers[msg_type] = cast(Handler, handler)
         if inline:
             self._inline.add(msg_type)
