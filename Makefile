@@ -51,8 +51,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_bench.py
 
-# Every benchmark, one after the other (32 min on 2026-12-07, 6 of them building bigstore's 10M
-# store, cached for later runs; the README's performance section comes from one run). Tables go
+# Every benchmark, one after the other (25 min on 2026-12-08 with bigstore's 10M store cached;
+# building it adds ~6 min once; the README's performance section comes from one run). Tables go
 # to the terminal and bench/results/all.txt, JSON to bench/results/.
 BENCHES := pipeline http http:--api-workers=2 http:--etcd http:--etcd:--api-workers=2 consensus consensus_memory replication cli bigstore backup prune p2p hostile
 
