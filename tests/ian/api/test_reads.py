@@ -235,3 +235,6 @@ async def test_a_log_page_is_the_document_the_model_describes(api, packs) -> Non
             ).model_dump(mode="json")
             assert r.json() == expected, (goal, start, limit)
             assert m.LogResponse.model_validate_json(r.content).model_dump(mode="json") == expected
+            # the fields in the model's order too (a client may print them as they come)
+            keys = [list(e) for e in json.loads(r.content)["entries"]]
+            assert keys == [list(e) for e in expected["entries"]]

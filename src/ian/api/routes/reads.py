@@ -24,6 +24,23 @@ router = APIRouter(tags=["goals"])
 _encode = msgspec.json.Encoder().encode
 
 
+class _LogRow(msgspec.Struct, gc=False):
+    """One entry of a log page as encoded: :class:`~ian.api.models.LogEntry`'s fields in its
+    order. A struct is built and encoded in about half the time of a dict (a page holds up to
+    1,000), and the collector does not track it."""
+
+    goal_id: str
+    log_index: int
+    contribution_hash: str
+    pack_hash: str
+    contributor_id: str
+    seed: int
+    version: str
+    score: float
+    metrics: msgspec.Raw  # the stored canonical JSON, copied as is
+    block_height: int
+
+
 @router.get("/api/v1/goals", response_model=m.GoalsResponse)
 async def goals(node: NodeDep) -> m.GoalsResponse:
     """Every goal this node runs: its spec and log size."""
@@ -92,19 +109,10 @@ async def log_entries(
             "size": size,
             "root": view.log_root.hex(),
             "entries": [
-                {
-                    "goal_id": g,
-                    "log_index": i,
-                    "contribution_hash": ch.hex(),
-                    "pack_hash": ph.hex(),
-                    "contributor_id": who,
-                    "seed": seed,
-                    "version": version,
-                    "score": score,
-                    "metrics": msgspec.Raw(metrics),
-                    "block_height": height,
-                }
-                for g, i, ch, ph, who, seed, version, score, metrics, height in rows
+                _LogRow(
+                    g, i, ch.hex(), ph.hex(), who, seed, version, score, msgspec.Raw(metrics), h
+                )
+                for g, i, ch, ph, who, seed, version, score, metrics, h in rows
             ],
             "next": nxt if nxt < size else None,
         }
