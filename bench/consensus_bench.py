@@ -315,12 +315,21 @@ class CpuSpent:
         return sum(spent) / len(spent) / self.blocks * 1e3
 
 
-async def measure_propagation(work: Path, followers: int, n: int) -> dict[str, Any]:
-    net = Network(work, "prop")
+def with_followers(work: Path, tag: str, followers: int) -> tuple[Network, list[Node], Node]:
+    """Three authorities and ``followers`` followers, all started; and the leader."""
+    net = Network(work, tag)
     try:
         nodes = [net.add_follower(f"f{k}") for k in range(followers)]
         with httpx.Client(timeout=5) as sync_client:
-            leader = net.leader(sync_client)
+            return net, nodes, net.leader(sync_client)
+    except BaseException:
+        net.stop()
+        raise
+
+
+async def measure_propagation(work: Path, followers: int, n: int) -> dict[str, Any]:
+    net, nodes, leader = with_followers(work, "prop", followers)
+    try:
         names = [f.name for f in nodes]
         applied = Applied()
         async with anyio.create_task_group() as tg:
@@ -385,11 +394,8 @@ GROWTH_WINDOWS = 8
 
 async def measure_growth(work: Path, followers: int, n: int) -> dict[str, Any]:
     """CPU per single-entry block by role, in ``GROWTH_WINDOWS`` windows of ``n`` blocks."""
-    net = Network(work, "grow")
+    net, nodes, leader = with_followers(work, "grow", followers)
     try:
-        nodes = [net.add_follower(f"f{k}") for k in range(followers)]
-        with httpx.Client(timeout=5) as sync_client:
-            leader = net.leader(sync_client)
         others = [a for a in net.authorities if a is not leader]
         everyone = [*net.authorities, *nodes]
         per_window = max(1, n // GROWTH_WINDOWS)
