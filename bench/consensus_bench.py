@@ -26,7 +26,7 @@ a fresh follower's catch-up, every node a real ``ian node run`` on loopback.
     contribution at a time to the leader of 3 authorities with 5 followers, and each role's CPU
     per block (idle rate taken out) in 8 windows of them: what a block costs should not grow
     with the chain. A leader that scanned every commit certificate it held for each message to a
-    peer went from ~11 to ~16 ms a block over 4,000 blocks.
+    peer went from ~9.5 to ~16 ms a block over 4,000 blocks.
 
     .venv/bin/python bench/consensus_bench.py [--quick] [--json-only] [--kills N]
         [--growth-blocks N]
@@ -393,7 +393,7 @@ GROWTH_WINDOWS = 8
 
 
 async def measure_growth(work: Path, followers: int, n: int) -> dict[str, Any]:
-    """CPU per single-entry block by role, in ``GROWTH_WINDOWS`` windows of ``n`` blocks."""
+    """CPU per single-entry block by role over ``n`` blocks, in ``GROWTH_WINDOWS`` windows."""
     net, nodes, leader = with_followers(work, "grow", followers)
     try:
         others = [a for a in net.authorities if a is not leader]
@@ -415,7 +415,6 @@ async def measure_growth(work: Path, followers: int, n: int) -> dict[str, Any]:
                         raise SystemExit(r.text)
                 elapsed = time.perf_counter() - started
                 after = cpu_seconds(everyone)
-
                 spent = CpuSpent(before, after, idle, elapsed, per_window)
                 windows.append(
                     {
