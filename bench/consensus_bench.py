@@ -537,6 +537,8 @@ def main() -> None:
         help="single-entry blocks of the growth phase (default 4,000; 400 with --quick)",
     )
     args = parser.parse_args()
+    if args.growth_blocks is not None and args.growth_blocks < GROWTH_WINDOWS:
+        parser.error(f"--growth-blocks must be at least {GROWTH_WINDOWS} (a block per window)")
     quick = args.quick
     kills = args.kills or (5 if quick else 20)
     work = Path(tempfile.mkdtemp(prefix="ian-consensus-bench-"))

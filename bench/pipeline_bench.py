@@ -194,7 +194,7 @@ def _cpu_s(pids: list[int]) -> float:
     """CPU seconds (user + system) used so far by the processes ``pids`` (gone ones: none)."""
     total = 0.0
     for pid in pids:
-        with contextlib.suppress(FileNotFoundError, IndexError):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
             total += process_cpu_s(pid)
     return total
 
