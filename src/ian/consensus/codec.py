@@ -1,11 +1,13 @@
 """JSON-able documents for the consensus core's wire messages (and its blocks and certificates).
 
-Pure, no I/O. :func:`encode` turns a :data:`~ian.consensus.types.Message` into a document;
-:func:`decode` turns any object back into a message or raises
-:class:`~ian.consensus.errors.CodecError` (and nothing else). Hashes, public keys and signatures
-are lowercase hex, node ids 40 lowercase hex, chain ids 64 lowercase hex, a block's ``payload``
-standard base64 (canonical, padded), integers JSON integers in ``[0, 2**63)``. Every message
-document names its ``kind``::
+Pure, no I/O. :func:`encode` turns a :data:`~ian.consensus.types.Message` into a document and
+:func:`encode_json` into its compact JSON; :func:`decode_json` turns JSON bytes back into a
+message, :func:`decode` any already-parsed object (a document read back from storage, say). Both
+raise :class:`~ian.consensus.errors.CodecError` (and nothing else) on malformed input. Hashes,
+public keys and signatures are lowercase hex, node ids 40 lowercase hex, chain ids 64 lowercase
+hex, a block's ``payload`` standard base64 (canonical, padded), integers JSON integers in
+``[0, 2**63)`` (not booleans, not floats such as ``1.0``). Every message document names its
+``kind``::
 
     vote_request      pre_vote, chain_id, term, candidate, last_term, last_height
     vote_response     pre_vote, term, vote: vote doc | null
@@ -24,6 +26,19 @@ document names its ``kind``::
                   change: {op ("add" | "remove"), node_id, public_key} | null,
                   election: election doc | null, hash
 
+Every field is required, the nullable ones too; a ``remove`` change may carry ``public_key: ""``.
+
+The shapes are defined once, as msgspec structs (``_*Doc`` below, the five message kinds a union
+tagged by ``kind``), and both decoders go through them: :func:`decode_json` decodes the bytes
+straight into the structs (msgspec validates while it parses: the first invalid value aborts,
+and unknown fields are skipped without building anything, so a hostile peer cannot make the node
+build a large object tree out of a small body), :func:`decode` converts parsed data into the same
+structs (``msgspec.convert``). The structs are then turned into the :mod:`ian.consensus.types`
+values directly; only the payload's canonical base64 is checked in that step. Error messages end
+with the path of the offending value, as msgspec writes it (``$.blocks[0].payload``). A list
+longer than its limit is refused once it ends (msgspec checks the length then): its items must all
+be well-formed to get there, so that costs memory of the order of the body's size, no more.
+
 Decoding checks shape only: it verifies no signature and no hash (the core does). Unknown fields
 are ignored, like the P2P bodies' (a newer release may add optional ones).
 """
@@ -32,8 +47,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
 
 from ian.consensus.errors import CodecError
 from ian.consensus.types import (
@@ -60,9 +78,11 @@ __all__ = [
     "commit_certificate_from_doc",
     "commit_certificate_to_doc",
     "decode",
+    "decode_json",
     "election_certificate_from_doc",
     "election_certificate_to_doc",
     "encode",
+    "encode_json",
 ]
 
 MAX_BLOCKS = 512
@@ -70,75 +90,232 @@ MAX_BLOCKS = 512
 MAX_SIGNATURES = 64
 """Most votes or acks one certificate or response may carry."""
 
-_U63 = 2**63 - 1
-_HEX = frozenset("0123456789abcdef")
-_BLOCK_KINDS = frozenset(k.value for k in BlockKind)
 _T = TypeVar("_T")
 
-Doc = Mapping[str, object]
+# --------------------------------------------------------------------------- typed shapes
+
+# Patterns are anchored with \A and \Z: msgspec searches with Python's re, where $ also matches
+# before a final newline. msgspec is strict: a bool or a float is not an int, an int not a bool.
+_Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+_NodeId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{40}\Z")]
+_ChainId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{64}\Z")]
+_Hash = Annotated[str, Meta(pattern=r"\A[0-9a-f]{64}\Z")]  # 32 bytes
+_Key = Annotated[str, Meta(pattern=r"\A[0-9a-f]{64}\Z")]  # 32 bytes
+_KeyOrEmpty = Annotated[str, Meta(pattern=r"\A(?:[0-9a-f]{64})?\Z")]
+_Signature = Annotated[str, Meta(pattern=r"\A[0-9a-f]{128}\Z")]  # 64 bytes
 
 
-# --------------------------------------------------------------------------- field readers
+class _VoteDoc(Struct):
+    kind: Literal["vote", "pre_vote"]
+    chain_id: _ChainId
+    term: _Count
+    candidate: _NodeId
+    last_term: _Count
+    last_height: _Count
+    voter: _NodeId
+    signature: _Signature
 
 
-def _object(value: object, where: str) -> Doc:
-    if not isinstance(value, dict):
-        raise CodecError(f"{where}: not an object")
-    return value
+class _ElectionDoc(Struct):
+    chain_id: _ChainId
+    term: _Count
+    candidate: _NodeId
+    last_term: _Count
+    last_height: _Count
+    votes: Annotated[list[_VoteDoc], Meta(max_length=MAX_SIGNATURES)]
 
 
-def _get(doc: Doc, key: str, where: str) -> object:
-    if key not in doc:
-        raise CodecError(f"{where}.{key}: missing")
-    return doc[key]
+class _AckDoc(Struct):
+    chain_id: _ChainId
+    term: _Count
+    height: _Count
+    block_hash: _Hash
+    signer: _NodeId
+    signature: _Signature
 
 
-def _int(doc: Doc, key: str, where: str) -> int:
-    value = _get(doc, key, where)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CodecError(f"{where}.{key}: not an integer")
-    if not 0 <= value <= _U63:
-        raise CodecError(f"{where}.{key}: out of range [0, 2**63)")
-    return value
+_Acks = Annotated[list[_AckDoc], Meta(max_length=MAX_SIGNATURES)]
 
 
-def _bool(doc: Doc, key: str, where: str) -> bool:
-    value = _get(doc, key, where)
-    if not isinstance(value, bool):
-        raise CodecError(f"{where}.{key}: not a boolean")
-    return value
+class _CommitDoc(Struct):
+    chain_id: _ChainId
+    term: _Count
+    height: _Count
+    block_hash: _Hash
+    acks: _Acks
 
 
-def _hex_str(doc: Doc, key: str, where: str, chars: int) -> str:
-    value = _get(doc, key, where)
-    if not isinstance(value, str) or len(value) != chars or not _HEX.issuperset(value):
-        raise CodecError(f"{where}.{key}: not {chars} lowercase hex characters")
-    return value
+class _AddDoc(Struct, tag_field="op", tag="add"):
+    node_id: _NodeId
+    public_key: _Key
 
 
-def _bytes(doc: Doc, key: str, where: str, size: int) -> bytes:
-    return bytes.fromhex(_hex_str(doc, key, where, 2 * size))
+class _RemoveDoc(Struct, tag_field="op", tag="remove"):
+    node_id: _NodeId
+    public_key: _KeyOrEmpty  # "" allowed: the removed key need not be named
 
 
-def _node_id(doc: Doc, key: str, where: str) -> str:
-    return _hex_str(doc, key, where, 40)
+class _BlockDoc(Struct):
+    height: _Count
+    term: _Count
+    parent_hash: _Hash
+    kind: BlockKind
+    payload: str  # canonical standard base64: checked when converted (_payload)
+    change: _AddDoc | _RemoveDoc | None
+    election: _ElectionDoc | None
+    hash: _Hash
 
 
-def _chain_id(doc: Doc, key: str, where: str) -> str:
-    return _hex_str(doc, key, where, 64)
+_Blocks = Annotated[list[_BlockDoc], Meta(max_length=MAX_BLOCKS)]
 
 
-def _base64(doc: Doc, key: str, where: str) -> bytes:
-    value = _get(doc, key, where)
-    if not isinstance(value, str):
-        raise CodecError(f"{where}.{key}: not a base64 string")
+class _VoteRequestDoc(Struct, tag_field="kind", tag="vote_request"):
+    pre_vote: bool
+    chain_id: _ChainId
+    term: _Count
+    candidate: _NodeId
+    last_term: _Count
+    last_height: _Count
+
+
+class _VoteResponseDoc(Struct, tag_field="kind", tag="vote_response"):
+    pre_vote: bool
+    term: _Count
+    vote: _VoteDoc | None
+
+
+class _AppendBlocksDoc(Struct, tag_field="kind", tag="append_blocks"):
+    term: _Count
+    leader: _NodeId
+    prev_height: _Count
+    prev_hash: _Hash
+    blocks: _Blocks
+    election: _ElectionDoc
+    commit: _CommitDoc | None
+
+
+class _AppendResponseDoc(Struct, tag_field="kind", tag="append_response"):
+    term: _Count
+    success: bool
+    match_height: _Count
+    acks: _Acks
+    learner: bool
+
+
+class _CertifiedBlocksDoc(Struct, tag_field="kind", tag="certified_blocks"):
+    term: _Count
+    leader: _NodeId
+    blocks: _Blocks
+    commit: _CommitDoc
+    election: _ElectionDoc
+
+
+_MessageDoc = (
+    _VoteRequestDoc | _VoteResponseDoc | _AppendBlocksDoc | _AppendResponseDoc | _CertifiedBlocksDoc
+)
+
+_JSON_DECODER: Final = msgspec.json.Decoder(_MessageDoc)
+_JSON_ENCODER: Final = msgspec.json.Encoder()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _Invalid(ValueError):
+    """A value the structs cannot constrain is invalid: ``args == (reason, path)``, the path
+    relative to the value being converted ("$.payload")."""
+
+
+_MAX_REASON = 160  # msgspec quotes an invalid enum or tag value in full: a peer's megabytes
+
+
+def _codec_error(where: str, reason: str, path: str = "") -> CodecError:
+    if len(reason) > _MAX_REASON:
+        reason = reason[:_MAX_REASON] + "..."
+    if not reason.isprintable():  # msgspec quotes an invalid tag unescaped: no raw newlines
+        reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
+    return CodecError(f"{where}: {reason} - at `{path}`" if path else f"{where}: {reason}")
+
+
+def _msgspec_error(where: str, exc: BaseException) -> CodecError:
+    """``exc`` (msgspec's "<reason> - at `$.path`") as a :class:`CodecError`."""
+    reason, sep, path = str(exc).rpartition(" - at `")
+    if not sep:
+        return _codec_error(where, str(exc))
+    return _codec_error(where, reason, path.removesuffix("`"))
+
+
+def _convert(where: str, value: object, kind: Any, to: Callable[[Any], _T]) -> _T:
+    """``to(msgspec.convert(value, kind))``, every failure a :class:`CodecError`."""
+    try:
+        doc = msgspec.convert(value, kind)
+    except (msgspec.MsgspecError, RecursionError, TypeError, ValueError) as exc:
+        raise _msgspec_error(where, exc) from None
+    try:
+        return to(doc)
+    except _Invalid as exc:
+        raise _codec_error(where, *exc.args) from None
+    except (ValueError, TypeError) as exc:  # cannot happen (the structs' patterns): be sure
+        raise _codec_error(where, str(exc)) from None
+
+
+# --------------------------------------------------------------------------- struct -> value
+
+
+def _vote(d: _VoteDoc) -> Vote:
+    return Vote(
+        kind=d.kind,
+        chain_id=d.chain_id,
+        term=d.term,
+        candidate=d.candidate,
+        last_term=d.last_term,
+        last_height=d.last_height,
+        voter=d.voter,
+        signature=bytes.fromhex(d.signature),
+    )
+
+
+def _election(d: _ElectionDoc) -> ElectionCertificate:
+    return ElectionCertificate(
+        chain_id=d.chain_id,
+        term=d.term,
+        candidate=d.candidate,
+        last_term=d.last_term,
+        last_height=d.last_height,
+        votes=tuple([_vote(v) for v in d.votes]),
+    )
+
+
+def _ack(d: _AckDoc) -> Ack:
+    return Ack(
+        chain_id=d.chain_id,
+        term=d.term,
+        height=d.height,
+        block_hash=bytes.fromhex(d.block_hash),
+        signer=d.signer,
+        signature=bytes.fromhex(d.signature),
+    )
+
+
+def _commit(d: _CommitDoc) -> CommitCertificate:
+    return CommitCertificate(
+        chain_id=d.chain_id,
+        term=d.term,
+        height=d.height,
+        block_hash=bytes.fromhex(d.block_hash),
+        acks=tuple([_ack(a) for a in d.acks]),
+    )
+
+
+def _payload(value: str) -> bytes:
+    """The bytes of canonical standard base64 ``value``; :class:`_Invalid` if it is not."""
     try:
         # Strict: the standard alphabet only, padding only at the end. (A payload is most of a
         # block's bytes: base64.b64decode(validate=True) checks with a regular expression,
         # twice as slow as the decoding itself.)
         raw = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise CodecError(f"{where}.{key}: not standard base64") from None
+        raise _Invalid("not standard base64", "$.payload") from None
     # Canonical = b64encode(raw) == value. After a strict decode, only the length (padding)
     # and the unused bits of the last group can differ: every full group of four characters
     # stands for exactly one three-byte value. So the last group is re-encoded, not all of it.
@@ -146,27 +323,104 @@ def _base64(doc: Doc, key: str, where: str) -> bytes:
     if len(value) != (len(raw) + 2) // 3 * 4 or (
         last and base64.b64encode(raw[-last:]).decode("ascii") != value[-4:]
     ):
-        raise CodecError(f"{where}.{key}: not canonical base64")
+        raise _Invalid("not canonical base64", "$.payload")
     return raw
 
 
-def _list(
-    doc: Doc, key: str, where: str, limit: int, item: Callable[[object, str], _T]
-) -> tuple[_T, ...]:
-    value = _get(doc, key, where)
-    if not isinstance(value, list):
-        raise CodecError(f"{where}.{key}: not a list")
-    if len(value) > limit:
-        raise CodecError(f"{where}.{key}: {len(value)} items, at most {limit}")
-    return tuple(item(v, f"{where}.{key}[{i}]") for i, v in enumerate(value))
+def _block(d: _BlockDoc) -> Block:
+    change = d.change
+    return Block(
+        height=d.height,
+        term=d.term,
+        parent_hash=bytes.fromhex(d.parent_hash),
+        kind=d.kind,
+        payload=_payload(d.payload),
+        change=None
+        if change is None
+        else AuthorityChange(
+            "add" if type(change) is _AddDoc else "remove",
+            change.node_id,
+            bytes.fromhex(change.public_key),
+        ),
+        election=None if d.election is None else _election(d.election),
+        hash=bytes.fromhex(d.hash),
+    )
 
 
-def _optional(doc: Doc, key: str, where: str, item: Callable[[object, str], _T]) -> _T | None:
-    value = _get(doc, key, where)
-    return None if value is None else item(value, f"{where}.{key}")
+def _blocks(docs: list[_BlockDoc]) -> tuple[Block, ...]:
+    out = []
+    for i, d in enumerate(docs):
+        try:
+            out.append(_block(d))
+        except _Invalid as exc:
+            reason, path = exc.args
+            raise _Invalid(reason, f"$.blocks[{i}]{path[1:]}") from None
+    return tuple(out)
 
 
-# --------------------------------------------------------------------------- parts
+def _vote_request(d: _VoteRequestDoc) -> VoteRequest:
+    return VoteRequest(
+        pre_vote=d.pre_vote,
+        chain_id=d.chain_id,
+        term=d.term,
+        candidate=d.candidate,
+        last_term=d.last_term,
+        last_height=d.last_height,
+    )
+
+
+def _vote_response(d: _VoteResponseDoc) -> VoteResponse:
+    return VoteResponse(
+        pre_vote=d.pre_vote, term=d.term, vote=None if d.vote is None else _vote(d.vote)
+    )
+
+
+def _append_blocks(d: _AppendBlocksDoc) -> AppendBlocks:
+    return AppendBlocks(
+        term=d.term,
+        leader=d.leader,
+        prev_height=d.prev_height,
+        prev_hash=bytes.fromhex(d.prev_hash),
+        blocks=_blocks(d.blocks),
+        election=_election(d.election),
+        commit=None if d.commit is None else _commit(d.commit),
+    )
+
+
+def _append_response(d: _AppendResponseDoc) -> AppendResponse:
+    return AppendResponse(
+        term=d.term,
+        success=d.success,
+        match_height=d.match_height,
+        acks=tuple([_ack(a) for a in d.acks]),
+        learner=d.learner,
+    )
+
+
+def _certified_blocks(d: _CertifiedBlocksDoc) -> CertifiedBlocks:
+    return CertifiedBlocks(
+        term=d.term,
+        leader=d.leader,
+        blocks=_blocks(d.blocks),
+        commit=_commit(d.commit),
+        election=_election(d.election),
+    )
+
+
+_MESSAGES: Final[dict[type[Struct], Callable[[Any], Message]]] = {
+    _VoteRequestDoc: _vote_request,
+    _VoteResponseDoc: _vote_response,
+    _AppendBlocksDoc: _append_blocks,
+    _AppendResponseDoc: _append_response,
+    _CertifiedBlocksDoc: _certified_blocks,
+}
+
+
+def _message(doc: _MessageDoc) -> Message:
+    return _MESSAGES[type(doc)](doc)
+
+
+# --------------------------------------------------------------------------- value -> document
 
 
 def _vote_to_doc(vote: Vote) -> dict[str, Any]:
@@ -182,23 +436,6 @@ def _vote_to_doc(vote: Vote) -> dict[str, Any]:
     }
 
 
-def _vote_from_doc(value: object, where: str) -> Vote:
-    doc = _object(value, where)
-    kind = _get(doc, "kind", where)
-    if kind != "vote" and kind != "pre_vote":
-        raise CodecError(f"{where}.kind: not 'vote' or 'pre_vote'")
-    return Vote(
-        kind=kind,
-        chain_id=_chain_id(doc, "chain_id", where),
-        term=_int(doc, "term", where),
-        candidate=_node_id(doc, "candidate", where),
-        last_term=_int(doc, "last_term", where),
-        last_height=_int(doc, "last_height", where),
-        voter=_node_id(doc, "voter", where),
-        signature=_bytes(doc, "signature", where, 64),
-    )
-
-
 def election_certificate_to_doc(cert: ElectionCertificate) -> dict[str, Any]:
     """The document of an election certificate (every vote in full)."""
     return {
@@ -209,19 +446,6 @@ def election_certificate_to_doc(cert: ElectionCertificate) -> dict[str, Any]:
         "last_height": cert.last_height,
         "votes": [_vote_to_doc(v) for v in cert.votes],
     }
-
-
-def election_certificate_from_doc(value: object, where: str = "election") -> ElectionCertificate:
-    """Decode an election certificate document; :class:`CodecError` if malformed."""
-    doc = _object(value, where)
-    return ElectionCertificate(
-        chain_id=_chain_id(doc, "chain_id", where),
-        term=_int(doc, "term", where),
-        candidate=_node_id(doc, "candidate", where),
-        last_term=_int(doc, "last_term", where),
-        last_height=_int(doc, "last_height", where),
-        votes=_list(doc, "votes", where, MAX_SIGNATURES, _vote_from_doc),
-    )
 
 
 def _ack_to_doc(ack: Ack) -> dict[str, Any]:
@@ -235,18 +459,6 @@ def _ack_to_doc(ack: Ack) -> dict[str, Any]:
     }
 
 
-def _ack_from_doc(value: object, where: str) -> Ack:
-    doc = _object(value, where)
-    return Ack(
-        chain_id=_chain_id(doc, "chain_id", where),
-        term=_int(doc, "term", where),
-        height=_int(doc, "height", where),
-        block_hash=_bytes(doc, "block_hash", where, 32),
-        signer=_node_id(doc, "signer", where),
-        signature=_bytes(doc, "signature", where, 64),
-    )
-
-
 def commit_certificate_to_doc(cert: CommitCertificate) -> dict[str, Any]:
     """The document of a commit certificate (every ack in full)."""
     return {
@@ -256,29 +468,6 @@ def commit_certificate_to_doc(cert: CommitCertificate) -> dict[str, Any]:
         "block_hash": cert.block_hash.hex(),
         "acks": [_ack_to_doc(a) for a in cert.acks],
     }
-
-
-def commit_certificate_from_doc(value: object, where: str = "commit") -> CommitCertificate:
-    """Decode a commit certificate document; :class:`CodecError` if malformed."""
-    doc = _object(value, where)
-    return CommitCertificate(
-        chain_id=_chain_id(doc, "chain_id", where),
-        term=_int(doc, "term", where),
-        height=_int(doc, "height", where),
-        block_hash=_bytes(doc, "block_hash", where, 32),
-        acks=_list(doc, "acks", where, MAX_SIGNATURES, _ack_from_doc),
-    )
-
-
-def _change_from_doc(value: object, where: str) -> AuthorityChange:
-    doc = _object(value, where)
-    op = _get(doc, "op", where)
-    if op != "add" and op != "remove":
-        raise CodecError(f"{where}.op: not 'add' or 'remove'")
-    node_id = _node_id(doc, "node_id", where)
-    if op == "remove" and doc.get("public_key") == "":
-        return AuthorityChange(op, node_id)
-    return AuthorityChange(op, node_id, _bytes(doc, "public_key", where, 32))
 
 
 def block_to_doc(block: Block) -> dict[str, Any]:
@@ -296,27 +485,6 @@ def block_to_doc(block: Block) -> dict[str, Any]:
         "election": None if block.election is None else election_certificate_to_doc(block.election),
         "hash": block.hash.hex(),
     }
-
-
-def block_from_doc(value: object, where: str = "block") -> Block:
-    """Decode a block document; :class:`CodecError` if malformed (the hash is not checked)."""
-    doc = _object(value, where)
-    kind = _get(doc, "kind", where)
-    if not isinstance(kind, str) or kind not in _BLOCK_KINDS:
-        raise CodecError(f"{where}.kind: not a block kind")
-    return Block(
-        height=_int(doc, "height", where),
-        term=_int(doc, "term", where),
-        parent_hash=_bytes(doc, "parent_hash", where, 32),
-        kind=BlockKind(kind),
-        payload=_base64(doc, "payload", where),
-        change=_optional(doc, "change", where, _change_from_doc),
-        election=_optional(doc, "election", where, election_certificate_from_doc),
-        hash=_bytes(doc, "hash", where, 32),
-    )
-
-
-# --------------------------------------------------------------------------- messages
 
 
 def encode(message: Message) -> dict[str, Any]:
@@ -368,75 +536,54 @@ def encode(message: Message) -> dict[str, Any]:
     }
 
 
-def _vote_request(doc: Doc, w: str) -> VoteRequest:
-    return VoteRequest(
-        pre_vote=_bool(doc, "pre_vote", w),
-        chain_id=_chain_id(doc, "chain_id", w),
-        term=_int(doc, "term", w),
-        candidate=_node_id(doc, "candidate", w),
-        last_term=_int(doc, "last_term", w),
-        last_height=_int(doc, "last_height", w),
-    )
+def encode_json(message: Message) -> bytes:
+    """The compact JSON of :func:`encode`'s document (what :func:`decode_json` reads)."""
+    return _JSON_ENCODER.encode(encode(message))
 
 
-def _vote_response(doc: Doc, w: str) -> VoteResponse:
-    return VoteResponse(
-        pre_vote=_bool(doc, "pre_vote", w),
-        term=_int(doc, "term", w),
-        vote=_optional(doc, "vote", w, _vote_from_doc),
-    )
+# --------------------------------------------------------------------------- decoding
 
 
-def _append_blocks(doc: Doc, w: str) -> AppendBlocks:
-    return AppendBlocks(
-        term=_int(doc, "term", w),
-        leader=_node_id(doc, "leader", w),
-        prev_height=_int(doc, "prev_height", w),
-        prev_hash=_bytes(doc, "prev_hash", w, 32),
-        blocks=_list(doc, "blocks", w, MAX_BLOCKS, block_from_doc),
-        election=election_certificate_from_doc(_get(doc, "election", w), f"{w}.election"),
-        commit=_optional(doc, "commit", w, commit_certificate_from_doc),
-    )
+def decode_json(data: bytes | bytearray | memoryview) -> Message:
+    """The message the JSON ``data`` encodes; :class:`CodecError` (only) if it is malformed.
 
-
-def _append_response(doc: Doc, w: str) -> AppendResponse:
-    return AppendResponse(
-        term=_int(doc, "term", w),
-        success=_bool(doc, "success", w),
-        match_height=_int(doc, "match_height", w),
-        acks=_list(doc, "acks", w, MAX_SIGNATURES, _ack_from_doc),
-        learner=_bool(doc, "learner", w),
-    )
-
-
-def _certified_blocks(doc: Doc, w: str) -> CertifiedBlocks:
-    return CertifiedBlocks(
-        term=_int(doc, "term", w),
-        leader=_node_id(doc, "leader", w),
-        blocks=_list(doc, "blocks", w, MAX_BLOCKS, block_from_doc),
-        commit=commit_certificate_from_doc(_get(doc, "commit", w), f"{w}.commit"),
-        election=election_certificate_from_doc(_get(doc, "election", w), f"{w}.election"),
-    )
-
-
-_DECODERS: dict[str, Callable[[Doc, str], Message]] = {
-    "vote_request": _vote_request,
-    "vote_response": _vote_response,
-    "append_blocks": _append_blocks,
-    "append_response": _append_response,
-    "certified_blocks": _certified_blocks,
-}
+    Decoded straight into the typed shapes: the first invalid value aborts, unknown fields are
+    skipped unbuilt. Checks types, lengths and ranges; verifies no signature and no hash.
+    """
+    try:
+        doc = _JSON_DECODER.decode(data)
+    except (msgspec.MsgspecError, RecursionError, TypeError, ValueError) as exc:
+        raise _msgspec_error("message", exc) from None
+    try:
+        return _message(doc)
+    except _Invalid as exc:
+        raise _codec_error("message", *exc.args) from None
+    except (ValueError, TypeError) as exc:  # cannot happen (the structs' patterns): be sure
+        raise _codec_error("message", str(exc)) from None
 
 
 def decode(doc: object) -> Message:
-    """The message ``doc`` encodes; :class:`CodecError` (only) if it is malformed.
+    """The message ``doc`` (parsed JSON data) encodes; :class:`CodecError` (only) if it is
+    malformed.
 
     Checks types, lengths and ranges; verifies no signature and no hash.
     """
-    body = _object(doc, "message")
-    kind = body.get("kind")
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
-        shown = repr(kind[:64]) if isinstance(kind, str) else type(kind).__name__
-        raise CodecError(f"message.kind: unknown message kind {shown}")
-    return decoder(body, str(kind))
+    return _convert("message", doc, _MessageDoc, _message)
+
+
+def election_certificate_from_doc(value: object, where: str = "election") -> ElectionCertificate:
+    """Decode an election certificate document; :class:`CodecError` if malformed (``where``
+    names it in the error)."""
+    return _convert(where, value, _ElectionDoc, _election)
+
+
+def commit_certificate_from_doc(value: object, where: str = "commit") -> CommitCertificate:
+    """Decode a commit certificate document; :class:`CodecError` if malformed (``where`` names
+    it in the error)."""
+    return _convert(where, value, _CommitDoc, _commit)
+
+
+def block_from_doc(value: object, where: str = "block") -> Block:
+    """Decode a block document; :class:`CodecError` if malformed (the hash is not checked;
+    ``where`` names the block in the error)."""
+    return _convert(where, value, _BlockDoc, _block)
