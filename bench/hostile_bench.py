@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = [
     "tests/integration/test_unread_replies.py",
     "tests/integration/test_hostile_peers.py::test_big_frame_before_hello_is_refused_at_once",
+    "tests/integration/test_hostile_peers.py::test_junk_in_valid_frames_builds_nothing",
     "tests/integration/test_http_limits.py::test_a_huge_header_is_431_and_memory_stays_flat",
     "tests/integration/test_hostile_floods.py",
 ]

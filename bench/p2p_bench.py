@@ -1,7 +1,7 @@
 """P2P benchmark: TLS set-up rate, request/response latency, memory per connection.
 
 Everything runs on loopback with the real stack (TCP, pyOpenSSL TLS 1.3 over memory BIOs, frames,
-pydantic messages, the P2PService).
+msgspec messages, the P2PService).
 
 1. **Set-up rate.** (a) transport only: ``connect_tcp`` + ``tls_handshake`` (mutual TLS,
    certificate verification) + close, sequentially; (b) a full ``P2PService.connect`` (TLS +

@@ -8,7 +8,6 @@ from typing import Any
 
 import anyio
 import httpx
-import msgspec
 import pytest
 from tests.support.hostile import HostilePeer, frame
 from tests.support.nodes import (
@@ -38,7 +37,7 @@ def forward_doc(n: int, tag: str) -> dict[str, Any]:
         contributor_id=f"forwarded-{tag}-{n}",
         seed=n,
     )
-    return msgspec.to_builtins(msg.contribution_to_doc(c))
+    return msg.doc_to_data(msg.contribution_to_doc(c))
 
 
 def forwards(node: NodeProcess, tmp_path, bodies: list[dict[str, Any]]) -> list[Any]:
@@ -94,7 +93,7 @@ def test_a_listed_peer_forwards_without_the_token(ian_nodes, tmp_path) -> None:
     env = {**NETWORK_ENV, "IAN_API_TOKEN": TOKEN, "IAN_FORWARD_FROM": "127.0.0.0/8"}
     seq = ian_nodes.start(env=env, wait=("api", "p2p"))
     (reply,) = forwards(seq, tmp_path, [{"contribution": forward_doc(1, "listed")}])
-    assert reply.type == "contribution_result" and reply.message.result["accepted"], reply
+    assert reply.type == "contribution_result" and reply.message.result.accepted, reply
     assert log_size(seq) == 1
 
 

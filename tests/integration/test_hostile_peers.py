@@ -321,3 +321,68 @@ def test_big_frame_before_hello_is_refused_at_once(pair: Pair) -> None:
         after_kib=pair.a.rss_kib(),
         outcome=f"each cut off within {max(times):.2f} s (frame before hello <= 64 KiB)",
     )
+
+
+# --------------------------------------------------------------------------- junk in valid frames
+
+#: What the node may hold for a 16 MiB frame: the frame, its copy and the TLS buffers. Decoded
+#: into Python objects, one frame of ``[],[],…`` took ~400 MiB more (and a second of the loop).
+JUNK_PEAK_LIMIT_KIB = 100 * 1024
+JUNK_FRAMES = 4
+
+
+def junk_frame(mtype: str, body_start: bytes, msg_id: int) -> bytes:
+    """A frame of ``mtype`` as large as the node takes, its body ``body_start`` plus an unknown
+    field of ``[],[],…`` filling the rest: valid, so the sender is never charged for it."""
+    head = b'{"v":1,"type":"%s","id":%d,"re":null,"body":{%s"junk":[' % (
+        mtype.encode(),
+        msg_id,
+        body_start,
+    )
+    tail = b"[]]}}"
+    count = (MAX_FRAME - len(head) - len(tail)) // 3
+    return encode_frame(head + b"[]," * count + tail, MAX_FRAME)
+
+
+def test_junk_in_valid_frames_builds_nothing(pair: Pair) -> None:
+    """An authenticated peer sends frames of the largest size that are valid but for an unknown
+    field of ``[],[],…`` (a status, and a consensus message, which only an authority may send):
+    the node skips the junk as text, so its memory peaks at the frames themselves."""
+    rss = PeakSampler(pair.a.rss_kib)
+    status = b'"height":0,"head_hash":"%s",' % (b"00" * 32)
+    frames = [junk_frame("status", status, 10 + i) for i in range(JUNK_FRAMES)]
+    frames.append(junk_frame("consensus", b'"msg":{"kind":"append_blocks"},', 20))
+
+    async def attack() -> float:
+        peer = await HostilePeer.connect(pair.host, pair.port, pair.hostile_identity())
+        try:
+            started = time.monotonic()
+            for data in frames:
+                await peer.stream.send(data)
+            # Frames from one peer are handled in order: the pong comes after the junk.
+            ping = peer.session.send(Ping(nonce=1))
+            reply = await peer.request(ping[1], ping[0], within=60)
+            assert reply.type == "pong"
+            return time.monotonic() - started
+        finally:
+            await peer.aclose()
+
+    with rss:
+        took = anyio.run(attack)
+    wait_until(
+        lambda: set(pair.a.connected()) == {pair.b.node_id},
+        timeout=5,
+        what="the junk sender to be dropped",
+    )
+    pair.check_healthy()
+    grown = rss.peak - rss.before
+    print(f"junk frames: {len(frames)} x {MAX_FRAME} bytes in {took:.2f} s, RSS peak +{grown} KiB")
+    record(
+        f"1 peer: {JUNK_FRAMES} status frames + 1 consensus frame, {MAX_FRAME >> 20} MiB each, "
+        "valid but for an unknown field of [],[],…",
+        before_kib=rss.before,
+        peak_kib=rss.peak,
+        after_kib=pair.a.rss_kib(),
+        outcome=f"sent and answered a ping after them in {took:.2f} s",
+    )
+    assert grown < JUNK_PEAK_LIMIT_KIB, f"RSS peaked {grown} KiB above {rss.before} KiB"

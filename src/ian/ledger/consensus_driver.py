@@ -28,6 +28,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from msgspec import Raw
 
 from ian.consensus import (
     Action,
@@ -58,7 +59,7 @@ from ian.consensus import (
     Unavailable,
 )
 from ian.consensus import Message as ConsensusMessage
-from ian.consensus.codec import decode, encode
+from ian.consensus.codec import decode_json, encode_json
 from ian.consensus.errors import CodecError
 from ian.errors import StoreError, UnavailableError
 from ian.p2p.connection import PeerInfo
@@ -225,7 +226,7 @@ class ConsensusDriver:
         if not authority and peer.node_id not in self.core.learners:
             raise InvalidMessage("consensus messages are for authorities only")
         try:
-            decoded = decode(message.msg)
+            decoded = decode_json(message.msg)
         except CodecError as exc:
             raise InvalidMessage(str(exc)) from None
         if not authority and not (isinstance(decoded, AppendResponse) and decoded.learner):
@@ -390,7 +391,7 @@ class ConsensusDriver:
         async with outbox:
             async for message in outbox:
                 try:
-                    await self.switch.send(to, Consensus(msg=encode(message)))
+                    await self.switch.send(to, Consensus(msg=Raw(encode_json(message))))
                 except P2PError:
                     self.dropped_messages += 1  # not connected now: the core sends again
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 
 import anyio
 import anyio.abc
+from msgspec import Raw
 
 from ian.chain.genesis import Genesis
 from ian.errors import GenesisError
@@ -76,7 +77,7 @@ class GenesisExchange:
         genesis = self._current()
         if genesis is None:
             return Error(code="no_genesis", message="this node has not pinned a genesis yet")
-        return GenesisDoc(genesis=genesis.model_dump(mode="json"))
+        return GenesisDoc(genesis=Raw(genesis.model_dump_json().encode()))
 
     def trusted_source(self, peer: PeerInfo) -> bool:
         """May ``peer`` teach this node its genesis? (It must also announce a chain id.)"""
@@ -118,7 +119,7 @@ class GenesisExchange:
             log.info("peer %s has no genesis to give", peer.node_id)
             return None
         try:
-            genesis = Genesis.model_validate(reply.genesis)
+            genesis = Genesis.model_validate_json(bytes(reply.genesis))
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             self._charge(peer, f"sent an invalid genesis ({str(exc).splitlines()[0]})")
             return None

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-import msgspec
 from anyio.abc import TaskStatus
 
 from ian import errors
@@ -173,7 +172,7 @@ class Replicator:
             return msg.Error(code=exc.code, message=exc.message[:1000])
         except IanError as exc:
             return msg.Error(code="invalid_input", message=exc.message[:1000])
-        return msg.ContributionResult(result=outcome.to_result())
+        return msg.ContributionResult(result=msg.ResultDoc(**outcome.to_result()))
 
     # -- follower side: forwarding --------------------------------------------------------------
     async def forward(self, c: Contribution) -> Outcome:
@@ -199,15 +198,15 @@ class Replicator:
             raise UnavailableError("the sequencer answered with an unexpected message")
         r = reply.result
         return Outcome(
-            accepted=bool(r.get("accepted")),
+            accepted=r.accepted,
             goal_id=c.goal_id,
-            metrics=r.get("metrics"),
-            score=r.get("score"),
-            reason=str(r.get("reason", "")),
-            rejection_type=r.get("rejection_type"),
-            log_index=r.get("log_index"),
+            metrics=r.metrics,
+            score=r.score,
+            reason=r.reason,
+            rejection_type=r.rejection_type,
+            log_index=r.log_index,
             contribution_hash=(
-                bytes.fromhex(r["contribution_hash"]) if r.get("contribution_hash") else None
+                bytes.fromhex(r.contribution_hash) if r.contribution_hash is not None else None
             ),
         )
 
@@ -541,8 +540,8 @@ class Replicator:
             "detected_at": time.time(),
             "height": ours.height,
             "from_peer": peer,
-            "ours": msgspec.to_builtins(msg.block_to_doc(ours)),
-            "theirs": msgspec.to_builtins(msg.block_to_doc(theirs)),
+            "ours": msg.doc_to_data(msg.block_to_doc(ours)),
+            "theirs": msg.doc_to_data(msg.block_to_doc(theirs)),
         }
         self.fork_evidence = evidence
         log.critical(

@@ -4,7 +4,7 @@ Modules (only :mod:`ian.p2p.transport` touches sockets)::
 
     errors       the P2P branch of the ian.errors hierarchy
     frames       incremental length-prefixed frame codec (no I/O)
-    messages     wire message models, envelope codec, block/contribution converters (no I/O)
+    messages     wire message structs, envelope codec, block/contribution converters (no I/O)
     session      per-connection handshake state machine and admission rules (no I/O)
     transport    the Transport protocol; TCP + pyOpenSSL TLS over anyio streams, cert reload
     memory       the in-memory twin of the TLS transport (tests: no sockets, same identities)

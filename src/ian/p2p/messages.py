@@ -1,5 +1,5 @@
-"""P2P wire messages (protocol version 1): pydantic models validated on decode (block docs:
-msgspec structs, see below). No I/O.
+"""P2P wire messages (protocol version 1): msgspec structs, decoded straight from a frame's bytes
+and checked while they are read. No I/O.
 
 Every frame payload is one UTF-8 JSON envelope::
 
@@ -17,7 +17,8 @@ hello                  network_id, protocol_version, node_id, height, head_hash,
 ping / pong            nonce
 get_peers              {}
 get_genesis            {}
-genesis                genesis: the genesis document (its chain id is the hello's)
+genesis                genesis: the genesis document (its chain id is the hello's; at most
+                       4 MiB of JSON text)
 peers                  peers: [{node_id, address}] (at most 50)
 status                 height, head_hash (periodic height gossip)
 block_announce         block: block doc (below)
@@ -25,7 +26,8 @@ get_blocks             from_height, max_blocks (1..500)
 blocks                 blocks: [block doc] (at most 500)
 contribution_forward   contribution: ``Contribution.to_wire()``, token (the submission token
                        when the network requires one, else null)
-contribution_result    result: {...} (the sequencer's answer, as the API would return it)
+contribution_result    result: the sequencer's answer, as the API would return it (accepted,
+                       reason, rejection_type, score, metrics, log_index, contribution_hash)
 error                  code, message (a reply that refuses a request)
 consensus              msg: a consensus core message as :func:`ian.consensus.codec.encode`
                        documents it (a notification: replies are consensus messages too)
@@ -38,10 +40,6 @@ converts it to :class:`~ian.chain.blocks.Block` (re-validating every contributio
 would) but does not check the hash, the signature or the chain: that is the replication layer's
 job. A consensus payload is one block doc (:func:`encode_block`, :func:`decode_block`).
 
-A ``consensus`` body is checked here only as ``{"msg": object}``; the receiver decodes ``msg``
-with :func:`ian.consensus.codec.decode`, which raises
-:class:`~ian.consensus.errors.CodecError` for a malformed one.
-
 Decoding failures: bytes that are not a JSON envelope of protocol version 1, or an unknown
 ``type``, raise :class:`ProtocolViolation`; a known type whose body does not validate raises
 :class:`InvalidMessage`. A string that is not Unicode text (bad UTF-8, a lone surrogate
@@ -49,33 +47,35 @@ escape such as ``"\\ud800"``) anywhere makes the frame a :class:`ProtocolViolati
 *fields* in a body are ignored so that a newer minor release can add optional fields without
 breaking older peers.
 
-Frames are read and written with msgspec: the envelope is parsed with its body kept as bytes
-until its type is known; block-carrying bodies (``blocks``, ``block_announce``) then decode
-straight into their msgspec docs, every other body into plain JSON data for its pydantic model.
-Encoding hands msgspec the message's fields as they are (block docs included), so a reply of
-thousands of entries is not dumped to dicts first.
+A peer may send anything, so nothing it sends is turned into untyped Python data before it is
+checked: the envelope and every body decode straight into these structs. Unknown fields are
+skipped as text (their syntax checked, no objects built), and the first value of the wrong type
+or size stops decoding. Three values stay JSON text (:class:`msgspec.Raw`, a view of the frame)
+until their reader asks for them, each bounded in bytes first: a contribution's metadata
+(:func:`contribution_from_doc`), a genesis document (the genesis exchange), and a consensus
+message (:func:`ian.consensus.codec.decode_json`, once the consensus driver knows the sender is
+an authority). Without this, one 16 MiB frame of ``[],[],…`` cost a second of the event loop and
+hundreds of MiB of memory before any check ran (``bench/hostile_frames_bench.py``).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeGuard
+from typing import Annotated, ClassVar
 
 import msgspec
-from msgspec import Meta, Struct
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PlainValidator,
-    ValidationError,
-)
+from msgspec import Meta, Raw, Struct
+from msgspec.structs import force_setattr
 
 from ian.chain.blocks import Block, BlockHeader
-from ian.chain.contributions import MAX_SEED, Contribution, decode_parameters, make_contribution
+from ian.chain.contributions import (
+    MAX_METADATA_BYTES,
+    MAX_SEED,
+    Contribution,
+    decode_parameters,
+    make_contribution,
+)
 from ian.chain.goals import GOAL_ID_PATTERN
 from ian.config import parse_peer_address
 from ian.errors import IanError
@@ -83,10 +83,13 @@ from ian.p2p.errors import InvalidMessage, ProtocolViolation
 
 __all__ = [
     "MAX_BLOCKS_PER_MESSAGE",
+    "MAX_GENESIS_BYTES",
+    "MAX_METADATA_WIRE_BYTES",
     "MAX_PEERS_PER_MESSAGE",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
+    "AgentPackDoc",
     "BlockAnnounce",
     "BlockDoc",
     "Blocks",
@@ -96,7 +99,9 @@ __all__ = [
     "ContributionResult",
     "Envelope",
     "Error",
+    "GenesisDoc",
     "GetBlocks",
+    "GetGenesis",
     "GetPeers",
     "Goodbye",
     "Hello",
@@ -105,6 +110,7 @@ __all__ = [
     "Peers",
     "Ping",
     "Pong",
+    "ResultDoc",
     "Status",
     "block_from_doc",
     "block_to_doc",
@@ -112,6 +118,7 @@ __all__ = [
     "contribution_to_doc",
     "decode_block",
     "decode_envelope",
+    "doc_to_data",
     "encode_block",
     "encode_envelope",
 ]
@@ -119,122 +126,151 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_PEERS_PER_MESSAGE = 50
 MAX_BLOCKS_PER_MESSAGE = 500
+MAX_GENESIS_BYTES = 4 * 1024 * 1024
+"""Most JSON text a ``genesis`` body's document may have (a real one is a few KiB)."""
+MAX_METADATA_WIRE_BYTES = 4 * MAX_METADATA_BYTES
+"""Most JSON text a contribution's metadata may have on the wire. The API's limit is on its
+canonical text; escaping every character (``\\u00e9`` for ``é``) makes at most three times as
+much, so only padding goes past this."""
 _U63 = 2**63 - 1
+_EMPTY_OBJECT = Raw(b"{}")
+
+# Patterns are anchored with \A and \Z: msgspec searches with Python's re, where $ also matches
+# before a final newline.
+_Hash32 = Annotated[str, Meta(pattern=r"\A[0-9a-f]{64}\Z")]
+_Signature = Annotated[str, Meta(pattern=r"\A[0-9a-f]{128}\Z")]
+_NodeId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{40}\Z")]
+_Count = Annotated[int, Meta(ge=0, le=_U63)]
+_GoalId = Annotated[str, Meta(pattern=r"\A" + GOAL_ID_PATTERN.strip("^$") + r"\Z")]
+_Address = Annotated[str, Meta(max_length=300)]
 
 
-def _canonical_address(value: str) -> str:
-    # parse_peer_address raises PeerAddressError, a ValueError, which pydantic reports.
-    return str(parse_peer_address(value))
+def _is_object(value: Raw) -> bool:
+    """Is ``value`` (valid JSON text) an object?"""
+    with memoryview(value) as text:
+        return text[:1].tobytes() == b"{"
 
 
-NodeId = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
-Hash32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Key32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Count = Annotated[int, Field(ge=0, le=_U63)]
-Address = Annotated[str, Field(max_length=300), AfterValidator(_canonical_address)]
+def _object_text(value: Raw, what: str, limit: int | None = None) -> None:
+    """Raise ``ValueError`` (reported by msgspec as a validation error) unless ``value`` is the
+    text of a JSON object of at most ``limit`` bytes."""
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} bytes of JSON; the limit is {limit}")
+    if not _is_object(value):
+        raise ValueError(f"{what} is not a JSON object")
 
 
-class _Model(BaseModel):
-    # strict: JSON "1" is not the integer 1, 0/1 are not booleans.
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+def _canonical_address(struct: Struct, name: str) -> None:
+    """Replace the peer address in field ``name`` by its canonical form (``ValueError`` if it
+    is none: ``PeerAddressError`` is one)."""
+    value = getattr(struct, name)
+    if value is not None:
+        force_setattr(struct, name, str(parse_peer_address(value)))
 
 
-class Message(_Model):
+class Message(Struct, frozen=True):
     """Base of message bodies; each subclass names its wire ``TYPE``."""
 
     TYPE: ClassVar[str] = ""
 
 
-class Hello(Message):
+class Hello(Message, frozen=True):
     TYPE: ClassVar[str] = "hello"
-    network_id: str = Field(min_length=1, max_length=64)
-    protocol_version: int = Field(ge=1, le=65535)
-    node_id: NodeId
-    height: Count
-    head_hash: Hash32
-    listen_addr: Address | None = None
-    agent: str = Field(default="", max_length=128)
+    network_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    protocol_version: Annotated[int, Meta(ge=1, le=65535)]
+    node_id: _NodeId
+    height: _Count
+    head_hash: _Hash32
+    listen_addr: _Address | None = None
+    agent: Annotated[str, Meta(max_length=128)] = ""
     sequencer: bool = False
-    chain_id: Key32 | None = None
+    chain_id: _Hash32 | None = None
+
+    def __post_init__(self) -> None:
+        _canonical_address(self, "listen_addr")
 
 
-class Ping(Message):
+class Ping(Message, frozen=True):
     TYPE: ClassVar[str] = "ping"
-    nonce: Count
+    nonce: _Count
 
 
-class Pong(Message):
+class Pong(Message, frozen=True):
     TYPE: ClassVar[str] = "pong"
-    nonce: Count
+    nonce: _Count
 
 
-class GetPeers(Message):
+class GetPeers(Message, frozen=True):
     TYPE: ClassVar[str] = "get_peers"
 
 
-class GetGenesis(Message):
+class GetGenesis(Message, frozen=True):
     TYPE: ClassVar[str] = "get_genesis"
 
 
-class GenesisDoc(Message):
+class GenesisDoc(Message, frozen=True):
+    """The genesis document, as JSON text (the genesis exchange validates it)."""
+
     TYPE: ClassVar[str] = "genesis"
-    genesis: dict[str, Any]
+    genesis: Raw
+
+    def __post_init__(self) -> None:
+        _object_text(self.genesis, "genesis", MAX_GENESIS_BYTES)
 
 
-class PeerEntry(_Model):
-    node_id: NodeId
-    address: Address
+class PeerEntry(Struct, frozen=True):
+    node_id: _NodeId
+    address: _Address
+
+    def __post_init__(self) -> None:
+        _canonical_address(self, "address")
 
 
-class Peers(Message):
+class Peers(Message, frozen=True):
     TYPE: ClassVar[str] = "peers"
-    peers: list[PeerEntry] = Field(default_factory=list, max_length=MAX_PEERS_PER_MESSAGE)
+    peers: Annotated[list[PeerEntry], Meta(max_length=MAX_PEERS_PER_MESSAGE)] = []
 
 
-class Status(Message):
+class Status(Message, frozen=True):
     TYPE: ClassVar[str] = "status"
-    height: Count
-    head_hash: Hash32
+    height: _Count
+    head_hash: _Hash32
 
 
-# Block docs are msgspec structs, not pydantic models: a follower catching up decodes thousands of
-# entries a second, and msgspec checks the same constraints in a fraction of the time (and turns
-# into the chain's types without a dump in between). In a pydantic message they are a field of
-# their own kind (_converter): validated by msgspec.convert, serialised by msgspec.to_builtins.
-# Patterns are anchored with \A and \Z: msgspec searches with Python's re, where $ also
-# matches before a final newline.
-_WHash32 = Annotated[str, Meta(pattern=r"\A[0-9a-f]{64}\Z")]
-_WSignature = Annotated[str, Meta(pattern=r"\A[0-9a-f]{128}\Z")]
-_WNodeId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{40}\Z")]
-_WCount = Annotated[int, Meta(ge=0, le=_U63)]
-_WGoalId = Annotated[str, Meta(pattern=r"\A" + GOAL_ID_PATTERN.strip("^$") + r"\Z")]
+# Block docs: a follower catching up decodes thousands of entries a second, so they turn into
+# the chain's types without a dump in between (see the converters below).
 
 
 class GoalRootsDoc(Struct, frozen=True):
-    leaderboard_root: _WHash32
-    leaderboard_size: _WCount
-    log_root: _WHash32
-    log_size: _WCount
+    leaderboard_root: _Hash32
+    leaderboard_size: _Count
+    log_root: _Hash32
+    log_size: _Count
 
 
 class HeaderDoc(Struct, frozen=True):
-    entries_hash: _WHash32
-    goals: Annotated[dict[_WGoalId, GoalRootsDoc], Meta(max_length=10_000)]
+    entries_hash: _Hash32
+    goals: Annotated[dict[_GoalId, GoalRootsDoc], Meta(max_length=10_000)]
     height: Annotated[int, Meta(ge=1, le=_U63)]
-    parent_hash: _WHash32
-    sequencer: _WNodeId
-    sequencer_key: _WHash32
-    timestamp_ms: _WCount
+    parent_hash: _Hash32
+    sequencer: _NodeId
+    sequencer_key: _Hash32
+    timestamp_ms: _Count
 
 
 class AgentPackDoc(Struct, frozen=True):
     version: Annotated[str, Meta(min_length=1, max_length=64)]
     parameters: Annotated[str, Meta(min_length=1)]
-    metadata: dict[str, Any] = {}
+    #: JSON text of an object (at most MAX_METADATA_WIRE_BYTES), decoded by
+    #: :func:`contribution_from_doc` and checked there as the API checks it.
+    metadata: Raw = _EMPTY_OBJECT
+
+    def __post_init__(self) -> None:
+        _object_text(self.metadata, "metadata", MAX_METADATA_WIRE_BYTES)
 
 
 class ContributionDoc(Struct, frozen=True):
-    goal_id: _WGoalId
+    goal_id: _GoalId
     agent_pack: AgentPackDoc
     contributor_id: Annotated[str, Meta(min_length=1, max_length=128)]
     seed: Annotated[int, Meta(ge=0, le=MAX_SEED)]
@@ -242,77 +278,74 @@ class ContributionDoc(Struct, frozen=True):
 
 class BlockDoc(Struct, frozen=True):
     header: HeaderDoc
-    hash: _WHash32
-    signature: _WSignature
+    hash: _Hash32
+    signature: _Signature
     entries: Annotated[list[ContributionDoc], Meta(max_length=10_000)]
 
 
-def _converter(kind: Any) -> PlainValidator:
-    """Validation of a pydantic field holding msgspec docs of type ``kind`` (see above)."""
-
-    def convert(value: Any) -> Any:
-        try:
-            return msgspec.convert(value, kind)  # its ValidationError is a ValueError: reported
-        except RecursionError:
-            raise ValueError("nested too deeply") from None
-
-    return PlainValidator(convert)
-
-
-_AS_JSON_DATA = PlainSerializer(msgspec.to_builtins)
-_BlockField = Annotated[BlockDoc, _converter(BlockDoc), _AS_JSON_DATA]
-_BlocksField = Annotated[
-    list[BlockDoc],
-    _converter(Annotated[list[BlockDoc], Meta(max_length=MAX_BLOCKS_PER_MESSAGE)]),
-    _AS_JSON_DATA,
-]
-_ContributionField = Annotated[ContributionDoc, _converter(ContributionDoc), _AS_JSON_DATA]
-
-
-class BlockAnnounce(Message):
+class BlockAnnounce(Message, frozen=True):
     TYPE: ClassVar[str] = "block_announce"
-    block: _BlockField
+    block: BlockDoc
 
 
-class GetBlocks(Message):
+class GetBlocks(Message, frozen=True):
     TYPE: ClassVar[str] = "get_blocks"
-    from_height: Count
-    max_blocks: int = Field(ge=1, le=MAX_BLOCKS_PER_MESSAGE)
+    from_height: _Count
+    max_blocks: Annotated[int, Meta(ge=1, le=MAX_BLOCKS_PER_MESSAGE)]
 
 
-class Blocks(Message):
+class Blocks(Message, frozen=True):
     TYPE: ClassVar[str] = "blocks"
-    blocks: _BlocksField = Field(default_factory=list)
+    blocks: Annotated[list[BlockDoc], Meta(max_length=MAX_BLOCKS_PER_MESSAGE)] = []
 
 
-class ContributionForward(Message):
+class ContributionForward(Message, frozen=True):
     TYPE: ClassVar[str] = "contribution_forward"
-    contribution: _ContributionField
+    contribution: ContributionDoc
     #: the submission token the forwarding node holds (when submissions need one)
-    token: str | None = Field(default=None, max_length=512)
+    token: Annotated[str, Meta(max_length=512)] | None = None
 
 
-class ContributionResult(Message):
+_MetricName = Annotated[str, Meta(max_length=64)]
+
+
+class ResultDoc(Struct, frozen=True):
+    """The sequencer's answer to a forwarded contribution (``Outcome.to_result()``)."""
+
+    accepted: bool
+    reason: Annotated[str, Meta(max_length=4096)] = ""
+    rejection_type: Annotated[str, Meta(max_length=64)] | None = None
+    score: float | None = None
+    metrics: Annotated[dict[_MetricName, float], Meta(max_length=64)] | None = None
+    log_index: _Count | None = None
+    contribution_hash: _Hash32 | None = None
+
+
+class ContributionResult(Message, frozen=True):
     TYPE: ClassVar[str] = "contribution_result"
-    result: dict[str, Any]
+    result: ResultDoc
 
 
-class Error(Message):
+class Error(Message, frozen=True):
     TYPE: ClassVar[str] = "error"
-    code: str = Field(min_length=1, max_length=64)
-    message: str = Field(default="", max_length=1024)
+    code: Annotated[str, Meta(min_length=1, max_length=64)]
+    message: Annotated[str, Meta(max_length=1024)] = ""
 
 
-class Consensus(Message):
-    """A consensus core message; ``msg`` is decoded by the receiver (:mod:`ian.consensus.codec`)."""
+class Consensus(Message, frozen=True):
+    """A consensus core message as JSON text: the receiver decodes it
+    (:func:`ian.consensus.codec.decode_json`) once it knows the sender may send one."""
 
     TYPE: ClassVar[str] = "consensus"
-    msg: dict[str, Any]
+    msg: Raw
+
+    def __post_init__(self) -> None:
+        _object_text(self.msg, "msg")
 
 
-class Goodbye(Message):
+class Goodbye(Message, frozen=True):
     TYPE: ClassVar[str] = "goodbye"
-    reason: str = Field(default="", max_length=256)
+    reason: Annotated[str, Meta(max_length=256)] = ""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -356,74 +389,36 @@ class Envelope:
         return self.message.TYPE
 
 
-def _json_data(value: Any) -> Any:
-    """msgspec's hook for what it cannot encode itself: a nested model (a peer entry)."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    raise NotImplementedError(f"{type(value).__name__} is not a wire type")
+class _Frame(Struct):
+    """A frame before its type is known: the body's JSON text kept as it is (its syntax
+    checked, no objects built)."""
+
+    type: Annotated[str, Meta(max_length=64)]
+    id: _Count
+    body: Raw
+    v: int = 0
+    re: _Count | None = None
 
 
-_ENCODER = msgspec.json.Encoder(enc_hook=_json_data)
+_ENCODER = msgspec.json.Encoder()
+_FRAME = msgspec.json.Decoder(_Frame)
+_JSON = msgspec.json.Decoder()
+_BODIES = {mtype: msgspec.json.Decoder(cls) for mtype, cls in MESSAGE_TYPES.items()}
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
-    """The UTF-8 JSON payload of ``envelope`` (compact; no framing).
-
-    The body is the message's fields as they are, in declaration order: the bytes of
-    ``model_dump(mode="json")``, without building that copy (every field is a JSON value, a
-    msgspec doc or a model). Floats (in a genesis document, a result) are written in their
-    shortest form, which reads back as the same number."""
-    message = envelope.message
-    body = {name: getattr(message, name) for name in type(message).model_fields}
+    """The UTF-8 JSON payload of ``envelope`` (compact; no framing). A body's fields are
+    written in declaration order, defaults included; floats (in a result) in their shortest
+    form, which reads back as the same number."""
     return _ENCODER.encode(
         {
             "v": PROTOCOL_VERSION,
-            "type": message.TYPE,
+            "type": envelope.message.TYPE,
             "id": envelope.id,
             "re": envelope.re,
-            "body": body,
+            "body": envelope.message,
         }
     )
-
-
-class _Frame(Struct):
-    """A frame before its type is known: any JSON value per envelope field (checked by
-    :func:`decode_envelope`), the body's JSON text kept as it is (its syntax checked)."""
-
-    v: Any = None
-    type: Any = None
-    id: Any = None
-    re: Any = None
-    body: msgspec.Raw = msgspec.Raw(b"")
-
-
-class _BlocksBody(Struct):
-    blocks: Annotated[list[BlockDoc], Meta(max_length=MAX_BLOCKS_PER_MESSAGE)] = []
-
-
-class _BlockAnnounceBody(Struct):
-    block: BlockDoc
-
-
-_FRAME = msgspec.json.Decoder(_Frame)
-_JSON = msgspec.json.Decoder()
-_BLOCKS_BODY = msgspec.json.Decoder(_BlocksBody)
-_ANNOUNCE_BODY = msgspec.json.Decoder(_BlockAnnounceBody)
-
-
-def _typed_body(mtype: str, body: msgspec.Raw) -> Message | None:
-    """The message of a block-carrying ``body``, decoded and checked by msgspec with the same
-    constraints as its model's fields (None for the other types); raises msgspec's errors."""
-    if mtype == Blocks.TYPE:
-        return Blocks.model_construct(blocks=_BLOCKS_BODY.decode(body).blocks)
-    if mtype == BlockAnnounce.TYPE:
-        return BlockAnnounce.model_construct(block=_ANNOUNCE_BODY.decode(body).block)
-    return None
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """True for an int (not a bool) in ``[0, 2**63)``: a valid envelope id or version."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U63
 
 
 def decode_envelope(payload: bytes) -> Envelope:
@@ -434,57 +429,55 @@ def decode_envelope(payload: bytes) -> Envelope:
     """
     try:
         frame = _FRAME.decode(payload)
-    except msgspec.ValidationError:
-        raise ProtocolViolation("frame is not a JSON object") from None
+    except msgspec.ValidationError as exc:
+        raise ProtocolViolation(f"malformed envelope: {exc}") from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ProtocolViolation(f"frame is not UTF-8 JSON: {exc}") from None
-    version = frame.v
-    if not _is_int(version) or version != PROTOCOL_VERSION:
-        raise ProtocolViolation(f"unsupported envelope version {version!r}")
-    mtype, mid, re, body = frame.type, frame.id, frame.re, frame.body
-    if not isinstance(mtype, str):
-        raise ProtocolViolation("envelope has no type")
-    cls = MESSAGE_TYPES.get(mtype)
-    if cls is None:
-        raise ProtocolViolation(f"unknown message type {mtype[:64]!r}")
-    if not _is_int(mid) or not (re is None or _is_int(re)) or bytes(memoryview(body)[:1]) != b"{":
-        raise ProtocolViolation(f"malformed {mtype} envelope (id, re or body)")
+    if frame.v != PROTOCOL_VERSION:
+        raise ProtocolViolation(f"unsupported envelope version {frame.v!r}")
+    mtype, mid, body = frame.type, frame.id, frame.body
+    decoder = _BODIES.get(mtype)
+    if decoder is None:
+        raise ProtocolViolation(f"unknown message type {mtype!r}")
+    if not _is_object(body):
+        raise ProtocolViolation(f"malformed {mtype} envelope: the body is not an object")
     try:
-        message = _typed_body(mtype, body)
-        if message is None:
-            message = cls.model_validate(_JSON.decode(body))
-    except ValidationError as exc:
-        raise InvalidMessage(
-            f"invalid {mtype}: {_summary(exc)}", message_type=mtype, message_id=mid
-        ) from None
+        message = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidMessage(
             f"invalid {mtype}: {exc}", message_type=mtype, message_id=mid
         ) from None
     except (msgspec.DecodeError, RecursionError) as exc:  # the body's syntax was checked: text
         raise ProtocolViolation(f"frame is not UTF-8 JSON: {exc}") from None
-    return Envelope(id=mid, re=re, message=message)
-
-
-def _summary(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return Envelope(id=mid, re=frame.re, message=message)
 
 
 # --------------------------------------------------------------------------- converters
 
 
+def _raw_as_data(value: object) -> object:
+    if isinstance(value, Raw):
+        return _JSON.decode(value)
+    raise NotImplementedError(f"{type(value).__name__} is not a wire type")
+
+
+def doc_to_data(doc: Struct) -> object:
+    """A doc (a block doc, a message) as plain JSON data, its JSON text decoded (for evidence
+    files and reports)."""
+    return msgspec.to_builtins(doc, enc_hook=_raw_as_data)
+
+
 def contribution_to_doc(contribution: Contribution) -> ContributionDoc:
-    """The wire doc of a contribution (what ``Contribution.to_wire()`` describes)."""
+    """The wire doc of a contribution (what ``Contribution.to_wire()`` describes; metadata as
+    its canonical JSON text)."""
     c = contribution
+    metadata_json = c.metadata_json
     return ContributionDoc(
         goal_id=c.goal_id,
         agent_pack=AgentPackDoc(
             version=c.version,
             parameters=base64.b64encode(c.parameters).decode("ascii"),
-            metadata=c.metadata,
+            metadata=_EMPTY_OBJECT if metadata_json == "{}" else Raw(metadata_json.encode()),
         ),
         contributor_id=c.contributor_id,
         seed=c.seed,
@@ -495,11 +488,12 @@ def contribution_from_doc(doc: ContributionDoc) -> Contribution:
     """Re-validate a wire contribution exactly as the API would; errors are InvalidMessage."""
     pack = doc.agent_pack
     try:
+        raw_metadata = pack.metadata
         return make_contribution(
             goal_id=doc.goal_id,
             version=pack.version,
             parameters=decode_parameters(pack.parameters),
-            metadata=dict(pack.metadata),
+            metadata={} if raw_metadata == _EMPTY_OBJECT else _JSON.decode(raw_metadata),
             contributor_id=doc.contributor_id,
             seed=doc.seed,
         )
@@ -557,7 +551,7 @@ _BLOCK_DOC = msgspec.json.Decoder(BlockDoc)
 
 def encode_block(block: Block) -> bytes:
     """``block`` as one compact JSON block doc (a consensus payload)."""
-    return msgspec.json.encode(block_to_doc(block))
+    return _ENCODER.encode(block_to_doc(block))
 
 
 def decode_block(data: bytes) -> Block:

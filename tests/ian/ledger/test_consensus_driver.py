@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from msgspec import Raw
 from tests.ian.consensus.cluster import small_memory
 from tests.ian.p2p.conftest import Cluster, Node
 
@@ -35,7 +36,7 @@ from ian.consensus import (
     VoteRequest,
     genesis_hash,
 )
-from ian.consensus.codec import encode
+from ian.consensus.codec import encode_json
 from ian.identity import Identity, verify_signature
 from ian.ledger.consensus_driver import INBOX_BYTES, ConsensusDriver
 from ian.p2p.connection import PeerInfo
@@ -270,7 +271,7 @@ async def test_a_stranger_cannot_talk_consensus(cluster: Cluster, tmp_path: Path
         last_term=term + 100,
         last_height=10**6,
     )
-    await stranger.service.send(target.node.node_id, Consensus(msg=encode(claim)))
+    await stranger.service.send(target.node.node_id, Consensus(msg=Raw(encode_json(claim))))
     # A round trip behind it: the target has handled the claim when the pong comes back.
     assert await stranger.service.request(target.node.node_id, Ping(nonce=1)) == Pong(nonce=1)
     record = target.node.book.get(stranger.node_id)
@@ -316,7 +317,7 @@ async def test_blocks_waiting_for_the_core_are_bounded_in_bytes(tmp_path: Path) 
     )
     election = ElectionCertificate(CHAIN, 1, ids[1].node_id, 0, 0, ())
     append = AppendBlocks(1, ids[1].node_id, 0, genesis_hash(CHAIN), (block,), election, None)
-    message = Consensus(msg=encode(append))
+    message = Consensus(msg=Raw(encode_json(append)))
     sender = PeerInfo(
         node_id=ids[1].node_id,
         address=None,
@@ -370,7 +371,7 @@ async def test_two_certified_blocks_at_one_height_stop_applying_and_are_kept(
     )
     election = ElectionCertificate(CHAIN, term, sender.node.node_id, 0, 0, ())
     message = CertifiedBlocks(term, sender.node.node_id, (theirs,), cert, election)
-    await sender.node.service.send(target.node.node_id, Consensus(msg=encode(message)))
+    await sender.node.service.send(target.node.node_id, Consensus(msg=Raw(encode_json(message))))
     with anyio.fail_after(5):
         while not target.forks:
             await target.changed.wait()

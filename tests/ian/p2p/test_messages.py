@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tracemalloc
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from ian.consensus import CodecError, Vote, VoteResponse, codec
 from ian.identity import Identity
 from ian.p2p.errors import InvalidMessage, P2PError, ProtocolViolation
 from ian.p2p.messages import (
+    MAX_METADATA_WIRE_BYTES,
     MESSAGE_TYPES,
     REQUEST_TYPES,
     BlockAnnounce,
@@ -38,6 +40,7 @@ from ian.p2p.messages import (
     Peers,
     Ping,
     Pong,
+    ResultDoc,
     Status,
     block_from_doc,
     block_to_doc,
@@ -45,6 +48,7 @@ from ian.p2p.messages import (
     contribution_to_doc,
     decode_block,
     decode_envelope,
+    doc_to_data,
     encode_block,
     encode_envelope,
 )
@@ -216,8 +220,8 @@ def test_valid_bodies_decode(mtype: str, body: dict[str, Any]) -> None:
     assert envelope.type == mtype
     assert (envelope.id, envelope.re) == (9, 4)
     assert isinstance(envelope.message, MESSAGE_TYPES[mtype])
-    # Block-carrying bodies are decoded by msgspec alone: the same message as the model's.
-    assert envelope.message == MESSAGE_TYPES[mtype].model_validate(body)
+    # What was decoded is what is sent again.
+    assert decode_envelope(encode_envelope(envelope)) == envelope
 
 
 @pytest.mark.parametrize(("mtype", "body", "why"), INVALID, ids=[w for _, _, w in INVALID])
@@ -259,30 +263,31 @@ def test_envelope_problems_are_protocol_violations(payload: bytes, why: str) -> 
 def test_every_type_round_trips() -> None:
     block_doc = block_to_doc(make_block())
     samples = [
-        Hello.model_validate(HELLO),
+        msgspec.convert(HELLO, Hello),
         Ping(nonce=1),
         Pong(nonce=1),
         GetPeers(),
-        Peers.model_validate({"peers": [{"node_id": NODE, "address": "tcp://h:1"}]}),
+        msgspec.convert({"peers": [{"node_id": NODE, "address": "tcp://h:1"}]}, Peers),
         GetGenesis(),
-        GenesisDoc(genesis={"network": "x"}),
+        GenesisDoc(genesis=msgspec.Raw(b'{"network": "x"}')),
         Status(height=1, head_hash=HASH),
         BlockAnnounce(block=block_doc),
         GetBlocks(from_height=1, max_blocks=10),
         Blocks(blocks=[block_doc, block_doc]),
         ContributionForward(contribution=block_doc.entries[0]),
-        ContributionResult(result={"accepted": False, "reason": "threshold"}),
+        ContributionResult(result=ResultDoc(accepted=False, reason="threshold")),
         Error(code="x", message="y"),
         Goodbye(reason="bye"),
-        Consensus(msg={"kind": "vote_request"}),
+        Consensus(msg=msgspec.Raw(b'{"kind": "vote_request"}')),
     ]
     assert {m.TYPE for m in samples} == set(MESSAGE_TYPES)
     for message in samples:
         envelope = Envelope(id=3, re=None, message=message)
         payload = encode_envelope(envelope)
         assert decode_envelope(payload) == envelope
-        # The fields handed to msgspec as they are make the body pydantic's dump would.
-        assert json.loads(payload)["body"] == message.model_dump(mode="json")
+        # Every field is written, defaults too, in declaration order.
+        fields = [f.encode_name for f in msgspec.structs.fields(type(message))]
+        assert list(json.loads(payload)["body"]) == fields
 
 
 def test_addresses_are_canonicalised() -> None:
@@ -294,7 +299,7 @@ def test_block_converters_round_trip() -> None:
     block = make_block()
     doc = block_to_doc(block)
     assert msgspec.to_builtins(doc.header) == block.header.to_doc()
-    assert msgspec.to_builtins(doc.entries) == [c.to_wire() for c in block.entries]
+    assert [doc_to_data(e) for e in doc.entries] == [c.to_wire() for c in block.entries]
     again = decode_block(encode_block(block))
     assert again == block_from_doc(msgspec.json.decode(msgspec.json.encode(doc), type=BlockDoc))
     assert again.header == block.header
@@ -312,7 +317,7 @@ def test_wire_round_trip_keeps_the_pack_hash() -> None:
         contributor_id="alice",
         seed=3,
     )
-    back = contribution_from_doc(msgspec.convert(c.to_wire(), ContributionDoc))
+    back = contribution_from_doc(msgspec.json.decode(json.dumps(c.to_wire()), type=ContributionDoc))
     assert back == c and back.pack_hash == c.pack_hash
 
 
@@ -367,14 +372,16 @@ def test_consensus_message_travels_in_an_envelope() -> None:
     draft = Vote("vote", chain, 4, NODE, 3, 9, voter.node_id)
     vote = replace(draft, signature=voter.sign(draft.signed_bytes()))
     message = VoteResponse(pre_vote=False, term=4, vote=vote)
-    envelope = Envelope(id=5, re=None, message=Consensus(msg=codec.encode(message)))
+    envelope = Envelope(
+        id=5, re=None, message=Consensus(msg=msgspec.Raw(codec.encode_json(message)))
+    )
     received = decode_envelope(encode_envelope(envelope))
     assert received == envelope
     assert received.type == "consensus" and "consensus" not in REQUEST_TYPES
     assert isinstance(received.message, Consensus)
-    assert codec.decode(received.message.msg) == message
+    assert codec.decode_json(received.message.msg) == message
     with pytest.raises(CodecError):
-        codec.decode({**received.message.msg, "term": -4})
+        codec.decode({**json.loads(bytes(received.message.msg)), "term": -4})
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -439,3 +446,92 @@ def test_a_payload_too_deep_or_not_utf8_is_an_invalid_message() -> None:
     for payload in (too_deep, b'{"hash": "\xff"}'):
         with pytest.raises(InvalidMessage):
             decode_block(payload)
+
+
+# --------------------------------------------------------------------------- hostile frames
+
+JUNK = b"[" + b"[]," * 350_000 + b"[]]"  # 1 MiB of empty lists: ~20 MiB as Python objects
+
+
+def frame_with(body: bytes, *, mtype: bytes = b'"ping"', extra: bytes = b"") -> bytes:
+    return b'{"v":1,"type":' + mtype + b',"id":7,"re":null,' + extra + b'"body":' + body + b"}"
+
+
+def ping_with(field: bytes) -> bytes:
+    return frame_with(b'{"nonce":1,"junk":' + field + b"}")
+
+
+HOSTILE: list[tuple[bytes, type[P2PError] | None, str]] = [
+    (frame_with(b'{"nonce":1}', extra=b'"junk":' + JUNK + b","), None, "unknown envelope field"),
+    (ping_with(JUNK), None, "unknown body field"),
+    (frame_with(b'{"nonce":1}', mtype=JUNK), ProtocolViolation, "junk type"),
+    (b'{"v":' + JUNK + b',"type":"ping","id":1,"body":{}}', ProtocolViolation, "junk version"),
+    (
+        frame_with(b'{"peers":[' + b"{}," * 350_000 + b"{}]}", mtype=b'"peers"'),
+        InvalidMessage,
+        "peers",
+    ),
+    (frame_with(b'{"nonce":' + JUNK + b"}"), InvalidMessage, "junk nonce"),
+    (
+        frame_with(b'{"msg":{"kind":"append_blocks","junk":' + JUNK + b"}}", mtype=b'"consensus"'),
+        None,
+        "consensus message (decoded later, by an authority's codec)",
+    ),
+    (
+        frame_with(b'{"genesis":{"junk":' + JUNK + b"}}", mtype=b'"genesis"'),
+        None,
+        "genesis (decoded later, from a trusted source)",
+    ),
+    (
+        frame_with(
+            b'{"result":{"accepted":true,"junk":' + JUNK + b"}}", mtype=b'"contribution_result"'
+        ),
+        None,
+        "result",
+    ),
+    (
+        frame_with(
+            json.dumps({"blocks": [bad_block(pack={"metadata": {"k": []}})]})
+            .encode()
+            .replace(b'{"k": []}', b'{"k":' + JUNK + b"}"),
+            mtype=b'"blocks"',
+        ),
+        InvalidMessage,
+        "metadata past its byte limit",
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "error", "why"), HOSTILE, ids=[w for _, _, w in HOSTILE])
+def test_a_hostile_frame_builds_no_objects_for_its_junk(
+    payload: bytes, error: type[P2PError] | None, why: str
+) -> None:
+    """A megabyte of ``[],[],…`` wherever a peer can put it: decoding the frame never turns it
+    into Python objects (untyped, it takes ~20 MiB). Skipped as text, or refused at its first
+    value; a consensus message or genesis stays text for its reader."""
+    assert len(payload) > len(JUNK)
+    tracemalloc.start()
+    try:
+        with pytest.raises(error) if error is not None else contextlib.nullcontext():
+            decode_envelope(payload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, f"{why}: {peak} bytes allocated"
+
+
+def test_metadata_text_is_bounded_and_decoded_only_when_converted() -> None:
+    limit = MAX_METADATA_WIRE_BYTES
+    pad = limit - len(b'{"k": ""}')  # json.dumps writes a space
+    at_limit = {"k": "x" * pad}
+    doc = bad_block(pack={"metadata": at_limit})
+    message = decode_envelope(raw("blocks", {"blocks": [doc]})).message
+    assert isinstance(message, Blocks)
+    assert len(message.blocks[0].entries[0].agent_pack.metadata) == limit
+    # Text within the wire limit is still checked as the API checks it (64 KiB canonical).
+    with pytest.raises(InvalidMessage, match="bytes as JSON"):
+        block_from_doc(message.blocks[0])
+    with pytest.raises(InvalidMessage, match=r"metadata is \d+ bytes of JSON"):
+        decode_envelope(
+            raw("blocks", {"blocks": [bad_block(pack={"metadata": {"k": "x" * (pad + 1)}})]})
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from ian.p2p.errors import FrameTooLargeError, HandshakeError, ProtocolViolation
@@ -17,6 +18,7 @@ from ian.p2p.messages import (
     Goodbye,
     Hello,
     Ping,
+    ResultDoc,
     decode_envelope,
     encode_envelope,
 )
@@ -50,7 +52,7 @@ def hello(node_id: str, **kw: object) -> Hello:
         "head_hash": "00" * 32,
     }
     values.update(kw)
-    return Hello.model_validate(values)
+    return msgspec.convert(values, Hello)
 
 
 def frame(message: object, mid: int = 1, re: int | None = None) -> bytes:
@@ -221,7 +223,7 @@ def test_send_is_only_allowed_when_open() -> None:
     with pytest.raises(RuntimeError):
         s.send(hello(A))
     with pytest.raises(ValueError, match="exceeds"):
-        s.send(ContributionResult(result={"blob": "x" * LIMIT}))
+        s.send(ContributionResult(result=ResultDoc(accepted=False, reason="x" * LIMIT)))
 
 
 def test_liveness() -> None:
