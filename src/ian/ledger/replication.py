@@ -172,7 +172,9 @@ class Replicator:
             return msg.Error(code=exc.code, message=exc.message[:1000])
         except IanError as exc:
             return msg.Error(code="invalid_input", message=exc.message[:1000])
-        return msg.ContributionResult(result=msg.ResultDoc(**outcome.to_result()))
+        result = outcome.to_result()
+        result["reason"] = result["reason"][: msg.MAX_REASON_CHARS]  # a longer one is refused
+        return msg.ContributionResult(result=msg.ResultDoc(**result))
 
     # -- follower side: forwarding --------------------------------------------------------------
     async def forward(self, c: Contribution) -> Outcome:
@@ -219,13 +221,8 @@ class Replicator:
     async def _on_announce(self, peer: PeerInfo, m: msg.BlockAnnounce) -> None:
         if self.is_sequencer() or not self.follows_blocks():
             return None
-        try:
-            block = msg.block_from_doc(m.block)
-        except IanError as exc:
-            self._record(peer.node_id, PeerEvent.INVALID_MESSAGE)
-            log.warning("invalid block announce from %s: %s", peer.node_id[:12], exc)
-            return None
-        if not self._signed_by_sequencer(block, peer.node_id, "block announce"):
+        block = self._signed_block(m.block, peer.node_id, "block announce")
+        if block is None:
             return None
         h = block.height
         self._prove_height(h)
@@ -241,19 +238,20 @@ class Replicator:
                 await self.check_divergence(h)
         return None
 
-    def _signed_by_sequencer(self, block: Block, sender: str, what: str) -> bool:
-        """True when ``block`` is signed by the chain's sequencer; a sender of anything else is
-        charged (an unproven claim). False without charge while the sequencer is unknown."""
+    def _signed_block(self, doc: msg.BlockDoc, sender: str, what: str) -> Block | None:
+        """The block of ``doc`` when the chain's sequencer signed it, else None; a sender of
+        anything else (an unproven claim, an invalid entry) is charged. None without charge
+        while the sequencer is unknown. The signature is checked before the entries are
+        decoded: a peer cannot make us decode (and hold) contributions nobody trusted signed."""
         sequencer = self.sequencer_id()
         if sequencer is None:
-            return False
+            return None
         try:
-            check_block_signature(block, sequencer)
-        except InvalidBlockError as exc:
+            return msg.block_from_doc(doc, lambda b: check_block_signature(b, sequencer))
+        except (InvalidBlockError, IanError) as exc:
             log.warning("%s from %s ignored: %s", what, sender[:12], exc)
             self._record(sender, PeerEvent.INVALID_MESSAGE)
-            return False
-        return True
+            return None
 
     def _prove_height(self, height: int) -> None:
         if height > self.announced_height:
@@ -261,7 +259,8 @@ class Replicator:
 
     async def _apply(self, blocks: list[Block], sender: str) -> int:
         """Apply consecutive blocks (one transaction for the batch); returns how many were
-        applied. Scores the sender."""
+        applied. Scores the sender. The blocks come from :meth:`_signed_block`: their
+        signatures are not checked again."""
         if self.sequencer_id() is None:
             # Nobody has told us who signs blocks yet (no genesis, no IAN_SEQUENCER): accepting
             # whatever a peer signed would let any peer feed us its own chain.
@@ -287,6 +286,7 @@ class Replicator:
                         fresh,
                         sequencer=self.sequencer_id(),
                         evaluator=self.evaluator,
+                        signatures_checked=True,
                     )
                 )
             except errors.EvaluationError as exc:
@@ -388,12 +388,12 @@ class Replicator:
         if not isinstance(reply, msg.Blocks) or not reply.blocks:
             self._record(node_id, PeerEvent.FAILED_SYNC)
             return None
-        try:
-            blocks = [msg.block_from_doc(d) for d in reply.blocks]
-        except IanError as exc:
-            log.warning("invalid blocks from %s: %s", node_id[:12], exc)
-            self._record(node_id, PeerEvent.INVALID_MESSAGE)
-            return None
+        blocks = []
+        for doc in reply.blocks:
+            block = self._signed_block(doc, node_id, f"block {doc.header.height}")
+            if block is None:
+                return None
+            blocks.append(block)
         if blocks[0].height != start:
             self._record(node_id, PeerEvent.FAILED_SYNC)
             return None
@@ -437,7 +437,7 @@ class Replicator:
         if height <= self.network_height:
             return True
         try:
-            block = await self._ask_block(node_id, height)
+            doc = await self._ask_block(node_id, height)
         except P2PError as exc:
             log.info("could not ask %s for block %d: %s", node_id[:12], height, exc.message)
             if not isinstance(exc, RemoteError) or exc.remote_code not in _NOT_BLAMED:
@@ -447,10 +447,10 @@ class Replicator:
             self._unasked[node_id] = (time.monotonic() + delay, failures)
             return False
         self._unasked.pop(node_id, None)
-        if block is not None and self._signed_by_sequencer(block, node_id, f"block {height}"):
+        if doc is not None and self._signed_block(doc, node_id, f"block {height}") is not None:
             self._prove_height(height)
             return True
-        if block is None:
+        if doc is None:
             log.info("peer %s claimed height %d but did not show that block", node_id[:12], height)
             self._record(node_id, PeerEvent.FAILED_SYNC)
         self._disproven[node_id] = height
@@ -485,10 +485,11 @@ class Replicator:
         if not ours:
             return
         for p in list(self.p2p.peers()):
-            theirs = await self._remote_block(p.node_id, height)
-            if theirs is None or theirs.hash == ours[0].hash:
+            doc = await self._remote_block(p.node_id, height)
+            if doc is None or doc.hash == ours[0].hash.hex():
                 continue
-            if not self._signed_by_sequencer(theirs, p.node_id, f"block {height}"):
+            theirs = self._signed_block(doc, p.node_id, f"block {height}")
+            if theirs is None:
                 continue
             self._fork(ours[0], theirs, p.node_id)
             return
@@ -607,27 +608,24 @@ class Replicator:
                 },
             )
 
-    async def _remote_block(self, node_id: str, height: int) -> Block | None:
-        """The peer's block at ``height``, or None (not shown, or the request failed)."""
+    async def _remote_block(self, node_id: str, height: int) -> msg.BlockDoc | None:
+        """The peer's block doc at ``height``, or None (not shown, or the request failed)."""
         try:
             return await self._ask_block(node_id, height)
         except P2PError:
             return None
 
-    async def _ask_block(self, node_id: str, height: int) -> Block | None:
-        """The peer's block at ``height``, None if its answer does not hold it; raises
-        :class:`P2PError` when the request fails on the way."""
+    async def _ask_block(self, node_id: str, height: int) -> msg.BlockDoc | None:
+        """The peer's block doc at ``height`` (not decoded further: see :meth:`_signed_block`),
+        None if its answer does not hold it; raises :class:`P2PError` when the request fails on
+        the way."""
         reply = await self.p2p.request(
             node_id, msg.GetBlocks(from_height=height, max_blocks=1), timeout=10
         )
         if isinstance(reply, msg.Blocks) and reply.blocks:
-            try:
-                block = msg.block_from_doc(reply.blocks[0])
-            except IanError:
-                self._record(node_id, PeerEvent.INVALID_MESSAGE)
-                return None
-            if block.height == height:
-                return block
+            doc = reply.blocks[0]
+            if doc.header.height == height:
+                return doc
         return None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from ian.chain.blocks import Block
@@ -203,7 +204,7 @@ async def test_a_claim_is_asked_about_again_after_a_request_failed_on_the_way(
     real = pair.fol_rep._ask_block
     failed: list[int] = []
 
-    async def drops_once(node_id: str, height: int) -> Block | None:
+    async def drops_once(node_id: str, height: int) -> msg.BlockDoc | None:
         if not failed:
             failed.append(height)
             raise P2PError("connection closed")
@@ -273,3 +274,28 @@ async def test_a_block_announced_while_a_sync_proves_its_claim_costs_the_sequenc
     assert record is not None
     assert record.failed_syncs == 0, "an empty get_blocks reply was charged to the sequencer"
     assert pair.follower.state.head_hash == seq.state.head_hash
+
+
+async def test_a_block_the_sequencer_did_not_sign_is_refused_before_its_entries_are_decoded(
+    pair: Pair, packs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's block doc is decoded past its header only once the sequencer's signature on it
+    checks out: entries (their metadata up to 256 KiB of JSON each) of a block nobody trusted
+    signed are never turned into objects."""
+    pair.sequencer.commit([packs.contribution(1, goal_id=packs.trivial_goal)])
+    [block] = pair.sequencer.store.blocks(1, 1, max_bytes=1 << 30)
+    good = msg.block_to_doc(block)
+    forged = msgspec.structs.replace(good, signature="00" * 64)
+    decoded: list[msg.ContributionDoc] = []
+    real = msg.contribution_from_doc
+
+    def spy(doc: msg.ContributionDoc) -> Contribution:
+        decoded.append(doc)
+        return real(doc)
+
+    monkeypatch.setattr(msg, "contribution_from_doc", spy)
+    sender = pair.seq_switch.node_id
+    assert pair.fol_rep._signed_block(forged, sender, "forged block") is None
+    assert decoded == []
+    assert pair.fol_rep._signed_block(good, sender, "block") == block
+    assert decoded == good.entries

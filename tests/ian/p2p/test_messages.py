@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ian.chain.blocks import Block, BlockHeader, GoalRoots
+from ian.chain.blocks import Block, BlockHeader, GoalRoots, InvalidBlockError
 from ian.chain.contributions import make_contribution
 from ian.consensus import CodecError, Vote, VoteResponse, codec
 from ian.identity import Identity
@@ -203,7 +203,6 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
             (bad_block(entry={"contributor_id": ""}), "empty contributor"),
             (bad_block(entry={"goal_id": "G\n"}), "entry goal id with a line feed"),
             (bad_block(pack={"version": "v" * 65}), "version too long"),
-            (bad_block(pack={"metadata": []}), "metadata not an object"),
             (bad_block(drop="entries"), "block without entries"),
         )
     ),
@@ -496,8 +495,8 @@ HOSTILE: list[tuple[bytes, type[P2PError] | None, str]] = [
             .replace(b'{"k": []}', b'{"k":' + JUNK + b"}"),
             mtype=b'"blocks"',
         ),
-        InvalidMessage,
-        "metadata past its byte limit",
+        None,
+        "metadata past its byte limit (refused when converted, see below)",
     ),
 ]
 
@@ -531,7 +530,27 @@ def test_metadata_text_is_bounded_and_decoded_only_when_converted() -> None:
     # Text within the wire limit is still checked as the API checks it (64 KiB canonical).
     with pytest.raises(InvalidMessage, match="bytes as JSON"):
         block_from_doc(message.blocks[0])
-    with pytest.raises(InvalidMessage, match=r"metadata is \d+ bytes of JSON"):
-        decode_envelope(
-            raw("blocks", {"blocks": [bad_block(pack={"metadata": {"k": "x" * (pad + 1)}})]})
-        )
+    for metadata, error in (
+        ({"k": "x" * (pad + 1)}, r"is \d+ bytes of JSON"),
+        ([], "is not a JSON object"),
+    ):
+        over = decode_envelope(raw("blocks", {"blocks": [bad_block(pack={"metadata": metadata})]}))
+        assert isinstance(over.message, Blocks)
+        with pytest.raises(InvalidMessage, match=f"agent_pack.metadata {error}"):
+            block_from_doc(over.message.blocks[0])
+
+
+def test_a_block_check_runs_before_the_entries_are_decoded() -> None:
+    doc = decode_envelope(raw("block_announce", {"block": bad_block(pack={"parameters": "!!"})}))
+    announced = doc.message
+    assert isinstance(announced, BlockAnnounce)
+    seen: list[Block] = []
+    with pytest.raises(InvalidMessage, match="base64"):  # the entry: decoded after the check
+        block_from_doc(announced.block, seen.append)
+    assert len(seen) == 1 and seen[0].entries == () and seen[0].height == 1
+
+    def refuse(block: Block) -> None:
+        raise InvalidBlockError("not signed by the sequencer")
+
+    with pytest.raises(InvalidBlockError):  # the check's error, not the entry's
+        block_from_doc(announced.block, refuse)
