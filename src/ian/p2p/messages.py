@@ -405,6 +405,7 @@ class _Frame(Struct):
 _ENCODER = msgspec.json.Encoder()
 _FRAME = msgspec.json.Decoder(_Frame)
 _JSON = msgspec.json.Decoder()
+_METADATA = msgspec.json.Decoder(dict[str, Any])
 _BODIES = {mtype: msgspec.json.Decoder(cls) for mtype, cls in MESSAGE_TYPES.items()}
 
 
@@ -491,12 +492,14 @@ def contribution_from_doc(doc: ContributionDoc) -> Contribution:
     pack = doc.agent_pack
     try:
         raw_metadata = pack.metadata
-        metadata: dict[str, Any]
-        if raw_metadata == _EMPTY_OBJECT:
-            metadata = {}
-        else:
-            _object_text(raw_metadata, "agent_pack.metadata", MAX_METADATA_WIRE_BYTES)
-            metadata = _JSON.decode(raw_metadata)
+        metadata: dict[str, Any] = {}
+        if raw_metadata != _EMPTY_OBJECT:
+            if len(raw_metadata) > MAX_METADATA_WIRE_BYTES:
+                raise ValueError(
+                    f"agent_pack.metadata is {len(raw_metadata)} bytes of JSON; "
+                    f"the limit is {MAX_METADATA_WIRE_BYTES}"
+                )
+            metadata = _METADATA.decode(raw_metadata)  # not an object: a ValidationError
         return make_contribution(
             goal_id=doc.goal_id,
             version=pack.version,
