@@ -50,12 +50,15 @@ breaking older peers.
 A peer may send anything, so nothing it sends is turned into untyped Python data before it is
 checked: the envelope and every body decode straight into these structs. Unknown fields are
 skipped as text (their syntax checked, no objects built), and the first value of the wrong type
-or size stops decoding. Three values stay JSON text (:class:`msgspec.Raw`, a view of the frame)
-until their reader asks for them, each bounded in bytes first: a contribution's metadata
-(:func:`contribution_from_doc`), a genesis document (the genesis exchange), and a consensus
-message (:func:`ian.consensus.codec.decode_json`, once the consensus driver knows the sender is
-an authority). Without this, one 16 MiB frame of ``[],[],…`` cost a second of the event loop and
-hundreds of MiB of memory before any check ran (``bench/hostile_frames_bench.py``).
+or size stops decoding (a list longer than its limit is refused once read: its items must all be
+well-formed to get that far, which costs memory of the order of the frame, no more). Three values
+stay JSON text (:class:`msgspec.Raw`, a view of the frame) until their reader asks for them, each
+bounded in bytes first: a contribution's metadata (:func:`contribution_from_doc`), a genesis
+document (the genesis exchange), and a consensus message (:func:`ian.consensus.codec.decode_json`,
+once the consensus driver knows the sender is an authority). :func:`block_from_doc` can check a
+block's signature before it decodes the entries. Without this, one 16 MiB frame of ``[],[],…``
+cost ~425 MiB and a second of the event loop before any check ran
+(``tests/integration/test_hostile_peers.py``, ``bench/hostile_bench.py``).
 """
 
 from __future__ import annotations
