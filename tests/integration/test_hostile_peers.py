@@ -333,7 +333,8 @@ JUNK_FRAMES = 4
 
 def junk_frame(mtype: str, body_start: bytes, msg_id: int) -> bytes:
     """A frame of ``mtype`` as large as the node takes, its body ``body_start`` plus an unknown
-    field of ``[],[],…`` filling the rest: valid, so the sender is never charged for it."""
+    field of ``[],[],…`` filling the rest: valid (a ``blocks`` body may fill a frame; a small
+    body such as a status's is refused past 64 KiB, and its sender charged)."""
     head = b'{"v":1,"type":"%s","id":%d,"re":null,"body":{%s"junk":[' % (
         mtype.encode(),
         msg_id,
@@ -346,11 +347,11 @@ def junk_frame(mtype: str, body_start: bytes, msg_id: int) -> bytes:
 
 def test_junk_in_valid_frames_builds_nothing(pair: Pair) -> None:
     """An authenticated peer sends frames of the largest size that are valid but for an unknown
-    field of ``[],[],…`` (a status, and a consensus message, which only an authority may send):
-    the node skips the junk as text, so its memory peaks at the frames themselves."""
+    field of ``[],[],…`` (an unasked-for ``blocks``, which is not charged, and a consensus
+    message, which only an authority may send): the node skips the junk as text, so its memory
+    peaks at the frames themselves."""
     rss = PeakSampler(pair.a.rss_kib)
-    status = b'"height":0,"head_hash":"%s",' % (b"00" * 32)
-    frames = [junk_frame("status", status, 10 + i) for i in range(JUNK_FRAMES)]
+    frames = [junk_frame("blocks", b'"blocks":[],', 10 + i) for i in range(JUNK_FRAMES)]
     frames.append(junk_frame("consensus", b'"msg":{"kind":"append_blocks"},', 20))
 
     async def attack() -> float:
@@ -378,7 +379,7 @@ def test_junk_in_valid_frames_builds_nothing(pair: Pair) -> None:
     grown = rss.peak - rss.before
     print(f"junk frames: {len(frames)} x {MAX_FRAME} bytes in {took:.2f} s, RSS peak +{grown} KiB")
     record(
-        f"1 peer: {JUNK_FRAMES} status frames + 1 consensus frame, {MAX_FRAME >> 20} MiB each, "
+        f"1 peer: {JUNK_FRAMES} blocks frames + 1 consensus frame, {MAX_FRAME >> 20} MiB each, "
         "valid but for an unknown field of [],[],…",
         before_kib=rss.before,
         peak_kib=rss.peak,

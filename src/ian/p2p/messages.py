@@ -40,6 +40,11 @@ converts it to :class:`~ian.chain.blocks.Block` (re-validating every contributio
 would) but does not check the hash, the signature or the chain: that is the replication layer's
 job. A consensus payload is one block doc (:func:`encode_block`, :func:`decode_block`).
 
+A body that carries no blocks, contribution or consensus message (every type but
+``block_announce``, ``blocks``, ``contribution_forward``, ``consensus`` and ``genesis``) is at
+most 64 KiB of JSON (:data:`SMALL_BODY_BYTES`), a ``genesis`` body 4 MiB more: a longer one is
+refused before it is decoded (a newer release's optional fields have room enough).
+
 Decoding failures: bytes that are not a JSON envelope of protocol version 1, or an unknown
 ``type``, raise :class:`ProtocolViolation`; a known type whose body does not validate raises
 :class:`InvalidMessage`. A string that is not Unicode text (bad UTF-8, a lone surrogate
@@ -57,7 +62,7 @@ bounded in bytes first: a contribution's metadata (:func:`contribution_from_doc`
 document (the genesis exchange), and a consensus message (:func:`ian.consensus.codec.decode_json`,
 once the consensus driver knows the sender is an authority). :func:`block_from_doc` can check a
 block's signature before it decodes the entries. Without this, one 16 MiB frame of ``[],[],…``
-cost ~425 MiB and a second of the event loop before any check ran
+cost ~400 MiB and a second of the event loop before any check ran
 (``tests/integration/test_hostile_peers.py``, ``bench/hostile_bench.py``).
 """
 
@@ -94,6 +99,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
+    "SMALL_BODY_BYTES",
     "AgentPackDoc",
     "BlockAnnounce",
     "BlockDoc",
@@ -137,6 +143,9 @@ MAX_METADATA_WIRE_BYTES = 4 * MAX_METADATA_BYTES
 """Most JSON text a contribution's metadata may have on the wire. The API's limit is on its
 canonical text; escaping every character (``\\u00e9`` for ``é``) makes at most three times as
 much, so only padding goes past this."""
+SMALL_BODY_BYTES = 64 * 1024
+"""Most JSON text the body of a message that carries no blocks, contribution, genesis or consensus
+message may have."""
 _U63 = 2**63 - 1
 _EMPTY_OBJECT = Raw(b"{}")
 
@@ -410,6 +419,11 @@ _FRAME = msgspec.json.Decoder(_Frame)
 _JSON = msgspec.json.Decoder()
 _METADATA = msgspec.json.Decoder(dict[str, Any])
 _BODIES = {mtype: msgspec.json.Decoder(cls) for mtype, cls in MESSAGE_TYPES.items()}
+_UNBOUNDED_BODIES = {BlockAnnounce, Blocks, ContributionForward, Consensus, GenesisDoc}
+#: the most bytes of JSON a body of each type may have (the others: the frame's limit)
+_BODY_LIMITS = {
+    cls.TYPE: SMALL_BODY_BYTES for cls in MESSAGE_TYPES.values() if cls not in _UNBOUNDED_BODIES
+} | {GenesisDoc.TYPE: MAX_GENESIS_BYTES + SMALL_BODY_BYTES}
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
@@ -447,6 +461,13 @@ def decode_envelope(payload: bytes) -> Envelope:
         raise ProtocolViolation(f"unknown message type {mtype!r}")
     if not _is_object(body):
         raise ProtocolViolation(f"malformed {mtype} envelope: the body is not an object")
+    limit = _BODY_LIMITS.get(mtype)
+    if limit is not None and len(body) > limit:
+        raise InvalidMessage(
+            f"invalid {mtype}: the body is {len(body)} bytes; the limit is {limit}",
+            message_type=mtype,
+            message_id=mid,
+        )
     try:
         message = decoder.decode(body)
     except msgspec.ValidationError as exc:

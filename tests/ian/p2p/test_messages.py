@@ -22,6 +22,7 @@ from ian.p2p.messages import (
     MAX_METADATA_WIRE_BYTES,
     MESSAGE_TYPES,
     REQUEST_TYPES,
+    SMALL_BODY_BYTES,
     BlockAnnounce,
     BlockDoc,
     Blocks,
@@ -462,7 +463,7 @@ def ping_with(field: bytes) -> bytes:
 
 HOSTILE: list[tuple[bytes, type[P2PError] | None, str]] = [
     (frame_with(b'{"nonce":1}', extra=b'"junk":' + JUNK + b","), None, "unknown envelope field"),
-    (ping_with(JUNK), None, "unknown body field"),
+    (ping_with(JUNK), InvalidMessage, "unknown field of a small body (over its limit)"),
     (frame_with(b'{"nonce":1}', mtype=JUNK), ProtocolViolation, "junk type"),
     (b'{"v":' + JUNK + b',"type":"ping","id":1,"body":{}}', ProtocolViolation, "junk version"),
     (
@@ -471,6 +472,11 @@ HOSTILE: list[tuple[bytes, type[P2PError] | None, str]] = [
         "peers",
     ),
     (frame_with(b'{"nonce":' + JUNK + b"}"), InvalidMessage, "junk nonce"),
+    (
+        frame_with(b'{"blocks":[],"junk":' + JUNK + b"}", mtype=b'"blocks"'),
+        None,
+        "unknown field of a blocks body",
+    ),
     (
         frame_with(b'{"msg":{"kind":"append_blocks","junk":' + JUNK + b"}}", mtype=b'"consensus"'),
         None,
@@ -485,8 +491,8 @@ HOSTILE: list[tuple[bytes, type[P2PError] | None, str]] = [
         frame_with(
             b'{"result":{"accepted":true,"junk":' + JUNK + b"}}", mtype=b'"contribution_result"'
         ),
-        None,
-        "result",
+        InvalidMessage,
+        "result (a small body: over its limit)",
     ),
     (
         frame_with(
@@ -554,3 +560,25 @@ def test_a_block_check_runs_before_the_entries_are_decoded() -> None:
 
     with pytest.raises(InvalidBlockError):  # the check's error, not the entry's
         block_from_doc(announced.block, refuse)
+
+
+@pytest.mark.parametrize("mtype", ["status", "peers", "error", "contribution_result"])
+def test_a_small_body_is_refused_past_its_limit_before_it_is_decoded(mtype: str) -> None:
+    bodies = {
+        "status": b'"height":1,"head_hash":"%s"' % HASH.encode(),
+        "peers": b'"peers":[]',
+        "error": b'"code":"x"',
+        "contribution_result": b'"result":{"accepted":false}',
+    }
+    head = b"{" + bodies[mtype] + b',"pad":"'
+
+    def padded(size: int) -> bytes:
+        return frame_with(
+            head + b"x" * (size - len(head) - 2) + b'"}', mtype=b'"%s"' % mtype.encode()
+        )
+
+    message = decode_envelope(padded(SMALL_BODY_BYTES)).message
+    assert isinstance(message, MESSAGE_TYPES[mtype])
+    with pytest.raises(InvalidMessage, match=f"the limit is {SMALL_BODY_BYTES}") as info:
+        decode_envelope(padded(SMALL_BODY_BYTES + 1))
+    assert info.value.message_type == mtype and info.value.message_id == 7
