@@ -6,6 +6,7 @@ consensus log and catches up."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -132,8 +133,14 @@ async def start_driver(
 
     async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert a.scope is not None
-        with a.scope:
-            await driver.run(task_status=task_status)
+        try:
+            with a.scope:
+                await driver.run(task_status=task_status)
+        except Exception:
+            # It cancels the test through the cluster's task group; pytest's anyio runner can
+            # lose the exception itself then, the captured log keeps it.
+            logging.getLogger("tests.consensus").exception("driver %s failed", a.node.node_id)
+            raise
         stopped.set()
 
     await cluster.tg.start(run)

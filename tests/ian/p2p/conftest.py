@@ -6,6 +6,7 @@ certificate identities); ``tls_cluster`` on loopback TCP + TLS, for the end-to-e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -158,8 +159,14 @@ class Cluster:
         node.scope = scope
 
         async def runner(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-            with scope:
-                await service.run(task_status=task_status)
+            try:
+                with scope:
+                    await service.run(task_status=task_status)
+            except Exception:
+                # It cancels the test through the cluster's task group; pytest's anyio runner
+                # can lose the exception itself then, the captured log keeps it.
+                logging.getLogger("tests.cluster").exception("node %s failed", name)
+                raise
 
         await self.tg.start(runner)
         return node
