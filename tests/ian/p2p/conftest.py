@@ -165,7 +165,7 @@ class Cluster:
             except Exception:
                 # It cancels the test through the cluster's task group; pytest's anyio runner
                 # can lose the exception itself then, the captured log keeps it.
-                logging.getLogger("tests.cluster").exception("node %s failed", name)
+                logging.getLogger("tests.cluster").exception("node %s failed", service.node_id)
                 raise
 
         await self.tg.start(runner)
