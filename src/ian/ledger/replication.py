@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -241,17 +241,19 @@ class Replicator:
     def _signed_block(self, doc: msg.BlockDoc, sender: str, what: str) -> Block | None:
         """The block of ``doc`` when the chain's sequencer signed it, else None; a sender of
         anything else (an unproven claim, an invalid entry) is charged. None without charge
-        while the sequencer is unknown. The signature is checked before the entries are
-        decoded: a peer cannot make us decode (and hold) contributions nobody trusted signed."""
+        while the sequencer is unknown. See :func:`signed_blocks`."""
         sequencer = self.sequencer_id()
         if sequencer is None:
             return None
-        try:
-            return msg.block_from_doc(doc, lambda b: check_block_signature(b, sequencer))
-        except (InvalidBlockError, IanError) as exc:
-            log.warning("%s from %s ignored: %s", what, sender[:12], exc)
-            self._record(sender, PeerEvent.INVALID_MESSAGE)
+        blocks, error = signed_blocks([doc], sequencer)
+        if error is not None:
+            self._refuse(sender, what, error)
             return None
+        return blocks[0]
+
+    def _refuse(self, sender: str, what: str, error: Exception) -> None:
+        log.warning("%s from %s ignored: %s", what, sender[:12], error)
+        self._record(sender, PeerEvent.INVALID_MESSAGE)
 
     def _prove_height(self, height: int) -> None:
         if height > self.announced_height:
@@ -259,7 +261,7 @@ class Replicator:
 
     async def _apply(self, blocks: list[Block], sender: str) -> int:
         """Apply consecutive blocks (one transaction for the batch); returns how many were
-        applied. Scores the sender. The blocks come from :meth:`_signed_block`: their
+        applied. Scores the sender. The blocks come from :func:`signed_blocks`: their
         signatures are not checked again."""
         if self.sequencer_id() is None:
             # Nobody has told us who signs blocks yet (no genesis, no IAN_SEQUENCER): accepting
@@ -388,12 +390,15 @@ class Replicator:
         if not isinstance(reply, msg.Blocks) or not reply.blocks:
             self._record(node_id, PeerEvent.FAILED_SYNC)
             return None
-        blocks = []
-        for doc in reply.blocks:
-            block = self._signed_block(doc, node_id, f"block {doc.header.height}")
-            if block is None:
-                return None
-            blocks.append(block)
+        sequencer = self.sequencer_id()
+        if sequencer is None:
+            return None
+        # A batch of a few MiB takes tens of ms to convert: a worker thread's, not the event
+        # loop's (which answers the API and other peers meanwhile).
+        blocks, error = await anyio.to_thread.run_sync(signed_blocks, reply.blocks, sequencer)
+        if error is not None:
+            self._refuse(node_id, f"block {reply.blocks[len(blocks)].header.height}", error)
+            return None
         if blocks[0].height != start:
             self._record(node_id, PeerEvent.FAILED_SYNC)
             return None
@@ -651,6 +656,23 @@ def _remote_request_error(exc: RemoteError) -> RequestError:
         return errors.RateLimitedError(exc.message, retry_after=10.0)
     cls = _REMOTE_ERRORS.get(code, UnavailableError)
     return cls(f"the sequencer refused it: {exc.message}")
+
+
+def signed_blocks(
+    docs: Sequence[msg.BlockDoc], sequencer: str
+) -> tuple[list[Block], InvalidBlockError | IanError | None]:
+    """The blocks of ``docs``, in order, up to the first one ``sequencer`` did not sign or
+    whose entries are invalid, and what was wrong with that one (None when all are good).
+
+    Each block's signature is checked before its entries are decoded: a peer cannot make us
+    decode (and hold) contributions nobody trusted signed. Pure: safe in a worker thread."""
+    blocks: list[Block] = []
+    try:
+        for doc in docs:
+            blocks.append(msg.block_from_doc(doc, lambda b: check_block_signature(b, sequencer)))
+    except (InvalidBlockError, IanError) as exc:
+        return blocks, exc
+    return blocks, None
 
 
 class _Fetch:

@@ -3,7 +3,8 @@ catching up, block announces, contribution forwarding, and the handlers' peer ar
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ import anyio
 import msgspec
 import pytest
 
-from ian.chain.blocks import Block
+from ian.chain.blocks import Block, InvalidBlockError
 from ian.chain.contributions import FRAME_OVERHEAD, Contribution
 from ian.chain.state import Outcome
 from ian.config import Settings
+from ian.ledger import replication
 from ian.ledger.recovery import load_chain_state
-from ian.ledger.replication import SYNC_BATCH, SYNC_REPLY_BYTES, Replicator
+from ian.ledger.replication import SYNC_BATCH, SYNC_REPLY_BYTES, Replicator, signed_blocks
 from ian.metrics import NodeMetrics
 from ian.p2p import messages as msg
 from ian.p2p.errors import P2PError
@@ -299,3 +301,38 @@ async def test_a_block_the_sequencer_did_not_sign_is_refused_before_its_entries_
     assert decoded == []
     assert pair.fol_rep._signed_block(good, sender, "block") == block
     assert decoded == good.entries
+
+
+async def test_a_fetched_batch_is_converted_off_the_event_loop_up_to_its_first_bad_block(
+    pair: Pair, packs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up batch (up to 4 MiB of entries) is checked and decoded in a worker thread, so
+    the event loop goes on serving the API and other peers; :func:`signed_blocks` converts the
+    blocks up to the first one the sequencer did not sign and says what was wrong with it."""
+    seq = pair.sequencer
+    for k in range(3):
+        seq.commit([packs.contribution(k, goal_id=packs.trivial_goal)])
+    calls: list[tuple[int, bool]] = []
+
+    def spy(docs: Sequence[msg.BlockDoc], sequencer: str) -> Any:
+        calls.append((len(docs), threading.current_thread() is threading.main_thread()))
+        return signed_blocks(docs, sequencer)
+
+    monkeypatch.setattr(replication, "signed_blocks", spy)
+    host, port = pair.seq_switch.bound_address  # type: ignore[misc]
+    await pair.fol_switch.connect(f"tcp://{host}:{port}")
+    await pair.applied.until(3)
+    assert (3, False) in calls  # the batch, in a worker thread
+
+    blocks = seq.store.blocks(1, 3, max_bytes=1 << 30)
+    docs = [msg.block_to_doc(b) for b in blocks]
+    sequencer = pair.seq_switch.node_id
+    assert signed_blocks(docs, sequencer) == (blocks, None)
+    forged = [docs[0], msgspec.structs.replace(docs[1], signature="00" * 64), docs[2]]
+    done, error = signed_blocks(forged, sequencer)
+    assert done == blocks[:1] and isinstance(error, InvalidBlockError)
+    assert "signature" in str(error)
+    entries = [msgspec.structs.replace(docs[1].entries[0], seed=-1)]
+    bad_entry = msgspec.structs.replace(docs[1], entries=entries)
+    done, error = signed_blocks([docs[0], bad_entry], sequencer)
+    assert done == blocks[:1] and isinstance(error, msg.InvalidMessage)
