@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import tracemalloc
 from dataclasses import replace
@@ -306,6 +307,16 @@ def test_block_converters_round_trip() -> None:
     assert again.hash == block.hash and again.signature == block.signature
     assert [c.pack_hash for c in again.entries] == [c.pack_hash for c in block.entries]
     assert again.entries[0].metadata == {"note": "héllo"}
+
+
+def test_block_docs_are_not_tracked_by_the_garbage_collector() -> None:
+    """A catch-up batch decodes thousands of docs; untracked, they neither trigger nor fill the
+    collector's passes (the containers decoding built are tracked as always)."""
+    doc = msgspec.json.decode(msgspec.json.encode(block_to_doc(make_block())), type=BlockDoc)
+    for item in (doc, doc.header, *doc.header.goals.values(), doc.entries[0]):
+        assert not gc.is_tracked(item), type(item).__name__
+    assert not gc.is_tracked(doc.entries[0].agent_pack)
+    assert gc.is_tracked(doc.entries)
 
 
 def test_wire_round_trip_keeps_the_pack_hash() -> None:
