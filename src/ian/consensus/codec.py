@@ -74,8 +74,10 @@ __all__ = [
     "MAX_BLOCKS",
     "MAX_SIGNATURES",
     "block_from_doc",
+    "block_from_json",
     "block_to_doc",
     "commit_certificate_from_doc",
+    "commit_certificate_from_json",
     "commit_certificate_to_doc",
     "decode",
     "decode_json",
@@ -215,6 +217,8 @@ _MessageDoc = (
 )
 
 _JSON_DECODER: Final = msgspec.json.Decoder(_MessageDoc)
+_BLOCK_JSON: Final = msgspec.json.Decoder(_BlockDoc)
+_COMMIT_JSON: Final = msgspec.json.Decoder(_CommitDoc)
 _JSON_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -251,6 +255,22 @@ def _convert(where: str, value: object, kind: Any, to: Callable[[Any], _T]) -> _
         doc = msgspec.convert(value, kind)
     except (msgspec.MsgspecError, RecursionError, TypeError, ValueError) as exc:
         raise _msgspec_error(where, exc) from None
+    return _finish(where, doc, to)
+
+
+def _parse(
+    where: str, data: str | bytes | bytearray | memoryview, decoder: Any, to: Callable[[Any], _T]
+) -> _T:
+    """``to(decoder.decode(data))``: JSON text straight into a typed shape, every failure a
+    :class:`CodecError`."""
+    try:
+        doc = decoder.decode(data)
+    except (msgspec.MsgspecError, RecursionError, TypeError, ValueError) as exc:
+        raise _msgspec_error(where, exc) from None
+    return _finish(where, doc, to)
+
+
+def _finish(where: str, doc: Any, to: Callable[[Any], _T]) -> _T:
     try:
         return to(doc)
     except _Invalid as exc:
@@ -550,16 +570,7 @@ def decode_json(data: bytes | bytearray | memoryview) -> Message:
     Decoded straight into the typed shapes: the first invalid value aborts, unknown fields are
     skipped unbuilt. Checks types, lengths and ranges; verifies no signature and no hash.
     """
-    try:
-        doc = _JSON_DECODER.decode(data)
-    except (msgspec.MsgspecError, RecursionError, TypeError, ValueError) as exc:
-        raise _msgspec_error("message", exc) from None
-    try:
-        return _message(doc)
-    except _Invalid as exc:
-        raise _codec_error("message", *exc.args) from None
-    except (ValueError, TypeError) as exc:  # cannot happen (the structs' patterns): be sure
-        raise _codec_error("message", str(exc)) from None
+    return _parse("message", data, _JSON_DECODER, _message)
 
 
 def decode(doc: object) -> Message:
@@ -587,3 +598,14 @@ def block_from_doc(value: object, where: str = "block") -> Block:
     """Decode a block document; :class:`CodecError` if malformed (the hash is not checked;
     ``where`` names the block in the error)."""
     return _convert(where, value, _BlockDoc, _block)
+
+
+def block_from_json(data: str | bytes, where: str = "block") -> Block:
+    """:func:`block_from_doc` of the JSON text ``data``, decoded straight into the typed shape
+    (one pass: no JSON data built first)."""
+    return _parse(where, data, _BLOCK_JSON, _block)
+
+
+def commit_certificate_from_json(data: str | bytes, where: str = "commit") -> CommitCertificate:
+    """:func:`commit_certificate_from_doc` of the JSON text ``data``, in one pass."""
+    return _parse(where, data, _COMMIT_JSON, _commit)

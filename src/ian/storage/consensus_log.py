@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from ian.consensus.codec import (
-    block_from_doc,
+    block_from_json,
     block_to_doc,
-    commit_certificate_from_doc,
+    commit_certificate_from_json,
     commit_certificate_to_doc,
 )
 from ian.consensus.errors import ConsensusError
@@ -191,8 +191,8 @@ class ConsensusLog:
 
     def _block(self, height: int, doc: str) -> Block:
         try:
-            block = block_from_doc(json.loads(doc))
-        except (ValueError, ConsensusError) as exc:
+            block = block_from_json(doc)
+        except ConsensusError as exc:
             raise StoreError(f"{self.path}: block {height} is unreadable: {exc}") from exc
         if block.height != height:
             raise StoreError(f"{self.path}: row {height} holds block {block.height}")
@@ -269,8 +269,8 @@ class ConsensusLog:
 
     def _certificate(self, height: int, doc: str) -> CommitCertificate:
         try:
-            return commit_certificate_from_doc(json.loads(doc))
-        except (ValueError, ConsensusError) as exc:
+            return commit_certificate_from_json(doc)
+        except ConsensusError as exc:
             raise StoreError(f"{self.path}: certificate {height} is unreadable: {exc}") from exc
 
     # ------------------------------------------------------------------ durable actions

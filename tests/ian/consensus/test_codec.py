@@ -42,8 +42,10 @@ from ian.consensus.codec import (
     MAX_BLOCKS,
     MAX_SIGNATURES,
     block_from_doc,
+    block_from_json,
     block_to_doc,
     commit_certificate_from_doc,
+    commit_certificate_from_json,
     commit_certificate_to_doc,
     decode,
     decode_json,
@@ -757,3 +759,30 @@ def test_part_decoders_name_their_document() -> None:
         election_certificate_from_doc(None)
     with pytest.raises(CodecError, match=re.escape("not canonical base64 - at `$.payload`")):
         block_from_doc({**block_to_doc(B1), "payload": "eB=="})
+
+
+def test_stored_documents_decode_in_one_pass_as_they_do_in_two() -> None:
+    """The consensus log reads its rows with ``block_from_json`` and
+    ``commit_certificate_from_json``: on valid documents and seeded mutations of them, they fail
+    or succeed exactly as ``*_from_doc(json.loads(text))`` did, and name their document."""
+    rng = random.Random(20261209)
+    parts = [(block_to_doc(b), block_from_doc, block_from_json) for b in (B1, B2, B3)] + [
+        (
+            commit_certificate_to_doc(_commit(B1)),
+            commit_certificate_from_doc,
+            commit_certificate_from_json,
+        )
+    ]
+    outcomes = {"error": 0, "value": 0}
+    for _ in range(2000):
+        base, from_doc, from_json = rng.choice(parts)
+        doc = _mutate(base, rng) if rng.random() < 0.7 else copy.deepcopy(base)
+        text = json.dumps(doc, separators=(",", ":"))
+        expected = _outcome(lambda: from_doc(json.loads(text), "row 7"))  # noqa: B023
+        assert _outcome(lambda: from_json(text, "row 7")) == expected, text[:300]  # noqa: B023
+        outcomes["error" if expected == "CodecError" else "value"] += 1
+    assert outcomes["error"] > 500 and outcomes["value"] > 300, outcomes
+    with pytest.raises(CodecError, match=re.escape("row 7: Input data was truncated")):
+        block_from_json('{"height":', "row 7")
+    with pytest.raises(CodecError, match=re.escape("commit: Object missing required field")):
+        commit_certificate_from_json(b"{}")
