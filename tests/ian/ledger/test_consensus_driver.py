@@ -141,6 +141,8 @@ async def start_driver(
             # lose the exception itself then, the captured log keeps it.
             logging.getLogger("tests.consensus").exception("driver %s failed", a.node.node_id)
             raise
+        finally:
+            log_store.close()  # as a node does: a restart opens the file again
         stopped.set()
 
     await cluster.tg.start(run)
