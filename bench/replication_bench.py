@@ -28,7 +28,9 @@ declaring the same extra goal ``BENCH_TRIVIAL`` (``trivial`` evaluator) through 
     sequencer makes: the per-block cost). The follower's peak RSS is ``VmHWM``. A case that does
     not finish within ``--catch-up-timeout`` is reported as stalled with the follower's last
     sync log lines.
-    Also the CPU seconds the follower and the source used meanwhile (both share 2 cores).
+    Also the CPU seconds the follower and the source used meanwhile (both share 2 cores), and
+    how long each took to answer ``GET /api/v1/status`` meanwhile (p50/p90/max of the polls):
+    what an operator's ``ian status`` waits while a node catches up or serves a catch-up.
 (c) **In process**, no sockets: per-contribution cost of each stage of a catch-up, and of the
     proposed fix (one SQLite transaction per fetched batch instead of one per block).
     ``--py-spy`` repeats the two trivial cases with py-spy attached to the catching-up follower
@@ -410,12 +412,20 @@ def measure_catch_up(
             seq_cpu0, fresh_cpu0 = seq.cpu_s(), fresh.cpu_s()
             height = 0
             first_block: float | None = None
+            # How long each node takes to answer GET /status meanwhile (the follower busy
+            # applying, the source serving its get_blocks).
+            waits: dict[str, list[float]] = {"fresh": [], "source": []}
             deadline = time.monotonic() + timeout
             while height < target and time.monotonic() < deadline:
                 if fresh.proc.poll() is not None:
                     raise SystemExit(f"{fresh.name} exited:\n{fresh.log_path.read_text()[-3000:]}")
                 time.sleep(0.05)
+                asked = time.perf_counter()
                 height = status(client, fresh)["height"]
+                waits["fresh"].append(time.perf_counter() - asked)
+                asked = time.perf_counter()
+                status(client, seq)
+                waits["source"].append(time.perf_counter() - asked)
                 if height and first_block is None:
                     first_block = time.time()
             done = time.time()
@@ -453,6 +463,11 @@ def measure_catch_up(
             "source_cpu_s": seq_cpu,
             "rss_after_mib": rss_now / 1024,
             "roots_match": same,
+            **{
+                f"{who}_status_{k}_ms": 1e3 * percentile(sorted(w), q)
+                for who, w in waits.items()
+                for k, q in (("p50", 50), ("p90", 90), ("max", 100))
+            },
             "stalled": stalled,
             "height_reached": height,
             "log_problems": fresh.log_problems(),
@@ -478,6 +493,10 @@ def measure_catch_up(
 
 
 # --------------------------------------------------------------------------- (c) in process
+
+
+def _waits(case: dict[str, Any], who: str) -> str:
+    return "/".join(f"{case[f'{who}_status_{k}_ms']:.0f}" for k in ("p50", "p90", "max"))
 
 
 def breakdown(work: Path, label: str, n: int, per_block: int, batch: int = 64) -> dict[str, Any]:
@@ -676,6 +695,8 @@ def main() -> None:
                 "CPU s follower",
                 "CPU s source",
                 "roots match",
+                "status ms follower p50/p90/max",
+                "source",
                 "stalled",
             ],
             [
@@ -691,6 +712,8 @@ def main() -> None:
                     c["follower_cpu_s"],
                     c["source_cpu_s"],
                     str(c["roots_match"]),
+                    _waits(c, "fresh"),
+                    _waits(c, "source"),
                     "STALLED" if c["stalled"] else "",
                 ]
                 for c in catch_up
