@@ -65,6 +65,7 @@ __all__ = [
     "block_contributions",
     "block_data",
     "outcome_event",
+    "publish_block_contributions",
 ]
 
 log = logging.getLogger("ian.events")
@@ -223,6 +224,16 @@ class EventBus:
             self._subs.append(sub)
         return sub
 
+    def wants(self, topic: str) -> bool:
+        """Whether a subscriber wants ``topic`` now: if not, its events need not be built (a
+        follower applies thousands of entries a second), only counted with :meth:`skip`."""
+        return any(topic in sub.topics for sub in self._subs)
+
+    def skip(self, count: int) -> None:
+        """Number ``count`` events that nobody wanted as if they were published, so ``seq``
+        still counts every event whether it was built or not."""
+        self._seq += count
+
     def publish(self, topic: str, type_: str, data: dict[str, Any]) -> None:
         """Stamp and deliver one event; never blocks. Call on the event loop's thread.
 
@@ -296,6 +307,17 @@ def block_data(block: Block) -> dict[str, Any]:
             for gid, r in sorted(h.goals.items())
         },
     }
+
+
+def publish_block_contributions(bus: EventBus, block: Block) -> None:
+    """Publish the ``contribution``/``accepted`` events of a block received from the network
+    (:func:`block_contributions`). When no subscriber wants them, none is built, only counted
+    (:meth:`EventBus.skip`): a catching-up follower applies thousands of entries a second."""
+    if not bus.wants("contribution"):
+        bus.skip(len(block.entries))
+        return
+    for data in block_contributions(block):
+        bus.publish("contribution", "accepted", data)
 
 
 def block_contributions(block: Block) -> list[dict[str, Any]]:

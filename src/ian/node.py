@@ -40,7 +40,7 @@ from ian.config import Settings
 from ian.consensus import ForkEvidence
 from ian.consensus import Role as ConsensusRole
 from ian.errors import AuthError, DataDirError, GenesisError, IanError, UnavailableError
-from ian.events import EventBus, block_contributions, block_data, outcome_event
+from ian.events import EventBus, block_data, outcome_event, publish_block_contributions
 from ian.identity import Identity, load_identity
 from ian.ledger.consensus_chain import ChainBridge, applied_mark
 from ian.ledger.consensus_driver import ConsensusDriver
@@ -507,8 +507,7 @@ class Node:
         self.p2p.announce_status()
         # Event stream; a lone sequencer already published its decisions in _on_batch.
         if self.consensus is not None or self._role != "sequencer":
-            for data in block_contributions(block):
-                self.events.publish("contribution", "accepted", data)
+            publish_block_contributions(self.events, block)
         self.events.publish("block", "applied", block_data(block))
 
     def _published_roots(self) -> dict[str, tuple[GoalRoots, int]]:

@@ -12,7 +12,14 @@ import pytest
 
 from ian.chain.blocks import GoalRoots
 from ian.config import load_settings
-from ian.events import TOPICS, EventBus, block_contributions, block_data, outcome_event
+from ian.events import (
+    TOPICS,
+    EventBus,
+    block_contributions,
+    block_data,
+    outcome_event,
+    publish_block_contributions,
+)
 from ian.identity import Identity
 from ian.ledger.recovery import load_chain_state
 from ian.ledger.replication import Replicator
@@ -198,6 +205,27 @@ def test_block_data_and_the_contributions_a_follower_derives_from_a_block(chain,
     ]
     assert all(d["source"] == "block" and d["accepted"] for d in derived)
     assert derived[0]["contributor_id"] == "contributor-1"
+
+
+async def test_a_blocks_contribution_events_are_built_only_for_a_subscriber(chain, packs) -> None:
+    """A follower applying thousands of entries a second builds no event nobody wants; ``seq``
+    still counts them, so a subscriber arriving later sees the same numbers."""
+    chain.commit([packs.contribution(i) for i in range(3)])
+    [block] = chain.store.blocks(1, 1, max_bytes=1 << 30)
+    bus = EventBus()
+    blocks = bus.subscribe({"block"})
+    assert bus.wants("block") and not bus.wants("contribution")
+    publish_block_contributions(bus, block)
+    bus.publish("block", "applied", block_data(block))
+    [applied] = await take(blocks, 1)
+    assert applied.seq == 4 and blocks.pending == 0
+    contributions = bus.subscribe({"contribution"})
+    assert bus.wants("contribution")
+    publish_block_contributions(bus, block)
+    got = await take(contributions, 3)
+    assert [e.seq for e in got] == [5, 6, 7]
+    assert [e.data for e in got] == block_contributions(block)
+    assert blocks.pending == 0
 
 
 def _peer(node_id: str = "ab" * 20) -> PeerInfo:
