@@ -2,7 +2,8 @@
 
 Pure, no I/O. :func:`encode` turns a :data:`~ian.consensus.types.Message` into a document and
 :func:`encode_json` into its compact JSON; :func:`decode_json` turns JSON bytes back into a
-message, :func:`decode` any already-parsed object (a document read back from storage, say). Both
+message, :func:`decode` an already-parsed document (a fork-evidence file's, say). The consensus
+log reads its rows with :func:`block_from_json` and :func:`commit_certificate_from_json`. All
 raise :class:`~ian.consensus.errors.CodecError` (and nothing else) on malformed input. Hashes,
 public keys and signatures are lowercase hex, node ids 40 lowercase hex, chain ids 64 lowercase
 hex, a block's ``payload`` standard base64 (canonical, padded), integers JSON integers in
